@@ -1,0 +1,287 @@
+//! Types shared between the enforcer's kernel programs and its agent.
+//!
+//! Every type here crosses the kernel/user boundary as raw bytes (ring buffer
+//! records, map values, load-time globals), so each one is `#[repr(C)]` with
+//! explicit padding, uses `u32` codes instead of `bool` or Rust enums (an
+//! unknown discriminant read from the kernel must not be undefined
+//! behaviour), and has its size and field offsets pinned by the tests at the
+//! bottom of this file.
+#![no_std]
+
+/// Bumped whenever any layout in this crate changes.
+pub const ABI_VERSION: u32 = 1;
+
+/// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+
+/// `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+
+/// Bytes kept of the path passed to `execve`. Longer paths are cut and the
+/// event carries [`exec_flags::PATH_TRUNCATED`].
+pub const EXEC_PATH_LEN: usize = 512;
+
+/// `EPERM`, returned by the LSM hook to refuse an exec.
+pub const EPERM: i32 = 1;
+
+/// `SIGKILL`, sent by the signal backend.
+pub const SIGKILL: u32 = 9;
+
+/// Kinds of ring buffer records ([`EventHeader::kind`]).
+pub mod event_kind {
+    /// An [`ExecEvent`](super::ExecEvent).
+    pub const EXEC: u32 = 1;
+}
+
+/// What the kernel did ([`ExecEvent::decision`]).
+pub mod decision {
+    /// The LSM hook refused the exec with `EPERM`; the program never ran.
+    pub const BLOCKED: u32 = 1;
+    /// The signal backend sent `SIGKILL` before the program's first instruction.
+    pub const KILLED: u32 = 2;
+    /// Audit mode: the exec was allowed and reported.
+    pub const AUDIT: u32 = 3;
+    /// The signal backend decided to kill but `bpf_send_signal` failed.
+    pub const KILL_FAILED: u32 = 4;
+}
+
+/// Why a decision was taken ([`ExecEvent::reason`]).
+pub mod reason {
+    /// The executable is not part of the container's image.
+    pub const DRIFT: u32 = 1;
+}
+
+/// Which kernel mechanism took the decision ([`ExecEvent::backend`]).
+pub mod backend {
+    /// BPF LSM program on `bprm_check_security`.
+    pub const LSM: u32 = 1;
+    /// Raw tracepoint on `sched_process_exec` plus `bpf_send_signal`.
+    pub const SIGNAL: u32 = 2;
+}
+
+/// Where the executed file lives ([`ExecEvent::layer`]).
+pub mod layer {
+    /// On overlayfs with an upper-layer dentry: created or copied up after the
+    /// container started.
+    pub const OVERLAY_UPPER: u32 = 1;
+}
+
+/// Bits of [`ExecEvent::flags`].
+pub mod exec_flags {
+    /// `path` filled the whole buffer; the real path may be longer.
+    pub const PATH_TRUNCATED: u32 = 1;
+    /// Reading the path failed; `path` is empty.
+    pub const PATH_UNREADABLE: u32 = 1 << 1;
+}
+
+/// Enforcement modes ([`DriftSettings::mode`]).
+pub mod mode {
+    /// The check is not made.
+    pub const OFF: u32 = 0;
+    /// Refuse (lsm) or kill (signal), and report.
+    pub const ENFORCE: u32 = 1;
+    /// Allow, and report what enforce mode would have refused.
+    pub const AUDIT: u32 = 2;
+}
+
+/// Indexes into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Execs that reached the drift check.
+    pub const EXEC_CHECKED: u32 = 0;
+    /// Execs of container processes whose file was drift.
+    pub const DRIFT_DETECTED: u32 = 1;
+    /// Kernel reads that failed; the exec was allowed (fail-open).
+    pub const READ_ERRORS: u32 = 2;
+    /// Events that did not fit in the ring buffer.
+    pub const EVENTS_LOST: u32 = 3;
+    /// `bpf_send_signal` calls that failed.
+    pub const SIGNAL_FAILED: u32 = 4;
+    /// Number of slots in the array.
+    pub const COUNT: u32 = 8;
+}
+
+/// Kernel structure offsets, in bytes, read from the running kernel's BTF at
+/// start-up and handed to the programs as a load-time global. Rust eBPF code
+/// gets no CO-RE relocations, so nothing here may be compiled in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `linux_binprm.file`
+    pub binprm_file: u32,
+    /// `linux_binprm.filename`
+    pub binprm_filename: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `super_block.s_magic`
+    pub sb_magic: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
+    /// `ovl_inode.__upperdentry` minus `ovl_inode.vfs_inode`: from an overlay
+    /// inode pointer to its upper dentry pointer.
+    pub ovl_inode_upperdentry: u32,
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.nsproxy`
+    pub task_nsproxy: u32,
+    /// `nsproxy.mnt_ns`
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns.inum`
+    pub mnt_namespace_inum: u32,
+    /// Keeps the size a multiple of 8.
+    pub pad: u32,
+}
+
+/// Settings fixed for the lifetime of the loaded programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Inode number of the host's mount namespace. A process in any other
+    /// mount namespace is a container process.
+    pub host_mnt_ns: u32,
+    /// [`ABI_VERSION`] the agent was built with; the programs refuse to act
+    /// (and count a read error) when it does not match their own.
+    pub abi_version: u32,
+}
+
+/// Drift prevention settings, the value of the `DRIFT_POLICY` array map
+/// (index 0: every container). A map rather than a global so that the mode
+/// can change while the programs stay attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriftSettings {
+    /// One of [`mode`].
+    pub mode: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+}
+
+/// Common first field of every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+    /// `bpf_ktime_get_boot_ns()` when the event was made.
+    pub boot_ns: u64,
+}
+
+/// A drift decision on an exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Thread id of the task that called exec.
+    pub pid: u32,
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Process id of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Inode number of the task's mount namespace.
+    pub mnt_ns: u32,
+    /// cgroup v2 id of the task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// `i_ino` of the executed file.
+    pub inode: u64,
+    /// `s_dev` of the file's super block, kernel encoding (major << 20 | minor).
+    pub dev: u32,
+    /// One of [`decision`].
+    pub decision: u32,
+    /// One of [`reason`].
+    pub reason: u32,
+    /// One of [`backend`].
+    pub backend: u32,
+    /// One of [`layer`].
+    pub layer: u32,
+    /// Bytes of `path` in use, without the terminating NUL.
+    pub path_len: u32,
+    /// Bits of [`exec_flags`].
+    pub flags: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+    /// `comm` of the task, NUL padded.
+    pub comm: [u8; COMM_LEN],
+    /// The path given to exec (`linux_binprm.filename`), NUL terminated.
+    pub path: [u8; EXEC_PATH_LEN],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{AgentConfig, DriftSettings, KernelOffsets};
+
+    // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (pinned
+    // by the layout tests).
+    unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AgentConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DriftSettings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::{AgentConfig, DriftSettings, EventHeader, ExecEvent, KernelOffsets};
+
+    #[test]
+    fn event_header_layout() {
+        assert_eq!(size_of::<EventHeader>(), 16);
+        assert_eq!(offset_of!(EventHeader, kind), 0);
+        assert_eq!(offset_of!(EventHeader, boot_ns), 8);
+    }
+
+    #[test]
+    fn exec_event_layout() {
+        assert_eq!(size_of::<ExecEvent>(), 616);
+        assert_eq!(offset_of!(ExecEvent, header), 0);
+        assert_eq!(offset_of!(ExecEvent, pid), 16);
+        assert_eq!(offset_of!(ExecEvent, tgid), 20);
+        assert_eq!(offset_of!(ExecEvent, ppid), 24);
+        assert_eq!(offset_of!(ExecEvent, uid), 28);
+        assert_eq!(offset_of!(ExecEvent, gid), 32);
+        assert_eq!(offset_of!(ExecEvent, mnt_ns), 36);
+        assert_eq!(offset_of!(ExecEvent, cgroup_id), 40);
+        assert_eq!(offset_of!(ExecEvent, inode), 48);
+        assert_eq!(offset_of!(ExecEvent, dev), 56);
+        assert_eq!(offset_of!(ExecEvent, decision), 60);
+        assert_eq!(offset_of!(ExecEvent, reason), 64);
+        assert_eq!(offset_of!(ExecEvent, backend), 68);
+        assert_eq!(offset_of!(ExecEvent, layer), 72);
+        assert_eq!(offset_of!(ExecEvent, path_len), 76);
+        assert_eq!(offset_of!(ExecEvent, flags), 80);
+        assert_eq!(offset_of!(ExecEvent, comm), 88);
+        assert_eq!(offset_of!(ExecEvent, path), 104);
+        // No tail padding: the last field ends the struct.
+        assert_eq!(
+            offset_of!(ExecEvent, path) + super::EXEC_PATH_LEN,
+            size_of::<ExecEvent>()
+        );
+    }
+
+    #[test]
+    fn kernel_offsets_layout() {
+        assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
+        assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);
+        assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 28);
+        assert_eq!(offset_of!(KernelOffsets, mnt_namespace_inum), 48);
+    }
+
+    #[test]
+    fn settings_layout() {
+        assert_eq!(size_of::<AgentConfig>(), 8);
+        assert_eq!(offset_of!(AgentConfig, host_mnt_ns), 0);
+        assert_eq!(offset_of!(AgentConfig, abi_version), 4);
+        assert_eq!(size_of::<DriftSettings>(), 8);
+        assert_eq!(offset_of!(DriftSettings, mode), 0);
+    }
+}

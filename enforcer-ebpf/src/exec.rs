@@ -1,0 +1,87 @@
+//! Exec hooks: the LSM decision point and the signal-backend fallback.
+
+use aya_ebpf::{
+    helpers::generated::bpf_send_signal,
+    macros::{lsm, raw_tracepoint},
+    programs::{LsmContext, RawTracePointContext},
+};
+use enforcer_common::{EPERM, SIGKILL, backend, counter, decision, mode};
+
+use crate::{
+    drift::{self, Verdict},
+    events,
+    maps::count,
+};
+
+/// `bprm_check_security(struct linux_binprm *bprm)`: runs before the new
+/// program is loaded, for the file and again for each interpreter (scripts).
+#[lsm(hook = "bprm_check_security")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let bprm: u64 = ctx.arg(0);
+    // A previous LSM's refusal stands.
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    count(counter::EXEC_CHECKED);
+    let offsets = drift::offsets();
+    match drift::check_exec(bprm, &offsets) {
+        Ok(Verdict::Allow) => 0,
+        Ok(Verdict::Drift(drift)) => {
+            count(counter::DRIFT_DETECTED);
+            let enforce = drift.mode == mode::ENFORCE;
+            let decision = if enforce {
+                decision::BLOCKED
+            } else {
+                decision::AUDIT
+            };
+            events::exec_drift(&drift, bprm, &offsets, decision, backend::LSM);
+            if enforce { -EPERM } else { 0 }
+        }
+        // Fail open: a read error must not stop the host from running
+        // programs. It is counted and reported by the agent.
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            0
+        }
+    }
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`:
+/// fires after the point of no return of an exec, in the context of the new
+/// program, before its first user-space instruction. SIGKILL sent here is
+/// delivered on the way back to user space, so the program never runs.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let bprm: u64 = ctx.arg(2);
+    count(counter::EXEC_CHECKED);
+    let offsets = drift::offsets();
+    match drift::check_exec(bprm, &offsets) {
+        Ok(Verdict::Allow) => {}
+        Ok(Verdict::Drift(drift)) => {
+            count(counter::DRIFT_DETECTED);
+            let decision = if drift.mode == mode::ENFORCE {
+                // SAFETY: plain helper call; signals the current task.
+                if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+                    decision::KILLED
+                } else {
+                    count(counter::SIGNAL_FAILED);
+                    decision::KILL_FAILED
+                }
+            } else {
+                decision::AUDIT
+            };
+            events::exec_drift(&drift, bprm, &offsets, decision, backend::SIGNAL);
+        }
+        Err(_) => count(counter::READ_ERRORS),
+    }
+    0
+}

@@ -1,0 +1,39 @@
+//! Maps and load-time globals shared by every program.
+
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{Array, PerCpuArray, RingBuf},
+};
+use enforcer_common::{AgentConfig, DriftSettings, KernelOffsets, counter};
+
+/// Kernel structure offsets, overridden by the agent at load time.
+#[unsafe(no_mangle)]
+// SAFETY: every field is a plain integer, so all-zero is a valid value.
+pub(crate) static OFFSETS: Global<KernelOffsets> = Global::new(unsafe { core::mem::zeroed() });
+
+/// Settings fixed while the programs are loaded, overridden at load time.
+#[unsafe(no_mangle)]
+// SAFETY: as above.
+pub(crate) static CONFIG: Global<AgentConfig> = Global::new(unsafe { core::mem::zeroed() });
+
+/// Audit records for userspace.
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Per-CPU counters, indexed by [`counter`].
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Drift settings; index 0 applies to every container.
+#[map]
+pub(crate) static DRIFT_POLICY: Array<DriftSettings> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub(crate) fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful lookup in this CPU's
+        // slot of a per-CPU array, which nothing else writes concurrently.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,228 @@
+//! `enforcer run`: resolve the kernel layout, load and attach the programs,
+//! apply the policy, and run the audit pipeline until SIGTERM/SIGINT.
+
+use std::{path::PathBuf, time::Duration};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use enforcer_common::{ABI_VERSION, AgentConfig};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    audit::{
+        enrich::{BootClock, Enricher, hostname},
+        pipeline::{Pipeline, PipelineStats},
+        sink::{JsonLines, Sink},
+    },
+    backend::{self, BackendChoice, BackendError},
+    kernel::{
+        features,
+        layout::{KernelBtf, LayoutError},
+        namespaces::{NamespaceError, host_mount_ns},
+    },
+    policy::{self, ApplyError, Mode, Policy},
+    stats::{self, COUNTERS_MAP, KernelCounters},
+};
+
+const EVENTS_MAP: &str = "EVENTS";
+/// How often lost events and kernel read errors are checked for.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub backend: BackendChoice,
+    pub mode: Mode,
+    pub host_mount_ns: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "refusing to start: the kernel layout the enforce path needs cannot be resolved ({field}): {source}"
+    )]
+    Layout {
+        field: String,
+        #[source]
+        source: LayoutError,
+    },
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("applying the policy: {0}")]
+    Apply(#[from] ApplyError),
+    #[error("the kernel object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("starting the audit pipeline: {0}")]
+    Pipeline(#[source] std::io::Error),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+fn layout_error(source: LayoutError) -> AgentError {
+    AgentError::Layout {
+        field: source.field().unwrap_or_else(|| "kernel BTF".to_owned()),
+        source,
+    }
+}
+
+pub async fn run(options: RunOptions) -> Result<(), AgentError> {
+    let release = features::kernel_release();
+    if let Err(reason) = features::ensure_overlayfs() {
+        tracing::warn!("{reason}");
+    }
+    let btf = KernelBtf::from_sysfs().map_err(layout_error)?;
+    let offsets = btf.offsets().map_err(layout_error)?;
+    tracing::info!(kernel = %release, btf = ?btf.sources(), ?offsets, "kernel layout resolved from BTF");
+
+    let host = host_mount_ns(options.host_mount_ns.as_deref())?;
+    if let Some(reason) = &host.fallback {
+        tracing::warn!(
+            %reason,
+            "cannot read PID 1's mount namespace; treating the agent's own mount namespace as the host's. \
+             Run the agent in the host's mount namespace or pass --host-mount-ns"
+        );
+    }
+    tracing::info!(inum = host.inum, source = %host.source.display(), "host mount namespace");
+
+    let policy = Policy::builtin(options.mode);
+    let compiled = policy::compile(&policy);
+
+    let config = AgentConfig {
+        host_mnt_ns: host.inum,
+        abi_version: ABI_VERSION,
+    };
+    let mut ebpf = backend::load_object(&offsets, &config)?;
+    // The maps are filled before any program is attached, so the first exec
+    // the programs see is already decided by the policy.
+    policy::apply(&mut ebpf, &compiled)?;
+
+    let map_error = |map| move |source| AgentError::Map { map, source };
+    let ring = RingBuf::try_from(
+        ebpf.take_map(EVENTS_MAP)
+            .ok_or(AgentError::MissingMap(EVENTS_MAP))?,
+    )
+    .map_err(map_error(EVENTS_MAP))?;
+    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
+        ebpf.take_map(COUNTERS_MAP)
+            .ok_or(AgentError::MissingMap(COUNTERS_MAP))?,
+    )
+    .map_err(map_error(COUNTERS_MAP))?;
+
+    let enricher = Enricher {
+        clock: BootClock::now(),
+        hostname: hostname(),
+        ruleset: policy.name.clone(),
+    };
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
+    let pipeline = Pipeline::start(ring, enricher, sinks).map_err(AgentError::Pipeline)?;
+
+    // Handlers before attaching: a signal from here on is a clean shutdown.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+
+    let attached = backend::attach(&mut ebpf, options.backend)?;
+    if let Some(reason) = &attached.fallback_reason {
+        tracing::warn!(
+            %reason,
+            "BPF LSM is not usable on this kernel; falling back to the signal backend: drift is killed with \
+             SIGKILL right after exec, before its first instruction, instead of being refused"
+        );
+    }
+    tracing::info!(
+        backend = %attached.kind,
+        mode = %options.mode,
+        policy = %policy.name,
+        "enforcer ready"
+    );
+
+    let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    let mut last = Health::default();
+    let pipeline_counters = pipeline.counters();
+    let signal_name = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = health.tick() => {
+                let now = Health::read(&counters, &pipeline_counters.snapshot());
+                now.report_increase(&last);
+                last = now;
+            }
+        }
+    };
+    tracing::info!(signal = signal_name, "shutting down: detaching programs");
+    // Dropping the object detaches every program; enforcement stops here.
+    drop(ebpf);
+    let final_stats = pipeline.stop().await;
+    let final_health = Health::read(&counters, &final_stats);
+    final_health.report_increase(&last);
+    tracing::info!(
+        execs_checked = final_health.kernel.exec_checked,
+        drift_detected = final_health.kernel.drift_detected,
+        events_written = final_stats.written,
+        events_lost = final_health.kernel.events_lost + final_stats.dropped,
+        "stopped"
+    );
+    Ok(())
+}
+
+/// What the health check compares between ticks.
+#[derive(Clone, Copy, Debug, Default)]
+struct Health {
+    kernel: KernelCounters,
+    pipeline: PipelineStats,
+}
+
+impl Health {
+    fn read(counters: &PerCpuArray<MapData, u64>, pipeline: &PipelineStats) -> Self {
+        let kernel = stats::read(counters).unwrap_or_else(|error| {
+            tracing::error!(%error, "reading kernel counters failed");
+            KernelCounters::default()
+        });
+        Self {
+            kernel,
+            pipeline: *pipeline,
+        }
+    }
+
+    /// Warns about every loss counter that grew since `before`.
+    fn report_increase(&self, before: &Self) {
+        let grew = |now: u64, then: u64| now.saturating_sub(then);
+        let checks = [
+            (
+                grew(self.kernel.events_lost, before.kernel.events_lost),
+                "audit events lost: the kernel ring buffer was full",
+            ),
+            (
+                grew(self.pipeline.dropped, before.pipeline.dropped),
+                "audit events dropped: the sinks were too slow",
+            ),
+            (
+                grew(self.pipeline.decode_errors, before.pipeline.decode_errors),
+                "audit records could not be decoded",
+            ),
+            (
+                grew(self.pipeline.sink_errors, before.pipeline.sink_errors),
+                "audit sink writes failed",
+            ),
+            (
+                grew(self.kernel.read_errors, before.kernel.read_errors),
+                "kernel reads failed during exec checks; those execs were allowed (fail-open)",
+            ),
+            (
+                grew(self.kernel.signal_failed, before.kernel.signal_failed),
+                "SIGKILL could not be sent to drift processes; they ran",
+            ),
+        ];
+        for (count, what) in checks {
+            if count > 0 {
+                tracing::warn!(count, "{what}");
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Ring buffer bytes to typed kernel events. Every length is checked before
+//! a byte is read.
+
+use std::mem::size_of;
+
+use enforcer_common::{EventHeader, ExecEvent, event_kind};
+
+/// A record from the kernel, copied out of the ring buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    Exec(ExecEvent),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than an event header ({need} bytes)")]
+    ShortHeader { len: usize, need: usize },
+    #[error("{kind} record of {len} bytes, expected {need}")]
+    Short {
+        kind: &'static str,
+        len: usize,
+        need: usize,
+    },
+    #[error("unknown record kind {0} (agent and kernel programs out of step?)")]
+    UnknownKind(u32),
+}
+
+/// Copies a `T` out of `bytes`, which must hold at least `size_of::<T>()`.
+///
+/// Only for the plain-integer `#[repr(C)]` types of `enforcer-common`, for
+/// which every bit pattern is a valid value.
+fn read_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= size_of::<T>()).then(|| {
+        // SAFETY: the length was checked above; `read_unaligned` makes no
+        // alignment assumption; T is plain integers and integer arrays.
+        unsafe { bytes.as_ptr().cast::<T>().read_unaligned() }
+    })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let header: EventHeader = read_pod(bytes).ok_or(DecodeError::ShortHeader {
+        len: bytes.len(),
+        need: size_of::<EventHeader>(),
+    })?;
+    match header.kind {
+        event_kind::EXEC => read_pod(bytes)
+            .map(KernelEvent::Exec)
+            .ok_or(DecodeError::Short {
+                kind: "exec",
+                len: bytes.len(),
+                need: size_of::<ExecEvent>(),
+            }),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use enforcer_common::{
+        COMM_LEN, EXEC_PATH_LEN, EventHeader, ExecEvent, backend, decision, event_kind, layer,
+        reason,
+    };
+
+    use super::*;
+
+    /// An exec event as the kernel programs would write it.
+    pub(crate) fn exec_event(path: &str) -> ExecEvent {
+        let mut event = ExecEvent {
+            header: EventHeader {
+                kind: event_kind::EXEC,
+                pad: 0,
+                boot_ns: 5_000_000_123,
+            },
+            pid: 4242,
+            tgid: 4242,
+            ppid: 4200,
+            uid: 1000,
+            gid: 1001,
+            mnt_ns: 4_026_532_000,
+            cgroup_id: 7777,
+            inode: 123_456,
+            dev: 45, // 0:45
+            decision: decision::BLOCKED,
+            reason: reason::DRIFT,
+            backend: backend::LSM,
+            layer: layer::OVERLAY_UPPER,
+            path_len: path.len() as u32,
+            flags: 0,
+            pad: 0,
+            comm: [0; COMM_LEN],
+            path: [0; EXEC_PATH_LEN],
+        };
+        event.comm[..2].copy_from_slice(b"sh");
+        event.path[..path.len()].copy_from_slice(path.as_bytes());
+        event
+    }
+
+    pub(crate) fn as_bytes(event: &ExecEvent) -> Vec<u8> {
+        // SAFETY: ExecEvent is repr(C) plain integers with no padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(event).cast::<u8>(),
+                size_of::<ExecEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_exec_event() {
+        let event = exec_event("/tmp/dropped");
+        assert_eq!(decode(&as_bytes(&event)), Ok(KernelEvent::Exec(event)));
+    }
+
+    #[test]
+    fn decodes_from_unaligned_bytes() {
+        let event = exec_event("/bin/x");
+        let mut bytes = vec![0u8];
+        bytes.extend(as_bytes(&event));
+        assert_eq!(decode(&bytes[1..]), Ok(KernelEvent::Exec(event)));
+    }
+
+    #[test]
+    fn refuses_short_records() {
+        assert_eq!(
+            decode(&[1, 0, 0]),
+            Err(DecodeError::ShortHeader { len: 3, need: 16 })
+        );
+        let bytes = as_bytes(&exec_event("/x"));
+        assert_eq!(
+            decode(&bytes[..100]),
+            Err(DecodeError::Short {
+                kind: "exec",
+                len: 100,
+                need: 616
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_kinds() {
+        let mut bytes = as_bytes(&exec_event("/x"));
+        bytes[0] = 99;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(99)));
+    }
+}

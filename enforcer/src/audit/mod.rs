@@ -1,0 +1,8 @@
+//! The audit pipeline: kernel ring buffer -> [`decode`] -> [`enrich`] ->
+//! [`sink`]. Data only flows that way; [`pipeline`] wires the stages.
+
+pub mod decode;
+pub mod enrich;
+pub mod pipeline;
+pub mod record;
+pub mod sink;

@@ -1,0 +1,202 @@
+//! Loading the kernel programs and attaching the enforcement backend.
+//!
+//! Two backends make the same decision with different kernel mechanisms:
+//! - `lsm`: a BPF LSM program on `bprm_check_security` refuses the exec with
+//!   EPERM before the new program is loaded.
+//! - `signal`: for kernels without usable BPF LSM, a raw tracepoint on
+//!   `sched_process_exec` kills the new program with SIGKILL before its first
+//!   instruction. The exec itself has already succeeded.
+
+use std::fmt;
+
+use aya::{
+    Btf, Ebpf, EbpfError, EbpfLoader,
+    programs::{Lsm, ProgramError, RawTracePoint},
+};
+use enforcer_common::{AgentConfig, KernelOffsets};
+
+use crate::kernel::features::{self, ActiveLsms, FeatureError};
+
+/// The kernel object built from `enforcer-ebpf` by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+const LSM_PROGRAM: &str = "bprm_check_security";
+const LSM_HOOK: &str = "bprm_check_security";
+const SIGNAL_PROGRAM: &str = "sched_process_exec";
+const SIGNAL_TRACEPOINT: &str = "sched_process_exec";
+
+/// What the user asked for (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// lsm when the kernel allows it, else signal (with a warning that says why).
+    Auto,
+    /// BPF LSM only; fail if the kernel does not allow it.
+    Lsm,
+    /// Raw tracepoint and SIGKILL.
+    Signal,
+}
+
+/// The backend that is enforcing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Lsm,
+    Signal,
+}
+
+impl BackendKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Lsm => "lsm",
+            Self::Signal => "signal",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(
+        "this agent binary was built without its kernel programs (AYA_BUILD_SKIP was set); \
+         rebuild it without AYA_BUILD_SKIP"
+    )]
+    NoPrograms,
+    #[error("loading the kernel object: {0}")]
+    Object(#[source] EbpfError),
+    #[error("the kernel object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("reading kernel BTF for the LSM program: {0}")]
+    Btf(#[source] aya::BtfError),
+    #[error("BPF LSM is not usable: {0}")]
+    LsmUnavailable(String),
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
+}
+
+/// Loads the object with the kernel layout and agent settings baked into its
+/// read-only globals. Nothing is attached yet.
+pub fn load_object(offsets: &KernelOffsets, config: &AgentConfig) -> Result<Ebpf, BackendError> {
+    if OBJECT.is_empty() {
+        return Err(BackendError::NoPrograms);
+    }
+    EbpfLoader::new()
+        .override_global("OFFSETS", offsets, true)
+        .override_global("CONFIG", config, true)
+        .load(OBJECT)
+        .map_err(BackendError::Object)
+}
+
+/// The attached backend and, for `auto`, why lsm was not used.
+#[derive(Debug)]
+pub struct Attached {
+    pub kind: BackendKind,
+    pub fallback_reason: Option<String>,
+}
+
+/// Attaches the backend `choice` asks for. Call after the policy maps are
+/// filled: from this point on, execs are decided.
+pub fn attach(ebpf: &mut Ebpf, choice: BackendChoice) -> Result<Attached, BackendError> {
+    match choice {
+        BackendChoice::Lsm => {
+            attach_lsm(ebpf)?;
+            Ok(Attached {
+                kind: BackendKind::Lsm,
+                fallback_reason: None,
+            })
+        }
+        BackendChoice::Signal => {
+            attach_signal(ebpf)?;
+            Ok(Attached {
+                kind: BackendKind::Signal,
+                fallback_reason: None,
+            })
+        }
+        BackendChoice::Auto => match attach_lsm(ebpf) {
+            Ok(()) => Ok(Attached {
+                kind: BackendKind::Lsm,
+                fallback_reason: None,
+            }),
+            Err(lsm_error) => {
+                attach_signal(ebpf)?;
+                Ok(Attached {
+                    kind: BackendKind::Signal,
+                    fallback_reason: Some(error_chain(&lsm_error)),
+                })
+            }
+        },
+    }
+}
+
+/// Checks that `bpf` is an active LSM, then loads and attaches the LSM
+/// program. A successful load is the real probe: kernels can list `bpf` and
+/// still refuse LSM programs (lockdown, or a policy on `BPF_PROG_LOAD`).
+fn attach_lsm(ebpf: &mut Ebpf) -> Result<(), BackendError> {
+    let lsms: ActiveLsms = features::active_lsms()?;
+    if !lsms.contains_bpf() {
+        return Err(BackendError::LsmUnavailable(format!(
+            "bpf is not in the active LSM list ({lsms}); boot with lsm={lsms},bpf to enable it"
+        )));
+    }
+    let btf = Btf::from_sys_fs().map_err(BackendError::Btf)?;
+    let program: &mut Lsm = ebpf
+        .program_mut(LSM_PROGRAM)
+        .ok_or(BackendError::MissingProgram(LSM_PROGRAM))?
+        .try_into()
+        .map_err(|source| BackendError::Program {
+            program: LSM_PROGRAM,
+            source,
+        })?;
+    let program_error = |source| BackendError::Program {
+        program: LSM_PROGRAM,
+        source,
+    };
+    program.load(LSM_HOOK, &btf).map_err(|source| {
+        BackendError::LsmUnavailable(format!(
+            "the kernel refused to load the LSM program: {}",
+            error_chain(&program_error(source))
+        ))
+    })?;
+    program.attach().map_err(program_error)?;
+    Ok(())
+}
+
+fn attach_signal(ebpf: &mut Ebpf) -> Result<(), BackendError> {
+    let program_error = |source| BackendError::Program {
+        program: SIGNAL_PROGRAM,
+        source,
+    };
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(SIGNAL_PROGRAM)
+        .ok_or(BackendError::MissingProgram(SIGNAL_PROGRAM))?
+        .try_into()
+        .map_err(program_error)?;
+    program.load().map_err(program_error)?;
+    program.attach(SIGNAL_TRACEPOINT).map_err(program_error)?;
+    Ok(())
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,530 @@
+//! Kernel structure offsets, read from the running kernel's BTF.
+//!
+//! Rust eBPF code gets no CO-RE relocations, so the programs read kernel
+//! structures through offsets resolved here at start-up and passed in as a
+//! load-time global. Each field also has its size checked against the width
+//! the programs read, so a kernel that changed a field's type is refused
+//! instead of misread.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use btf_rs::{Btf, Type};
+use enforcer_common::KernelOffsets;
+
+/// BTF of the kernel image.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Split BTF of the overlay module, present once the module is loaded (on
+/// kernels where overlayfs is built in, its types are in vmlinux).
+pub const OVERLAY_BTF: &str = "/sys/kernel/btf/overlay";
+
+/// How wide a field must be for the programs' reads to be right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Width {
+    Pointer,
+    Bytes(usize),
+}
+
+impl fmt::Display for Width {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pointer => f.write_str("a pointer"),
+            Self::Bytes(n) => write!(f, "{n} bytes"),
+        }
+    }
+}
+
+/// A field the programs read: `strukt.path` where `path` may go through
+/// nested (named or anonymous) members, e.g. `mnt_namespace.ns.inum`.
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    strukt: &'static str,
+    path: &'static str,
+    width: Width,
+}
+
+const fn field(strukt: &'static str, path: &'static str, width: Width) -> Field {
+    Field {
+        strukt,
+        path,
+        width,
+    }
+}
+
+const BINPRM_FILE: Field = field("linux_binprm", "file", Width::Pointer);
+const BINPRM_FILENAME: Field = field("linux_binprm", "filename", Width::Pointer);
+const FILE_INODE: Field = field("file", "f_inode", Width::Pointer);
+const INODE_SB: Field = field("inode", "i_sb", Width::Pointer);
+const INODE_INO: Field = field("inode", "i_ino", Width::Bytes(8));
+const SB_MAGIC: Field = field("super_block", "s_magic", Width::Bytes(8));
+const SB_DEV: Field = field("super_block", "s_dev", Width::Bytes(4));
+const TASK_REAL_PARENT: Field = field("task_struct", "real_parent", Width::Pointer);
+const TASK_TGID: Field = field("task_struct", "tgid", Width::Bytes(4));
+const TASK_NSPROXY: Field = field("task_struct", "nsproxy", Width::Pointer);
+const NSPROXY_MNT_NS: Field = field("nsproxy", "mnt_ns", Width::Pointer);
+const MNT_NAMESPACE_INUM: Field = field("mnt_namespace", "ns.inum", Width::Bytes(4));
+const OVL_INODE_VFS_INODE: Field = field("ovl_inode", "vfs_inode", Width::Bytes(0));
+const OVL_INODE_UPPERDENTRY: Field = field("ovl_inode", "__upperdentry", Width::Pointer);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("reading kernel BTF from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no definition of struct {strukt} (searched {searched})")]
+    MissingStruct {
+        strukt: &'static str,
+        searched: String,
+    },
+    #[error("kernel BTF struct {strukt} has no field {path}")]
+    MissingField {
+        strukt: &'static str,
+        path: &'static str,
+    },
+    #[error("{strukt}.{path} is {found}, the enforcer reads it as {expected}")]
+    UnexpectedWidth {
+        strukt: &'static str,
+        path: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[error("{strukt}.{path} is a bit-field, which the enforcer cannot read")]
+    Bitfield {
+        strukt: &'static str,
+        path: &'static str,
+    },
+    #[error("malformed kernel BTF while resolving {strukt}.{path}: {source}")]
+    Malformed {
+        strukt: &'static str,
+        path: &'static str,
+        #[source]
+        source: btf_rs::Error,
+    },
+}
+
+impl LayoutError {
+    /// The `struct.field` the error is about, when it is about one.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            Self::MissingStruct { strukt, .. } => Some((*strukt).to_owned()),
+            Self::MissingField { strukt, path }
+            | Self::UnexpectedWidth { strukt, path, .. }
+            | Self::Bitfield { strukt, path }
+            | Self::Malformed { strukt, path, .. } => Some(format!("{strukt}.{path}")),
+            Self::Read { .. } => None,
+        }
+    }
+}
+
+/// Parsed kernel BTF: vmlinux plus, where present, the overlay module's split BTF.
+pub struct KernelBtf {
+    vmlinux: Btf,
+    vmlinux_path: PathBuf,
+    overlay: Option<(Btf, PathBuf)>,
+}
+
+impl fmt::Debug for KernelBtf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KernelBtf")
+            .field("sources", &self.sources())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KernelBtf {
+    /// Reads the running kernel's BTF from sysfs.
+    pub fn from_sysfs() -> Result<Self, LayoutError> {
+        Self::from_files(Path::new(VMLINUX_BTF), Path::new(OVERLAY_BTF))
+    }
+
+    /// Reads vmlinux BTF from `vmlinux` and, if that file exists, the
+    /// overlay module's split BTF from `overlay`.
+    pub fn from_files(vmlinux: &Path, overlay: &Path) -> Result<Self, LayoutError> {
+        let read_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LayoutError::Read { path, source }
+        };
+        let vmlinux_btf = Btf::from_file(vmlinux).map_err(read_error(vmlinux))?;
+        let overlay = if overlay.exists() {
+            let btf = Btf::from_split_file(overlay, &vmlinux_btf).map_err(read_error(overlay))?;
+            Some((btf, overlay.to_owned()))
+        } else {
+            None
+        };
+        Ok(Self {
+            vmlinux: vmlinux_btf,
+            vmlinux_path: vmlinux.to_owned(),
+            overlay,
+        })
+    }
+
+    /// The files the BTF came from, for the start-up log.
+    pub fn sources(&self) -> Vec<&Path> {
+        let mut sources = vec![self.vmlinux_path.as_path()];
+        sources.extend(self.overlay.as_ref().map(|(_, path)| path.as_path()));
+        sources
+    }
+
+    /// The BTF that defines overlayfs' private types: the module's split BTF
+    /// when overlay is a module, vmlinux when it is built in.
+    fn overlay_types(&self) -> (&Btf, String) {
+        match &self.overlay {
+            Some((btf, path)) => (
+                btf,
+                format!("{} and {}", path.display(), self.vmlinux_path.display()),
+            ),
+            None => (&self.vmlinux, self.vmlinux_path.display().to_string()),
+        }
+    }
+
+    fn vmlinux_types(&self) -> (&Btf, String) {
+        (&self.vmlinux, self.vmlinux_path.display().to_string())
+    }
+
+    /// Resolves every offset the kernel programs need.
+    pub fn offsets(&self) -> Result<KernelOffsets, LayoutError> {
+        let core = |f: Field| {
+            let (btf, searched) = self.vmlinux_types();
+            resolve(btf, &searched, f)
+        };
+        let (overlay_btf, overlay_searched) = self.overlay_types();
+        let ovl = |f: Field| resolve(overlay_btf, &overlay_searched, f);
+
+        // The programs hold a pointer to the `vfs_inode` embedded in an
+        // `ovl_inode`, so the upper dentry is addressed relative to it.
+        let vfs_inode = ovl(OVL_INODE_VFS_INODE)?;
+        let upper = ovl(OVL_INODE_UPPERDENTRY)?;
+        let ovl_inode_upperdentry =
+            upper
+                .checked_sub(vfs_inode)
+                .ok_or(LayoutError::UnexpectedWidth {
+                    strukt: OVL_INODE_UPPERDENTRY.strukt,
+                    path: OVL_INODE_UPPERDENTRY.path,
+                    expected: "placed after vfs_inode".to_owned(),
+                    found: format!("at offset {upper}, before vfs_inode at {vfs_inode}"),
+                })?;
+
+        Ok(KernelOffsets {
+            binprm_file: core(BINPRM_FILE)?,
+            binprm_filename: core(BINPRM_FILENAME)?,
+            file_inode: core(FILE_INODE)?,
+            inode_sb: core(INODE_SB)?,
+            inode_ino: core(INODE_INO)?,
+            sb_magic: core(SB_MAGIC)?,
+            sb_dev: core(SB_DEV)?,
+            ovl_inode_upperdentry,
+            task_real_parent: core(TASK_REAL_PARENT)?,
+            task_tgid: core(TASK_TGID)?,
+            task_nsproxy: core(TASK_NSPROXY)?,
+            nsproxy_mnt_ns: core(NSPROXY_MNT_NS)?,
+            mnt_namespace_inum: core(MNT_NAMESPACE_INUM)?,
+            pad: 0,
+        })
+    }
+}
+
+/// Byte offset of `field` in its struct, after checking its width.
+fn resolve(btf: &Btf, searched: &str, field: Field) -> Result<u32, LayoutError> {
+    let malformed = |source| LayoutError::Malformed {
+        strukt: field.strukt,
+        path: field.path,
+        source,
+    };
+    let mut current = find_struct(btf, field.strukt)
+        .map_err(malformed)?
+        .ok_or_else(|| LayoutError::MissingStruct {
+            strukt: field.strukt,
+            searched: searched.to_owned(),
+        })?;
+    let mut bit_offset = 0u32;
+    let mut member_type = None;
+    for (depth, name) in field.path.split('.').enumerate() {
+        if depth > 0 {
+            current = match member_type
+                .take()
+                .map(|ty| strip(btf, ty))
+                .transpose()
+                .map_err(malformed)?
+            {
+                Some(Type::Struct(s) | Type::Union(s)) => s,
+                _ => {
+                    return Err(LayoutError::MissingField {
+                        strukt: field.strukt,
+                        path: field.path,
+                    });
+                }
+            };
+        }
+        let found = find_member(btf, &current, name).map_err(malformed)?.ok_or(
+            LayoutError::MissingField {
+                strukt: field.strukt,
+                path: field.path,
+            },
+        )?;
+        if found.bitfield {
+            return Err(LayoutError::Bitfield {
+                strukt: field.strukt,
+                path: field.path,
+            });
+        }
+        bit_offset += found.bit_offset;
+        member_type = Some(found.ty);
+    }
+    if !bit_offset.is_multiple_of(8) {
+        return Err(LayoutError::Bitfield {
+            strukt: field.strukt,
+            path: field.path,
+        });
+    }
+    let member_type = member_type.ok_or(LayoutError::MissingField {
+        strukt: field.strukt,
+        path: field.path,
+    })?;
+    check_width(btf, field, member_type)?;
+    Ok(bit_offset / 8)
+}
+
+/// The complete (non-forward) definition of `struct name`.
+fn find_struct(btf: &Btf, name: &str) -> btf_rs::Result<Option<btf_rs::Struct>> {
+    Ok(btf
+        .resolve_types_by_name(name)?
+        .into_iter()
+        .find_map(|ty| match ty {
+            Type::Struct(s) if s.size() > 0 || !s.members.is_empty() => Some(s),
+            _ => None,
+        }))
+}
+
+/// A member found by [`find_member`].
+struct FoundMember {
+    /// Bit offset from the start of the searched struct.
+    bit_offset: u32,
+    ty: Type,
+    bitfield: bool,
+}
+
+/// Finds member `name` in `strukt`, descending into anonymous struct and
+/// union members (the kernel uses them freely, and randomised layouts add
+/// more).
+fn find_member(
+    btf: &Btf,
+    strukt: &btf_rs::Struct,
+    name: &str,
+) -> btf_rs::Result<Option<FoundMember>> {
+    for member in &strukt.members {
+        let member_name = btf.resolve_name(member)?;
+        let ty = btf.resolve_chained_type(member)?;
+        if member_name == name {
+            return Ok(Some(FoundMember {
+                bit_offset: member.bit_offset(),
+                ty,
+                bitfield: member.bitfield_size().is_some_and(|size| size != 0),
+            }));
+        }
+        if member_name.is_empty()
+            && let Type::Struct(inner) | Type::Union(inner) = strip(btf, ty)?
+            && let Some(found) = find_member(btf, &inner, name)?
+        {
+            return Ok(Some(FoundMember {
+                bit_offset: member.bit_offset() + found.bit_offset,
+                ..found
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn strip(btf: &Btf, mut ty: Type) -> btf_rs::Result<Type> {
+    // Bounded: a malformed BTF could contain a cycle.
+    for _ in 0..32 {
+        ty = match ty {
+            Type::Typedef(t) => btf.resolve_chained_type(&t)?,
+            Type::Volatile(t) | Type::Const(t) | Type::Restrict(t) => {
+                btf.resolve_chained_type(&t)?
+            }
+            Type::TypeTag(t) => btf.resolve_chained_type(&t)?,
+            other => return Ok(other),
+        };
+    }
+    Err(btf_rs::Error::Format(
+        "type chain longer than 32 links".to_owned(),
+    ))
+}
+
+fn check_width(btf: &Btf, field: Field, ty: Type) -> Result<(), LayoutError> {
+    let ty = strip(btf, ty).map_err(|source| LayoutError::Malformed {
+        strukt: field.strukt,
+        path: field.path,
+        source,
+    })?;
+    let found = match &ty {
+        Type::Ptr(_) => Width::Pointer,
+        Type::Int(int) => Width::Bytes(int.size()),
+        // Embedded structs are only located, never read whole.
+        Type::Struct(_) | Type::Union(_) if field.width == Width::Bytes(0) => return Ok(()),
+        other => {
+            return Err(LayoutError::UnexpectedWidth {
+                strukt: field.strukt,
+                path: field.path,
+                expected: field.width.to_string(),
+                found: format!("a {}", other.name()),
+            });
+        }
+    };
+    if found == field.width {
+        Ok(())
+    } else {
+        Err(LayoutError::UnexpectedWidth {
+            strukt: field.strukt,
+            path: field.path,
+            expected: field.width.to_string(),
+            found: found.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The host's own BTF: these tests resolve real kernel layouts, not fixtures.
+    fn host_btf() -> Option<KernelBtf> {
+        if !Path::new(VMLINUX_BTF).exists() {
+            eprintln!("skipping: {VMLINUX_BTF} does not exist (kernel built without BTF)");
+            return None;
+        }
+        Some(KernelBtf::from_sysfs().expect("host BTF parses"))
+    }
+
+    #[test]
+    fn resolves_every_offset_from_host_btf() {
+        let Some(btf) = host_btf() else { return };
+        let offsets = btf.offsets().expect("all offsets resolve");
+        // Fields that cannot be first in their struct on any kernel.
+        for (name, value) in [
+            ("linux_binprm.file", offsets.binprm_file),
+            ("linux_binprm.filename", offsets.binprm_filename),
+            ("file.f_inode", offsets.file_inode),
+            ("inode.i_sb", offsets.inode_sb),
+            ("inode.i_ino", offsets.inode_ino),
+            ("super_block.s_magic", offsets.sb_magic),
+            ("task_struct.real_parent", offsets.task_real_parent),
+            ("task_struct.tgid", offsets.task_tgid),
+            ("task_struct.nsproxy", offsets.task_nsproxy),
+            ("nsproxy.mnt_ns", offsets.nsproxy_mnt_ns),
+            ("mnt_namespace.ns.inum", offsets.mnt_namespace_inum),
+        ] {
+            assert_ne!(value, 0, "{name} resolved to offset 0");
+        }
+        // Pointers are 8-byte aligned in every kernel struct.
+        for value in [
+            offsets.binprm_file,
+            offsets.binprm_filename,
+            offsets.file_inode,
+            offsets.inode_sb,
+            offsets.task_real_parent,
+            offsets.task_nsproxy,
+            offsets.nsproxy_mnt_ns,
+        ] {
+            assert_eq!(value % 8, 0);
+        }
+        // The upper dentry pointer directly follows the embedded inode on
+        // every kernel from 5.x to 7.x: its distance is sizeof(struct inode).
+        let inode = find_struct(&btf.vmlinux, "inode").unwrap().unwrap();
+        assert_eq!(offsets.ovl_inode_upperdentry as usize, inode.size());
+    }
+
+    #[test]
+    fn nested_fields_go_through_anonymous_members() {
+        let Some(btf) = host_btf() else { return };
+        let (vmlinux, searched) = btf.vmlinux_types();
+        // `ns_common.inum` sits inside `mnt_namespace.ns`; resolving the
+        // nested path must add both offsets.
+        let ns = resolve(
+            vmlinux,
+            &searched,
+            field("mnt_namespace", "ns", Width::Bytes(0)),
+        )
+        .unwrap();
+        let inum = resolve(
+            vmlinux,
+            &searched,
+            field("ns_common", "inum", Width::Bytes(4)),
+        )
+        .unwrap();
+        assert_eq!(ns + inum, btf.offsets().unwrap().mnt_namespace_inum);
+    }
+
+    #[test]
+    fn missing_fields_and_structs_are_named() {
+        let Some(btf) = host_btf() else { return };
+        let (vmlinux, searched) = btf.vmlinux_types();
+        let err = resolve(
+            vmlinux,
+            &searched,
+            field("inode", "i_no_such_field", Width::Pointer),
+        )
+        .unwrap_err();
+        assert_eq!(err.field().as_deref(), Some("inode.i_no_such_field"));
+        assert!(
+            err.to_string()
+                .contains("inode has no field i_no_such_field"),
+            "{err}"
+        );
+
+        let err = resolve(
+            vmlinux,
+            &searched,
+            field("no_such_struct", "x", Width::Pointer),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LayoutError::MissingStruct {
+                    strukt: "no_such_struct",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_widths_are_refused() {
+        let Some(btf) = host_btf() else { return };
+        let (vmlinux, searched) = btf.vmlinux_types();
+        // s_magic is an unsigned long: reading it as 4 bytes would be wrong.
+        let err = resolve(
+            vmlinux,
+            &searched,
+            field("super_block", "s_magic", Width::Bytes(4)),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("super_block.s_magic is 8 bytes, the enforcer reads it as 4 bytes"),
+            "{err}"
+        );
+        let err = resolve(vmlinux, &searched, field("inode", "i_ino", Width::Pointer)).unwrap_err();
+        assert!(matches!(err, LayoutError::UnexpectedWidth { .. }), "{err}");
+    }
+
+    #[test]
+    fn unreadable_btf_is_a_read_error_naming_the_file() {
+        let err = KernelBtf::from_files(
+            Path::new("/nonexistent/vmlinux"),
+            Path::new("/nonexistent/overlay"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+//! What the running kernel offers: structure layouts from BTF, active LSMs,
+//! namespaces.
+
+pub mod features;
+pub mod layout;
+pub mod namespaces;

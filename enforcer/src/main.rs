@@ -1,0 +1,53 @@
+//! The `enforcer` command.
+
+use std::io::IsTerminal as _;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use enforcer::{
+    agent,
+    cli::{Cli, Command},
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|error| {
+        // Logging is not up yet; this is the one message that cannot go through it.
+        #[expect(clippy::print_stderr, reason = "before the logger exists")]
+        {
+            eprintln!("invalid --log filter {:?} ({error}); using info", cli.log);
+        }
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    match run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(agent::run(agent::RunOptions {
+                backend: args.backend,
+                mode: args.mode,
+                host_mount_ns: args.host_mount_ns,
+            }))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Policy: what the agent enforces, compiled into kernel map entries.
+//!
+//! Policy flows one way: policy -> [`compile`] (pure) -> [`apply`] (map
+//! writes). Today the only policy is the built-in default (drift prevention
+//! for every container); policy files and selectors build on the same stages.
+
+use std::fmt;
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapError},
+};
+use enforcer_common::{DriftSettings, mode};
+
+/// Name of the drift settings map in the kernel object.
+pub const DRIFT_POLICY_MAP: &str = "DRIFT_POLICY";
+/// Index of the settings that apply to every container.
+const ALL_CONTAINERS: u32 = 0;
+
+/// What happens when a rule matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Refuse (or kill) and report.
+    Enforce,
+    /// Allow and report what enforce would have refused.
+    Audit,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Drift prevention: containers may only execute files from their image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriftRule {
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Name reported in events as `rule.ruleset`.
+    pub name: String,
+    /// Applies to every container.
+    pub drift: DriftRule,
+}
+
+impl Policy {
+    /// The policy `enforcer run` enforces without a policy file: drift
+    /// prevention for every container, in `mode`.
+    pub fn builtin(mode: Mode) -> Self {
+        Self {
+            name: "builtin-default".to_owned(),
+            drift: DriftRule { mode },
+        }
+    }
+}
+
+/// Kernel map entries for a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    /// `DRIFT_POLICY[0]`.
+    pub drift_all_containers: DriftSettings,
+}
+
+/// Compiles a policy into map entries. Pure: no I/O, no kernel.
+pub fn compile(policy: &Policy) -> Compiled {
+    let mode = match policy.drift.mode {
+        Mode::Enforce => mode::ENFORCE,
+        Mode::Audit => mode::AUDIT,
+    };
+    Compiled {
+        drift_all_containers: DriftSettings { mode, pad: 0 },
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the kernel object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Writes compiled entries into the kernel maps. Each entry is one atomic map
+/// update, so programs see either the old or the new value, never a gap.
+pub fn apply(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), ApplyError> {
+    let map_error = |source| ApplyError::Map {
+        map: DRIFT_POLICY_MAP,
+        source,
+    };
+    let map = ebpf
+        .map_mut(DRIFT_POLICY_MAP)
+        .ok_or(ApplyError::MissingMap(DRIFT_POLICY_MAP))?;
+    let mut drift: Array<_, DriftSettings> = Array::try_from(map).map_err(map_error)?;
+    drift
+        .set(ALL_CONTAINERS, compiled.drift_all_containers, 0)
+        .map_err(map_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::mode;
+
+    use super::*;
+
+    #[test]
+    fn builtin_policy_enforces_drift_for_all_containers() {
+        let compiled = compile(&Policy::builtin(Mode::Enforce));
+        assert_eq!(compiled.drift_all_containers.mode, mode::ENFORCE);
+    }
+
+    #[test]
+    fn audit_mode_compiles_to_audit() {
+        let compiled = compile(&Policy::builtin(Mode::Audit));
+        assert_eq!(compiled.drift_all_containers.mode, mode::AUDIT);
+        assert_eq!(compiled.drift_all_containers.pad, 0);
+    }
+}
