@@ -32,6 +32,7 @@ pub struct RunOptions {
     pub backend: BackendChoice,
     pub mode: Mode,
     pub host_mount_ns: Option<PathBuf>,
+    pub btf: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +77,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     if let Err(reason) = features::ensure_overlayfs() {
         tracing::warn!("{reason}");
     }
-    let btf = KernelBtf::from_sysfs().map_err(layout_error)?;
+    let btf = KernelBtf::load(options.btf.as_deref()).map_err(layout_error)?;
     let offsets = btf.offsets().map_err(layout_error)?;
     tracing::info!(kernel = %release, btf = ?btf.sources(), ?offsets, "kernel layout resolved from BTF");
 

@@ -52,4 +52,10 @@ pub struct RunArgs {
     /// /proc/1/ns/mnt, or the agent's own when that cannot be read.
     #[arg(long, value_name = "PATH")]
     pub host_mount_ns: Option<PathBuf>,
+
+    /// BTF of the running kernel, for kernels that do not expose
+    /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from
+    /// it; the overlay module's BTF is still read from sysfs when loaded.
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
 }

@@ -46,6 +46,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 backend: args.backend,
                 mode: args.mode,
                 host_mount_ns: args.host_mount_ns,
+                btf: args.btf,
             }))?;
             Ok(())
         }

@@ -121,11 +121,13 @@ impl LayoutError {
     }
 }
 
-/// Parsed kernel BTF: vmlinux plus, where present, the overlay module's split BTF.
+/// Parsed vmlinux BTF plus, where present, the path of the overlay module's
+/// split BTF (parsed on use: it only parses against the running kernel's
+/// vmlinux BTF).
 pub struct KernelBtf {
     vmlinux: Btf,
     vmlinux_path: PathBuf,
-    overlay: Option<(Btf, PathBuf)>,
+    overlay_path: Option<PathBuf>,
 }
 
 impl fmt::Debug for KernelBtf {
@@ -137,48 +139,52 @@ impl fmt::Debug for KernelBtf {
 }
 
 impl KernelBtf {
-    /// Reads the running kernel's BTF from sysfs.
-    pub fn from_sysfs() -> Result<Self, LayoutError> {
-        Self::from_files(Path::new(VMLINUX_BTF), Path::new(OVERLAY_BTF))
+    /// Reads the running kernel's BTF from sysfs, or vmlinux BTF from
+    /// `vmlinux` when given (kernels that do not expose it in sysfs).
+    pub fn load(vmlinux: Option<&Path>) -> Result<Self, LayoutError> {
+        Self::from_files(
+            vmlinux.unwrap_or(Path::new(VMLINUX_BTF)),
+            Path::new(OVERLAY_BTF),
+        )
     }
 
     /// Reads vmlinux BTF from `vmlinux` and, if that file exists, the
     /// overlay module's split BTF from `overlay`.
     pub fn from_files(vmlinux: &Path, overlay: &Path) -> Result<Self, LayoutError> {
-        let read_error = |path: &Path| {
-            let path = path.to_owned();
-            move |source| LayoutError::Read { path, source }
-        };
-        let vmlinux_btf = Btf::from_file(vmlinux).map_err(read_error(vmlinux))?;
-        let overlay = if overlay.exists() {
-            let btf = Btf::from_split_file(overlay, &vmlinux_btf).map_err(read_error(overlay))?;
-            Some((btf, overlay.to_owned()))
-        } else {
-            None
-        };
         Ok(Self {
-            vmlinux: vmlinux_btf,
+            vmlinux: Btf::from_file(vmlinux).map_err(|source| LayoutError::Read {
+                path: vmlinux.to_owned(),
+                source,
+            })?,
             vmlinux_path: vmlinux.to_owned(),
-            overlay,
+            overlay_path: overlay.exists().then(|| overlay.to_owned()),
         })
     }
 
     /// The files the BTF came from, for the start-up log.
     pub fn sources(&self) -> Vec<&Path> {
         let mut sources = vec![self.vmlinux_path.as_path()];
-        sources.extend(self.overlay.as_ref().map(|(_, path)| path.as_path()));
+        sources.extend(self.overlay_path.as_deref());
         sources
     }
 
     /// The BTF that defines overlayfs' private types: the module's split BTF
     /// when overlay is a module, vmlinux when it is built in.
-    fn overlay_types(&self) -> (&Btf, String) {
-        match &self.overlay {
-            Some((btf, path)) => (
-                btf,
-                format!("{} and {}", path.display(), self.vmlinux_path.display()),
-            ),
-            None => (&self.vmlinux, self.vmlinux_path.display().to_string()),
+    fn overlay_types(&self) -> Result<(Option<Btf>, String), LayoutError> {
+        match &self.overlay_path {
+            Some(path) => {
+                let btf = Btf::from_split_file(path, &self.vmlinux).map_err(|source| {
+                    LayoutError::Read {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Ok((
+                    Some(btf),
+                    format!("{} and {}", path.display(), self.vmlinux_path.display()),
+                ))
+            }
+            None => Ok((None, self.vmlinux_path.display().to_string())),
         }
     }
 
@@ -192,9 +198,23 @@ impl KernelBtf {
             let (btf, searched) = self.vmlinux_types();
             resolve(btf, &searched, f)
         };
-        let (overlay_btf, overlay_searched) = self.overlay_types();
-        let ovl = |f: Field| resolve(overlay_btf, &overlay_searched, f);
 
+        let binprm_file = core(BINPRM_FILE)?;
+        let binprm_filename = core(BINPRM_FILENAME)?;
+        let file_inode = core(FILE_INODE)?;
+        let inode_sb = core(INODE_SB)?;
+        let inode_ino = core(INODE_INO)?;
+        let sb_magic = core(SB_MAGIC)?;
+        let sb_dev = core(SB_DEV)?;
+        let task_real_parent = core(TASK_REAL_PARENT)?;
+        let task_tgid = core(TASK_TGID)?;
+        let task_nsproxy = core(TASK_NSPROXY)?;
+        let nsproxy_mnt_ns = core(NSPROXY_MNT_NS)?;
+        let mnt_namespace_inum = core(MNT_NAMESPACE_INUM)?;
+
+        let (overlay_module, overlay_searched) = self.overlay_types()?;
+        let overlay_btf = overlay_module.as_ref().unwrap_or(&self.vmlinux);
+        let ovl = |f: Field| resolve(overlay_btf, &overlay_searched, f);
         // The programs hold a pointer to the `vfs_inode` embedded in an
         // `ovl_inode`, so the upper dentry is addressed relative to it.
         let vfs_inode = ovl(OVL_INODE_VFS_INODE)?;
@@ -210,19 +230,19 @@ impl KernelBtf {
                 })?;
 
         Ok(KernelOffsets {
-            binprm_file: core(BINPRM_FILE)?,
-            binprm_filename: core(BINPRM_FILENAME)?,
-            file_inode: core(FILE_INODE)?,
-            inode_sb: core(INODE_SB)?,
-            inode_ino: core(INODE_INO)?,
-            sb_magic: core(SB_MAGIC)?,
-            sb_dev: core(SB_DEV)?,
+            binprm_file,
+            binprm_filename,
+            file_inode,
+            inode_sb,
+            inode_ino,
+            sb_magic,
+            sb_dev,
             ovl_inode_upperdentry,
-            task_real_parent: core(TASK_REAL_PARENT)?,
-            task_tgid: core(TASK_TGID)?,
-            task_nsproxy: core(TASK_NSPROXY)?,
-            nsproxy_mnt_ns: core(NSPROXY_MNT_NS)?,
-            mnt_namespace_inum: core(MNT_NAMESPACE_INUM)?,
+            task_real_parent,
+            task_tgid,
+            task_nsproxy,
+            nsproxy_mnt_ns,
+            mnt_namespace_inum,
             pad: 0,
         })
     }
@@ -401,7 +421,7 @@ mod tests {
             eprintln!("skipping: {VMLINUX_BTF} does not exist (kernel built without BTF)");
             return None;
         }
-        Some(KernelBtf::from_sysfs().expect("host BTF parses"))
+        Some(KernelBtf::load(None).expect("host BTF parses"))
     }
 
     #[test]

@@ -1,0 +1,296 @@
+//! Real containers, minimally: an image directory as the overlayfs lower
+//! layer, a fresh mount namespace, a private tmpfs for the upper layer, a
+//! cgroup v2 group of its own, and `chroot` into the overlay. This is what a
+//! container runtime sets up for a container's root filesystem.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::require;
+
+/// Applets linked into the image; each is an exec of the image's busybox.
+const APPLETS: &[&str] = &[
+    "sh", "echo", "cp", "cat", "ls", "stat", "mv", "ln", "chmod", "rm",
+];
+const BUSYBOX: &str = "/bin/busybox";
+/// Limit for a container's run; a hang is a test failure, not a stuck CI job.
+const RUN_TIMEOUT: Duration = Duration::from_mins(2);
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A unique scratch directory, removed on drop.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(what: &str) -> io::Result<Self> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("enforcer-test-{}-{what}-{id}", std::process::id()));
+        fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A container image: the read-only lower layer.
+#[derive(Debug)]
+pub struct Image {
+    root: Scratch,
+}
+
+impl Image {
+    /// A small image: a static busybox with applet links, /tmp.
+    pub fn busybox() -> anyhow::Result<Self> {
+        let busybox = require::program(BUSYBOX, "busybox-static");
+        let root = Scratch::new("image")?;
+        let bin = root.path().join("bin");
+        fs::create_dir_all(&bin)?;
+        fs::create_dir_all(root.path().join("tmp"))?;
+        fs::copy(busybox, bin.join("busybox")).context("copying busybox into the image")?;
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+/// A cgroup v2 group for one container, removed on drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates a group under the cgroup v2 mount, if there is one.
+    pub fn create() -> anyhow::Result<Option<Self>> {
+        let Some(mount) = cgroup2_mount()? else {
+            return Ok(None);
+        };
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let path = mount.join(format!("enforcer-test-{}-{id}", std::process::id()));
+        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Some(Self { path }))
+    }
+
+    /// The id `bpf_get_current_cgroup_id` reports: the group's inode number.
+    pub fn id(&self) -> anyhow::Result<u64> {
+        Ok(fs::metadata(&self.path)?.ino())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+fn cgroup2_mount() -> anyhow::Result<Option<PathBuf>> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    // Fields: id parent maj:min root mountpoint options ... - fstype source superopts
+    Ok(mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        if after.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        before.split_whitespace().nth(4).map(PathBuf::from)
+    }))
+}
+
+/// The result of one container run.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The container's cgroup id, when cgroup v2 is mounted.
+    pub cgroup_id: Option<u64>,
+}
+
+impl Run {
+    /// The value of the first `key=value` line of stdout.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+    }
+}
+
+fn cstring(path: &Path) -> anyhow::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).context("path with a NUL byte")
+}
+
+/// What the container's first process does between fork and exec. Every
+/// string is prepared before the fork: only async-signal-safe calls are
+/// allowed there, so nothing may allocate.
+struct Setup {
+    cgroup_procs: Option<CString>,
+    scratch: CString,
+    upper: CString,
+    work: CString,
+    merged: CString,
+    overlay_options: CString,
+}
+
+impl Setup {
+    fn new(state: &Path, image: &Image, cgroup: Option<&Cgroup>) -> anyhow::Result<Self> {
+        let upper = state.join("upper");
+        let work = state.join("work");
+        Ok(Self {
+            cgroup_procs: cgroup
+                .map(|cgroup| cstring(&cgroup.path.join("cgroup.procs")))
+                .transpose()?,
+            scratch: cstring(state)?,
+            overlay_options: CString::new(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                image.root().display(),
+                upper.display(),
+                work.display()
+            ))?,
+            upper: cstring(&upper)?,
+            work: cstring(&work)?,
+            merged: cstring(&state.join("merged"))?,
+        })
+    }
+
+    /// Joins the cgroup, enters a new mount namespace, mounts a private tmpfs
+    /// for the upper layer and the overlay root, and chroots into it.
+    fn enter(&self) -> io::Result<()> {
+        fn check(rc: libc::c_int) -> io::Result<()> {
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        let none = std::ptr::null();
+        // SAFETY: system calls on NUL-terminated strings owned by `self`.
+        unsafe {
+            if let Some(procs) = &self.cgroup_procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // "0" moves the writing process itself.
+                let written = libc::write(fd, c"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                none.cast(),
+            ))?;
+            check(libc::mount(
+                c"tmpfs".as_ptr(),
+                self.scratch.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                none.cast(),
+            ))?;
+            for dir in [&self.upper, &self.work, &self.merged] {
+                check(libc::mkdir(dir.as_ptr(), 0o755))?;
+            }
+            check(libc::mount(
+                c"overlay".as_ptr(),
+                self.merged.as_ptr(),
+                c"overlay".as_ptr(),
+                0,
+                self.overlay_options.as_ptr().cast(),
+            ))?;
+            check(libc::chroot(self.merged.as_ptr()))?;
+            check(libc::chdir(c"/".as_ptr()))
+        }
+    }
+}
+
+/// Runs `script` with the image's `/bin/sh` as the container's first process.
+pub fn run(image: &Image, script: &str) -> anyhow::Result<Run> {
+    let state = Scratch::new("container")?;
+    let cgroup = Cgroup::create()?;
+    let cgroup_id = cgroup.as_ref().map(Cgroup::id).transpose()?;
+    let setup = Setup::new(state.path(), image, cgroup.as_ref())?;
+
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(script)
+        .env_clear()
+        .env("PATH", "/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: `enter` only makes system calls on memory prepared before the
+    // fork; it neither allocates nor takes locks.
+    unsafe {
+        command.pre_exec(move || setup.enter());
+    }
+    let child = command.spawn().context("starting the container")?;
+    let (status, stdout, stderr) = wait_with_output(child)?;
+    Ok(Run {
+        status,
+        stdout,
+        stderr,
+        cgroup_id,
+    })
+}
+
+/// Waits for `child` (at most [`RUN_TIMEOUT`]) and collects its output.
+fn wait_with_output(
+    mut child: std::process::Child,
+) -> anyhow::Result<(ExitStatus, String, String)> {
+    let read_all = |mut pipe: Box<dyn io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().context("stdout")?));
+    let stderr = read_all(Box::new(child.stderr.take().context("stderr")?));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("container did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let join = |reader: std::thread::JoinHandle<String>| {
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("output reader panicked"))
+    };
+    Ok((status, join(stdout)?, join(stderr)?))
+}

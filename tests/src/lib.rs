@@ -1,0 +1,24 @@
+//! Support for the integration tests: a real agent process, real overlayfs
+//! containers, and requirement checks that skip loudly (or fail, when the
+//! test run says a feature must be there).
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "test support: a panic is how a test fails"
+)]
+
+pub mod agent;
+pub mod container;
+pub mod require;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Tests attach programs that see every exec on the machine; two agents at
+/// once would see each other's containers. Every test holds this lock.
+static KERNEL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next test can still run.
+    KERNEL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,70 @@
+//! Requirement checks. A test that cannot run here says why and returns;
+//! `ENFORCER_TEST_REQUIRE` (a comma-separated list of requirement names, set
+//! by `cargo xtask test`) turns such a skip into a failure, so a test run
+//! that is meant to exercise a feature cannot pass by skipping it.
+
+use std::path::Path;
+
+/// Environment variable listing requirements that must be met.
+pub const REQUIRE_ENV: &str = "ENFORCER_TEST_REQUIRE";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requirement {
+    /// Running as root (BPF, mounts, namespaces).
+    Root,
+    /// BPF LSM programs load and attach. Probed by starting the agent with
+    /// `--backend lsm`: listing `bpf` as an active LSM is not enough, kernels
+    /// can still refuse the program.
+    Lsm,
+}
+
+impl Requirement {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::Lsm => "lsm",
+        }
+    }
+
+    /// Whether this test run demands the requirement.
+    pub fn is_required(self) -> bool {
+        std::env::var(REQUIRE_ENV)
+            .is_ok_and(|list| list.split(',').any(|name| name.trim() == self.name()))
+    }
+}
+
+/// Reports that `requirement` is not met: panics if the run requires it,
+/// otherwise prints why the test is skipped.
+pub fn unavailable(requirement: Requirement, why: &str) {
+    assert!(
+        !requirement.is_required(),
+        "{REQUIRE_ENV} requires {}, but {why}",
+        requirement.name()
+    );
+    eprintln!("SKIPPED: {} is not available: {why}", requirement.name());
+}
+
+/// True when running as root; otherwise reports the skip.
+#[must_use]
+pub fn root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if !is_root {
+        unavailable(
+            Requirement::Root,
+            "the tests load BPF programs and mount filesystems",
+        );
+    }
+    is_root
+}
+
+/// Path of a program the tests run, with a hint if it is missing.
+pub fn program<'a>(path: &'a str, package: &str) -> &'a Path {
+    let path = Path::new(path);
+    assert!(
+        path.exists(),
+        "{} is missing: install the Debian package {package} (cargo xtask setup does)",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,255 @@
+//! Project tasks. `cargo xtask --help` lists them.
+
+mod cmd;
+mod kernels;
+mod setup;
+mod vm;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    kernels::{DEFAULT_KERNEL, KernelSpec},
+    setup::Scope,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set up, build, run and test the enforcer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (apt packages, rust-src,
+    /// bpf-linker, virtme-ng, Debian kernels). Idempotent.
+    Setup {
+        /// Kernels to download: `all` or a list such as `6.1,7.2`.
+        #[arg(long, default_value = DEFAULT_KERNEL)]
+        kernels: String,
+    },
+    /// Build the agent (and its kernel programs).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up what the build needs, build, and run `enforcer run ARGS` in the
+    /// foreground (as root).
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `enforcer run`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check and test: formatting and lints, unit
+    /// tests, host integration tests, and the integration tests inside VMs
+    /// booted with Debian kernels and BPF LSM.
+    Test {
+        /// Kernels for the VM tests: `all` or a list such as `5.10,6.1`.
+        #[arg(long, default_value = DEFAULT_KERNEL)]
+        kernels: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn target_dir(workspace: &Path) -> anyhow::Result<PathBuf> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .current_dir(workspace)
+        .no_deps()
+        .exec()
+        .context("cargo metadata")?;
+    Ok(metadata.target_directory.into_std_path_buf())
+}
+
+fn cargo(workspace: &Path) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace);
+    command
+}
+
+fn build(workspace: &Path, release: bool) -> anyhow::Result<PathBuf> {
+    let mut command = cargo(workspace);
+    command.args(["build", "--package", "enforcer"]);
+    if release {
+        command.arg("--release");
+    }
+    cmd::run(&mut command)?;
+    Ok(target_dir(workspace)?
+        .join(if release { "release" } else { "debug" })
+        .join("enforcer"))
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    let workspace = workspace_root();
+    match task {
+        Task::Setup { kernels } => {
+            setup::setup(Scope::Test, &kernels::select(&kernels)?)?;
+            eprintln!("setup: done");
+            Ok(())
+        }
+        Task::Build { release } => {
+            setup::setup(Scope::Build, &[])?;
+            build(&workspace, release).map(drop)
+        }
+        Task::Run { release, args } => {
+            setup::setup(Scope::Build, &[])?;
+            let agent = build(&workspace, release)?;
+            let mut command = cmd::as_root(&agent.display().to_string());
+            command.arg("run").args(&args);
+            cmd::show(&command);
+            // Replace this process, so that Ctrl-C and SIGTERM reach the agent.
+            Err(command.exec()).context("starting the agent")
+        }
+        Task::Test { kernels } => test(&workspace, &kernels::select(&kernels)?),
+    }
+}
+
+fn test(workspace: &Path, kernels: &[&KernelSpec]) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!(
+            "the tests load BPF programs, mount filesystems and boot VMs: run `cargo xtask test` as root"
+        );
+    }
+    let tools = setup::setup(Scope::Test, kernels)?;
+    let mut failures = Vec::new();
+    let mut stage = |name: &str, result: anyhow::Result<()>| match &result {
+        Ok(()) => eprintln!("xtask: {name}: passed"),
+        Err(error) => {
+            eprintln!("xtask: {name}: FAILED: {error:#}");
+            failures.push(name.to_owned());
+        }
+    };
+
+    stage(
+        "format",
+        cmd::run(cargo(workspace).args(["fmt", "--all", "--check"])),
+    );
+    stage(
+        "lints",
+        cmd::run(cargo(workspace).args(["clippy", "--all-targets", "--", "-D", "warnings"])),
+    );
+    stage(
+        "lints (kernel programs)",
+        // `cargo +nightly` only works through rustup's proxy, and $CARGO
+        // is the real stable binary.
+        cmd::run(Command::new("rustup").current_dir(workspace).args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "enforcer-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    );
+    let agent = build(workspace, false)?;
+    // Unit tests and host integration tests (signal backend on this kernel).
+    stage(
+        "unit and host tests",
+        cmd::run(
+            cargo(workspace)
+                .arg("test")
+                .env("ENFORCER_BIN", &agent)
+                .env("ENFORCER_TEST_REQUIRE", "root"),
+        ),
+    );
+
+    let binaries = test_binaries(workspace)?;
+    let vng = tools.vng.context("setup did not provide virtme-ng")?;
+    let work_dir = target_dir(workspace)?.join("vm");
+    let env = [
+        ("ENFORCER_BIN", agent.display().to_string()),
+        ("ENFORCER_TEST_REQUIRE", "root,lsm".to_owned()),
+        ("RUST_BACKTRACE", "1".to_owned()),
+    ];
+    let vm = vm::VmTests {
+        vng: &vng,
+        workspace,
+        work_dir: &work_dir,
+        binaries: &binaries,
+        env: &env,
+    };
+    for kernel in &tools.kernels {
+        stage(
+            &format!("VM tests on Debian {} ({})", kernel.name, kernel.version),
+            vm.run(kernel),
+        );
+    }
+
+    if failures.is_empty() {
+        eprintln!("xtask: all checks and tests passed");
+        Ok(())
+    } else {
+        bail!("failed: {}", failures.join(", "))
+    }
+}
+
+/// The test binaries the VMs run: the agent's unit tests (kernel layout
+/// against each kernel's BTF) and the integration tests.
+fn test_binaries(workspace: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut command = cargo(workspace);
+    command
+        .args([
+            "test",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args([
+            "--package",
+            "enforcer",
+            "--lib",
+            "--package",
+            "enforcer-tests",
+            "--tests",
+        ])
+        .stdout(Stdio::piped());
+    cmd::show(&command);
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    let mut binaries = Vec::new();
+    for message in cargo_metadata::Message::parse_stream(std::io::BufReader::new(stdout)) {
+        if let cargo_metadata::Message::CompilerArtifact(artifact) = message?
+            && artifact.profile.test
+            && let Some(executable) = artifact.executable
+        {
+            binaries.push(executable.into_std_path_buf());
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("building the test binaries failed");
+    }
+    Ok(binaries)
+}

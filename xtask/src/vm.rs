@@ -1,0 +1,225 @@
+//! Runs test binaries inside a Debian kernel booted by virtme-ng (QEMU).
+//!
+//! The guest sees the host's files, so the freshly built agent and test
+//! binaries run there as they are. virtme-ng cannot hand the guest's exit
+//! status back without virtio-serial, which Debian's kernels build as a
+//! module it does not load, so the guest script prints a sentinel line with
+//! the status and this module reads it.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd, kernels::Kernel};
+
+/// Booted with BPF in the LSM list, as a node with BPF LSM enabled is.
+const KERNEL_CMDLINE: &str = "lsm=lockdown,capability,landlock,bpf";
+const BEGIN: &str = "ENFORCER_VM_BEGIN";
+const EXIT: &str = "ENFORCER_VM_EXIT=";
+/// Software emulation is slow; a hang must still end the run.
+const TIMEOUT: Duration = Duration::from_mins(30);
+
+pub(crate) struct VmTests<'a> {
+    pub(crate) vng: &'a Path,
+    pub(crate) workspace: &'a Path,
+    /// Where scripts and logs go.
+    pub(crate) work_dir: &'a Path,
+    /// Binaries to run, in order, each with `--test-threads=1`.
+    pub(crate) binaries: &'a [PathBuf],
+    /// Environment for the tests.
+    pub(crate) env: &'a [(&'a str, String)],
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+impl VmTests<'_> {
+    fn script(&self, kernel: &Kernel) -> String {
+        let mut script =
+            String::from("#!/bin/sh\n# Runs inside the VM; written by cargo xtask test.\n");
+        let _ = writeln!(
+            script,
+            "cd {} || exit 1",
+            shell_quote(&self.workspace.display().to_string())
+        );
+        for (key, value) in self.env {
+            let _ = writeln!(script, "export {key}={}", shell_quote(value));
+        }
+        let _ = writeln!(
+            script,
+            "echo \"{BEGIN} kernel=$(uname -r) expected={} lsm=$(cat /sys/kernel/security/lsm 2>/dev/null)\"",
+            kernel.version
+        );
+        script.push_str("status=0\n");
+        for binary in self.binaries {
+            let binary = shell_quote(&binary.display().to_string());
+            let _ = writeln!(
+                script,
+                "echo \"== {binary}\"\n{binary} --test-threads=1 --color never || status=1"
+            );
+        }
+        let _ = writeln!(script, "echo \"{EXIT}$status\"");
+        script
+    }
+
+    /// Boots `kernel`, runs the binaries, and fails unless all passed.
+    pub(crate) fn run(&self, kernel: &Kernel) -> anyhow::Result<()> {
+        let dir = self.work_dir.join(kernel.name);
+        fs::create_dir_all(&dir)?;
+        let script = dir.join("run.sh");
+        fs::write(&script, self.script(kernel))?;
+        let log_path = dir.join("console.log");
+        let mut log = fs::File::create(&log_path)?;
+
+        let mut command = Command::new(self.vng);
+        command
+            .arg("-v")
+            .arg("-r")
+            .arg(&kernel.vmlinuz)
+            .args(["--memory", "2G", "--cpus", "2", "--append", KERNEL_CMDLINE])
+            .arg("--exec")
+            .arg(format!("sh {}", shell_quote(&script.display().to_string())));
+        // /dev/kvm may exist without being usable (nested virtualisation);
+        // software emulation always works. ENFORCER_VM_KVM=1 opts in to KVM.
+        if std::env::var("ENFORCER_VM_KVM").as_deref() != Ok("1") {
+            command.arg("--disable-kvm");
+        }
+        command
+            .current_dir(self.workspace)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd::show(&command);
+        eprintln!(
+            "vm: Debian {} kernel {} (log: {})",
+            kernel.name,
+            kernel.version,
+            log_path.display()
+        );
+        let started = Instant::now();
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.vng.display()))?;
+
+        let exit_status = stream(&mut child, &mut log, kernel.name, started)
+            .with_context(|| format!("log: {}", log_path.display()))?;
+        let _ = child.wait();
+        eprintln!(
+            "vm: kernel {} finished in {:.0?}",
+            kernel.name,
+            started.elapsed()
+        );
+        match exit_status {
+            Some(0) => Ok(()),
+            Some(status) => bail!(
+                "tests failed in the {} kernel VM (status {status}); log: {}",
+                kernel.name,
+                log_path.display()
+            ),
+            None => bail!(
+                "the {} kernel VM ended without reporting a test result (boot failure?); log: {}",
+                kernel.name,
+                log_path.display()
+            ),
+        }
+    }
+}
+
+/// Copies the VM's output to the log and the test output (after the
+/// sentinel, without kernel console lines) to stdout; returns the status the
+/// guest reported.
+fn stream(
+    child: &mut std::process::Child,
+    log: &mut fs::File,
+    kernel: &str,
+    started: Instant,
+) -> anyhow::Result<Option<i32>> {
+    // stdout and stderr both go through one channel so the log keeps their
+    // interleaving.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let pipes: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+        child.stdout.take().map(|p| Box::new(p) as _),
+        child.stderr.take().map(|p| Box::new(p) as _),
+    ];
+    let readers: Vec<_> = pipes
+        .into_iter()
+        .flatten()
+        .map(|pipe| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+
+    let mut begun = false;
+    let mut exit_status = None;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => {
+                writeln!(log, "{line}")?;
+                begun |= line.contains(BEGIN);
+                if let Some(status) = line.trim().strip_prefix(EXIT) {
+                    exit_status = status.trim().parse::<i32>().ok();
+                }
+                if begun && !is_kernel_message(&line) {
+                    println!("[{kernel}] {line}");
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if started.elapsed() > TIMEOUT {
+                    let _ = child.kill();
+                    bail!("VM with kernel {kernel} timed out after {TIMEOUT:?}");
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    Ok(exit_status)
+}
+
+/// Kernel console lines look like `[    2.802955] text`.
+fn is_kernel_message(line: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    line.strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(stamp, _)| stamp.trim().split_once('.'))
+        .is_some_and(|(seconds, micros)| digits(seconds) && micros.len() == 6 && digits(micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_kernel_console_lines() {
+        assert!(is_kernel_message(
+            "[    2.802955] ACPI: \\_SB_.GSIF: Enabled at IRQ 21"
+        ));
+        assert!(!is_kernel_message("test signal_backend ... ok"));
+        assert!(!is_kernel_message("[6.1] test x ... ok and more"));
+    }
+
+    #[test]
+    fn quotes_for_the_shell() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
