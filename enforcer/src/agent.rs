@@ -19,11 +19,11 @@ use crate::{
         layout::{KernelBtf, LayoutError},
         namespaces::{NamespaceError, host_mount_ns},
     },
-    policy::{self, ApplyError, Mode, Policy},
-    stats::{self, COUNTERS_MAP, KernelCounters},
+    maps::{self, MapAccessError},
+    policy::{self, Mode, Policy},
+    stats::{self, KernelCounters},
 };
 
-const EVENTS_MAP: &str = "EVENTS";
 /// How often lost events and kernel read errors are checked for.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -49,16 +49,8 @@ pub enum AgentError {
     Namespace(#[from] NamespaceError),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("applying the policy: {0}")]
-    Apply(#[from] ApplyError),
-    #[error("the kernel object has no map {0}")]
-    MissingMap(&'static str),
-    #[error("map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error(transparent)]
+    Map(#[from] MapAccessError),
     #[error("starting the audit pipeline: {0}")]
     Pipeline(#[source] std::io::Error),
     #[error("installing signal handlers: {0}")]
@@ -103,17 +95,8 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     // the programs see is already decided by the policy.
     policy::apply(&mut ebpf, &compiled)?;
 
-    let map_error = |map| move |source| AgentError::Map { map, source };
-    let ring = RingBuf::try_from(
-        ebpf.take_map(EVENTS_MAP)
-            .ok_or(AgentError::MissingMap(EVENTS_MAP))?,
-    )
-    .map_err(map_error(EVENTS_MAP))?;
-    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
-        ebpf.take_map(COUNTERS_MAP)
-            .ok_or(AgentError::MissingMap(COUNTERS_MAP))?,
-    )
-    .map_err(map_error(COUNTERS_MAP))?;
+    let ring: RingBuf<MapData> = maps::take(&mut ebpf, maps::EVENTS)?;
+    let counters: PerCpuArray<MapData, u64> = maps::take(&mut ebpf, maps::COUNTERS)?;
 
     let enricher = Enricher {
         clock: BootClock::now(),

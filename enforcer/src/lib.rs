@@ -13,5 +13,6 @@ pub mod audit;
 pub mod backend;
 pub mod cli;
 pub mod kernel;
+pub mod maps;
 pub mod policy;
 pub mod stats;

@@ -6,14 +6,11 @@
 
 use std::fmt;
 
-use aya::{
-    Ebpf,
-    maps::{Array, MapError},
-};
+use aya::{Ebpf, maps::Array};
 use enforcer_common::{DriftSettings, mode};
 
-/// Name of the drift settings map in the kernel object.
-pub const DRIFT_POLICY_MAP: &str = "DRIFT_POLICY";
+use crate::maps::{self, MapAccessError};
+
 /// Index of the settings that apply to every container.
 const ALL_CONTAINERS: u32 = 0;
 
@@ -84,32 +81,16 @@ pub fn compile(policy: &Policy) -> Compiled {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("the kernel object has no map {0}")]
-    MissingMap(&'static str),
-    #[error("map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
-}
-
 /// Writes compiled entries into the kernel maps. Each entry is one atomic map
 /// update, so programs see either the old or the new value, never a gap.
-pub fn apply(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), ApplyError> {
-    let map_error = |source| ApplyError::Map {
-        map: DRIFT_POLICY_MAP,
-        source,
-    };
-    let map = ebpf
-        .map_mut(DRIFT_POLICY_MAP)
-        .ok_or(ApplyError::MissingMap(DRIFT_POLICY_MAP))?;
-    let mut drift: Array<_, DriftSettings> = Array::try_from(map).map_err(map_error)?;
+pub fn apply(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), MapAccessError> {
+    let mut drift: Array<_, DriftSettings> = maps::borrow_mut(ebpf, maps::DRIFT_POLICY)?;
     drift
         .set(ALL_CONTAINERS, compiled.drift_all_containers, 0)
-        .map_err(map_error)
+        .map_err(|source| MapAccessError::Map {
+            map: maps::DRIFT_POLICY,
+            source,
+        })
 }
 
 #[cfg(test)]

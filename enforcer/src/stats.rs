@@ -3,9 +3,6 @@
 use aya::maps::{MapData, MapError, PerCpuArray};
 use enforcer_common::counter;
 
-/// Name of the counters map in the kernel object.
-pub const COUNTERS_MAP: &str = "COUNTERS";
-
 /// Sums over all CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {

@@ -1,0 +1,44 @@
+//! The kernel object's maps, by name, and typed access to them.
+
+use aya::{
+    Ebpf,
+    maps::{Map, MapError},
+};
+
+/// Audit records (ring buffer).
+pub const EVENTS: &str = "EVENTS";
+/// Per-CPU counters, indexed by `enforcer_common::counter`.
+pub const COUNTERS: &str = "COUNTERS";
+/// Drift settings (array; index 0: every container).
+pub const DRIFT_POLICY: &str = "DRIFT_POLICY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapAccessError {
+    #[error("the kernel object has no map {0}")]
+    Missing(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Takes map `name` out of the object, typed. The map outlives the object:
+/// the audit pipeline keeps reading after the programs are detached.
+pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapAccessError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(MapAccessError::Missing(name))?;
+    T::try_from(map).map_err(|source| MapAccessError::Map { map: name, source })
+}
+
+/// Borrows map `name` from the object, typed.
+pub fn borrow_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, MapAccessError>
+where
+    T: TryFrom<&'a mut Map, Error = MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(MapAccessError::Missing(name))?;
+    T::try_from(map).map_err(|source| MapAccessError::Map { map: name, source })
+}
