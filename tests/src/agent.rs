@@ -149,11 +149,16 @@ impl Agent {
     }
 
     /// Sends SIGTERM and collects what the agent wrote.
-    pub fn stop(mut self) -> anyhow::Result<Stopped> {
+    pub fn stop(self) -> anyhow::Result<Stopped> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM or SIGINT) and collects what the agent wrote.
+    pub fn stop_with(mut self, signal: libc::c_int) -> anyhow::Result<Stopped> {
         let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
         // SAFETY: plain kill(2) on our own child, which has not been reaped.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            bail!("kill(SIGTERM): {}", std::io::Error::last_os_error());
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill({signal}): {}", std::io::Error::last_os_error());
         }
         let started = Instant::now();
         let status = loop {
@@ -163,7 +168,7 @@ impl Agent {
             if started.elapsed() > STOP_TIMEOUT {
                 let _ = self.child.kill();
                 bail!(
-                    "agent did not exit within {STOP_TIMEOUT:?} of SIGTERM; log:\n{}",
+                    "agent did not exit within {STOP_TIMEOUT:?} of signal {signal}; log:\n{}",
                     self.stderr_text()
                 );
             }

@@ -131,31 +131,55 @@ fn assert_event_describes_the_drift(event: &Value, run: &Run) {
     }
 }
 
+/// What the one drift event of a scenario run must say.
+struct Expected<'a> {
+    decision: &'a str,
+    backend: &'a str,
+    action: &'a str,
+    outcome: &'a str,
+}
+
+/// Runs [`SCENARIO`] in a fresh container while `agent` enforces, stops the
+/// agent with `signal`, and checks what every backend and mode has in common:
+/// image binaries ran, the agent exited 0, and exactly one event describes
+/// the drift as `expected`.
+fn run_scenario(agent: Agent, signal: libc::c_int, expected: &Expected<'_>) -> (Run, Stopped) {
+    let image = Image::busybox().expect("building the image");
+    let run = container::run(&image, SCENARIO).expect("running the container");
+    let stopped = agent.stop_with(signal).expect("stopping the agent");
+    assert_image_binaries_ran(&run);
+    let event = single_drift_event(&stopped);
+    assert_eq!(
+        event["enforcer"]["decision"], expected.decision,
+        "{event:#}"
+    );
+    assert_eq!(event["enforcer"]["backend"], expected.backend, "{event:#}");
+    assert_eq!(event["event"]["action"], expected.action, "{event:#}");
+    assert_eq!(event["event"]["outcome"], expected.outcome, "{event:#}");
+    assert_event_describes_the_drift(event, &run);
+    (run, stopped)
+}
+
 #[test]
 fn signal_backend_kills_a_dropped_binary_before_it_runs() {
     let _serial = serial();
     if !require::root() {
         return;
     }
-    let image = Image::busybox().unwrap();
     let agent = start(&["--backend", "signal"]);
-    let run = container::run(&image, SCENARIO).unwrap();
-    let stopped = agent.stop().unwrap();
-
-    assert_image_binaries_ran(&run);
+    let expected = Expected {
+        decision: "killed",
+        backend: "signal",
+        action: "exec-killed",
+        outcome: "failure",
+    };
+    let (run, _) = run_scenario(agent, libc::SIGTERM, &expected);
     assert!(
         !run.stdout.contains("dropped-ran"),
         "the dropped binary ran: {run:#?}"
     );
     // 128 + SIGKILL: killed before printing anything.
     assert_eq!(run.value("dropped-rc"), Some("137"), "{run:#?}");
-
-    let event = single_drift_event(&stopped);
-    assert_eq!(event["enforcer"]["decision"], "killed", "{event:#}");
-    assert_eq!(event["enforcer"]["backend"], "signal");
-    assert_eq!(event["event"]["action"], "exec-killed");
-    assert_eq!(event["event"]["outcome"], "failure");
-    assert_event_describes_the_drift(event, &run);
 }
 
 #[test]
@@ -164,7 +188,6 @@ fn lsm_backend_refuses_a_dropped_binary_with_eperm() {
     if !require::root() {
         return;
     }
-    let image = Image::busybox().unwrap();
     let agent = match Agent::start(&["--backend", "lsm"]) {
         Ok(agent) => agent,
         Err(failure) if failure.stderr.contains("BPF LSM is not usable") => {
@@ -179,10 +202,13 @@ fn lsm_backend_refuses_a_dropped_binary_with_eperm() {
         }
         Err(failure) => panic!("{failure}"),
     };
-    let run = container::run(&image, SCENARIO).unwrap();
-    let stopped = agent.stop().unwrap();
-
-    assert_image_binaries_ran(&run);
+    let expected = Expected {
+        decision: "blocked",
+        backend: "lsm",
+        action: "exec-denied",
+        outcome: "failure",
+    };
+    let (run, _) = run_scenario(agent, libc::SIGTERM, &expected);
     assert!(
         !run.stdout.contains("dropped-ran"),
         "the dropped binary ran: {run:#?}"
@@ -194,13 +220,6 @@ fn lsm_backend_refuses_a_dropped_binary_with_eperm() {
             .contains("/tmp/busybox-dropped: Operation not permitted"),
         "{run:#?}"
     );
-
-    let event = single_drift_event(&stopped);
-    assert_eq!(event["enforcer"]["decision"], "blocked", "{event:#}");
-    assert_eq!(event["enforcer"]["backend"], "lsm");
-    assert_eq!(event["event"]["action"], "exec-denied");
-    assert_eq!(event["event"]["outcome"], "failure");
-    assert_event_describes_the_drift(event, &run);
 }
 
 #[test]
@@ -209,7 +228,6 @@ fn audit_mode_reports_drift_without_blocking_it() {
     if !require::root() {
         return;
     }
-    let image = Image::busybox().unwrap();
     let agent = start(&["--mode", "audit"]);
     let backend = if agent.log().contains("backend=lsm") {
         "lsm"
@@ -221,21 +239,24 @@ fn audit_mode_reports_drift_without_blocking_it() {
         "BPF LSM is required but auto chose signal:\n{}",
         agent.log()
     );
-    let run = container::run(&image, SCENARIO).unwrap();
-    let stopped = agent.stop().unwrap();
-
-    assert_image_binaries_ran(&run);
+    let expected = Expected {
+        decision: "audit",
+        backend,
+        action: "exec-audited",
+        outcome: "success",
+    };
+    // SIGINT (Ctrl-C) must shut down as cleanly as SIGTERM: exit 0, events flushed.
+    let (run, stopped) = run_scenario(agent, libc::SIGINT, &expected);
+    assert!(
+        stopped.stderr.contains("signal=\"SIGINT\""),
+        "{}",
+        stopped.stderr
+    );
     assert!(
         run.stdout.contains("dropped-ran"),
         "audit mode blocked: {run:#?}"
     );
     assert_eq!(run.value("dropped-rc"), Some("0"), "{run:#?}");
-
-    let event = single_drift_event(&stopped);
-    assert_eq!(event["enforcer"]["decision"], "audit", "{event:#}");
-    assert_eq!(event["enforcer"]["backend"], backend);
-    assert_eq!(event["event"]["outcome"], "success");
-    assert_event_describes_the_drift(event, &run);
 }
 
 #[test]
