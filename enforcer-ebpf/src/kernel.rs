@@ -69,9 +69,19 @@ pub(crate) fn exec_file(bprm: u64, offsets: &KernelOffsets) -> Result<ExecFile, 
     })
 }
 
+/// Lowest kernel address on x86-64 and arm64 (52-bit VA included).
+const KERNEL_SPACE: u64 = 0xfff0_0000_0000_0000;
+
 /// Whether an overlay inode has an upper-layer dentry, i.e. the file was
 /// created or copied up after the overlay was mounted.
 #[inline(always)]
 pub(crate) fn overlay_has_upper(inode: u64, offsets: &KernelOffsets) -> Result<bool, ReadError> {
-    read::<u64>(inode, offsets.ovl_inode_upperdentry).map(|upper| upper != 0)
+    let upper = read::<u64>(inode, offsets.ovl_inode_upperdentry)?;
+    // The offset may be derived rather than read from BTF (kernels without
+    // module BTF). A field that is not a pointer after all is a read error,
+    // counted and reported, not a decision.
+    if upper != 0 && upper < KERNEL_SPACE {
+        return Err(ReadError);
+    }
+    Ok(upper != 0)
 }

@@ -16,7 +16,7 @@ use crate::{
     backend::{self, BackendChoice, BackendError},
     kernel::{
         features,
-        layout::{KernelBtf, LayoutError},
+        layout::{KernelBtf, Layout, LayoutError, OverlayLayout},
         namespaces::{NamespaceError, host_mount_ns},
     },
     maps::{self, MapAccessError},
@@ -70,8 +70,17 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         tracing::warn!("{reason}");
     }
     let btf = KernelBtf::load(options.btf.as_deref()).map_err(layout_error)?;
-    let offsets = btf.offsets().map_err(layout_error)?;
+    let Layout { offsets, overlay } = btf.offsets().map_err(layout_error)?;
     tracing::info!(kernel = %release, btf = ?btf.sources(), ?offsets, "kernel layout resolved from BTF");
+    if let OverlayLayout::DerivedFromInodeSize { reason } = &overlay {
+        tracing::warn!(
+            %reason,
+            offset = offsets.ovl_inode_upperdentry,
+            "overlay inode layout not in BTF; using sizeof(struct inode) from vmlinux BTF as the offset of \
+             ovl_inode.__upperdentry, the layout of overlayfs from 5.x to 7.x. Reads that do not yield a \
+             kernel pointer are counted as kernel read errors"
+        );
+    }
 
     let host = host_mount_ns(options.host_mount_ns.as_deref())?;
     if let Some(reason) = &host.fallback {
@@ -114,8 +123,8 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     if let Some(reason) = &attached.fallback_reason {
         tracing::warn!(
             %reason,
-            "BPF LSM is not usable on this kernel; falling back to the signal backend: drift is killed with \
-             SIGKILL right after exec, before its first instruction, instead of being refused"
+            "BPF LSM is not usable on this kernel; falling back to the signal backend: in enforce mode, drift \
+             is killed with SIGKILL right after exec, before its first instruction, instead of being refused"
         );
     }
     tracing::info!(

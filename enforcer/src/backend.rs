@@ -15,7 +15,10 @@ use aya::{
 };
 use enforcer_common::{AgentConfig, KernelOffsets};
 
-use crate::kernel::features::{self, ActiveLsms, FeatureError};
+use crate::{
+    error_chain,
+    kernel::features::{self, ActiveLsms, FeatureError},
+};
 
 /// The kernel object built from `enforcer-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -183,20 +186,4 @@ fn attach_signal(ebpf: &mut Ebpf) -> Result<(), BackendError> {
     program.load().map_err(program_error)?;
     program.attach(SIGNAL_TRACEPOINT).map_err(program_error)?;
     Ok(())
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their source in their own message.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

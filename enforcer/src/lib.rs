@@ -16,3 +16,21 @@ pub mod kernel;
 pub mod maps;
 pub mod policy;
 pub mod stats;
+
+/// An error and its sources on one line. Error messages in this crate
+/// include their immediate cause (so that one-level logging is complete);
+/// a cause already contained in the text is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

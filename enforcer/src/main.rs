@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{}", enforcer::error_chain(error.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

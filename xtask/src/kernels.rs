@@ -118,7 +118,7 @@ pub(crate) fn fetch(spec: &KernelSpec, dir: &Path) -> anyhow::Result<Kernel> {
     eprintln!("setup: downloading Debian's {} kernel", spec.name);
     let apt = Apt::new(&home.join("apt"), spec)?;
     apt.update()?;
-    let image = apt.metapackage_dependency("linux-image-amd64")?;
+    let image = apt.kernel_image_package()?;
     let version = image
         .strip_prefix("linux-image-")
         .ok_or_else(|| anyhow!("unexpected kernel package name {image}"))?
@@ -220,14 +220,27 @@ impl Apt {
         cmd::run(self.command("apt-get").args(["update", "-q"]))
     }
 
-    /// The package a metapackage's candidate version depends on.
-    fn metapackage_dependency(&self, metapackage: &str) -> anyhow::Result<String> {
-        let depends = cmd::output(self.command("apt-cache").args(["depends", metapackage]))?;
+    /// The versioned kernel image package the candidate version of the
+    /// `linux-image-amd64` metapackage depends on (sid's also depends on
+    /// linux-base-amd64, so the first dependency will not do).
+    fn kernel_image_package(&self) -> anyhow::Result<String> {
+        let depends = cmd::output(
+            self.command("apt-cache")
+                .args(["depends", "linux-image-amd64"]),
+        )?;
         depends
             .lines()
-            .find_map(|line| line.trim().strip_prefix("Depends: "))
-            .map(|package| package.trim().to_owned())
-            .with_context(|| format!("{metapackage} has no dependency:\n{depends}"))
+            .filter_map(|line| line.trim().strip_prefix("Depends: "))
+            .map(str::trim)
+            .find(|package| {
+                package
+                    .strip_prefix("linux-image-")
+                    .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .map(str::to_owned)
+            .with_context(|| {
+                format!("linux-image-amd64 depends on no versioned kernel image:\n{depends}")
+            })
     }
 
     fn download(&self, packages: &[String], into: &Path) -> anyhow::Result<()> {

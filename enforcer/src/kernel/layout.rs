@@ -121,6 +121,23 @@ impl LayoutError {
     }
 }
 
+/// Where the overlay inode layout came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OverlayLayout {
+    /// Resolved from BTF (`searched` names the files).
+    Btf { searched: String },
+    /// No BTF describes `struct ovl_inode`; `__upperdentry` is taken to
+    /// follow the embedded inode, `sizeof(struct inode)` bytes on.
+    DerivedFromInodeSize { reason: String },
+}
+
+/// The resolved kernel layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub offsets: KernelOffsets,
+    pub overlay: OverlayLayout,
+}
+
 /// Parsed vmlinux BTF plus, where present, the path of the overlay module's
 /// split BTF (parsed on use: it only parses against the running kernel's
 /// vmlinux BTF).
@@ -193,7 +210,7 @@ impl KernelBtf {
     }
 
     /// Resolves every offset the kernel programs need.
-    pub fn offsets(&self) -> Result<KernelOffsets, LayoutError> {
+    pub fn offsets(&self) -> Result<Layout, LayoutError> {
         let core = |f: Field| {
             let (btf, searched) = self.vmlinux_types();
             resolve(btf, &searched, f)
@@ -212,24 +229,8 @@ impl KernelBtf {
         let nsproxy_mnt_ns = core(NSPROXY_MNT_NS)?;
         let mnt_namespace_inum = core(MNT_NAMESPACE_INUM)?;
 
-        let (overlay_module, overlay_searched) = self.overlay_types()?;
-        let overlay_btf = overlay_module.as_ref().unwrap_or(&self.vmlinux);
-        let ovl = |f: Field| resolve(overlay_btf, &overlay_searched, f);
-        // The programs hold a pointer to the `vfs_inode` embedded in an
-        // `ovl_inode`, so the upper dentry is addressed relative to it.
-        let vfs_inode = ovl(OVL_INODE_VFS_INODE)?;
-        let upper = ovl(OVL_INODE_UPPERDENTRY)?;
-        let ovl_inode_upperdentry =
-            upper
-                .checked_sub(vfs_inode)
-                .ok_or(LayoutError::UnexpectedWidth {
-                    strukt: OVL_INODE_UPPERDENTRY.strukt,
-                    path: OVL_INODE_UPPERDENTRY.path,
-                    expected: "placed after vfs_inode".to_owned(),
-                    found: format!("at offset {upper}, before vfs_inode at {vfs_inode}"),
-                })?;
-
-        Ok(KernelOffsets {
+        let (ovl_inode_upperdentry, overlay) = self.ovl_inode_upperdentry()?;
+        let offsets = KernelOffsets {
             binprm_file,
             binprm_filename,
             file_inode,
@@ -244,7 +245,69 @@ impl KernelBtf {
             nsproxy_mnt_ns,
             mnt_namespace_inum,
             pad: 0,
-        })
+        };
+        Ok(Layout { offsets, overlay })
+    }
+
+    /// `ovl_inode.__upperdentry` relative to the embedded `vfs_inode`: from
+    /// overlay's BTF, or, on kernels that publish no BTF for it, derived
+    /// from `sizeof(struct inode)`.
+    fn ovl_inode_upperdentry(&self) -> Result<(u32, OverlayLayout), LayoutError> {
+        let (overlay_module, searched) = self.overlay_types()?;
+        let overlay_btf = overlay_module.as_ref().unwrap_or(&self.vmlinux);
+        if overlay_module.is_none()
+            && find_struct(overlay_btf, OVL_INODE_UPPERDENTRY.strukt)
+                .map_err(|source| LayoutError::Malformed {
+                    strukt: OVL_INODE_UPPERDENTRY.strukt,
+                    path: OVL_INODE_UPPERDENTRY.path,
+                    source,
+                })?
+                .is_none()
+        {
+            // Kernels before 5.11 (or without CONFIG_DEBUG_INFO_BTF_MODULES)
+            // publish no BTF for modules, and overlay is usually a module.
+            // `__upperdentry` directly follows the embedded inode in every
+            // kernel from 5.x to 7.x.
+            let inode = find_struct(&self.vmlinux, "inode")
+                .map_err(|source| LayoutError::Malformed {
+                    strukt: "inode",
+                    path: "",
+                    source,
+                })?
+                .ok_or_else(|| LayoutError::MissingStruct {
+                    strukt: "inode",
+                    searched: searched.clone(),
+                })?;
+            let size = u32::try_from(inode.size()).map_err(|_| LayoutError::UnexpectedWidth {
+                strukt: "inode",
+                path: "",
+                expected: "under 4 GiB".to_owned(),
+                found: inode.size().to_string(),
+            })?;
+            return Ok((
+                size,
+                OverlayLayout::DerivedFromInodeSize {
+                    reason: format!(
+                        "no BTF defines struct ovl_inode (searched {searched}; this kernel publishes no BTF for the \
+                         overlay module)"
+                    ),
+                },
+            ));
+        }
+        let ovl = |f: Field| resolve(overlay_btf, &searched, f);
+        // The programs hold a pointer to the `vfs_inode` embedded in an
+        // `ovl_inode`, so the upper dentry is addressed relative to it.
+        let vfs_inode = ovl(OVL_INODE_VFS_INODE)?;
+        let upper = ovl(OVL_INODE_UPPERDENTRY)?;
+        let offset = upper
+            .checked_sub(vfs_inode)
+            .ok_or(LayoutError::UnexpectedWidth {
+                strukt: OVL_INODE_UPPERDENTRY.strukt,
+                path: OVL_INODE_UPPERDENTRY.path,
+                expected: "placed after vfs_inode".to_owned(),
+                found: format!("at offset {upper}, before vfs_inode at {vfs_inode}"),
+            })?;
+        Ok((offset, OverlayLayout::Btf { searched }))
     }
 }
 
@@ -427,7 +490,7 @@ mod tests {
     #[test]
     fn resolves_every_offset_from_host_btf() {
         let Some(btf) = host_btf() else { return };
-        let offsets = btf.offsets().expect("all offsets resolve");
+        let offsets = btf.offsets().expect("all offsets resolve").offsets;
         // Fields that cannot be first in their struct on any kernel.
         for (name, value) in [
             ("linux_binprm.file", offsets.binprm_file),
@@ -480,7 +543,7 @@ mod tests {
             field("ns_common", "inum", Width::Bytes(4)),
         )
         .unwrap();
-        assert_eq!(ns + inum, btf.offsets().unwrap().mnt_namespace_inum);
+        assert_eq!(ns + inum, btf.offsets().unwrap().offsets.mnt_namespace_inum);
     }
 
     #[test]
