@@ -69,8 +69,10 @@ pub(crate) fn exec_file(bprm: u64, offsets: &KernelOffsets) -> Result<ExecFile, 
     })
 }
 
-/// Lowest kernel address on x86-64 and arm64 (52-bit VA included).
-const KERNEL_SPACE: u64 = 0xfff0_0000_0000_0000;
+/// Kernel addresses are the upper half of the address space on x86-64 and
+/// arm64. Nothing tighter holds: with 5-level paging the x86-64 direct map
+/// starts at `0xff11_0000_0000_0000`.
+const KERNEL_SPACE: u64 = 1 << 63;
 
 /// Whether an overlay inode has an upper-layer dentry, i.e. the file was
 /// created or copied up after the overlay was mounted.
