@@ -9,13 +9,35 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
+/// `TMPFS_MAGIC`: tmpfs and shmem, which also backs memfd.
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// `HUGETLBFS_MAGIC`: backs `memfd_create(MFD_HUGETLB)`.
+pub const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+
+/// `SB_RDONLY` in `super_block.s_flags`.
+pub const SB_RDONLY: u64 = 1;
+
+/// `SB_KERNMOUNT` in `super_block.s_flags`: the internal mount that memfd
+/// and System V shared memory files live on; no user mount has it.
+pub const SB_KERNMOUNT: u64 = 1 << 22;
+
+/// `MNT_READONLY` in `vfsmount.mnt_flags`.
+pub const MNT_READONLY: u32 = 0x40;
+
+/// `PROT_EXEC`.
+pub const PROT_EXEC: u64 = 4;
+
 /// `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
+
+/// Bytes kept of a file's name (`dentry.d_name`, at most 255 bytes + NUL).
+pub const NAME_LEN: usize = 256;
 
 /// Bytes kept of the path passed to `execve`. Longer paths are cut and the
 /// event carries [`exec_flags::PATH_TRUNCATED`].
@@ -29,11 +51,11 @@ pub const SIGKILL: u32 = 9;
 
 /// Kinds of ring buffer records ([`EventHeader::kind`]).
 pub mod event_kind {
-    /// An [`ExecEvent`](super::ExecEvent).
-    pub const EXEC: u32 = 1;
+    /// A [`DriftEvent`](super::DriftEvent).
+    pub const DRIFT: u32 = 1;
 }
 
-/// What the kernel did ([`ExecEvent::decision`]).
+/// What the kernel did ([`DriftEvent::decision`]).
 pub mod decision {
     /// The LSM hook refused the exec with `EPERM`; the program never ran.
     pub const BLOCKED: u32 = 1;
@@ -45,13 +67,13 @@ pub mod decision {
     pub const KILL_FAILED: u32 = 4;
 }
 
-/// Why a decision was taken ([`ExecEvent::reason`]).
+/// Why a decision was taken ([`DriftEvent::reason`]).
 pub mod reason {
     /// The executable is not part of the container's image.
     pub const DRIFT: u32 = 1;
 }
 
-/// Which kernel mechanism took the decision ([`ExecEvent::backend`]).
+/// Which kernel mechanism took the decision ([`DriftEvent::backend`]).
 pub mod backend {
     /// BPF LSM program on `bprm_check_security`.
     pub const LSM: u32 = 1;
@@ -59,19 +81,45 @@ pub mod backend {
     pub const SIGNAL: u32 = 2;
 }
 
-/// Where the executed file lives ([`ExecEvent::layer`]).
+/// Where the file lives, i.e. why it is not from the image
+/// ([`DriftEvent::layer`]).
 pub mod layer {
-    /// On overlayfs with an upper-layer dentry: created or copied up after the
-    /// container started.
+    /// On the container's overlayfs root with an upper-layer dentry: created
+    /// or copied up after the container started.
     pub const OVERLAY_UPPER: u32 = 1;
+    /// A memfd (or other file on the kernel's internal shmem mount): fileless.
+    pub const MEMFD: u32 = 2;
+    /// On a writable mount other than the container's root filesystem:
+    /// tmpfs such as /dev/shm, emptyDir and other volumes.
+    pub const WRITABLE_MOUNT: u32 = 3;
 }
 
-/// Bits of [`ExecEvent::flags`].
-pub mod exec_flags {
+/// How the file was about to be run ([`DriftEvent::via`]).
+pub mod via {
+    /// execve/execveat of the file (or of a script, for its interpreter line).
+    pub const EXEC: u32 = 1;
+    /// An executable mapping: the dynamic loader mapping a program or a
+    /// library (`ld.so ./tool`, `LD_PRELOAD`, `dlopen`).
+    pub const MMAP: u32 = 2;
+    /// `mprotect` adding `PROT_EXEC` to a mapping of the file.
+    pub const MPROTECT: u32 = 3;
+}
+
+/// Bits of [`DriftEvent::flags`].
+pub mod event_flags {
     /// `path` filled the whole buffer; the real path may be longer.
     pub const PATH_TRUNCATED: u32 = 1;
-    /// Reading the path failed; `path` is empty.
-    pub const PATH_UNREADABLE: u32 = 1 << 1;
+    /// There is no path (mappings) or reading it failed; `path` is empty.
+    pub const NO_PATH: u32 = 1 << 1;
+}
+
+/// Bits of [`DriftSettings::flags`].
+pub mod drift_flags {
+    /// Allow executing memfd files (`fexecve`).
+    pub const ALLOW_MEMFD: u32 = 1;
+    /// Allow executing and mapping files on writable mounts other than the
+    /// container's root filesystem.
+    pub const ALLOW_WRITABLE_MOUNTS: u32 = 1 << 1;
 }
 
 /// Enforcement modes ([`DriftSettings::mode`]).
@@ -110,8 +158,6 @@ pub struct KernelOffsets {
     pub binprm_file: u32,
     /// `linux_binprm.filename`
     pub binprm_filename: u32,
-    /// `file.f_inode`
-    pub file_inode: u32,
     /// `inode.i_sb`
     pub inode_sb: u32,
     /// `inode.i_ino`
@@ -133,8 +179,33 @@ pub struct KernelOffsets {
     pub nsproxy_mnt_ns: u32,
     /// `mnt_namespace.ns.inum`
     pub mnt_namespace_inum: u32,
-    /// Keeps the size a multiple of 8.
-    pub pad: u32,
+    /// `file.f_path.mnt`
+    pub file_path_mnt: u32,
+    /// `file.f_path.dentry`
+    pub file_path_dentry: u32,
+    /// `dentry.d_name.name`
+    pub dentry_name: u32,
+    /// `dentry.d_inode`
+    pub dentry_inode: u32,
+    /// `super_block.s_flags`
+    pub sb_flags: u32,
+    /// `vfsmount.mnt_flags`
+    pub vfsmount_flags: u32,
+    /// `task_struct.fs`
+    pub task_fs: u32,
+    /// `fs_struct.root.mnt`
+    pub fs_root_mnt: u32,
+    /// `fs_struct.root.dentry`
+    pub fs_root_dentry: u32,
+    /// `vm_area_struct.vm_file`
+    pub vma_file: u32,
+    /// `mount.mnt_ns` minus `mount.mnt`: from a `struct vfsmount *` to the
+    /// namespace of the `struct mount` embedding it.
+    pub vfsmount_mnt_ns: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`
+    pub mm_exe_file: u32,
 }
 
 /// Settings fixed for the lifetime of the loaded programs.
@@ -147,6 +218,14 @@ pub struct AgentConfig {
     /// [`ABI_VERSION`] the agent was built with; the programs refuse to act
     /// (and count a read error) when it does not match their own.
     pub abi_version: u32,
+    /// `s_dev` (kernel encoding) of the host's root directory. A process in
+    /// another mount namespace whose root is the host's root (a sandboxed
+    /// host service) is a host process.
+    pub host_root_dev: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+    /// Inode number of the host's root directory.
+    pub host_root_ino: u64,
 }
 
 /// Drift prevention settings, the value of the `DRIFT_POLICY` array map
@@ -157,8 +236,8 @@ pub struct AgentConfig {
 pub struct DriftSettings {
     /// One of [`mode`].
     pub mode: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// Bits of [`drift_flags`].
+    pub flags: u32,
 }
 
 /// Common first field of every ring buffer record.
@@ -173,12 +252,13 @@ pub struct EventHeader {
     pub boot_ns: u64,
 }
 
-/// A drift decision on an exec.
+/// A drift decision: a container process was about to run a file that is
+/// not from its image.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExecEvent {
+pub struct DriftEvent {
     pub header: EventHeader,
-    /// Thread id of the task that called exec.
+    /// Thread id of the task.
     pub pid: u32,
     /// Process id (thread group id).
     pub tgid: u32,
@@ -190,7 +270,7 @@ pub struct ExecEvent {
     pub mnt_ns: u32,
     /// cgroup v2 id of the task (`bpf_get_current_cgroup_id`).
     pub cgroup_id: u64,
-    /// `i_ino` of the executed file.
+    /// `i_ino` of the file.
     pub inode: u64,
     /// `s_dev` of the file's super block, kernel encoding (major << 20 | minor).
     pub dev: u32,
@@ -202,15 +282,18 @@ pub struct ExecEvent {
     pub backend: u32,
     /// One of [`layer`].
     pub layer: u32,
+    /// One of [`via`].
+    pub via: u32,
     /// Bytes of `path` in use, without the terminating NUL.
     pub path_len: u32,
-    /// Bits of [`exec_flags`].
+    /// Bits of [`event_flags`].
     pub flags: u32,
-    /// Reserved, zero.
-    pub pad: u32,
     /// `comm` of the task, NUL padded.
     pub comm: [u8; COMM_LEN],
-    /// The path given to exec (`linux_binprm.filename`), NUL terminated.
+    /// The file's name (last path component), NUL terminated.
+    pub name: [u8; NAME_LEN],
+    /// The path given to exec (`linux_binprm.filename`), NUL terminated;
+    /// empty for mappings.
     pub path: [u8; EXEC_PATH_LEN],
 }
 
@@ -231,7 +314,7 @@ mod pod {
 mod tests {
     use core::mem::{offset_of, size_of};
 
-    use super::{AgentConfig, DriftSettings, EventHeader, ExecEvent, KernelOffsets};
+    use super::{AgentConfig, DriftEvent, DriftSettings, EventHeader, KernelOffsets};
 
     #[test]
     fn event_header_layout() {
@@ -241,47 +324,54 @@ mod tests {
     }
 
     #[test]
-    fn exec_event_layout() {
-        assert_eq!(size_of::<ExecEvent>(), 616);
-        assert_eq!(offset_of!(ExecEvent, header), 0);
-        assert_eq!(offset_of!(ExecEvent, pid), 16);
-        assert_eq!(offset_of!(ExecEvent, tgid), 20);
-        assert_eq!(offset_of!(ExecEvent, ppid), 24);
-        assert_eq!(offset_of!(ExecEvent, uid), 28);
-        assert_eq!(offset_of!(ExecEvent, gid), 32);
-        assert_eq!(offset_of!(ExecEvent, mnt_ns), 36);
-        assert_eq!(offset_of!(ExecEvent, cgroup_id), 40);
-        assert_eq!(offset_of!(ExecEvent, inode), 48);
-        assert_eq!(offset_of!(ExecEvent, dev), 56);
-        assert_eq!(offset_of!(ExecEvent, decision), 60);
-        assert_eq!(offset_of!(ExecEvent, reason), 64);
-        assert_eq!(offset_of!(ExecEvent, backend), 68);
-        assert_eq!(offset_of!(ExecEvent, layer), 72);
-        assert_eq!(offset_of!(ExecEvent, path_len), 76);
-        assert_eq!(offset_of!(ExecEvent, flags), 80);
-        assert_eq!(offset_of!(ExecEvent, comm), 88);
-        assert_eq!(offset_of!(ExecEvent, path), 104);
+    fn drift_event_layout() {
+        assert_eq!(size_of::<DriftEvent>(), 872);
+        assert_eq!(offset_of!(DriftEvent, header), 0);
+        assert_eq!(offset_of!(DriftEvent, pid), 16);
+        assert_eq!(offset_of!(DriftEvent, tgid), 20);
+        assert_eq!(offset_of!(DriftEvent, ppid), 24);
+        assert_eq!(offset_of!(DriftEvent, uid), 28);
+        assert_eq!(offset_of!(DriftEvent, gid), 32);
+        assert_eq!(offset_of!(DriftEvent, mnt_ns), 36);
+        assert_eq!(offset_of!(DriftEvent, cgroup_id), 40);
+        assert_eq!(offset_of!(DriftEvent, inode), 48);
+        assert_eq!(offset_of!(DriftEvent, dev), 56);
+        assert_eq!(offset_of!(DriftEvent, decision), 60);
+        assert_eq!(offset_of!(DriftEvent, reason), 64);
+        assert_eq!(offset_of!(DriftEvent, backend), 68);
+        assert_eq!(offset_of!(DriftEvent, layer), 72);
+        assert_eq!(offset_of!(DriftEvent, via), 76);
+        assert_eq!(offset_of!(DriftEvent, path_len), 80);
+        assert_eq!(offset_of!(DriftEvent, flags), 84);
+        assert_eq!(offset_of!(DriftEvent, comm), 88);
+        assert_eq!(offset_of!(DriftEvent, name), 104);
+        assert_eq!(offset_of!(DriftEvent, path), 104 + super::NAME_LEN);
         // No tail padding: the last field ends the struct.
         assert_eq!(
-            offset_of!(ExecEvent, path) + super::EXEC_PATH_LEN,
-            size_of::<ExecEvent>()
+            offset_of!(DriftEvent, path) + super::EXEC_PATH_LEN,
+            size_of::<DriftEvent>()
         );
     }
 
     #[test]
     fn kernel_offsets_layout() {
-        assert_eq!(size_of::<KernelOffsets>(), 14 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 25 * 4);
         assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);
-        assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 28);
-        assert_eq!(offset_of!(KernelOffsets, mnt_namespace_inum), 48);
+        assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 24);
+        assert_eq!(offset_of!(KernelOffsets, mnt_namespace_inum), 44);
+        assert_eq!(offset_of!(KernelOffsets, vma_file), 84);
+        assert_eq!(offset_of!(KernelOffsets, mm_exe_file), 96);
     }
 
     #[test]
     fn settings_layout() {
-        assert_eq!(size_of::<AgentConfig>(), 8);
+        assert_eq!(size_of::<AgentConfig>(), 24);
         assert_eq!(offset_of!(AgentConfig, host_mnt_ns), 0);
         assert_eq!(offset_of!(AgentConfig, abi_version), 4);
+        assert_eq!(offset_of!(AgentConfig, host_root_dev), 8);
+        assert_eq!(offset_of!(AgentConfig, host_root_ino), 16);
         assert_eq!(size_of::<DriftSettings>(), 8);
         assert_eq!(offset_of!(DriftSettings, mode), 0);
+        assert_eq!(offset_of!(DriftSettings, flags), 4);
     }
 }

@@ -1,22 +1,27 @@
-//! The drift decision: is this exec, by a container process, of a file that
-//! is not part of the container's image?
+//! The drift decision: is a container process about to run a file that is
+//! not part of its image?
 
-use enforcer_common::{ABI_VERSION, KernelOffsets, OVERLAYFS_SUPER_MAGIC, layer, mode};
+use enforcer_common::{
+    ABI_VERSION, AgentConfig, DriftSettings, HUGETLBFS_MAGIC, KernelOffsets, MNT_READONLY,
+    OVERLAYFS_SUPER_MAGIC, SB_KERNMOUNT, SB_RDONLY, TMPFS_MAGIC, drift_flags, layer, mode, via,
+};
 
 use crate::{
-    kernel::{self, ReadError},
+    kernel::{self, Container, FileFacts, ReadError},
     maps::{CONFIG, DRIFT_POLICY, OFFSETS},
 };
 
-/// A container process is executing a file that is not from its image.
+/// A container process is about to run a file that is not from its image.
 #[derive(Clone, Copy)]
 pub(crate) struct Drift {
     /// One of `mode::ENFORCE`, `mode::AUDIT`.
     pub(crate) mode: u32,
     pub(crate) mnt_ns: u32,
-    pub(crate) ino: u64,
-    pub(crate) dev: u32,
+    pub(crate) file: FileFacts,
+    /// One of `layer::*`.
     pub(crate) layer: u32,
+    /// One of `via::*`.
+    pub(crate) via: u32,
 }
 
 pub(crate) enum Verdict {
@@ -24,44 +29,86 @@ pub(crate) enum Verdict {
     Drift(Drift),
 }
 
-/// Decides on the exec of `bprm` (a `struct linux_binprm *`) by the current task.
-#[inline(always)]
-pub(crate) fn check_exec(bprm: u64, offsets: &KernelOffsets) -> Result<Verdict, ReadError> {
-    let config = CONFIG.load();
-    if config.abi_version != ABI_VERSION {
-        return Err(ReadError);
-    }
-    let mode = match DRIFT_POLICY.get(0) {
-        Some(settings) => settings.mode,
-        None => return Err(ReadError),
-    };
-    if mode == mode::OFF {
-        return Ok(Verdict::Allow);
-    }
-    // Host processes are never subject to container drift rules, whatever
-    // filesystem they run from.
-    let mnt_ns = kernel::current_mnt_ns(offsets)?;
-    if mnt_ns == config.host_mnt_ns {
-        return Ok(Verdict::Allow);
-    }
-    let file = kernel::exec_file(bprm, offsets)?;
-    if file.fs_magic != OVERLAYFS_SUPER_MAGIC {
-        return Ok(Verdict::Allow);
-    }
-    if !kernel::overlay_has_upper(file.inode, offsets)? {
-        return Ok(Verdict::Allow);
-    }
-    Ok(Verdict::Drift(Drift {
-        mode,
-        mnt_ns,
-        ino: file.ino,
-        dev: file.dev,
-        layer: layer::OVERLAY_UPPER,
-    }))
-}
-
 /// The offsets the agent resolved at load time.
 #[inline(always)]
 pub(crate) fn offsets() -> KernelOffsets {
     OFFSETS.load()
+}
+
+/// Decides whether the current task may run `file` (a `struct file *`)
+/// `via` exec or an executable mapping.
+#[inline(always)]
+pub(crate) fn check_file(
+    file: u64,
+    via: u32,
+    offsets: &KernelOffsets,
+) -> Result<Verdict, ReadError> {
+    let config: AgentConfig = CONFIG.load();
+    if config.abi_version != ABI_VERSION {
+        return Err(ReadError);
+    }
+    let settings: DriftSettings = match DRIFT_POLICY.get(0) {
+        Some(settings) => *settings,
+        None => return Err(ReadError),
+    };
+    if settings.mode == mode::OFF {
+        return Ok(Verdict::Allow);
+    }
+    // Host processes are never subject to container drift rules, whatever
+    // filesystem they run from.
+    let Some(container) = kernel::current_container(offsets, &config)? else {
+        return Ok(Verdict::Allow);
+    };
+    let facts = kernel::file_facts(file, offsets)?;
+    Ok(
+        match classify(&facts, &container, via, settings.flags, offsets)? {
+            Some(layer) => Verdict::Drift(Drift {
+                mode: settings.mode,
+                mnt_ns: container.mnt_ns,
+                file: facts,
+                layer,
+                via,
+            }),
+            None => Verdict::Allow,
+        },
+    )
+}
+
+/// Why `facts` is not an image file, or `None` when it is (or is allowed).
+#[inline(always)]
+fn classify(
+    facts: &FileFacts,
+    container: &Container,
+    via: u32,
+    flags: u32,
+    offsets: &KernelOffsets,
+) -> Result<Option<u32>, ReadError> {
+    // memfd and System V shm files live on the kernel's internal shmem mount.
+    if (facts.fs_magic == TMPFS_MAGIC || facts.fs_magic == HUGETLBFS_MAGIC)
+        && facts.sb_flags & SB_KERNMOUNT != 0
+    {
+        // Executable *mappings* of memfds are how JITs with W^X double
+        // mapping work (.NET 7+ by default); only executing one is fileless
+        // execution.
+        let allowed = via != via::EXEC || flags & drift_flags::ALLOW_MEMFD != 0;
+        return Ok((!allowed).then_some(layer::MEMFD));
+    }
+    let read_only = facts.mnt_flags & MNT_READONLY != 0 || facts.sb_flags & SB_RDONLY != 0;
+    if facts.mnt_internal {
+        // A file on a layer of the container's overlay, reached through a
+        // mapping (6.6+ kernels): the lower layers' mounts are read-only,
+        // the upper layer's is writable.
+        return Ok((!read_only).then_some(layer::OVERLAY_UPPER));
+    }
+    if facts.mnt != container.root_mnt {
+        // Another mount in the container. Read-only ones (secrets, config
+        // maps, host binaries bind-mounted read-only) cannot have been
+        // written from inside; writable ones (tmpfs, emptyDir, volumes) can.
+        let allowed = read_only || flags & drift_flags::ALLOW_WRITABLE_MOUNTS != 0;
+        return Ok((!allowed).then_some(layer::WRITABLE_MOUNT));
+    }
+    if facts.fs_magic == OVERLAYFS_SUPER_MAGIC && kernel::overlay_has_upper(facts.inode, offsets)? {
+        return Ok(Some(layer::OVERLAY_UPPER));
+    }
+    Ok(None)
 }

@@ -8,8 +8,8 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_current_comm, bpf_probe_read_kernel_str},
 };
 use enforcer_common::{
-    COMM_LEN, EXEC_PATH_LEN, EventHeader, ExecEvent, KernelOffsets, counter, event_kind,
-    exec_flags, reason,
+    COMM_LEN, DriftEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, NAME_LEN, counter,
+    event_flags, event_kind, reason,
 };
 
 use crate::{
@@ -18,16 +18,38 @@ use crate::{
     maps::{EVENTS, count},
 };
 
-/// Reports a drift decision. A full ring buffer is counted, never silent.
+/// Copies a kernel string into `dst` (`size` bytes); returns the length
+/// without the NUL, or `None` when nothing could be read.
+///
+/// # Safety
+/// `dst` must point at `size` writable bytes.
 #[inline(always)]
-pub(crate) fn exec_drift(
+unsafe fn read_str(dst: *mut u8, size: usize, src: u64) -> Option<u32> {
+    // SAFETY: per the contract; the helper validates `src`.
+    let copied = unsafe {
+        bpf_probe_read_kernel_str(dst.cast::<c_void>(), size as u32, src as *const c_void)
+    };
+    // The helper counts the terminating NUL; errors are negative.
+    if let Ok(copied @ 1..) = u32::try_from(copied) {
+        Some(copied - 1)
+    } else {
+        // SAFETY: per the contract, `size` is at least 1.
+        unsafe { *dst = 0 };
+        None
+    }
+}
+
+/// Reports a drift decision. `filename` is the `char *` path given to exec,
+/// absent for mappings. A full ring buffer is counted, never silent.
+#[inline(always)]
+pub(crate) fn drift(
     drift: &Drift,
-    bprm: u64,
+    filename: Option<u64>,
     offsets: &KernelOffsets,
     decision: u32,
     backend: u32,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<DriftEvent>(0) else {
         count(counter::EVENTS_LOST);
         return;
     };
@@ -36,11 +58,11 @@ pub(crate) fn exec_drift(
     let uid_gid = bpf_get_current_uid_gid();
     // The reserved record is uninitialised ring memory: every field is written
     // through raw places, never through references.
-    // SAFETY: `event` points at a reserved record of `size_of::<ExecEvent>()`
+    // SAFETY: `event` points at a reserved record of `size_of::<DriftEvent>()`
     // bytes that this program owns until submit.
     unsafe {
         (*event).header = EventHeader {
-            kind: event_kind::EXEC,
+            kind: event_kind::DRIFT,
             pad: 0,
             boot_ns: bpf_ktime_get_boot_ns(),
         };
@@ -51,40 +73,53 @@ pub(crate) fn exec_drift(
         (*event).gid = (uid_gid >> 32) as u32;
         (*event).mnt_ns = drift.mnt_ns;
         (*event).cgroup_id = bpf_get_current_cgroup_id();
-        (*event).inode = drift.ino;
-        (*event).dev = drift.dev;
+        (*event).inode = drift.file.ino;
+        (*event).dev = drift.file.dev;
         (*event).decision = decision;
         (*event).reason = reason::DRIFT;
         (*event).backend = backend;
         (*event).layer = drift.layer;
-        (*event).pad = 0;
+        (*event).via = drift.via;
 
         let comm = (&raw mut (*event).comm).cast::<c_void>();
         if bpf_get_current_comm(comm, COMM_LEN as u32) < 0 {
             (*event).comm = [0; COMM_LEN];
         }
 
-        let path = (&raw mut (*event).path).cast::<c_void>();
-        let copied = match kernel::read::<u64>(bprm, offsets.binprm_filename) {
-            Ok(filename) => {
-                bpf_probe_read_kernel_str(path, EXEC_PATH_LEN as u32, filename as *const c_void)
-            }
-            Err(_) => -1,
+        let name = kernel::read::<u64>(drift.file.dentry, offsets.dentry_name).unwrap_or(0);
+        let _ = read_str((&raw mut (*event).name).cast::<u8>(), NAME_LEN, name);
+
+        let path = (&raw mut (*event).path).cast::<u8>();
+        let copied = if let Some(filename) = filename {
+            read_str(path, EXEC_PATH_LEN, filename)
+        } else {
+            *path = 0;
+            None
         };
-        // The helper returns the bytes copied including the NUL, or a
-        // negative error.
-        if let Ok(copied @ 1..) = u32::try_from(copied) {
-            (*event).path_len = copied - 1;
-            (*event).flags = if copied as usize == EXEC_PATH_LEN {
-                exec_flags::PATH_TRUNCATED
+        if let Some(len) = copied {
+            (*event).path_len = len;
+            (*event).flags = if len as usize == EXEC_PATH_LEN - 1 {
+                event_flags::PATH_TRUNCATED
             } else {
                 0
             };
         } else {
-            (*event).path[0] = 0;
             (*event).path_len = 0;
-            (*event).flags = exec_flags::PATH_UNREADABLE;
+            (*event).flags = event_flags::NO_PATH;
         }
     }
     entry.submit(0);
+}
+
+/// Counts and reports a drift decision.
+#[inline(always)]
+pub(crate) fn decided(
+    drift: &Drift,
+    filename: Option<u64>,
+    offsets: &KernelOffsets,
+    decision: u32,
+    backend: u32,
+) {
+    count(counter::DRIFT_DETECTED);
+    self::drift(drift, filename, offsets, decision, backend);
 }

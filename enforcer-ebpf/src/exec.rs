@@ -5,13 +5,22 @@ use aya_ebpf::{
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
-use enforcer_common::{EPERM, SIGKILL, backend, counter, decision, mode};
+use enforcer_common::{EPERM, KernelOffsets, SIGKILL, backend, counter, decision, mode, via};
 
 use crate::{
     drift::{self, Verdict},
-    events,
+    events, kernel,
     maps::count,
 };
+
+/// `bprm->file` and `bprm->filename`.
+#[inline(always)]
+fn exec_file(bprm: u64, offsets: &KernelOffsets) -> Result<(u64, u64), kernel::ReadError> {
+    Ok((
+        kernel::read_ptr(bprm, offsets.binprm_file)?,
+        kernel::read::<u64>(bprm, offsets.binprm_filename)?,
+    ))
+}
 
 /// `bprm_check_security(struct linux_binprm *bprm)`: runs before the new
 /// program is loaded, for the file and again for each interpreter (scripts).
@@ -29,17 +38,18 @@ pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
     }
     count(counter::EXEC_CHECKED);
     let offsets = drift::offsets();
-    match drift::check_exec(bprm, &offsets) {
-        Ok(Verdict::Allow) => 0,
-        Ok(Verdict::Drift(drift)) => {
-            count(counter::DRIFT_DETECTED);
+    let checked = exec_file(bprm, &offsets)
+        .and_then(|(file, filename)| Ok((drift::check_file(file, via::EXEC, &offsets)?, filename)));
+    match checked {
+        Ok((Verdict::Allow, _)) => 0,
+        Ok((Verdict::Drift(drift), filename)) => {
             let enforce = drift.mode == mode::ENFORCE;
             let decision = if enforce {
                 decision::BLOCKED
             } else {
                 decision::AUDIT
             };
-            events::exec_drift(&drift, bprm, &offsets, decision, backend::LSM);
+            events::decided(&drift, Some(filename), &offsets, decision, backend::LSM);
             if enforce { -EPERM } else { 0 }
         }
         // Fail open: a read error must not stop the host from running
@@ -54,7 +64,9 @@ pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`:
 /// fires after the point of no return of an exec, in the context of the new
 /// program, before its first user-space instruction. SIGKILL sent here is
-/// delivered on the way back to user space, so the program never runs.
+/// delivered on the way back to user space, so the program never runs. For a
+/// script, `bprm->file` is the interpreter by now: scripts are only decided
+/// by the LSM hook.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 #[expect(
     clippy::needless_pass_by_value,
@@ -64,10 +76,11 @@ pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let bprm: u64 = ctx.arg(2);
     count(counter::EXEC_CHECKED);
     let offsets = drift::offsets();
-    match drift::check_exec(bprm, &offsets) {
-        Ok(Verdict::Allow) => {}
-        Ok(Verdict::Drift(drift)) => {
-            count(counter::DRIFT_DETECTED);
+    let checked = exec_file(bprm, &offsets)
+        .and_then(|(file, filename)| Ok((drift::check_file(file, via::EXEC, &offsets)?, filename)));
+    match checked {
+        Ok((Verdict::Allow, _)) => {}
+        Ok((Verdict::Drift(drift), filename)) => {
             let decision = if drift.mode == mode::ENFORCE {
                 // SAFETY: plain helper call; signals the current task.
                 if unsafe { bpf_send_signal(SIGKILL) } == 0 {
@@ -79,7 +92,7 @@ pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
             } else {
                 decision::AUDIT
             };
-            events::exec_drift(&drift, bprm, &offsets, decision, backend::SIGNAL);
+            events::decided(&drift, Some(filename), &offsets, decision, backend::SIGNAL);
         }
         Err(_) => count(counter::READ_ERRORS),
     }

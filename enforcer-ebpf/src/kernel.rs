@@ -1,7 +1,7 @@
 //! Typed reads of kernel memory through the offsets in [`crate::maps::OFFSETS`].
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use enforcer_common::KernelOffsets;
+use enforcer_common::{AgentConfig, KernelOffsets};
 
 /// A `bpf_probe_read_kernel` failed or returned a null pointer where the
 /// kernel guarantees one.
@@ -31,14 +31,6 @@ fn current_task() -> u64 {
     unsafe { bpf_get_current_task() }
 }
 
-/// Inode number of the current task's mount namespace.
-#[inline(always)]
-pub(crate) fn current_mnt_ns(offsets: &KernelOffsets) -> Result<u32, ReadError> {
-    let nsproxy = read_ptr(current_task(), offsets.task_nsproxy)?;
-    let mnt_ns = read_ptr(nsproxy, offsets.nsproxy_mnt_ns)?;
-    read(mnt_ns, offsets.mnt_namespace_inum)
-}
-
 /// Process id of the current task's real parent.
 #[inline(always)]
 pub(crate) fn current_parent_tgid(offsets: &KernelOffsets) -> Result<u32, ReadError> {
@@ -46,27 +38,101 @@ pub(crate) fn current_parent_tgid(offsets: &KernelOffsets) -> Result<u32, ReadEr
     read(parent, offsets.task_tgid)
 }
 
-/// What the drift check needs to know about the file being executed.
+/// The current task as a container process.
 #[derive(Clone, Copy)]
-pub(crate) struct ExecFile {
-    /// `struct inode *` of the file.
+pub(crate) struct Container {
+    pub(crate) mnt_ns: u32,
+    /// `struct vfsmount *` of the task's root directory: the container's root
+    /// filesystem.
+    pub(crate) root_mnt: u64,
+}
+
+/// The current task's container, or `None` for a host process.
+///
+/// A container process has a mount namespace other than the host's *and* a
+/// root directory other than the host's. The second condition keeps host
+/// services that only get a private mount namespace (systemd's `PrivateTmp=`,
+/// `ProtectSystem=`, ...) on the host side: they still run from the host's root.
+#[inline(always)]
+pub(crate) fn current_container(
+    offsets: &KernelOffsets,
+    config: &AgentConfig,
+) -> Result<Option<Container>, ReadError> {
+    let task = current_task();
+    let nsproxy = read_ptr(task, offsets.task_nsproxy)?;
+    let mnt_ns_ptr = read_ptr(nsproxy, offsets.nsproxy_mnt_ns)?;
+    let mnt_ns: u32 = read(mnt_ns_ptr, offsets.mnt_namespace_inum)?;
+    if mnt_ns == config.host_mnt_ns {
+        return Ok(None);
+    }
+    let fs = read_ptr(task, offsets.task_fs)?;
+    let root_mnt = read_ptr(fs, offsets.fs_root_mnt)?;
+    let root_dentry = read_ptr(fs, offsets.fs_root_dentry)?;
+    let root_inode = read_ptr(root_dentry, offsets.dentry_inode)?;
+    let root_ino: u64 = read(root_inode, offsets.inode_ino)?;
+    let root_sb = read_ptr(root_inode, offsets.inode_sb)?;
+    let root_dev: u32 = read(root_sb, offsets.sb_dev)?;
+    if root_ino == config.host_root_ino && root_dev == config.host_root_dev {
+        return Ok(None);
+    }
+    Ok(Some(Container { mnt_ns, root_mnt }))
+}
+
+/// What the drift check needs to know about a file.
+#[derive(Clone, Copy)]
+pub(crate) struct FileFacts {
+    /// `struct inode *` of the file's path.
     pub(crate) inode: u64,
+    /// `struct dentry *`, for the name.
+    pub(crate) dentry: u64,
+    /// `struct vfsmount *` the file was opened through.
+    pub(crate) mnt: u64,
+    /// The mount belongs to no mount namespace: a kernel-internal mount, such
+    /// as the private clones overlayfs makes of its layers.
+    pub(crate) mnt_internal: bool,
     pub(crate) ino: u64,
     pub(crate) dev: u32,
     pub(crate) fs_magic: u64,
+    pub(crate) sb_flags: u64,
+    pub(crate) mnt_flags: u32,
 }
 
+/// `ERR_PTR(-MAX_ERRNO)` and up are error pointers (`MNT_NS_INTERNAL` is one).
+const ERR_PTR_MIN: u64 = 0u64.wrapping_sub(4095);
+
+/// Facts about `file` (a `struct file *`).
+///
+/// The inode comes from the file's path, not `file.f_inode`: overlayfs maps
+/// files through a "real" file whose `f_inode` is the layer's inode. Up to
+/// 6.5 that real file carries the overlay path, so its path's inode is the
+/// overlay inode; from 6.6 it carries the layer's path, on the private
+/// layer mount that [`FileFacts::mnt_internal`] recognises.
 #[inline(always)]
-pub(crate) fn exec_file(bprm: u64, offsets: &KernelOffsets) -> Result<ExecFile, ReadError> {
-    let file = read_ptr(bprm, offsets.binprm_file)?;
-    let inode = read_ptr(file, offsets.file_inode)?;
+pub(crate) fn file_facts(file: u64, offsets: &KernelOffsets) -> Result<FileFacts, ReadError> {
+    let dentry = read_ptr(file, offsets.file_path_dentry)?;
+    let inode = read_ptr(dentry, offsets.dentry_inode)?;
     let sb = read_ptr(inode, offsets.inode_sb)?;
-    Ok(ExecFile {
+    let mnt = read_ptr(file, offsets.file_path_mnt)?;
+    let mnt_ns: u64 = read(mnt, offsets.vfsmount_mnt_ns)?;
+    Ok(FileFacts {
         inode,
+        dentry,
+        mnt,
+        mnt_internal: mnt_ns == 0 || mnt_ns >= ERR_PTR_MIN,
         ino: read(inode, offsets.inode_ino)?,
         dev: read(sb, offsets.sb_dev)?,
         fs_magic: read(sb, offsets.sb_magic)?,
+        sb_flags: read(sb, offsets.sb_flags)?,
+        mnt_flags: read(mnt, offsets.vfsmount_flags)?,
     })
+}
+
+/// `current->mm->exe_file`: the program the task runs (null for kernel
+/// threads, which never reach the hooks here).
+#[inline(always)]
+pub(crate) fn current_exe_file(offsets: &KernelOffsets) -> Result<u64, ReadError> {
+    let mm = read_ptr(current_task(), offsets.task_mm)?;
+    read(mm, offsets.mm_exe_file)
 }
 
 /// Kernel addresses are the upper half of the address space on x86-64 and

@@ -17,6 +17,7 @@ mod events;
 mod exec;
 mod kernel;
 mod maps;
+mod mmap;
 
 #[cfg(not(test))]
 #[panic_handler]

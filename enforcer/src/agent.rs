@@ -13,14 +13,14 @@ use crate::{
         pipeline::{Pipeline, PipelineStats},
         sink::{JsonLines, Sink},
     },
-    backend::{self, BackendChoice, BackendError},
+    backend::{self, BackendChoice, BackendError, BackendKind},
     kernel::{
         features,
+        host::{HostError, host_identity},
         layout::{KernelBtf, Layout, LayoutError, OverlayLayout},
-        namespaces::{NamespaceError, host_mount_ns},
     },
     maps::{self, MapAccessError},
-    policy::{self, Mode, Policy},
+    policy::{self, DriftRule, Policy},
     stats::{self, KernelCounters},
 };
 
@@ -30,8 +30,8 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub backend: BackendChoice,
-    pub mode: Mode,
-    pub host_mount_ns: Option<PathBuf>,
+    pub drift: DriftRule,
+    pub host_pid: u32,
     pub btf: Option<PathBuf>,
 }
 
@@ -46,7 +46,7 @@ pub enum AgentError {
         source: LayoutError,
     },
     #[error(transparent)]
-    Namespace(#[from] NamespaceError),
+    Host(#[from] HostError),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
@@ -82,22 +82,30 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         );
     }
 
-    let host = host_mount_ns(options.host_mount_ns.as_deref())?;
+    let host = host_identity(options.host_pid)?;
     if let Some(reason) = &host.fallback {
         tracing::warn!(
             %reason,
-            "cannot read PID 1's mount namespace; treating the agent's own mount namespace as the host's. \
-             Run the agent in the host's mount namespace or pass --host-mount-ns"
+            "cannot read the host process's namespaces; treating the agent's own mount namespace and root as \
+             the host's. Run the agent in the host's namespaces or pass --host-pid"
         );
     }
-    tracing::info!(inum = host.inum, source = %host.source.display(), "host mount namespace");
+    tracing::info!(
+        mount_namespace = host.mnt_ns,
+        root = format!("{}:{} inode {}", host.root_dev >> 20, host.root_dev & 0xf_ffff, host.root_ino),
+        source = %host.source.display(),
+        "host identity: processes with another mount namespace and another root are container processes"
+    );
 
-    let policy = Policy::builtin(options.mode);
+    let policy = Policy::builtin(options.drift);
     let compiled = policy::compile(&policy);
 
     let config = AgentConfig {
-        host_mnt_ns: host.inum,
+        host_mnt_ns: host.mnt_ns,
         abi_version: ABI_VERSION,
+        host_root_dev: host.root_dev,
+        pad: 0,
+        host_root_ino: host.root_ino,
     };
     let mut ebpf = backend::load_object(&offsets, &config)?;
     // The maps are filled before any program is attached, so the first exec
@@ -127,9 +135,10 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
              is killed with SIGKILL right after exec, before its first instruction, instead of being refused"
         );
     }
+    log_drift_methods(attached.kind, policy.drift);
     tracing::info!(
         backend = %attached.kind,
-        mode = %options.mode,
+        mode = %policy.drift.mode,
         policy = %policy.name,
         "enforcer ready"
     );
@@ -162,6 +171,31 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         "stopped"
     );
     Ok(())
+}
+
+/// Says at start-up which drift routes are decided, and how.
+fn log_drift_methods(backend: BackendKind, rule: DriftRule) {
+    let verdict = |allowed: bool| if allowed { "allowed" } else { "drift" };
+    tracing::info!(
+        overlay_root = "files with an upper-layer copy are drift",
+        non_overlay_root =
+            "not tracked: files on a container root that is not overlayfs are allowed",
+        memfd = verdict(rule.allow_memfd),
+        writable_mounts = verdict(rule.allow_writable_mounts),
+        read_only_mounts = "allowed",
+        "drift detection"
+    );
+    match backend {
+        BackendKind::Lsm => tracing::info!(
+            "routes decided before anything runs: exec (also scripts and execveat), executable mappings by the \
+             dynamic loader, LD_PRELOAD and dlopen (mmap), mprotect to executable"
+        ),
+        BackendKind::Signal => tracing::warn!(
+            "signal backend: only execs of a drift file are decided, by SIGKILL before the program's first \
+             instruction. Not seen: scripts (the interpreter is an image file), programs run through the dynamic \
+             loader, LD_PRELOAD and dlopen of dropped libraries, mprotect. These need BPF LSM"
+        ),
+    }
 }
 
 /// What the health check compares between ticks.

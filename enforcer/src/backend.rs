@@ -23,8 +23,8 @@ use crate::{
 /// The kernel object built from `enforcer-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
 
-const LSM_PROGRAM: &str = "bprm_check_security";
-const LSM_HOOK: &str = "bprm_check_security";
+/// LSM programs and their hooks (the object names each program after its hook).
+const LSM_HOOKS: [&str; 3] = ["bprm_check_security", "mmap_file", "file_mprotect"];
 const SIGNAL_PROGRAM: &str = "sched_process_exec";
 const SIGNAL_TRACEPOINT: &str = "sched_process_exec";
 
@@ -141,7 +141,7 @@ pub fn attach(ebpf: &mut Ebpf, choice: BackendChoice) -> Result<Attached, Backen
 }
 
 /// Checks that `bpf` is an active LSM, then loads and attaches the LSM
-/// program. A successful load is the real probe: kernels can list `bpf` and
+/// programs. A successful load is the real probe: kernels can list `bpf` and
 /// still refuse LSM programs (lockdown, or a policy on `BPF_PROG_LOAD`).
 fn attach_lsm(ebpf: &mut Ebpf) -> Result<(), BackendError> {
     let lsms: ActiveLsms = features::active_lsms()?;
@@ -151,25 +151,24 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<(), BackendError> {
         )));
     }
     let btf = Btf::from_sys_fs().map_err(BackendError::Btf)?;
-    let program: &mut Lsm = ebpf
-        .program_mut(LSM_PROGRAM)
-        .ok_or(BackendError::MissingProgram(LSM_PROGRAM))?
-        .try_into()
-        .map_err(|source| BackendError::Program {
-            program: LSM_PROGRAM,
+    for hook in LSM_HOOKS {
+        let program_error = |source| BackendError::Program {
+            program: hook,
             source,
+        };
+        let program: &mut Lsm = ebpf
+            .program_mut(hook)
+            .ok_or(BackendError::MissingProgram(hook))?
+            .try_into()
+            .map_err(program_error)?;
+        program.load(hook, &btf).map_err(|source| {
+            BackendError::LsmUnavailable(format!(
+                "the kernel refused to load the LSM program: {}",
+                error_chain(&program_error(source))
+            ))
         })?;
-    let program_error = |source| BackendError::Program {
-        program: LSM_PROGRAM,
-        source,
-    };
-    program.load(LSM_HOOK, &btf).map_err(|source| {
-        BackendError::LsmUnavailable(format!(
-            "the kernel refused to load the LSM program: {}",
-            error_chain(&program_error(source))
-        ))
-    })?;
-    program.attach().map_err(program_error)?;
+        program.attach().map_err(program_error)?;
+    }
     Ok(())
 }
 

@@ -27,9 +27,12 @@ pub enum Command {
     ///
     /// Without a policy file this enforces the built-in policy: drift
     /// prevention for every container. A container process (one whose mount
-    /// namespace is not the host's) may not execute a file on overlayfs that
-    /// has an upper-layer copy, i.e. that was created, copied or modified
-    /// after the container started.
+    /// namespace and root directory are not the host's) may not run, by exec
+    /// or by an executable mapping (the dynamic loader, `LD_PRELOAD`, `dlopen`,
+    /// mprotect), a file that is not from its image: a file on its overlayfs
+    /// root with an upper-layer copy (created, copied or modified after the
+    /// container started), a memfd, or a file on a writable mount other
+    /// than its root filesystem.
     Run(RunArgs),
 }
 
@@ -47,11 +50,24 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Mode::Enforce)]
     pub mode: Mode,
 
-    /// Mount namespace file of the host, e.g. /proc/1/ns/mnt. Processes in
-    /// any other mount namespace are container processes. Default:
-    /// /proc/1/ns/mnt, or the agent's own when that cannot be read.
-    #[arg(long, value_name = "PATH")]
-    pub host_mount_ns: Option<PathBuf>,
+    /// A process whose mount namespace and root directory are the host's.
+    /// A process with another mount namespace and another root is a
+    /// container process. When /proc/PID cannot be read, the agent's own are
+    /// used, with a warning.
+    #[arg(long, value_name = "PID", default_value_t = crate::kernel::host::DEFAULT_HOST_PID)]
+    pub host_pid: u32,
+
+    /// Allow containers to execute memfd files (fileless execution with
+    /// `memfd_create` + `fexecve`). Executable mappings of memfds (JITs) are
+    /// always allowed.
+    #[arg(long)]
+    pub allow_memfd: bool,
+
+    /// Allow containers to run files from writable mounts other than their
+    /// root filesystem: tmpfs such as /dev/shm, emptyDir and other volumes.
+    /// Read-only mounts are always allowed.
+    #[arg(long)]
+    pub allow_writable_mounts: bool,
 
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from

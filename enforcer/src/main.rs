@@ -7,6 +7,7 @@ use clap::Parser as _;
 use enforcer::{
     agent,
     cli::{Cli, Command},
+    policy::DriftRule,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -44,8 +45,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(agent::run(agent::RunOptions {
                 backend: args.backend,
-                mode: args.mode,
-                host_mount_ns: args.host_mount_ns,
+                drift: DriftRule {
+                    mode: args.mode,
+                    allow_memfd: args.allow_memfd,
+                    allow_writable_mounts: args.allow_writable_mounts,
+                },
+                host_pid: args.host_pid,
                 btf: args.btf,
             }))?;
             Ok(())

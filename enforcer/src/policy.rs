@@ -7,7 +7,7 @@
 use std::fmt;
 
 use aya::{Ebpf, maps::Array};
-use enforcer_common::{DriftSettings, mode};
+use enforcer_common::{DriftSettings, drift_flags, mode};
 
 use crate::maps::{self, MapAccessError};
 
@@ -38,10 +38,26 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Drift prevention: containers may only execute files from their image.
+/// Drift prevention: containers may only run files from their image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DriftRule {
     pub mode: Mode,
+    /// Allow executing memfd files (`fexecve`).
+    pub allow_memfd: bool,
+    /// Allow running files from writable mounts other than the container's
+    /// root filesystem (tmpfs such as /dev/shm, emptyDir, volumes).
+    pub allow_writable_mounts: bool,
+}
+
+impl DriftRule {
+    /// Everything that is not from the image is drift.
+    pub const fn strict(mode: Mode) -> Self {
+        Self {
+            mode,
+            allow_memfd: false,
+            allow_writable_mounts: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,11 +70,11 @@ pub struct Policy {
 
 impl Policy {
     /// The policy `enforcer run` enforces without a policy file: drift
-    /// prevention for every container, in `mode`.
-    pub fn builtin(mode: Mode) -> Self {
+    /// prevention for every container.
+    pub fn builtin(drift: DriftRule) -> Self {
         Self {
             name: "builtin-default".to_owned(),
-            drift: DriftRule { mode },
+            drift,
         }
     }
 }
@@ -76,8 +92,15 @@ pub fn compile(policy: &Policy) -> Compiled {
         Mode::Enforce => mode::ENFORCE,
         Mode::Audit => mode::AUDIT,
     };
+    let mut flags = 0;
+    if policy.drift.allow_memfd {
+        flags |= drift_flags::ALLOW_MEMFD;
+    }
+    if policy.drift.allow_writable_mounts {
+        flags |= drift_flags::ALLOW_WRITABLE_MOUNTS;
+    }
     Compiled {
-        drift_all_containers: DriftSettings { mode, pad: 0 },
+        drift_all_containers: DriftSettings { mode, flags },
     }
 }
 
@@ -95,20 +118,40 @@ pub fn apply(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), MapAccessError>
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::mode;
+    use enforcer_common::{drift_flags, mode};
 
     use super::*;
 
     #[test]
     fn builtin_policy_enforces_drift_for_all_containers() {
-        let compiled = compile(&Policy::builtin(Mode::Enforce));
+        let compiled = compile(&Policy::builtin(DriftRule::strict(Mode::Enforce)));
         assert_eq!(compiled.drift_all_containers.mode, mode::ENFORCE);
+        assert_eq!(compiled.drift_all_containers.flags, 0);
     }
 
     #[test]
     fn audit_mode_compiles_to_audit() {
-        let compiled = compile(&Policy::builtin(Mode::Audit));
+        let compiled = compile(&Policy::builtin(DriftRule::strict(Mode::Audit)));
         assert_eq!(compiled.drift_all_containers.mode, mode::AUDIT);
-        assert_eq!(compiled.drift_all_containers.pad, 0);
+    }
+
+    #[test]
+    fn allowances_compile_to_flags() {
+        let rule = DriftRule {
+            allow_memfd: true,
+            ..DriftRule::strict(Mode::Enforce)
+        };
+        assert_eq!(
+            compile(&Policy::builtin(rule)).drift_all_containers.flags,
+            drift_flags::ALLOW_MEMFD
+        );
+        let rule = DriftRule {
+            allow_writable_mounts: true,
+            ..rule
+        };
+        assert_eq!(
+            compile(&Policy::builtin(rule)).drift_all_containers.flags,
+            drift_flags::ALLOW_MEMFD | drift_flags::ALLOW_WRITABLE_MOUNTS
+        );
     }
 }

@@ -12,22 +12,23 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-/// Where the agent binary is: `ENFORCER_BIN`, or next to the test binary's
-/// `deps/` directory (`target/<profile>/enforcer`), where `cargo build -p
-/// enforcer` puts it.
+/// Where the agent binary is: `ENFORCER_BIN`, or the release build in the
+/// target directory of the test binary (`target/release/enforcer`), where
+/// `cargo build --release -p enforcer` puts it.
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("ENFORCER_BIN") {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/TEST -> target
     let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("enforcer"))
+        .ancestors()
+        .nth(3)
+        .map(|target| target.join("release/enforcer"))
         .expect("test binary is in target/<profile>/deps");
     assert!(
         path.exists(),
-        "{} does not exist: run `cargo build -p enforcer` first (cargo xtask test does)",
+        "{} does not exist: run `cargo build --release -p enforcer` first (cargo xtask test does)",
         path.display()
     );
     path

@@ -1,7 +1,8 @@
 //! Real containers, minimally: an image directory as the overlayfs lower
 //! layer, a fresh mount namespace, a private tmpfs for the upper layer, a
-//! cgroup v2 group of its own, and `chroot` into the overlay. This is what a
-//! container runtime sets up for a container's root filesystem.
+//! cgroup v2 group of its own, a tmpfs at /dev/shm, optional bind-mounted
+//! volumes, and `chroot` into the overlay. This is what a container runtime
+//! sets up for a container's filesystems.
 
 use std::{
     ffi::CString,
@@ -55,26 +56,83 @@ impl Drop for Scratch {
 #[derive(Debug)]
 pub struct Image {
     root: Scratch,
+    /// Absolute paths (inside the image) of the shared libraries copied in.
+    libraries: Vec<String>,
 }
 
 impl Image {
-    /// A small image: a static busybox with applet links, /tmp.
+    /// A small image: a static busybox with applet links, /tmp, /dev/shm.
     pub fn busybox() -> anyhow::Result<Self> {
         let busybox = require::program(BUSYBOX, "busybox-static");
         let root = Scratch::new("image")?;
         let bin = root.path().join("bin");
         fs::create_dir_all(&bin)?;
         fs::create_dir_all(root.path().join("tmp"))?;
+        fs::create_dir_all(root.path().join("dev/shm"))?;
         fs::copy(busybox, bin.join("busybox")).context("copying busybox into the image")?;
         for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", bin.join(applet))?;
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            libraries: Vec::new(),
+        })
+    }
+
+    /// The busybox image plus a dynamically linked program at `/bin/NAME`
+    /// with the libraries and dynamic loader it needs, copied from the host
+    /// to the same paths (as `ldd` lists them).
+    pub fn with_dynamic(program: &Path, name: &str) -> anyhow::Result<Self> {
+        let mut image = Self::busybox()?;
+        fs::copy(program, image.root().join("bin").join(name))
+            .with_context(|| format!("copying {} into the image", program.display()))?;
+        let ldd = Command::new("ldd")
+            .arg(program)
+            .output()
+            .context("running ldd")?;
+        anyhow::ensure!(ldd.status.success(), "ldd {} failed", program.display());
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; vdso has no file.
+            let library = line
+                .split("=>")
+                .last()
+                .and_then(|rest| rest.split_whitespace().next())
+                .filter(|path| path.starts_with('/'));
+            if let Some(library) = library {
+                let target = image.root().join(library.trim_start_matches('/'));
+                fs::create_dir_all(target.parent().context("library path has a parent")?)?;
+                // Copies the file a symlink points to, under the link's name.
+                fs::copy(library, &target)
+                    .with_context(|| format!("copying {library} into the image"))?;
+                image.libraries.push(library.to_owned());
+            }
+        }
+        Ok(image)
     }
 
     pub fn root(&self) -> &Path {
         self.root.path()
     }
+
+    /// The image path of the copied library whose file name starts with
+    /// `prefix`.
+    pub fn library(&self, prefix: &str) -> Option<&str> {
+        self.libraries.iter().map(String::as_str).find(|path| {
+            path.rsplit('/')
+                .next()
+                .is_some_and(|name| name.starts_with(prefix))
+        })
+    }
+}
+
+/// A host directory bind-mounted into a container.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    pub host: PathBuf,
+    /// Absolute path inside the container.
+    pub at: String,
+    pub read_only: bool,
 }
 
 /// A cgroup v2 group for one container, removed on drop.
@@ -152,13 +210,31 @@ struct Setup {
     work: CString,
     merged: CString,
     overlay_options: CString,
+    shm: CString,
+    /// (host directory, mount point in the merged root, read-only)
+    volumes: Vec<(CString, CString, bool)>,
 }
 
 impl Setup {
-    fn new(state: &Path, image: &Image, cgroup: Option<&Cgroup>) -> anyhow::Result<Self> {
+    fn new(
+        state: &Path,
+        image: &Image,
+        cgroup: Option<&Cgroup>,
+        volumes: &[Volume],
+    ) -> anyhow::Result<Self> {
         let upper = state.join("upper");
         let work = state.join("work");
+        let merged = state.join("merged");
+        let volumes = volumes
+            .iter()
+            .map(|volume| {
+                let at = merged.join(volume.at.trim_start_matches('/'));
+                Ok((cstring(&volume.host)?, cstring(&at)?, volume.read_only))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
+            shm: cstring(&merged.join("dev/shm"))?,
+            volumes,
             cgroup_procs: cgroup
                 .map(|cgroup| cstring(&cgroup.path.join("cgroup.procs")))
                 .transpose()?,
@@ -225,6 +301,34 @@ impl Setup {
                 0,
                 self.overlay_options.as_ptr().cast(),
             ))?;
+            check(libc::mount(
+                c"shm".as_ptr(),
+                self.shm.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                none.cast(),
+            ))?;
+            for (host, at, read_only) in &self.volumes {
+                // Mount points are created in the container's upper layer,
+                // as runtimes do.
+                libc::mkdir(at.as_ptr(), 0o755);
+                check(libc::mount(
+                    host.as_ptr(),
+                    at.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    none.cast(),
+                ))?;
+                if *read_only {
+                    check(libc::mount(
+                        none,
+                        at.as_ptr(),
+                        none,
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        none.cast(),
+                    ))?;
+                }
+            }
             check(libc::chroot(self.merged.as_ptr()))?;
             check(libc::chdir(c"/".as_ptr()))
         }
@@ -233,10 +337,15 @@ impl Setup {
 
 /// Runs `script` with the image's `/bin/sh` as the container's first process.
 pub fn run(image: &Image, script: &str) -> anyhow::Result<Run> {
+    run_with(image, &[], script)
+}
+
+/// [`run`], with `volumes` bind-mounted into the container.
+pub fn run_with(image: &Image, volumes: &[Volume], script: &str) -> anyhow::Result<Run> {
     let state = Scratch::new("container")?;
     let cgroup = Cgroup::create()?;
     let cgroup_id = cgroup.as_ref().map(Cgroup::id).transpose()?;
-    let setup = Setup::new(state.path(), image, cgroup.as_ref())?;
+    let setup = Setup::new(state.path(), image, cgroup.as_ref(), volumes)?;
 
     let mut command = Command::new("/bin/sh");
     command

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod container;
 pub mod require;
+pub mod scenario;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -14,6 +14,7 @@ use enforcer_tests::{
     agent::{Agent, Stopped},
     container::{self, Image, Run, Scratch},
     require::{self, Requirement},
+    scenario::{drift_events, single_drift_event, start, start_lsm},
     serial,
 };
 use serde_json::Value;
@@ -32,37 +33,6 @@ echo "dropped-ino=$(stat -c %i /tmp/busybox-dropped)"
 echo "dropped-rc=$?"
 /bin/echo image-still-ok
 "#;
-
-fn start(args: &[&str]) -> Agent {
-    Agent::start(args).unwrap_or_else(|failure| panic!("{failure}"))
-}
-
-fn drift_events(stopped: &Stopped) -> Vec<&Value> {
-    stopped
-        .events
-        .iter()
-        .filter(|event| event["rule"]["name"] == "drift-prevention")
-        .collect()
-}
-
-/// The agent exited cleanly and reported exactly one drift event: image
-/// binaries (and everything the test harness runs) produced none.
-fn single_drift_event(stopped: &Stopped) -> &Value {
-    assert!(
-        stopped.status.success(),
-        "agent exit {:?} after SIGTERM; log:\n{}",
-        stopped.status,
-        stopped.stderr
-    );
-    let events = drift_events(stopped);
-    assert_eq!(
-        events.len(),
-        1,
-        "expected one drift event, got {events:#?}\nagent log:\n{}",
-        stopped.stderr
-    );
-    events[0]
-}
 
 fn assert_image_binaries_ran(run: &Run) {
     let lines: Vec<&str> = run.stdout.lines().collect();
@@ -188,19 +158,8 @@ fn lsm_backend_refuses_a_dropped_binary_with_eperm() {
     if !require::root() {
         return;
     }
-    let agent = match Agent::start(&["--backend", "lsm"]) {
-        Ok(agent) => agent,
-        Err(failure) if failure.stderr.contains("BPF LSM is not usable") => {
-            let reason = failure
-                .stderr
-                .lines()
-                .find(|line| line.contains("BPF LSM is not usable"))
-                .unwrap_or_default()
-                .to_owned();
-            require::unavailable(Requirement::Lsm, &reason);
-            return;
-        }
-        Err(failure) => panic!("{failure}"),
+    let Some(agent) = start_lsm(&[]) else {
+        return;
     };
     let expected = Expected {
         decision: "blocked",

@@ -3,12 +3,12 @@
 
 use std::mem::size_of;
 
-use enforcer_common::{EventHeader, ExecEvent, event_kind};
+use enforcer_common::{DriftEvent, EventHeader, event_kind};
 
 /// A record from the kernel, copied out of the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelEvent {
-    Exec(ExecEvent),
+    Drift(DriftEvent),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,12 +43,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         need: size_of::<EventHeader>(),
     })?;
     match header.kind {
-        event_kind::EXEC => read_pod(bytes)
-            .map(KernelEvent::Exec)
+        event_kind::DRIFT => read_pod(bytes)
+            .map(KernelEvent::Drift)
             .ok_or(DecodeError::Short {
-                kind: "exec",
+                kind: "drift",
                 len: bytes.len(),
-                need: size_of::<ExecEvent>(),
+                need: size_of::<DriftEvent>(),
             }),
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -57,17 +57,17 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use enforcer_common::{
-        COMM_LEN, EXEC_PATH_LEN, EventHeader, ExecEvent, backend, decision, event_kind, layer,
-        reason,
+        COMM_LEN, DriftEvent, EXEC_PATH_LEN, EventHeader, NAME_LEN, backend, decision, event_kind,
+        layer, reason, via,
     };
 
     use super::*;
 
-    /// An exec event as the kernel programs would write it.
-    pub(crate) fn exec_event(path: &str) -> ExecEvent {
-        let mut event = ExecEvent {
+    /// A drift event as the kernel programs would write it for an exec of `path`.
+    pub(crate) fn drift_event(path: &str) -> DriftEvent {
+        let mut event = DriftEvent {
             header: EventHeader {
-                kind: event_kind::EXEC,
+                kind: event_kind::DRIFT,
                 pad: 0,
                 boot_ns: 5_000_000_123,
             },
@@ -84,40 +84,43 @@ pub(crate) mod tests {
             reason: reason::DRIFT,
             backend: backend::LSM,
             layer: layer::OVERLAY_UPPER,
+            via: via::EXEC,
             path_len: path.len() as u32,
             flags: 0,
-            pad: 0,
             comm: [0; COMM_LEN],
+            name: [0; NAME_LEN],
             path: [0; EXEC_PATH_LEN],
         };
         event.comm[..2].copy_from_slice(b"sh");
         event.path[..path.len()].copy_from_slice(path.as_bytes());
+        let name = path.rsplit('/').next().unwrap_or(path);
+        event.name[..name.len()].copy_from_slice(name.as_bytes());
         event
     }
 
-    pub(crate) fn as_bytes(event: &ExecEvent) -> Vec<u8> {
-        // SAFETY: ExecEvent is repr(C) plain integers with no padding.
+    pub(crate) fn as_bytes(event: &DriftEvent) -> Vec<u8> {
+        // SAFETY: DriftEvent is repr(C) plain integers with no padding.
         unsafe {
             std::slice::from_raw_parts(
                 std::ptr::from_ref(event).cast::<u8>(),
-                size_of::<ExecEvent>(),
+                size_of::<DriftEvent>(),
             )
         }
         .to_vec()
     }
 
     #[test]
-    fn decodes_an_exec_event() {
-        let event = exec_event("/tmp/dropped");
-        assert_eq!(decode(&as_bytes(&event)), Ok(KernelEvent::Exec(event)));
+    fn decodes_a_drift_event() {
+        let event = drift_event("/tmp/dropped");
+        assert_eq!(decode(&as_bytes(&event)), Ok(KernelEvent::Drift(event)));
     }
 
     #[test]
     fn decodes_from_unaligned_bytes() {
-        let event = exec_event("/bin/x");
+        let event = drift_event("/bin/x");
         let mut bytes = vec![0u8];
         bytes.extend(as_bytes(&event));
-        assert_eq!(decode(&bytes[1..]), Ok(KernelEvent::Exec(event)));
+        assert_eq!(decode(&bytes[1..]), Ok(KernelEvent::Drift(event)));
     }
 
     #[test]
@@ -126,20 +129,20 @@ pub(crate) mod tests {
             decode(&[1, 0, 0]),
             Err(DecodeError::ShortHeader { len: 3, need: 16 })
         );
-        let bytes = as_bytes(&exec_event("/x"));
+        let bytes = as_bytes(&drift_event("/x"));
         assert_eq!(
             decode(&bytes[..100]),
             Err(DecodeError::Short {
-                kind: "exec",
+                kind: "drift",
                 len: 100,
-                need: 616
+                need: size_of::<DriftEvent>()
             })
         );
     }
 
     #[test]
     fn refuses_unknown_kinds() {
-        let mut bytes = as_bytes(&exec_event("/x"));
+        let mut bytes = as_bytes(&drift_event("/x"));
         bytes[0] = 99;
         assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(99)));
     }

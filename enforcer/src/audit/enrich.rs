@@ -1,7 +1,7 @@
 //! Turns decoded kernel events into audit records: wall-clock time, names for
 //! kernel codes, host and agent context.
 
-use enforcer_common::{ExecEvent, backend, decision, exec_flags, layer, reason};
+use enforcer_common::{DriftEvent, backend, decision, event_flags, layer, reason, via};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
@@ -60,27 +60,41 @@ pub struct Enricher {
 impl Enricher {
     pub fn record(&self, event: &KernelEvent) -> AuditRecord {
         match event {
-            KernelEvent::Exec(exec) => self.exec(exec),
+            KernelEvent::Drift(drift) => self.drift(drift),
         }
     }
 
-    fn exec(&self, e: &ExecEvent) -> AuditRecord {
-        let (decision_name, action, outcome, event_type) = match e.decision {
-            decision::BLOCKED => ("blocked", "exec-denied", "failure", "denied"),
-            decision::KILLED => ("killed", "exec-killed", "failure", "denied"),
-            decision::AUDIT => ("audit", "exec-audited", "success", "allowed"),
-            decision::KILL_FAILED => ("kill-failed", "exec-kill-failed", "success", "allowed"),
-            _ => ("unknown", "exec-unknown", "unknown", "info"),
+    fn drift(&self, e: &DriftEvent) -> AuditRecord {
+        let (decision_name, outcome_verb, outcome, event_type) = match e.decision {
+            decision::BLOCKED => ("blocked", "denied", "failure", "denied"),
+            decision::KILLED => ("killed", "killed", "failure", "denied"),
+            decision::AUDIT => ("audit", "audited", "success", "allowed"),
+            decision::KILL_FAILED => ("kill-failed", "kill-failed", "success", "allowed"),
+            _ => ("unknown", "unknown", "unknown", "info"),
         };
-        let (reason_name, reason_text) = match e.reason {
-            reason::DRIFT => (
-                "drift",
-                "executable is not part of the container image (created or modified after the container started)",
+        let (via_name, category) = match e.via {
+            via::EXEC => ("exec", "process"),
+            via::MMAP => ("mmap", "library"),
+            via::MPROTECT => ("mprotect", "library"),
+            _ => ("unknown", "process"),
+        };
+        let (layer_name, reason_text) = match e.layer {
+            layer::OVERLAY_UPPER => (
+                "overlay-upper",
+                "file is not part of the container image (created or modified after the container started)",
             ),
-            _ => ("unknown", "unknown reason"),
+            layer::MEMFD => (
+                "memfd",
+                "fileless execution: the file is a memfd, not part of the container image",
+            ),
+            layer::WRITABLE_MOUNT => (
+                "writable-mount",
+                "file is on a writable mount outside the container image (tmpfs or volume)",
+            ),
+            _ => ("unknown", "file is not part of the container image"),
         };
         let path_len = (e.path_len as usize).min(e.path.len());
-        let path = (e.flags & exec_flags::PATH_UNREADABLE == 0)
+        let path = (e.flags & event_flags::NO_PATH == 0)
             .then(|| String::from_utf8_lossy(&e.path[..path_len]).into_owned());
         AuditRecord {
             timestamp: self
@@ -90,9 +104,9 @@ impl Enricher {
                 .unwrap_or_default(),
             event: Event {
                 kind: "alert",
-                category: ["process", "intrusion_detection"],
+                category: [category, "intrusion_detection"],
                 r#type: ["start", event_type],
-                action,
+                action: format!("{via_name}-{outcome_verb}"),
                 outcome,
                 reason: reason_text.to_owned(),
                 module: "enforcer",
@@ -112,6 +126,7 @@ impl Enricher {
             },
             file: File {
                 path,
+                name: c_string(&e.name),
                 inode: e.inode.to_string(),
                 device: format!("{}:{}", e.dev >> 20, e.dev & 0xf_ffff),
                 r#type: "file",
@@ -131,19 +146,20 @@ impl Enricher {
             },
             enforcer: Enforcer {
                 decision: decision_name,
-                reason: reason_name,
+                reason: match e.reason {
+                    reason::DRIFT => "drift",
+                    _ => "unknown",
+                },
                 backend: match e.backend {
                     backend::LSM => "lsm",
                     backend::SIGNAL => "signal",
                     _ => "unknown",
                 },
-                layer: match e.layer {
-                    layer::OVERLAY_UPPER => "overlay-upper",
-                    _ => "unknown",
-                },
+                via: via_name,
+                layer: layer_name,
                 mount_namespace: e.mnt_ns,
                 cgroup_id: e.cgroup_id,
-                path_truncated: e.flags & exec_flags::PATH_TRUNCATED != 0,
+                path_truncated: e.flags & event_flags::PATH_TRUNCATED != 0,
             },
         }
     }
@@ -163,11 +179,11 @@ pub fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::{backend, decision, exec_flags};
+    use enforcer_common::{backend, decision, event_flags, layer, via};
     use serde_json::Value;
 
     use super::*;
-    use crate::audit::decode::tests::exec_event;
+    use crate::audit::decode::tests::drift_event;
 
     fn enricher() -> Enricher {
         Enricher {
@@ -178,15 +194,16 @@ mod tests {
         }
     }
 
-    fn json(event: &ExecEvent) -> Value {
-        serde_json::to_value(enricher().record(&KernelEvent::Exec(*event))).unwrap()
+    fn json(event: &DriftEvent) -> Value {
+        serde_json::to_value(enricher().record(&KernelEvent::Drift(*event))).unwrap()
     }
 
     #[test]
-    fn blocked_drift_uses_ecs_field_names() {
-        let v = json(&exec_event("/tmp/dropped"));
+    fn blocked_exec_uses_ecs_field_names() {
+        let v = json(&drift_event("/tmp/dropped"));
         assert_eq!(v["@timestamp"], "2026-01-01T00:00:00.000000123Z");
         assert_eq!(v["event"]["kind"], "alert");
+        assert_eq!(v["event"]["category"][0], "process");
         assert_eq!(v["event"]["action"], "exec-denied");
         assert_eq!(v["event"]["outcome"], "failure");
         assert_eq!(v["event"]["type"][1], "denied");
@@ -197,6 +214,7 @@ mod tests {
         assert_eq!(v["process"]["name"], "sh");
         assert_eq!(v["process"]["executable"], "/tmp/dropped");
         assert_eq!(v["file"]["path"], "/tmp/dropped");
+        assert_eq!(v["file"]["name"], "dropped");
         assert_eq!(v["file"]["inode"], "123456");
         assert_eq!(v["file"]["device"], "0:45");
         assert_eq!(v["user"]["id"], "1000");
@@ -205,6 +223,7 @@ mod tests {
         assert_eq!(v["enforcer"]["decision"], "blocked");
         assert_eq!(v["enforcer"]["reason"], "drift");
         assert_eq!(v["enforcer"]["backend"], "lsm");
+        assert_eq!(v["enforcer"]["via"], "exec");
         assert_eq!(v["enforcer"]["layer"], "overlay-upper");
         assert_eq!(v["enforcer"]["cgroup_id"], 7777);
         assert!(v["enforcer"].get("path_truncated").is_none());
@@ -212,7 +231,7 @@ mod tests {
 
     #[test]
     fn killed_and_audit_decisions() {
-        let mut event = exec_event("/x");
+        let mut event = drift_event("/x");
         event.decision = decision::KILLED;
         event.backend = backend::SIGNAL;
         let v = json(&event);
@@ -223,27 +242,72 @@ mod tests {
         event.decision = decision::AUDIT;
         let v = json(&event);
         assert_eq!(v["enforcer"]["decision"], "audit");
+        assert_eq!(v["event"]["action"], "exec-audited");
         assert_eq!(v["event"]["outcome"], "success");
         assert_eq!(v["event"]["type"][1], "allowed");
     }
 
     #[test]
-    fn unknown_codes_are_named_unknown_not_dropped() {
-        let mut event = exec_event("/x");
-        event.decision = 77;
-        event.backend = 9;
+    fn mappings_are_library_events_without_a_path() {
+        let mut event = drift_event("");
+        event.via = via::MMAP;
+        event.flags = event_flags::NO_PATH;
+        event.name[..10].copy_from_slice(b"libdrop.so");
         let v = json(&event);
-        assert_eq!(v["enforcer"]["decision"], "unknown");
-        assert_eq!(v["enforcer"]["backend"], "unknown");
+        assert_eq!(v["event"]["category"][0], "library");
+        assert_eq!(v["event"]["action"], "mmap-denied");
+        assert_eq!(v["enforcer"]["via"], "mmap");
+        assert_eq!(v["file"]["name"], "libdrop.so");
+        assert!(v["file"].get("path").is_none());
+        assert!(v["process"].get("executable").is_none());
+
+        event.via = via::MPROTECT;
+        assert_eq!(json(&event)["event"]["action"], "mprotect-denied");
     }
 
     #[test]
-    fn truncated_and_unreadable_paths_are_flagged() {
-        let mut event = exec_event("/x");
-        event.flags = exec_flags::PATH_TRUNCATED;
+    fn layers_have_names_and_reasons() {
+        let mut event = drift_event("/x");
+        for (code, name, words) in [
+            (
+                layer::OVERLAY_UPPER,
+                "overlay-upper",
+                "not part of the container image",
+            ),
+            (layer::MEMFD, "memfd", "fileless"),
+            (layer::WRITABLE_MOUNT, "writable-mount", "writable mount"),
+        ] {
+            event.layer = code;
+            let v = json(&event);
+            assert_eq!(v["enforcer"]["layer"], name);
+            assert!(
+                v["event"]["reason"].as_str().unwrap().contains(words),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_codes_are_named_unknown_not_dropped() {
+        let mut event = drift_event("/x");
+        event.decision = 77;
+        event.backend = 9;
+        event.via = 9;
+        event.layer = 9;
+        let v = json(&event);
+        assert_eq!(v["enforcer"]["decision"], "unknown");
+        assert_eq!(v["enforcer"]["backend"], "unknown");
+        assert_eq!(v["enforcer"]["via"], "unknown");
+        assert_eq!(v["enforcer"]["layer"], "unknown");
+    }
+
+    #[test]
+    fn truncated_and_missing_paths_are_flagged() {
+        let mut event = drift_event("/x");
+        event.flags = event_flags::PATH_TRUNCATED;
         assert_eq!(json(&event)["enforcer"]["path_truncated"], true);
 
-        event.flags = exec_flags::PATH_UNREADABLE;
+        event.flags = event_flags::NO_PATH;
         event.path_len = 0;
         let v = json(&event);
         assert!(v["file"].get("path").is_none());
@@ -252,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_path_length_cannot_overrun() {
-        let mut event = exec_event("/x");
+        let mut event = drift_event("/x");
         event.path_len = u32::MAX;
         let v = json(&event);
         assert_eq!(

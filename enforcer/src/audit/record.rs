@@ -22,10 +22,13 @@ pub struct AuditRecord {
 pub struct Event {
     /// `alert`: every record is a security decision.
     pub kind: &'static str,
+    /// `process` for execs, `library` for executable mappings; with
+    /// `intrusion_detection`.
     pub category: [&'static str; 2],
     pub r#type: [&'static str; 2],
-    /// `exec-denied`, `exec-killed`, `exec-audited`, `exec-kill-failed`.
-    pub action: &'static str,
+    /// `ROUTE-OUTCOME`: route `exec`, `mmap` or `mprotect`; outcome
+    /// `denied`, `killed`, `audited` or `kill-failed`.
+    pub action: String,
     /// `failure` when the program did not run, `success` when it did.
     pub outcome: &'static str,
     pub reason: String,
@@ -48,7 +51,7 @@ pub struct Process {
     /// The task's comm when the decision was made: with the lsm backend the
     /// program that called exec, with signal the new program.
     pub name: String,
-    /// The path given to exec.
+    /// The path given to exec (absent for mappings).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
 }
@@ -65,8 +68,11 @@ pub struct ParentPid {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct File {
+    /// The path given to exec; mappings have none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The file's name (last path component).
+    pub name: String,
     /// ECS keeps inode numbers as strings.
     pub inode: String,
     /// `major:minor` of the file system the file is on.
@@ -98,7 +104,11 @@ pub struct Enforcer {
     pub reason: &'static str,
     /// `lsm` or `signal`.
     pub backend: &'static str,
-    /// Where the file lives: `overlay-upper`.
+    /// How the file was about to run: `exec`, `mmap` (the dynamic loader or
+    /// a library load), `mprotect`.
+    pub via: &'static str,
+    /// Why the file is not from the image: `overlay-upper`, `memfd`,
+    /// `writable-mount`.
     pub layer: &'static str,
     pub mount_namespace: u32,
     pub cgroup_id: u64,

@@ -2,5 +2,5 @@
 //! namespaces.
 
 pub mod features;
+pub mod host;
 pub mod layout;
-pub mod namespaces;

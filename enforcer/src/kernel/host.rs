@@ -1,0 +1,131 @@
+//! What "the host" is: the mount namespace and root directory that host
+//! processes have. A process with another mount namespace *and* another root
+//! is a container process.
+
+use std::{
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+/// The process whose namespaces are the host's by default: init. Also right
+/// when the agent runs in a container (a `DaemonSet` pod with `hostPID: true`).
+pub const DEFAULT_HOST_PID: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a namespace file (inode {inode} does not fit a namespace id)")]
+    NotANamespace { path: PathBuf, inode: u64 },
+}
+
+/// The host as the kernel programs recognise it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// Mount namespace inode number, as the kernel's `ns_common.inum`.
+    pub mnt_ns: u32,
+    /// Root directory's device, kernel encoding (major << 20 | minor), as
+    /// `super_block.s_dev`.
+    pub root_dev: u32,
+    /// Root directory's inode number.
+    pub root_ino: u64,
+    /// The `/proc/PID` directory this was read from.
+    pub source: PathBuf,
+    /// Set when the host PID's entries could not be read and the agent used
+    /// its own instead; says why.
+    pub fallback: Option<String>,
+}
+
+fn metadata(path: &Path) -> Result<std::fs::Metadata, HostError> {
+    std::fs::metadata(path).map_err(|source| HostError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// `st_dev` (glibc's encoding) to the kernel's internal `dev_t` encoding.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+fn read_identity(proc_dir: &Path) -> Result<HostIdentity, HostError> {
+    let ns_path = proc_dir.join("ns/mnt");
+    let ns_inode = metadata(&ns_path)?.ino();
+    let mnt_ns = u32::try_from(ns_inode).map_err(|_| HostError::NotANamespace {
+        path: ns_path,
+        inode: ns_inode,
+    })?;
+    // `/proc/PID/root` resolves to that process's root directory, in its own
+    // mount namespace.
+    let root = metadata(&proc_dir.join("root"))?;
+    Ok(HostIdentity {
+        mnt_ns,
+        root_dev: kernel_dev(root.dev()),
+        root_ino: root.ino(),
+        source: proc_dir.to_owned(),
+        fallback: None,
+    })
+}
+
+/// The host identity of process `pid`; when its entries cannot be read (some
+/// sandboxes hide PID 1 even from root), the agent's own, with the reason.
+pub fn host_identity(pid: u32) -> Result<HostIdentity, HostError> {
+    match read_identity(&Path::new("/proc").join(pid.to_string())) {
+        Ok(identity) => Ok(identity),
+        Err(error) => Ok(HostIdentity {
+            fallback: Some(error.to_string()),
+            ..read_identity(Path::new("/proc/self"))?
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    #[test]
+    fn own_identity_matches_proc_self() {
+        let own = read_identity(Path::new("/proc/self")).unwrap();
+        let link = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        assert_eq!(link.to_string_lossy(), format!("mnt:[{}]", own.mnt_ns));
+        let root = std::fs::metadata("/").unwrap();
+        assert_eq!(own.root_ino, root.ino());
+        assert_eq!(own.root_dev, kernel_dev(root.dev()));
+    }
+
+    #[test]
+    fn resolution_always_yields_an_identity() {
+        let host = host_identity(DEFAULT_HOST_PID).unwrap();
+        assert_ne!(host.mnt_ns, 0);
+        // Either PID 1 was readable, or the fallback says why not.
+        assert_eq!(
+            host.fallback.is_some(),
+            host.source == Path::new("/proc/self")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_pid_falls_back_with_the_reason() {
+        // PID numbers stop well below this.
+        let host = host_identity(u32::MAX).unwrap();
+        assert_eq!(host.source, Path::new("/proc/self"));
+        assert!(host.fallback.unwrap().contains("/proc/4294967295/ns/mnt"));
+    }
+
+    #[test]
+    fn device_numbers_use_the_kernel_encoding() {
+        // 8:1 (sda1) in glibc's encoding is 0x801; the kernel's is 8 << 20 | 1.
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        // Anonymous devices (overlay, tmpfs) have major 0 and large minors.
+        assert_eq!(kernel_dev(libc::makedev(0, 300)), 300);
+    }
+}

@@ -1,0 +1,146 @@
+//! A tool for test container images: performs the operations an attacker
+//! uses to run a dropped file, and reports the result on stdout.
+//!
+//! - `probe say TEXT`: print TEXT
+//! - `probe execveat PATH ARGS...`: `execveat(fd of PATH, "", AT_EMPTY_PATH)`
+//! - `probe memfd-exec PATH ARGS...`: copy PATH into a memfd and `fexecve` it
+//! - `probe mmap-exec PATH`: map PATH with `PROT_READ | PROT_EXEC`
+//! - `probe mprotect-exec PATH`: map PATH read-only, then `mprotect` to exec
+//! - `probe dlopen PATH`: `dlopen(PATH, RTLD_NOW)`
+//!
+//! Failures print `OPERATION: ERROR` and exit 126 (exec routes) or 1.
+
+use std::{
+    ffi::{CStr, CString},
+    io,
+    os::unix::ffi::OsStrExt as _,
+    process::ExitCode,
+};
+
+fn fail(operation: &str, error: &dyn std::fmt::Display, code: u8) -> ExitCode {
+    println!("{operation}: {error}");
+    ExitCode::from(code)
+}
+
+fn cstring(text: &str) -> CString {
+    CString::new(text).expect("argument without NUL bytes")
+}
+
+/// `execveat(fd, "", args, {}, AT_EMPTY_PATH)`; returns only on failure.
+fn exec_fd(fd: libc::c_int, args: &[String]) -> io::Error {
+    let owned: Vec<CString> = args.iter().map(|arg| cstring(arg)).collect();
+    let mut pointers: Vec<*const libc::c_char> = owned.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            pointers.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    io::Error::last_os_error()
+}
+
+fn open(path: &str) -> io::Result<libc::c_int> {
+    let path = cstring(path);
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fd)
+    }
+}
+
+fn map(fd: libc::c_int, prot: libc::c_int) -> io::Result<*mut libc::c_void> {
+    // SAFETY: a fresh private mapping of one page of an open file.
+    let address = unsafe { libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_PRIVATE, fd, 0) };
+    if address == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(address)
+    }
+}
+
+fn memfd_with(path: &str) -> io::Result<libc::c_int> {
+    let content = std::fs::read(path)?;
+    // SAFETY: valid C string; flags are plain bits.
+    let fd = unsafe { libc::memfd_create(c"probe".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut written = 0;
+    while written < content.len() {
+        // SAFETY: writes from a live buffer to an open fd.
+        let n = unsafe {
+            libc::write(
+                fd,
+                content[written..].as_ptr().cast(),
+                content.len() - written,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        written += n.cast_unsigned();
+    }
+    Ok(fd)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        return fail("usage", &"probe COMMAND ARGS...", 2);
+    };
+    let path = rest.first().map_or("", String::as_str);
+    match command.as_str() {
+        "say" => {
+            println!("{}", rest.join(" "));
+            ExitCode::SUCCESS
+        }
+        "execveat" => match open(path) {
+            Ok(fd) => fail("execveat", &exec_fd(fd, rest), 126),
+            Err(error) => fail("open", &error, 1),
+        },
+        "memfd-exec" => match memfd_with(path) {
+            Ok(fd) => fail("memfd-exec", &exec_fd(fd, rest), 126),
+            Err(error) => fail("memfd", &error, 1),
+        },
+        "mmap-exec" => match open(path).and_then(|fd| map(fd, libc::PROT_READ | libc::PROT_EXEC)) {
+            Ok(_) => fail("mmap-exec", &"ok", 0),
+            Err(error) => fail("mmap-exec", &error, 1),
+        },
+        "mprotect-exec" => match open(path).and_then(|fd| map(fd, libc::PROT_READ)) {
+            Ok(address) => {
+                // SAFETY: changes the protection of the page mapped just above.
+                let rc =
+                    unsafe { libc::mprotect(address, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+                if rc == 0 {
+                    fail("mprotect-exec", &"ok", 0)
+                } else {
+                    fail("mprotect-exec", &io::Error::last_os_error(), 1)
+                }
+            }
+            Err(error) => fail("mmap", &error, 1),
+        },
+        "dlopen" => {
+            let library =
+                CString::new(std::ffi::OsStr::new(path).as_bytes()).expect("path without NUL");
+            // SAFETY: valid C string; the handle is deliberately leaked.
+            let handle = unsafe { libc::dlopen(library.as_ptr(), libc::RTLD_NOW) };
+            if handle.is_null() {
+                // SAFETY: dlerror returns a valid C string after a failure.
+                let error = unsafe { CStr::from_ptr(libc::dlerror()) };
+                fail("dlopen", &error.to_string_lossy(), 1)
+            } else {
+                fail("dlopen", &"ok", 0)
+            }
+        }
+        other => fail("unknown command", &other, 2),
+    }
+}
