@@ -206,6 +206,11 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     /// `mm_struct.exe_file`
     pub mm_exe_file: u32,
+    /// `backing_file.user_path` (6.6+; 0 where the kernel has no backing
+    /// files): the user-visible path of the file overlayfs maps through.
+    pub backing_file_user_path: u32,
+    /// Keeps the size a multiple of 8.
+    pub pad: u32,
 }
 
 /// Settings fixed for the lifetime of the loaded programs.
@@ -355,12 +360,13 @@ mod tests {
 
     #[test]
     fn kernel_offsets_layout() {
-        assert_eq!(size_of::<KernelOffsets>(), 25 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 27 * 4);
         assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);
         assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 24);
         assert_eq!(offset_of!(KernelOffsets, mnt_namespace_inum), 44);
         assert_eq!(offset_of!(KernelOffsets, vma_file), 84);
         assert_eq!(offset_of!(KernelOffsets, mm_exe_file), 96);
+        assert_eq!(offset_of!(KernelOffsets, backing_file_user_path), 100);
     }
 
     #[test]

@@ -60,6 +60,13 @@ pub(crate) fn check_file(
         return Ok(Verdict::Allow);
     };
     let facts = kernel::file_facts(file, offsets)?;
+    // A mapping of an overlay file is made through a backing file on the
+    // layer's private mount (6.6+): decide on the overlay file it stands for.
+    let facts = if facts.mnt_internal {
+        kernel::backing_user_path(file, offsets).unwrap_or(facts)
+    } else {
+        facts
+    };
     Ok(
         match classify(&facts, &container, via, settings.flags, offsets)? {
             Some(layer) => Verdict::Drift(Drift {
@@ -95,9 +102,10 @@ fn classify(
     }
     let read_only = facts.mnt_flags & MNT_READONLY != 0 || facts.sb_flags & SB_RDONLY != 0;
     if facts.mnt_internal {
-        // A file on a layer of the container's overlay, reached through a
-        // mapping (6.6+ kernels): the lower layers' mounts are read-only,
-        // the upper layer's is writable.
+        // A file on an overlay layer's private mount: the lower layers'
+        // mounts are read-only, the upper layer's is writable. (With stacked
+        // overlays the user path of a lower layer's mapping is itself on a
+        // read-only layer mount.)
         return Ok((!read_only).then_some(layer::OVERLAY_UPPER));
     }
     if facts.mnt != container.root_mnt {

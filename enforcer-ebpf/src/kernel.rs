@@ -1,7 +1,7 @@
 //! Typed reads of kernel memory through the offsets in [`crate::maps::OFFSETS`].
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use enforcer_common::{AgentConfig, KernelOffsets};
+use enforcer_common::{AgentConfig, KernelOffsets, OVERLAYFS_SUPER_MAGIC};
 
 /// A `bpf_probe_read_kernel` failed or returned a null pointer where the
 /// kernel guarantees one.
@@ -105,14 +105,27 @@ const ERR_PTR_MIN: u64 = 0u64.wrapping_sub(4095);
 /// The inode comes from the file's path, not `file.f_inode`: overlayfs maps
 /// files through a "real" file whose `f_inode` is the layer's inode. Up to
 /// 6.5 that real file carries the overlay path, so its path's inode is the
-/// overlay inode; from 6.6 it carries the layer's path, on the private
-/// layer mount that [`FileFacts::mnt_internal`] recognises.
+/// overlay inode; from 6.6 it carries the layer's path, on a private layer
+/// mount ([`FileFacts::mnt_internal`]), and [`backing_user_path`] finds the
+/// overlay path.
 #[inline(always)]
 pub(crate) fn file_facts(file: u64, offsets: &KernelOffsets) -> Result<FileFacts, ReadError> {
-    let dentry = read_ptr(file, offsets.file_path_dentry)?;
+    path_facts(
+        read_ptr(file, offsets.file_path_mnt)?,
+        read_ptr(file, offsets.file_path_dentry)?,
+        offsets,
+    )
+}
+
+/// Facts about the file at `mnt` (`struct vfsmount *`) and `dentry`.
+#[inline(always)]
+pub(crate) fn path_facts(
+    mnt: u64,
+    dentry: u64,
+    offsets: &KernelOffsets,
+) -> Result<FileFacts, ReadError> {
     let inode = read_ptr(dentry, offsets.dentry_inode)?;
     let sb = read_ptr(inode, offsets.inode_sb)?;
-    let mnt = read_ptr(file, offsets.file_path_mnt)?;
     let mnt_ns: u64 = read(mnt, offsets.vfsmount_mnt_ns)?;
     Ok(FileFacts {
         inode,
@@ -125,6 +138,26 @@ pub(crate) fn file_facts(file: u64, offsets: &KernelOffsets) -> Result<FileFacts
         sb_flags: read(sb, offsets.sb_flags)?,
         mnt_flags: read(mnt, offsets.vfsmount_flags)?,
     })
+}
+
+/// The user-visible overlay file behind `file`, when `file` is an overlayfs
+/// backing file (6.6+): `backing_file.user_path`, right after the embedded
+/// `struct file`. Whether a file is a backing file is a `FMODE_*` bit whose
+/// value changed between kernels, so the path is read and trusted only when
+/// it leads to an overlayfs inode.
+#[inline(always)]
+pub(crate) fn backing_user_path(file: u64, offsets: &KernelOffsets) -> Option<FileFacts> {
+    if offsets.backing_file_user_path == 0 {
+        return None;
+    }
+    let mnt = read_ptr(file, offsets.backing_file_user_path).ok()?;
+    let dentry = read_ptr(file, offsets.backing_file_user_path + 8).ok()?;
+    if mnt < KERNEL_SPACE || dentry < KERNEL_SPACE {
+        return None;
+    }
+    path_facts(mnt, dentry, offsets)
+        .ok()
+        .filter(|facts| facts.fs_magic == OVERLAYFS_SUPER_MAGIC)
 }
 
 /// `current->mm->exe_file`: the program the task runs (null for kernel

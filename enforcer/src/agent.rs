@@ -16,8 +16,8 @@ use crate::{
     backend::{self, BackendChoice, BackendError, BackendKind},
     kernel::{
         features,
-        host::{HostError, host_identity},
-        layout::{KernelBtf, Layout, LayoutError, OverlayLayout},
+        host::{HostError, HostIdentity, host_identity},
+        layout::{BackingFiles, KernelBtf, Layout, LayoutError, OverlayLayout},
     },
     maps::{self, MapAccessError},
     policy::{self, DriftRule, Policy},
@@ -64,14 +64,28 @@ fn layout_error(source: LayoutError) -> AgentError {
     }
 }
 
-pub async fn run(options: RunOptions) -> Result<(), AgentError> {
+/// Resolves the kernel layout from BTF and says what had to be assumed.
+fn kernel_layout(
+    btf_path: Option<&std::path::Path>,
+) -> Result<enforcer_common::KernelOffsets, AgentError> {
     let release = features::kernel_release();
     if let Err(reason) = features::ensure_overlayfs() {
         tracing::warn!("{reason}");
     }
-    let btf = KernelBtf::load(options.btf.as_deref()).map_err(layout_error)?;
-    let Layout { offsets, overlay } = btf.offsets().map_err(layout_error)?;
+    let btf = KernelBtf::load(btf_path).map_err(layout_error)?;
+    let Layout {
+        offsets,
+        overlay,
+        backing_files,
+    } = btf.offsets().map_err(layout_error)?;
     tracing::info!(kernel = %release, btf = ?btf.sources(), ?offsets, "kernel layout resolved from BTF");
+    if let BackingFiles::UnknownLayout(reason) = &backing_files {
+        tracing::warn!(
+            %reason,
+            "struct backing_file has an unknown layout: mprotect to executable of files on stacked overlays \
+             (an image stored on overlayfs) may be refused although they are image files"
+        );
+    }
     if let OverlayLayout::DerivedFromInodeSize { reason } = &overlay {
         tracing::warn!(
             %reason,
@@ -81,8 +95,12 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
              kernel pointer are counted as kernel read errors"
         );
     }
+    Ok(offsets)
+}
 
-    let host = host_identity(options.host_pid)?;
+/// Finds out what the host is, and says so.
+fn host(pid: u32) -> Result<HostIdentity, AgentError> {
+    let host = host_identity(pid)?;
     if let Some(reason) = &host.fallback {
         tracing::warn!(
             %reason,
@@ -96,6 +114,12 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         source = %host.source.display(),
         "host identity: processes with another mount namespace and another root are container processes"
     );
+    Ok(host)
+}
+
+pub async fn run(options: RunOptions) -> Result<(), AgentError> {
+    let offsets = kernel_layout(options.btf.as_deref())?;
+    let host = host(options.host_pid)?;
 
     let policy = Policy::builtin(options.drift);
     let compiled = policy::compile(&policy);

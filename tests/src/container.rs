@@ -20,7 +20,7 @@ use crate::require;
 
 /// Applets linked into the image; each is an exec of the image's busybox.
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cp", "cat", "ls", "stat", "mv", "ln", "chmod", "rm",
+    "sh", "echo", "cp", "cat", "ls", "stat", "mv", "ln", "chmod", "rm", "true",
 ];
 const BUSYBOX: &str = "/bin/busybox";
 /// Limit for a container's run; a hang is a test failure, not a stuck CI job.

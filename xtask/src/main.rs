@@ -55,6 +55,17 @@ enum Task {
         #[arg(long, default_value = DEFAULT_KERNEL)]
         kernels: String,
     },
+    /// Measure the agent's overhead on fork+exec and open+close in a
+    /// container, with and without the agent side by side, on this host and
+    /// in VMs with BPF LSM. Fails when an overhead is above its target.
+    Bench {
+        /// Kernels for the VM runs: `all` or a list such as `6.1,7.2`.
+        #[arg(long, default_value = DEFAULT_KERNEL)]
+        kernels: String,
+        /// Rounds per workload and side.
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,6 +130,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             Err(command.exec()).context("starting the agent")
         }
         Task::Test { kernels } => test(&workspace, &kernels::select(&kernels)?),
+        Task::Bench { kernels, rounds } => bench(&workspace, &kernels::select(&kernels)?, rounds),
     }
 }
 
@@ -178,7 +190,16 @@ fn test(workspace: &Path, kernels: &[&KernelSpec]) -> anyhow::Result<()> {
         ),
     );
 
-    let binaries = test_binaries(workspace)?;
+    let commands: Vec<Vec<String>> = test_binaries(workspace)?
+        .into_iter()
+        .map(|binary| {
+            vec![
+                binary.display().to_string(),
+                "--test-threads=1".to_owned(),
+                "--color=never".to_owned(),
+            ]
+        })
+        .collect();
     let vng = tools.vng.context("setup did not provide virtme-ng")?;
     let work_dir = target_dir(workspace)?.join("vm");
     let env = [
@@ -186,11 +207,11 @@ fn test(workspace: &Path, kernels: &[&KernelSpec]) -> anyhow::Result<()> {
         ("ENFORCER_TEST_REQUIRE", "root,lsm".to_owned()),
         ("RUST_BACKTRACE", "1".to_owned()),
     ];
-    let vm = vm::VmTests {
+    let vm = vm::VmRun {
         vng: &vng,
         workspace,
         work_dir: &work_dir,
-        binaries: &binaries,
+        commands: &commands,
         env: &env,
     };
     for kernel in &tools.kernels {
@@ -205,6 +226,78 @@ fn test(workspace: &Path, kernels: &[&KernelSpec]) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("failed: {}", failures.join(", "))
+    }
+}
+
+fn bench(workspace: &Path, kernels: &[&KernelSpec], rounds: u32) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the benchmark loads BPF programs, mounts filesystems and boots VMs: run it as root");
+    }
+    let tools = setup::setup(Scope::Test, kernels)?;
+    let agent = build(workspace)?;
+    cmd::run(cargo(workspace).args([
+        "build",
+        "--release",
+        "--package",
+        "enforcer-tests",
+        "--bins",
+    ]))?;
+    let bench = target_dir(workspace)?.join("release/bench");
+    let rounds = rounds.to_string();
+    let mut failures = Vec::new();
+
+    eprintln!("bench: host kernel, agent with --backend auto");
+    let host = cmd::run(
+        Command::new(&bench)
+            .env("ENFORCER_BIN", &agent)
+            .args(["--rounds", &rounds]),
+    );
+    if let Err(error) = host {
+        eprintln!("bench: host: {error:#}");
+        failures.push("host".to_owned());
+    }
+
+    // Software emulation makes every operation slower; fewer of them keep a
+    // round short without changing what is compared.
+    let command = vec![
+        bench.display().to_string(),
+        "--rounds".to_owned(),
+        rounds,
+        "--exec-count".to_owned(),
+        "300".to_owned(),
+        "--open-count".to_owned(),
+        "30000".to_owned(),
+        "--".to_owned(),
+        "--backend".to_owned(),
+        "lsm".to_owned(),
+    ];
+    let vng = tools.vng.context("setup did not provide virtme-ng")?;
+    let work_dir = target_dir(workspace)?.join("vm-bench");
+    let env = [("ENFORCER_BIN", agent.display().to_string())];
+    let vm = vm::VmRun {
+        vng: &vng,
+        workspace,
+        work_dir: &work_dir,
+        commands: std::slice::from_ref(&command),
+        env: &env,
+    };
+    for kernel in &tools.kernels {
+        eprintln!(
+            "bench: Debian {} kernel in a VM, agent with --backend lsm",
+            kernel.name
+        );
+        if let Err(error) = vm.run(kernel) {
+            eprintln!("bench: {}: {error:#}", kernel.name);
+            failures.push(kernel.name.to_owned());
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "overhead above target or benchmark failed: {}",
+            failures.join(", ")
+        )
     }
 }
 

@@ -1,4 +1,5 @@
-//! Runs test binaries inside a Debian kernel booted by virtme-ng (QEMU).
+//! Runs commands (test binaries, benchmarks) inside a Debian kernel booted
+//! by virtme-ng (QEMU).
 //!
 //! The guest sees the host's files, so the freshly built agent and test
 //! binaries run there as they are. virtme-ng cannot hand the guest's exit
@@ -10,7 +11,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader, Write as _},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -27,14 +28,15 @@ const EXIT: &str = "ENFORCER_VM_EXIT=";
 /// Software emulation is slow; a hang must still end the run.
 const TIMEOUT: Duration = Duration::from_mins(30);
 
-pub(crate) struct VmTests<'a> {
+pub(crate) struct VmRun<'a> {
     pub(crate) vng: &'a Path,
     pub(crate) workspace: &'a Path,
     /// Where scripts and logs go.
     pub(crate) work_dir: &'a Path,
-    /// Binaries to run, in order, each with `--test-threads=1`.
-    pub(crate) binaries: &'a [PathBuf],
-    /// Environment for the tests.
+    /// Commands to run, in order: a program and its arguments. The run fails
+    /// when any of them does.
+    pub(crate) commands: &'a [Vec<String>],
+    /// Environment for the commands.
     pub(crate) env: &'a [(&'a str, String)],
 }
 
@@ -42,7 +44,7 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-impl VmTests<'_> {
+impl VmRun<'_> {
     fn script(&self, kernel: &Kernel) -> String {
         let mut script =
             String::from("#!/bin/sh\n# Runs inside the VM; written by cargo xtask test.\n");
@@ -60,18 +62,20 @@ impl VmTests<'_> {
             kernel.version
         );
         script.push_str("status=0\n");
-        for binary in self.binaries {
-            let binary = shell_quote(&binary.display().to_string());
+        for command in self.commands {
+            let line: Vec<String> = command.iter().map(|word| shell_quote(word)).collect();
+            let line = line.join(" ");
             let _ = writeln!(
                 script,
-                "echo \"== {binary}\"\n{binary} --test-threads=1 --color never || status=1"
+                "echo \"== {}\"\n{line} || status=1",
+                line.replace('"', "'")
             );
         }
         let _ = writeln!(script, "echo \"{EXIT}$status\"");
         script
     }
 
-    /// Boots `kernel`, runs the binaries, and fails unless all passed.
+    /// Boots `kernel`, runs the commands, and fails unless all succeeded.
     pub(crate) fn run(&self, kernel: &Kernel) -> anyhow::Result<()> {
         let dir = self.work_dir.join(kernel.name);
         fs::create_dir_all(&dir)?;
@@ -121,7 +125,7 @@ impl VmTests<'_> {
         match exit_status {
             Some(0) => Ok(()),
             Some(status) => bail!(
-                "tests failed in the {} kernel VM (status {status}); log: {}",
+                "a command failed in the {} kernel VM (status {status}); log: {}",
                 kernel.name,
                 log_path.display()
             ),

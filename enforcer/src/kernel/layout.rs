@@ -78,6 +78,7 @@ const FS_ROOT_DENTRY: Field = field("fs_struct", "root.dentry", Width::Pointer);
 const VMA_FILE: Field = field("vm_area_struct", "vm_file", Width::Pointer);
 const MOUNT_MNT: Field = field("mount", "mnt", Width::Bytes(0));
 const MOUNT_MNT_NS: Field = field("mount", "mnt_ns", Width::Pointer);
+const BACKING_FILE_USER_PATH: Field = field("backing_file", "user_path", Width::Bytes(0));
 const TASK_MM: Field = field("task_struct", "mm", Width::Pointer);
 const MM_EXE_FILE: Field = field("mm_struct", "exe_file", Width::Pointer);
 const OVL_INODE_VFS_INODE: Field = field("ovl_inode", "vfs_inode", Width::Bytes(0));
@@ -146,11 +147,24 @@ pub enum OverlayLayout {
     DerivedFromInodeSize { reason: String },
 }
 
+/// Whether the kernel maps overlay files through backing files (6.6+).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackingFiles {
+    /// No `struct backing_file`: mappings carry the overlay path.
+    Absent,
+    /// `backing_file.user_path` resolved.
+    Resolved,
+    /// `struct backing_file` exists but its layout is not the known one:
+    /// mprotect decisions on stacked overlays may be wrong.
+    UnknownLayout(String),
+}
+
 /// The resolved kernel layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub offsets: KernelOffsets,
     pub overlay: OverlayLayout,
+    pub backing_files: BackingFiles,
 }
 
 /// Parsed vmlinux BTF plus, where present, the path of the overlay module's
@@ -256,6 +270,11 @@ impl KernelBtf {
         let vfsmount_mnt_ns = relative(core(MOUNT_MNT)?, MOUNT_MNT_NS, core(MOUNT_MNT_NS)?, "mnt")?;
         let task_mm = core(TASK_MM)?;
         let mm_exe_file = core(MM_EXE_FILE)?;
+        let (backing_file_user_path, backing_files) = match core(BACKING_FILE_USER_PATH) {
+            Ok(offset) => (offset, BackingFiles::Resolved),
+            Err(LayoutError::MissingStruct { .. }) => (0, BackingFiles::Absent),
+            Err(error) => (0, BackingFiles::UnknownLayout(error.to_string())),
+        };
 
         let (ovl_inode_upperdentry, overlay) = self.ovl_inode_upperdentry()?;
         let offsets = KernelOffsets {
@@ -284,8 +303,14 @@ impl KernelBtf {
             vfsmount_mnt_ns,
             task_mm,
             mm_exe_file,
+            backing_file_user_path,
+            pad: 0,
         };
-        Ok(Layout { offsets, overlay })
+        Ok(Layout {
+            offsets,
+            overlay,
+            backing_files,
+        })
     }
 
     /// `ovl_inode.__upperdentry` relative to the embedded `vfs_inode`: from
@@ -553,7 +578,19 @@ mod tests {
     #[test]
     fn resolves_every_offset_from_host_btf() {
         let Some(btf) = host_btf() else { return };
-        let offsets = btf.offsets().expect("all offsets resolve").offsets;
+        let layout = btf.offsets().expect("all offsets resolve");
+        // Kernels with backing files (6.6+) must have the layout the
+        // programs read; older ones have none.
+        assert!(
+            !matches!(layout.backing_files, BackingFiles::UnknownLayout(_)),
+            "{:?}",
+            layout.backing_files
+        );
+        if layout.backing_files == BackingFiles::Resolved {
+            let file = find_struct(&btf.vmlinux, "file").unwrap().unwrap();
+            assert_eq!(layout.offsets.backing_file_user_path as usize, file.size());
+        }
+        let offsets = layout.offsets;
         // Fields that cannot be first in their struct on any kernel.
         for (name, value) in [
             ("linux_binprm.file", offsets.binprm_file),

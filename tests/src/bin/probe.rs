@@ -7,6 +7,10 @@
 //! - `probe mmap-exec PATH`: map PATH with `PROT_READ | PROT_EXEC`
 //! - `probe mprotect-exec PATH`: map PATH read-only, then `mprotect` to exec
 //! - `probe dlopen PATH`: `dlopen(PATH, RTLD_NOW)`
+//! - `probe exec-loop N PATH ARGS...`: fork and exec PATH N times, waiting
+//!   for each; prints `ops_per_sec=R`
+//! - `probe open-loop N PATH`: open and close PATH N times; prints
+//!   `ops_per_sec=R`
 //!
 //! Failures print `OPERATION: ERROR` and exit 126 (exec routes) or 1.
 
@@ -92,6 +96,67 @@ fn memfd_with(path: &str) -> io::Result<libc::c_int> {
     Ok(fd)
 }
 
+/// fork + execv + waitpid, `count` times.
+fn exec_loop(count: u32, args: &[String]) -> io::Result<()> {
+    let owned: Vec<CString> = args.iter().map(|arg| cstring(arg)).collect();
+    let mut pointers: Vec<*const libc::c_char> = owned.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    for _ in 0..count {
+        // SAFETY: the child only calls execv and _exit.
+        match unsafe { libc::fork() } {
+            -1 => return Err(io::Error::last_os_error()),
+            0 => {
+                // SAFETY: NULL-terminated argv of valid C strings.
+                unsafe {
+                    libc::execv(pointers[0], pointers.as_ptr());
+                    libc::_exit(127);
+                }
+            }
+            child => {
+                let mut status = 0;
+                // SAFETY: waits for the child just forked.
+                if unsafe { libc::waitpid(child, &raw mut status, 0) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                    return Err(io::Error::other(format!(
+                        "{} exited with status {status}",
+                        args[0]
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_loop(count: u32, path: &str) -> io::Result<()> {
+    let path = cstring(path);
+    for _ in 0..count {
+        // SAFETY: valid C string; the descriptor is closed right away.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: closes the descriptor opened above.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Runs `work` (`count` operations) and prints its rate.
+fn timed(name: &str, count: u32, work: impl FnOnce() -> io::Result<()>) -> ExitCode {
+    let started = std::time::Instant::now();
+    match work() {
+        Ok(()) => {
+            let rate = f64::from(count) / started.elapsed().as_secs_f64();
+            println!("ops_per_sec={rate:.1}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(name, &error, 1),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
@@ -139,6 +204,20 @@ fn main() -> ExitCode {
                 fail("dlopen", &error.to_string_lossy(), 1)
             } else {
                 fail("dlopen", &"ok", 0)
+            }
+        }
+        "exec-loop" | "open-loop" => {
+            let Some(count) = rest.first().and_then(|n| n.parse::<u32>().ok()) else {
+                return fail(command, &"usage: COUNT PATH ARGS...", 2);
+            };
+            let target = &rest[1..];
+            if target.is_empty() {
+                return fail(command, &"usage: COUNT PATH ARGS...", 2);
+            }
+            if command == "exec-loop" {
+                timed(command, count, || exec_loop(count, target))
+            } else {
+                timed(command, count, || open_loop(count, &target[0]))
             }
         }
         other => fail("unknown command", &other, 2),

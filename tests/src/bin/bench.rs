@@ -1,0 +1,189 @@
+//! The agent's overhead on the hot paths it sits on, measured side by side:
+//! the same workload in a container, with and without the agent, in
+//! alternating rounds (ABBA order, so drift in the machine's load hits both
+//! sides), compared by medians. `cargo xtask bench` runs it on the host and
+//! in a VM.
+//!
+//! `bench [--rounds R] [--exec-count N] [--open-count M] [-- AGENT ARGS...]`
+//!
+//! Prints a table and one JSON line per workload; exits 1 when an overhead
+//! is above its target.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use enforcer_tests::{
+    agent::Agent,
+    container::{self, Image},
+    scenario::clean_exit_events,
+};
+
+struct Workload {
+    name: &'static str,
+    /// What one operation is.
+    what: &'static str,
+    script: String,
+    /// Highest acceptable overhead, percent.
+    target: f64,
+}
+
+struct Options {
+    rounds: usize,
+    exec_count: u32,
+    open_count: u32,
+    agent_args: Vec<String>,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        rounds: 6,
+        exec_count: 2000,
+        open_count: 200_000,
+        agent_args: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rounds" => options.rounds = value()?.parse()?,
+            "--exec-count" => options.exec_count = value()?.parse()?,
+            "--open-count" => options.open_count = value()?.parse()?,
+            "--" => {
+                options.agent_args = args.collect();
+                break;
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    anyhow::ensure!(options.rounds >= 2, "--rounds must be at least 2");
+    Ok(options)
+}
+
+/// Runs `script` in a fresh container and returns the `ops_per_sec` it printed.
+fn measure(image: &Image, script: &str) -> anyhow::Result<f64> {
+    let run = container::run(image, script)?;
+    anyhow::ensure!(run.status.success(), "workload failed: {run:#?}");
+    run.value("ops_per_sec")
+        .context("no ops_per_sec in the output")?
+        .parse()
+        .context("ops_per_sec")
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        f64::midpoint(values[middle - 1], values[middle])
+    } else {
+        values[middle]
+    }
+}
+
+fn run() -> anyhow::Result<bool> {
+    let options = options()?;
+    let probe = std::env::current_exe()?
+        .parent()
+        .map(|dir| dir.join("probe"))
+        .filter(|probe| probe.exists())
+        .context("the probe tool is not next to this binary")?;
+    let image = Image::with_dynamic(&probe, "probe")?;
+    let workloads = [
+        Workload {
+            name: "exec",
+            what: "fork + exec of an image binary + wait",
+            script: format!("/bin/probe exec-loop {} /bin/true", options.exec_count),
+            target: 3.0,
+        },
+        Workload {
+            name: "open",
+            what: "open() + close() of an image file",
+            script: format!("/bin/probe open-loop {} /bin/busybox", options.open_count),
+            target: 3.0,
+        },
+    ];
+    let agent_args: Vec<&str> = options.agent_args.iter().map(String::as_str).collect();
+    let mut all_met = true;
+    println!(
+        "{:<6} {:>14} {:>14} {:>9} {:>7}  rounds  operation",
+        "", "without agent", "with agent", "overhead", "target"
+    );
+    for workload in &workloads {
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        let mut backend = String::new();
+        for round in 0..options.rounds {
+            // ABBA: rounds 0 and 3 start without the agent, 1 and 2 with it.
+            let agent_first = matches!(round % 4, 1 | 2);
+            for with_agent in [agent_first, !agent_first] {
+                if with_agent {
+                    let agent = Agent::start(&agent_args)
+                        .map_err(|failure| anyhow::anyhow!("{failure}"))?;
+                    if let Some(line) = agent
+                        .log()
+                        .lines()
+                        .find(|line| line.contains("enforcer ready"))
+                    {
+                        line.split_whitespace()
+                            .find_map(|word| word.strip_prefix("backend="))
+                            .unwrap_or_default()
+                            .clone_into(&mut backend);
+                    }
+                    let rate = measure(&image, &workload.script);
+                    let stopped = agent.stop()?;
+                    let events = clean_exit_events(&stopped);
+                    anyhow::ensure!(
+                        events.is_empty(),
+                        "the benchmark's image binaries were reported: {events:#?}"
+                    );
+                    with.push(rate?);
+                } else {
+                    without.push(measure(&image, &workload.script)?);
+                }
+            }
+        }
+        let rounds = without.len();
+        let (without, with) = (median(&mut without), median(&mut with));
+        let overhead = (without / with - 1.0) * 100.0;
+        let met = overhead <= workload.target;
+        all_met &= met;
+        println!(
+            "{:<6} {:>12.0}/s {:>12.0}/s {:>8.2}% {:>6.1}%  {:>6}  {}{}",
+            workload.name,
+            without,
+            with,
+            overhead,
+            workload.target,
+            rounds,
+            workload.what,
+            if met { "" } else { "  ABOVE TARGET" }
+        );
+        println!(
+            "BENCH {{\"workload\":\"{}\",\"backend\":\"{backend}\",\"without_per_sec\":{without:.1},\
+             \"with_per_sec\":{with:.1},\"overhead_percent\":{overhead:.2},\"target_percent\":{},\
+             \"rounds\":{rounds},\"met\":{met}}}",
+            workload.name, workload.target
+        );
+    }
+    Ok(all_met)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn medians() {
+        assert!((median(&mut [3.0, 1.0, 2.0]) - 2.0).abs() < f64::EPSILON);
+        assert!((median(&mut [4.0, 1.0, 2.0, 3.0]) - 2.5).abs() < f64::EPSILON);
+    }
+}
