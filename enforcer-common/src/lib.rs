@@ -40,7 +40,7 @@ pub const COMM_LEN: usize = 16;
 pub const NAME_LEN: usize = 256;
 
 /// Bytes kept of the path passed to `execve`. Longer paths are cut and the
-/// event carries [`exec_flags::PATH_TRUNCATED`].
+/// event carries [`event_flags::PATH_TRUNCATED`].
 pub const EXEC_PATH_LEN: usize = 512;
 
 /// `EPERM`, returned by the LSM hook to refuse an exec.

@@ -90,8 +90,17 @@ fn run() -> anyhow::Result<bool> {
     let workloads = [
         Workload {
             name: "exec",
-            what: "fork + exec of an image binary + wait",
+            what: "fork + exec of a static image binary + wait",
             script: format!("/bin/probe exec-loop {} /bin/true", options.exec_count),
+            target: 3.0,
+        },
+        Workload {
+            name: "exec-d",
+            what: "fork + exec of a dynamic image binary (loader maps its libraries) + wait",
+            script: format!(
+                "/bin/probe exec-loop {} /bin/probe noop",
+                options.exec_count
+            ),
             target: 3.0,
         },
         Workload {

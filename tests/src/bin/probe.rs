@@ -2,6 +2,7 @@
 //! uses to run a dropped file, and reports the result on stdout.
 //!
 //! - `probe say TEXT`: print TEXT
+//! - `probe noop`: exit 0
 //! - `probe execveat PATH ARGS...`: `execveat(fd of PATH, "", AT_EMPTY_PATH)`
 //! - `probe memfd-exec PATH ARGS...`: copy PATH into a memfd and `fexecve` it
 //! - `probe mmap-exec PATH`: map PATH with `PROT_READ | PROT_EXEC`
@@ -168,6 +169,7 @@ fn main() -> ExitCode {
             println!("{}", rest.join(" "));
             ExitCode::SUCCESS
         }
+        "noop" => ExitCode::SUCCESS,
         "execveat" => match open(path) {
             Ok(fd) => fail("execveat", &exec_fd(fd, rest), 126),
             Err(error) => fail("open", &error, 1),
