@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -32,6 +32,16 @@ pub const MNT_READONLY: u32 = 0x40;
 
 /// `PROT_EXEC`.
 pub const PROT_EXEC: u64 = 4;
+
+/// `FMODE_WRITE` in `file.f_mode`.
+pub const FMODE_WRITE: u32 = 2;
+
+/// The execute bits of a file mode (`S_IXUSR | S_IXGRP | S_IXOTH`).
+pub const MODE_EXEC_BITS: u16 = 0o111;
+
+/// Entries of the table of files written in containers with a root that is
+/// not overlayfs. A full table is counted and reported.
+pub const WRITTEN_FILES_MAX: u32 = 65_536;
 
 /// `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
@@ -92,6 +102,10 @@ pub mod layer {
     /// On a writable mount other than the container's root filesystem:
     /// tmpfs such as /dev/shm, emptyDir and other volumes.
     pub const WRITABLE_MOUNT: u32 = 3;
+    /// On a container root that is not overlayfs, and written, created,
+    /// made executable, renamed or linked by a container process since the
+    /// agent started.
+    pub const WRITTEN: u32 = 4;
 }
 
 /// How the file was about to be run ([`DriftEvent::via`]).
@@ -144,6 +158,8 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 3;
     /// `bpf_send_signal` calls that failed.
     pub const SIGNAL_FAILED: u32 = 4;
+    /// Files written in containers that the table could not take.
+    pub const WRITTEN_TABLE_FULL: u32 = 5;
     /// Number of slots in the array.
     pub const COUNT: u32 = 8;
 }
@@ -209,6 +225,10 @@ pub struct KernelOffsets {
     /// `backing_file.user_path` (6.6+; 0 where the kernel has no backing
     /// files): the user-visible path of the file overlayfs maps through.
     pub backing_file_user_path: u32,
+    /// `file.f_mode`
+    pub file_mode: u32,
+    /// `inode.i_mode`
+    pub inode_mode: u32,
     /// Keeps the size a multiple of 8.
     pub pad: u32,
 }
@@ -360,13 +380,14 @@ mod tests {
 
     #[test]
     fn kernel_offsets_layout() {
-        assert_eq!(size_of::<KernelOffsets>(), 27 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 29 * 4);
         assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);
         assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 24);
         assert_eq!(offset_of!(KernelOffsets, mnt_namespace_inum), 44);
         assert_eq!(offset_of!(KernelOffsets, vma_file), 84);
         assert_eq!(offset_of!(KernelOffsets, mm_exe_file), 96);
         assert_eq!(offset_of!(KernelOffsets, backing_file_user_path), 100);
+        assert_eq!(offset_of!(KernelOffsets, inode_mode), 108);
     }
 
     #[test]

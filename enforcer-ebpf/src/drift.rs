@@ -8,7 +8,7 @@ use enforcer_common::{
 
 use crate::{
     kernel::{self, Container, FileFacts, ReadError},
-    maps::{CONFIG, DRIFT_POLICY, OFFSETS},
+    maps::{CONFIG, DRIFT_POLICY, OFFSETS, WRITTEN_FILES},
 };
 
 /// A container process is about to run a file that is not from its image.
@@ -115,8 +115,12 @@ fn classify(
         let allowed = read_only || flags & drift_flags::ALLOW_WRITABLE_MOUNTS != 0;
         return Ok((!allowed).then_some(layer::WRITABLE_MOUNT));
     }
-    if facts.fs_magic == OVERLAYFS_SUPER_MAGIC && kernel::overlay_has_upper(facts.inode, offsets)? {
-        return Ok(Some(layer::OVERLAY_UPPER));
+    if facts.fs_magic == OVERLAYFS_SUPER_MAGIC {
+        return Ok(kernel::overlay_has_upper(facts.inode, offsets)?.then_some(layer::OVERLAY_UPPER));
     }
-    Ok(None)
+    // A root that is not overlayfs (btrfs or zfs snapshotters, bind-mounted
+    // directories): what container processes wrote is tracked (tracking.rs).
+    // SAFETY: the value is a plain u32 read once; deletions only happen when
+    // the inode is freed, which cannot happen while this file is open.
+    Ok(unsafe { WRITTEN_FILES.get(facts.inode) }.map(|_| layer::WRITTEN))
 }

@@ -45,6 +45,8 @@ pub(crate) struct Container {
     /// `struct vfsmount *` of the task's root directory: the container's root
     /// filesystem.
     pub(crate) root_mnt: u64,
+    /// `struct super_block *` of the container's root filesystem.
+    pub(crate) root_sb: u64,
 }
 
 /// The current task's container, or `None` for a host process.
@@ -75,7 +77,11 @@ pub(crate) fn current_container(
     if root_ino == config.host_root_ino && root_dev == config.host_root_dev {
         return Ok(None);
     }
-    Ok(Some(Container { mnt_ns, root_mnt }))
+    Ok(Some(Container {
+        mnt_ns,
+        root_mnt,
+        root_sb,
+    }))
 }
 
 /// What the drift check needs to know about a file.

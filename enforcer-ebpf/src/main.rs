@@ -18,6 +18,7 @@ mod exec;
 mod kernel;
 mod maps;
 mod mmap;
+mod tracking;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     Global,
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use enforcer_common::{AgentConfig, DriftSettings, KernelOffsets, counter};
+use enforcer_common::{AgentConfig, DriftSettings, KernelOffsets, WRITTEN_FILES_MAX, counter};
 
 /// Kernel structure offsets, overridden by the agent at load time.
 #[unsafe(no_mangle)]
@@ -24,6 +25,13 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Per-CPU counters, indexed by [`counter`].
 #[map]
 pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Files written in containers whose root is not overlayfs, keyed by the
+/// address of their `struct inode`. Entries are deleted when the kernel
+/// frees the inode, so a reused address never inherits a mark.
+#[map]
+pub(crate) static WRITTEN_FILES: HashMap<u64, u32> =
+    HashMap::with_max_entries(WRITTEN_FILES_MAX, BPF_F_NO_PREALLOC);
 
 /// Drift settings; index 0 applies to every container.
 #[map]

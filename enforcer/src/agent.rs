@@ -13,7 +13,7 @@ use crate::{
         pipeline::{Pipeline, PipelineStats},
         sink::{JsonLines, Sink},
     },
-    backend::{self, BackendChoice, BackendError, BackendKind},
+    backend::{self, Attached, BackendChoice, BackendError, BackendKind},
     kernel::{
         features,
         host::{HostError, HostIdentity, host_identity},
@@ -159,7 +159,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
              is killed with SIGKILL right after exec, before its first instruction, instead of being refused"
         );
     }
-    log_drift_methods(attached.kind, policy.drift);
+    log_drift_methods(&attached, policy.drift);
     tracing::info!(
         backend = %attached.kind,
         mode = %policy.drift.mode,
@@ -198,18 +198,31 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
 }
 
 /// Says at start-up which drift routes are decided, and how.
-fn log_drift_methods(backend: BackendKind, rule: DriftRule) {
+fn log_drift_methods(attached: &Attached, rule: DriftRule) {
     let verdict = |allowed: bool| if allowed { "allowed" } else { "drift" };
+    let non_overlay_root = match &attached.tracking {
+        Ok(()) => {
+            "files written, created, made executable, renamed or linked by container processes since the \
+                   agent started are drift"
+        }
+        Err(_) => "NOT TRACKED: files on a container root that is not overlayfs are allowed",
+    };
+    if let Err(reason) = &attached.tracking {
+        tracing::warn!(
+            %reason,
+            "writes on container roots that are not overlayfs (btrfs or zfs snapshotters, bind-mounted \
+             directories) are not tracked: drift on such roots is not detected"
+        );
+    }
     tracing::info!(
         overlay_root = "files with an upper-layer copy are drift",
-        non_overlay_root =
-            "not tracked: files on a container root that is not overlayfs are allowed",
+        non_overlay_root,
         memfd = verdict(rule.allow_memfd),
         writable_mounts = verdict(rule.allow_writable_mounts),
         read_only_mounts = "allowed",
         "drift detection"
     );
-    match backend {
+    match attached.kind {
         BackendKind::Lsm => tracing::info!(
             "routes decided before anything runs: exec (also scripts and execveat), executable mappings by the \
              dynamic loader, LD_PRELOAD and dlopen (mmap), mprotect to executable"
@@ -268,6 +281,13 @@ impl Health {
             (
                 grew(self.kernel.signal_failed, before.kernel.signal_failed),
                 "SIGKILL could not be sent to drift processes; they ran",
+            ),
+            (
+                grew(
+                    self.kernel.written_table_full,
+                    before.kernel.written_table_full,
+                ),
+                "the table of files written in containers is full: those files are not tracked as drift",
             ),
         ];
         for (count, what) in checks {

@@ -23,8 +23,18 @@ use crate::{
 /// The kernel object built from `enforcer-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
 
-/// LSM programs and their hooks (the object names each program after its hook).
+/// LSM programs that decide, named after their hooks. All are required.
 const LSM_HOOKS: [&str; 3] = ["bprm_check_security", "mmap_file", "file_mprotect"];
+/// LSM programs that track writes on container roots that are not overlayfs.
+/// Optional: the `path_*` hooks need `CONFIG_SECURITY_PATH`.
+const TRACKING_HOOKS: [&str; 6] = [
+    "inode_free_security",
+    "file_open",
+    "path_chmod",
+    "path_truncate",
+    "inode_rename",
+    "inode_link",
+];
 const SIGNAL_PROGRAM: &str = "sched_process_exec";
 const SIGNAL_TRACEPOINT: &str = "sched_process_exec";
 
@@ -104,36 +114,42 @@ pub fn load_object(offsets: &KernelOffsets, config: &AgentConfig) -> Result<Ebpf
 pub struct Attached {
     pub kind: BackendKind,
     pub fallback_reason: Option<String>,
+    /// Whether writes on container roots that are not overlayfs are tracked,
+    /// and why not.
+    pub tracking: Result<(), String>,
 }
+
+const TRACKING_NEEDS_LSM: &str = "tracking needs BPF LSM hooks";
 
 /// Attaches the backend `choice` asks for. Call after the policy maps are
 /// filled: from this point on, execs are decided.
 pub fn attach(ebpf: &mut Ebpf, choice: BackendChoice) -> Result<Attached, BackendError> {
     match choice {
-        BackendChoice::Lsm => {
-            attach_lsm(ebpf)?;
-            Ok(Attached {
-                kind: BackendKind::Lsm,
-                fallback_reason: None,
-            })
-        }
+        BackendChoice::Lsm => Ok(Attached {
+            tracking: attach_lsm(ebpf)?,
+            kind: BackendKind::Lsm,
+            fallback_reason: None,
+        }),
         BackendChoice::Signal => {
             attach_signal(ebpf)?;
             Ok(Attached {
                 kind: BackendKind::Signal,
                 fallback_reason: None,
+                tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
             })
         }
         BackendChoice::Auto => match attach_lsm(ebpf) {
-            Ok(()) => Ok(Attached {
+            Ok(tracking) => Ok(Attached {
                 kind: BackendKind::Lsm,
                 fallback_reason: None,
+                tracking,
             }),
             Err(lsm_error) => {
                 attach_signal(ebpf)?;
                 Ok(Attached {
                     kind: BackendKind::Signal,
                     fallback_reason: Some(error_chain(&lsm_error)),
+                    tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
                 })
             }
         },
@@ -143,7 +159,8 @@ pub fn attach(ebpf: &mut Ebpf, choice: BackendChoice) -> Result<Attached, Backen
 /// Checks that `bpf` is an active LSM, then loads and attaches the LSM
 /// programs. A successful load is the real probe: kernels can list `bpf` and
 /// still refuse LSM programs (lockdown, or a policy on `BPF_PROG_LOAD`).
-fn attach_lsm(ebpf: &mut Ebpf) -> Result<(), BackendError> {
+/// Returns whether the optional tracking programs are attached too.
+fn attach_lsm(ebpf: &mut Ebpf) -> Result<Result<(), String>, BackendError> {
     let lsms: ActiveLsms = features::active_lsms()?;
     if !lsms.contains_bpf() {
         return Err(BackendError::LsmUnavailable(format!(
@@ -152,23 +169,35 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<(), BackendError> {
     }
     let btf = Btf::from_sys_fs().map_err(BackendError::Btf)?;
     for hook in LSM_HOOKS {
-        let program_error = |source| BackendError::Program {
-            program: hook,
-            source,
-        };
-        let program: &mut Lsm = ebpf
-            .program_mut(hook)
-            .ok_or(BackendError::MissingProgram(hook))?
-            .try_into()
-            .map_err(program_error)?;
-        program.load(hook, &btf).map_err(|source| {
+        attach_lsm_program(ebpf, hook, &btf).map_err(|error| {
             BackendError::LsmUnavailable(format!(
-                "the kernel refused to load the LSM program: {}",
-                error_chain(&program_error(source))
+                "the kernel refused the LSM program: {}",
+                error_chain(&error)
             ))
         })?;
-        program.attach().map_err(program_error)?;
     }
+    // inode_free_security comes first: no mark may exist without the hook
+    // that deletes it.
+    for hook in TRACKING_HOOKS {
+        if let Err(error) = attach_lsm_program(ebpf, hook, &btf) {
+            return Ok(Err(error_chain(&error)));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn attach_lsm_program(ebpf: &mut Ebpf, hook: &'static str, btf: &Btf) -> Result<(), BackendError> {
+    let program_error = |source| BackendError::Program {
+        program: hook,
+        source,
+    };
+    let program: &mut Lsm = ebpf
+        .program_mut(hook)
+        .ok_or(BackendError::MissingProgram(hook))?
+        .try_into()
+        .map_err(program_error)?;
+    program.load(hook, btf).map_err(program_error)?;
+    program.attach().map_err(program_error)?;
     Ok(())
 }
 

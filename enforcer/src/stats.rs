@@ -11,6 +11,7 @@ pub struct KernelCounters {
     pub read_errors: u64,
     pub events_lost: u64,
     pub signal_failed: u64,
+    pub written_table_full: u64,
 }
 
 pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError> {
@@ -21,5 +22,6 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError>
         read_errors: sum(counter::READ_ERRORS)?,
         events_lost: sum(counter::EVENTS_LOST)?,
         signal_failed: sum(counter::SIGNAL_FAILED)?,
+        written_table_full: sum(counter::WRITTEN_TABLE_FULL)?,
     })
 }

@@ -204,6 +204,9 @@ fn cstring(path: &Path) -> anyhow::Result<CString> {
 /// string is prepared before the fork: only async-signal-safe calls are
 /// allowed there, so nothing may allocate.
 struct Setup {
+    /// Mount an overlay of the image at `merged`; otherwise `merged` already
+    /// holds a plain root filesystem.
+    overlay: bool,
     cgroup_procs: Option<CString>,
     scratch: CString,
     upper: CString,
@@ -211,20 +214,23 @@ struct Setup {
     merged: CString,
     overlay_options: CString,
     shm: CString,
-    /// (host directory, mount point in the merged root, read-only)
+    /// (host directory, mount point in the root, read-only)
     volumes: Vec<(CString, CString, bool)>,
 }
 
 impl Setup {
     fn new(
         state: &Path,
-        image: &Image,
+        root: &Root<'_>,
         cgroup: Option<&Cgroup>,
         volumes: &[Volume],
     ) -> anyhow::Result<Self> {
         let upper = state.join("upper");
         let work = state.join("work");
-        let merged = state.join("merged");
+        let (merged, lower, overlay) = match root {
+            Root::Overlay(image) => (state.join("merged"), image.root().to_owned(), true),
+            Root::Plain(plain) => (plain.path.clone(), PathBuf::new(), false),
+        };
         let volumes = volumes
             .iter()
             .map(|volume| {
@@ -233,26 +239,28 @@ impl Setup {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
-            shm: cstring(&merged.join("dev/shm"))?,
-            volumes,
+            overlay,
             cgroup_procs: cgroup
                 .map(|cgroup| cstring(&cgroup.path.join("cgroup.procs")))
                 .transpose()?,
             scratch: cstring(state)?,
             overlay_options: CString::new(format!(
                 "lowerdir={},upperdir={},workdir={}",
-                image.root().display(),
+                lower.display(),
                 upper.display(),
                 work.display()
             ))?,
             upper: cstring(&upper)?,
             work: cstring(&work)?,
-            merged: cstring(&state.join("merged"))?,
+            shm: cstring(&merged.join("dev/shm"))?,
+            merged: cstring(&merged)?,
+            volumes,
         })
     }
 
-    /// Joins the cgroup, enters a new mount namespace, mounts a private tmpfs
-    /// for the upper layer and the overlay root, and chroots into it.
+    /// Joins the cgroup, enters a new mount namespace, mounts the root
+    /// filesystem (an overlay with a private tmpfs for its upper layer, or
+    /// the plain root as it is), /dev/shm and the volumes, and chroots.
     fn enter(&self) -> io::Result<()> {
         fn check(rc: libc::c_int) -> io::Result<()> {
             if rc == 0 {
@@ -284,23 +292,25 @@ impl Setup {
                 libc::MS_REC | libc::MS_PRIVATE,
                 none.cast(),
             ))?;
-            check(libc::mount(
-                c"tmpfs".as_ptr(),
-                self.scratch.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                none.cast(),
-            ))?;
-            for dir in [&self.upper, &self.work, &self.merged] {
-                check(libc::mkdir(dir.as_ptr(), 0o755))?;
+            if self.overlay {
+                check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    self.scratch.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    none.cast(),
+                ))?;
+                for dir in [&self.upper, &self.work, &self.merged] {
+                    check(libc::mkdir(dir.as_ptr(), 0o755))?;
+                }
+                check(libc::mount(
+                    c"overlay".as_ptr(),
+                    self.merged.as_ptr(),
+                    c"overlay".as_ptr(),
+                    0,
+                    self.overlay_options.as_ptr().cast(),
+                ))?;
             }
-            check(libc::mount(
-                c"overlay".as_ptr(),
-                self.merged.as_ptr(),
-                c"overlay".as_ptr(),
-                0,
-                self.overlay_options.as_ptr().cast(),
-            ))?;
             check(libc::mount(
                 c"shm".as_ptr(),
                 self.shm.as_ptr(),
@@ -309,8 +319,8 @@ impl Setup {
                 none.cast(),
             ))?;
             for (host, at, read_only) in &self.volumes {
-                // Mount points are created in the container's upper layer,
-                // as runtimes do.
+                // Mount points are created in the container's root, as
+                // runtimes do.
                 libc::mkdir(at.as_ptr(), 0o755);
                 check(libc::mount(
                     host.as_ptr(),
@@ -335,17 +345,95 @@ impl Setup {
     }
 }
 
+/// A container's root filesystem.
+#[derive(Debug)]
+pub enum Root<'a> {
+    /// An overlay with the image as its lower layer, as overlayfs
+    /// snapshotters make.
+    Overlay(&'a Image),
+    /// A writable copy of the image on a filesystem that is not overlayfs, as
+    /// btrfs or zfs snapshotters and bind-mounted directories give.
+    Plain(&'a PlainRoot),
+}
+
+/// A copy of an image on a tmpfs of its own (a directory would not do: the
+/// VMs' `/tmp` is overlayfs itself). Unmounted on drop.
+#[derive(Debug)]
+pub struct PlainRoot {
+    _scratch: Scratch,
+    path: PathBuf,
+}
+
+impl PlainRoot {
+    pub fn new(image: &Image) -> anyhow::Result<Self> {
+        let scratch = Scratch::new("plain-root")?;
+        let path = scratch.path().join("root");
+        fs::create_dir(&path)?;
+        let target = cstring(&path)?;
+        // SAFETY: valid NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        anyhow::ensure!(rc == 0, "mount tmpfs: {}", io::Error::last_os_error());
+        let root = Self {
+            _scratch: scratch,
+            path,
+        };
+        copy_tree(image.root(), &root.path)?;
+        Ok(root)
+    }
+}
+
+impl Drop for PlainRoot {
+    fn drop(&mut self) {
+        if let Ok(path) = cstring(&self.path) {
+            // SAFETY: a valid NUL-terminated string.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Copies a directory tree with its symlinks and permissions.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&source)?, &target)?;
+        } else if kind.is_dir() {
+            fs::create_dir(&target)?;
+            fs::set_permissions(&target, entry.metadata()?.permissions())?;
+            copy_tree(&source, &target)?;
+        } else {
+            fs::copy(&source, &target).with_context(|| format!("copying {}", source.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs `script` with the image's `/bin/sh` as the container's first process.
 pub fn run(image: &Image, script: &str) -> anyhow::Result<Run> {
-    run_with(image, &[], script)
+    run_in(&Root::Overlay(image), &[], script)
 }
 
 /// [`run`], with `volumes` bind-mounted into the container.
 pub fn run_with(image: &Image, volumes: &[Volume], script: &str) -> anyhow::Result<Run> {
+    run_in(&Root::Overlay(image), volumes, script)
+}
+
+/// Runs `script` as the first process of a container with `root`.
+pub fn run_in(root: &Root<'_>, volumes: &[Volume], script: &str) -> anyhow::Result<Run> {
     let state = Scratch::new("container")?;
     let cgroup = Cgroup::create()?;
     let cgroup_id = cgroup.as_ref().map(Cgroup::id).transpose()?;
-    let setup = Setup::new(state.path(), image, cgroup.as_ref(), volumes)?;
+    let setup = Setup::new(state.path(), root, cgroup.as_ref(), volumes)?;
 
     let mut command = Command::new("/bin/sh");
     command

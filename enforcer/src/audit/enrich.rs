@@ -65,34 +65,14 @@ impl Enricher {
     }
 
     fn drift(&self, e: &DriftEvent) -> AuditRecord {
-        let (decision_name, outcome_verb, outcome, event_type) = match e.decision {
-            decision::BLOCKED => ("blocked", "denied", "failure", "denied"),
-            decision::KILLED => ("killed", "killed", "failure", "denied"),
-            decision::AUDIT => ("audit", "audited", "success", "allowed"),
-            decision::KILL_FAILED => ("kill-failed", "kill-failed", "success", "allowed"),
-            _ => ("unknown", "unknown", "unknown", "info"),
-        };
-        let (via_name, category) = match e.via {
-            via::EXEC => ("exec", "process"),
-            via::MMAP => ("mmap", "library"),
-            via::MPROTECT => ("mprotect", "library"),
-            _ => ("unknown", "process"),
-        };
-        let (layer_name, reason_text) = match e.layer {
-            layer::OVERLAY_UPPER => (
-                "overlay-upper",
-                "file is not part of the container image (created or modified after the container started)",
-            ),
-            layer::MEMFD => (
-                "memfd",
-                "fileless execution: the file is a memfd, not part of the container image",
-            ),
-            layer::WRITABLE_MOUNT => (
-                "writable-mount",
-                "file is on a writable mount outside the container image (tmpfs or volume)",
-            ),
-            _ => ("unknown", "file is not part of the container image"),
-        };
+        let Decision {
+            name: decision_name,
+            verb: outcome_verb,
+            outcome,
+            event_type,
+        } = decision(e.decision);
+        let (via_name, category) = via(e.via);
+        let (layer_name, reason_text) = layer(e.layer);
         let path_len = (e.path_len as usize).min(e.path.len());
         let path = (e.flags & event_flags::NO_PATH == 0)
             .then(|| String::from_utf8_lossy(&e.path[..path_len]).into_owned());
@@ -162,6 +142,67 @@ impl Enricher {
                 path_truncated: e.flags & event_flags::PATH_TRUNCATED != 0,
             },
         }
+    }
+}
+
+/// How a kernel decision code reads in a record.
+struct Decision {
+    /// `enforcer.decision`.
+    name: &'static str,
+    /// The outcome part of `event.action`.
+    verb: &'static str,
+    /// `event.outcome`.
+    outcome: &'static str,
+    /// The second `event.type`.
+    event_type: &'static str,
+}
+
+fn decision(code: u32) -> Decision {
+    let (name, verb, outcome, event_type) = match code {
+        decision::BLOCKED => ("blocked", "denied", "failure", "denied"),
+        decision::KILLED => ("killed", "killed", "failure", "denied"),
+        decision::AUDIT => ("audit", "audited", "success", "allowed"),
+        decision::KILL_FAILED => ("kill-failed", "kill-failed", "success", "allowed"),
+        _ => ("unknown", "unknown", "unknown", "info"),
+    };
+    Decision {
+        name,
+        verb,
+        outcome,
+        event_type,
+    }
+}
+
+/// `enforcer.via` and `event.category` for a route code.
+fn via(code: u32) -> (&'static str, &'static str) {
+    match code {
+        via::EXEC => ("exec", "process"),
+        via::MMAP => ("mmap", "library"),
+        via::MPROTECT => ("mprotect", "library"),
+        _ => ("unknown", "process"),
+    }
+}
+
+/// `enforcer.layer` and `event.reason` for a layer code.
+fn layer(code: u32) -> (&'static str, &'static str) {
+    match code {
+        layer::OVERLAY_UPPER => (
+            "overlay-upper",
+            "file is not part of the container image (created or modified after the container started)",
+        ),
+        layer::MEMFD => (
+            "memfd",
+            "fileless execution: the file is a memfd, not part of the container image",
+        ),
+        layer::WRITABLE_MOUNT => (
+            "writable-mount",
+            "file is on a writable mount outside the container image (tmpfs or volume)",
+        ),
+        layer::WRITTEN => (
+            "written",
+            "file was written, created, made executable, renamed or linked in the container",
+        ),
+        _ => ("unknown", "file is not part of the container image"),
     }
 }
 
@@ -276,6 +317,7 @@ mod tests {
             ),
             (layer::MEMFD, "memfd", "fileless"),
             (layer::WRITABLE_MOUNT, "writable-mount", "writable mount"),
+            (layer::WRITTEN, "written", "written"),
         ] {
             event.layer = code;
             let v = json(&event);

@@ -108,7 +108,7 @@ pub struct Enforcer {
     /// a library load), `mprotect`.
     pub via: &'static str,
     /// Why the file is not from the image: `overlay-upper`, `memfd`,
-    /// `writable-mount`.
+    /// `writable-mount`, `written`.
     pub layer: &'static str,
     pub mount_namespace: u32,
     pub cgroup_id: u64,

@@ -79,6 +79,8 @@ const VMA_FILE: Field = field("vm_area_struct", "vm_file", Width::Pointer);
 const MOUNT_MNT: Field = field("mount", "mnt", Width::Bytes(0));
 const MOUNT_MNT_NS: Field = field("mount", "mnt_ns", Width::Pointer);
 const BACKING_FILE_USER_PATH: Field = field("backing_file", "user_path", Width::Bytes(0));
+const FILE_MODE: Field = field("file", "f_mode", Width::Bytes(4));
+const INODE_MODE: Field = field("inode", "i_mode", Width::Bytes(2));
 const TASK_MM: Field = field("task_struct", "mm", Width::Pointer);
 const MM_EXE_FILE: Field = field("mm_struct", "exe_file", Width::Pointer);
 const OVL_INODE_VFS_INODE: Field = field("ovl_inode", "vfs_inode", Width::Bytes(0));
@@ -270,6 +272,8 @@ impl KernelBtf {
         let vfsmount_mnt_ns = relative(core(MOUNT_MNT)?, MOUNT_MNT_NS, core(MOUNT_MNT_NS)?, "mnt")?;
         let task_mm = core(TASK_MM)?;
         let mm_exe_file = core(MM_EXE_FILE)?;
+        let file_mode = core(FILE_MODE)?;
+        let inode_mode = core(INODE_MODE)?;
         let (backing_file_user_path, backing_files) = match core(BACKING_FILE_USER_PATH) {
             Ok(offset) => (offset, BackingFiles::Resolved),
             Err(LayoutError::MissingStruct { .. }) => (0, BackingFiles::Absent),
@@ -304,6 +308,8 @@ impl KernelBtf {
             task_mm,
             mm_exe_file,
             backing_file_user_path,
+            file_mode,
+            inode_mode,
             pad: 0,
         };
         Ok(Layout {
