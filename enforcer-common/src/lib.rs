@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -63,6 +63,21 @@ pub const SIGKILL: u32 = 9;
 pub mod event_kind {
     /// A [`DriftEvent`](super::DriftEvent).
     pub const DRIFT: u32 = 1;
+    /// A [`RootNotice`](super::RootNotice).
+    pub const UNTRACKED_ROOT: u32 = 2;
+}
+
+/// Whether writes on container roots that are not overlayfs are tracked
+/// (the one entry of the `TRACKING` map).
+pub mod tracking {
+    /// Not tracked, and nobody waits for such a root: the kernel stays quiet.
+    pub const OFF: u32 = 0;
+    /// Not tracked yet: the first container process seen running a file from
+    /// such a root makes the kernel send a [`RootNotice`](super::RootNotice),
+    /// and the agent attaches the tracking programs.
+    pub const ON_DEMAND: u32 = 1;
+    /// The tracking programs are attached.
+    pub const ATTACHED: u32 = 2;
 }
 
 /// What the kernel did ([`DriftEvent::decision`]).
@@ -322,6 +337,24 @@ pub struct DriftEvent {
     pub path: [u8; EXEC_PATH_LEN],
 }
 
+/// A container process ran a file from a root filesystem that is not
+/// overlayfs while such roots were not tracked ([`tracking::ON_DEMAND`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RootNotice {
+    pub header: EventHeader,
+    /// Inode number of the process's mount namespace.
+    pub mnt_ns: u32,
+    /// `s_dev` of the root's super block, kernel encoding.
+    pub dev: u32,
+    /// `s_magic` of the root's super block.
+    pub fs_magic: u64,
+    /// Process id (thread group id).
+    pub tgid: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::{AgentConfig, DriftSettings, KernelOffsets};
@@ -339,7 +372,16 @@ mod pod {
 mod tests {
     use core::mem::{offset_of, size_of};
 
-    use super::{AgentConfig, DriftEvent, DriftSettings, EventHeader, KernelOffsets};
+    use super::{AgentConfig, DriftEvent, DriftSettings, EventHeader, KernelOffsets, RootNotice};
+
+    #[test]
+    fn root_notice_layout() {
+        assert_eq!(size_of::<RootNotice>(), 40);
+        assert_eq!(offset_of!(RootNotice, mnt_ns), 16);
+        assert_eq!(offset_of!(RootNotice, dev), 20);
+        assert_eq!(offset_of!(RootNotice, fs_magic), 24);
+        assert_eq!(offset_of!(RootNotice, tgid), 32);
+    }
 
     #[test]
     fn event_header_layout() {

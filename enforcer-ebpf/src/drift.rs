@@ -3,12 +3,14 @@
 
 use enforcer_common::{
     ABI_VERSION, AgentConfig, DriftSettings, HUGETLBFS_MAGIC, KernelOffsets, MNT_READONLY,
-    OVERLAYFS_SUPER_MAGIC, SB_KERNMOUNT, SB_RDONLY, TMPFS_MAGIC, drift_flags, layer, mode, via,
+    OVERLAYFS_SUPER_MAGIC, SB_KERNMOUNT, SB_RDONLY, TMPFS_MAGIC, drift_flags, layer, mode,
+    tracking, via,
 };
 
 use crate::{
+    events,
     kernel::{self, Container, FileFacts, ReadError},
-    maps::{CONFIG, DRIFT_POLICY, OFFSETS, WRITTEN_FILES},
+    maps::{CONFIG, DRIFT_POLICY, OFFSETS, TRACKING, WRITTEN_FILES},
 };
 
 /// A container process is about to run a file that is not from its image.
@@ -119,7 +121,11 @@ fn classify(
         return Ok(kernel::overlay_has_upper(facts.inode, offsets)?.then_some(layer::OVERLAY_UPPER));
     }
     // A root that is not overlayfs (btrfs or zfs snapshotters, bind-mounted
-    // directories): what container processes wrote is tracked (tracking.rs).
+    // directories): what container processes wrote is tracked (tracking.rs),
+    // once the agent has attached the tracking programs.
+    if TRACKING.get(0).copied() == Some(tracking::ON_DEMAND) {
+        events::untracked_root(container.mnt_ns, facts);
+    }
     // SAFETY: the value is a plain u32 read once; deletions only happen when
     // the inode is freed, which cannot happen while this file is open.
     Ok(unsafe { WRITTEN_FILES.get(facts.inode) }.map(|_| layer::WRITTEN))

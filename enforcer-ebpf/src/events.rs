@@ -8,13 +8,13 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_current_comm, bpf_probe_read_kernel_str},
 };
 use enforcer_common::{
-    COMM_LEN, DriftEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, NAME_LEN, counter,
+    COMM_LEN, DriftEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, NAME_LEN, RootNotice, counter,
     event_flags, event_kind, reason,
 };
 
 use crate::{
     drift::Drift,
-    kernel,
+    kernel::{self, FileFacts},
     maps::{EVENTS, count},
 };
 
@@ -122,4 +122,28 @@ pub(crate) fn decided(
 ) {
     count(counter::DRIFT_DETECTED);
     self::drift(drift, filename, offsets, decision, backend);
+}
+
+/// Tells the agent that a container runs from a root that is not overlayfs
+/// while such roots are not tracked. Sent until the agent has answered, so a
+/// lost notice is followed by another; a full ring buffer is counted.
+#[inline(always)]
+pub(crate) fn untracked_root(mnt_ns: u32, root: &FileFacts) {
+    // SAFETY: a helper without arguments.
+    let boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    let notice = RootNotice {
+        header: EventHeader {
+            kind: event_kind::UNTRACKED_ROOT,
+            pad: 0,
+            boot_ns,
+        },
+        mnt_ns,
+        dev: root.dev,
+        fs_magic: root.fs_magic,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        pad: 0,
+    };
+    if EVENTS.output::<RootNotice>(notice, 0).is_err() {
+        count(counter::EVENTS_LOST);
+    }
 }

@@ -33,9 +33,27 @@ pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 pub(crate) static WRITTEN_FILES: HashMap<u64, u32> =
     HashMap::with_max_entries(WRITTEN_FILES_MAX, BPF_F_NO_PREALLOC);
 
+/// Whether writes on roots that are not overlayfs are tracked: one of
+/// [`enforcer_common::tracking`], written by the agent.
+#[map]
+pub(crate) static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Drift settings; index 0 applies to every container.
 #[map]
 pub(crate) static DRIFT_POLICY: Array<DriftSettings> = Array::with_max_entries(1, 0);
+
+/// One field of [`OFFSETS`], read with a single load from the frozen
+/// read-only map, so that the verifier knows its value. Typed pointer loads
+/// (`*(file + offset)` on a hook's BTF argument) need a known offset.
+macro_rules! offset {
+    ($field:ident) => {{
+        let offsets =
+            core::ptr::from_ref(&$crate::maps::OFFSETS).cast::<enforcer_common::KernelOffsets>();
+        // SAFETY: `Global<T>` is `repr(transparent)` over an initialised `T`.
+        unsafe { core::ptr::read_volatile(&raw const (*offsets).$field) }
+    }};
+}
+pub(crate) use offset;
 
 #[inline(always)]
 pub(crate) fn count(index: u32) {

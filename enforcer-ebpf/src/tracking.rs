@@ -10,7 +10,7 @@ use enforcer_common::{FMODE_WRITE, MODE_EXEC_BITS, OVERLAYFS_SUPER_MAGIC, counte
 use crate::{
     drift,
     kernel::{self, ReadError},
-    maps::{CONFIG, WRITTEN_FILES, count},
+    maps::{CONFIG, WRITTEN_FILES, count, offset},
 };
 
 /// Marks the file at `dentry` if the current task is a container process
@@ -43,19 +43,32 @@ fn mark(dentry: u64) {
 
 /// `file_open(struct file *file)`: opening for writing covers creating,
 /// copying, downloading and modifying.
+///
+/// This runs for every open on the machine, so the common case (not for
+/// writing) costs one plain load: `file` is a typed pointer the verifier
+/// lets the program read at a known field offset, without a helper call.
 #[lsm(hook = "file_open")]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
 pub(crate) fn file_open(ctx: LsmContext) -> i32 {
-    let file: u64 = ctx.arg(0);
+    let file: *const u8 = ctx.arg(0);
     let previous: i32 = ctx.arg(1);
+    let mode_offset = offset!(file_mode);
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "f_mode is an aligned 4-byte field; the verifier checks the access against BTF"
+    )]
+    // SAFETY: `file` is the hook's `struct file *`, valid for the call, and
+    // `f_mode` is a 4-byte field at this offset (checked against BTF by the
+    // agent and again by the verifier).
+    let mode = unsafe { file.add(mode_offset as usize).cast::<u32>().read_volatile() };
+    if mode & FMODE_WRITE == 0 {
+        return previous;
+    }
     let offsets = drift::offsets();
-    if let Ok(mode) = kernel::read::<u32>(file, offsets.file_mode)
-        && mode & FMODE_WRITE != 0
-        && let Ok(dentry) = kernel::read_ptr(file, offsets.file_path_dentry)
-    {
+    if let Ok(dentry) = kernel::read_ptr(file as u64, offsets.file_path_dentry) {
         mark(dentry);
     }
     previous

@@ -22,6 +22,7 @@ use crate::{
     maps::{self, MapAccessError},
     policy::{self, DriftRule, Policy},
     stats::{self, KernelCounters},
+    tracking::{State as TrackingState, Tracker, WriteTracking},
 };
 
 /// How often lost events and kernel read errors are checked for.
@@ -31,6 +32,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub drift: DriftRule,
+    pub track_writes: WriteTracking,
     pub host_pid: u32,
     pub btf: Option<PathBuf>,
 }
@@ -145,7 +147,9 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         ruleset: policy.name.clone(),
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
-    let pipeline = Pipeline::start(ring, enricher, sinks).map_err(AgentError::Pipeline)?;
+    let (pipeline, mut notices) =
+        Pipeline::start(ring, enricher, sinks).map_err(AgentError::Pipeline)?;
+    Tracker::prepare(&mut ebpf, options.track_writes)?;
 
     // Handlers before attaching: a signal from here on is a clean shutdown.
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
@@ -159,7 +163,8 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
              is killed with SIGKILL right after exec, before its first instruction, instead of being refused"
         );
     }
-    log_drift_methods(&attached, policy.drift);
+    let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
+    log_drift_methods(&attached, tracker.state(), policy.drift);
     tracing::info!(
         backend = %attached.kind,
         mode = %policy.drift.mode,
@@ -174,6 +179,11 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            Some(notice) = notices.recv() => {
+                if let Err(error) = tracker.on_notice(&mut ebpf, &notice) {
+                    tracing::error!(error = %crate::error_chain(&error), "updating the tracking state failed");
+                }
+            }
             _ = health.tick() => {
                 let now = Health::read(&counters, &pipeline_counters.snapshot());
                 now.report_increase(&last);
@@ -198,22 +208,21 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
 }
 
 /// Says at start-up which drift routes are decided, and how.
-fn log_drift_methods(attached: &Attached, rule: DriftRule) {
+fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: DriftRule) {
     let verdict = |allowed: bool| if allowed { "allowed" } else { "drift" };
-    let non_overlay_root = match &attached.tracking {
-        Ok(()) => {
-            "files written, created, made executable, renamed or linked by container processes since the \
-                   agent started are drift"
+    let non_overlay_root = match tracking {
+        TrackingState::Attached => {
+            "files written, created, made executable, renamed or linked by container processes since tracking \
+             started are drift"
         }
-        Err(_) => "NOT TRACKED: files on a container root that is not overlayfs are allowed",
+        TrackingState::OnDemand => {
+            "tracked from when the first container on such a root runs a program; files written, created, made \
+             executable, renamed or linked by container processes from then on are drift"
+        }
+        TrackingState::Off(_) => {
+            "NOT TRACKED: files on a container root that is not overlayfs are allowed"
+        }
     };
-    if let Err(reason) = &attached.tracking {
-        tracing::warn!(
-            %reason,
-            "writes on container roots that are not overlayfs (btrfs or zfs snapshotters, bind-mounted \
-             directories) are not tracked: drift on such roots is not detected"
-        );
-    }
     tracing::info!(
         overlay_root = "files with an upper-layer copy are drift",
         non_overlay_root,

@@ -26,7 +26,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/en
 /// LSM programs that decide, named after their hooks. All are required.
 const LSM_HOOKS: [&str; 3] = ["bprm_check_security", "mmap_file", "file_mprotect"];
 /// LSM programs that track writes on container roots that are not overlayfs.
-/// Optional: the `path_*` hooks need `CONFIG_SECURITY_PATH`.
+/// Optional: the `path_*` hooks need `CONFIG_SECURITY_PATH`. Loaded with the
+/// backend, attached by [`attach_tracking`] when they are needed: a program
+/// on `file_open` costs every open on the machine a BPF trampoline.
 const TRACKING_HOOKS: [&str; 6] = [
     "inode_free_security",
     "file_open",
@@ -114,8 +116,8 @@ pub fn load_object(offsets: &KernelOffsets, config: &AgentConfig) -> Result<Ebpf
 pub struct Attached {
     pub kind: BackendKind,
     pub fallback_reason: Option<String>,
-    /// Whether writes on container roots that are not overlayfs are tracked,
-    /// and why not.
+    /// Whether the programs that track writes on container roots that are
+    /// not overlayfs are loaded (ready for [`attach_tracking`]), and why not.
     pub tracking: Result<(), String>,
 }
 
@@ -159,7 +161,7 @@ pub fn attach(ebpf: &mut Ebpf, choice: BackendChoice) -> Result<Attached, Backen
 /// Checks that `bpf` is an active LSM, then loads and attaches the LSM
 /// programs. A successful load is the real probe: kernels can list `bpf` and
 /// still refuse LSM programs (lockdown, or a policy on `BPF_PROG_LOAD`).
-/// Returns whether the optional tracking programs are attached too.
+/// Returns whether the optional tracking programs could be loaded too.
 fn attach_lsm(ebpf: &mut Ebpf) -> Result<Result<(), String>, BackendError> {
     let lsms: ActiveLsms = features::active_lsms()?;
     if !lsms.contains_bpf() {
@@ -176,14 +178,46 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<Result<(), String>, BackendError> {
             ))
         })?;
     }
-    // inode_free_security comes first: no mark may exist without the hook
-    // that deletes it.
     for hook in TRACKING_HOOKS {
-        if let Err(error) = attach_lsm_program(ebpf, hook, &btf) {
+        if let Err(error) = lsm_program(ebpf, hook).and_then(|program| {
+            program
+                .load(hook, &btf)
+                .map_err(|source| BackendError::Program {
+                    program: hook,
+                    source,
+                })
+        }) {
             return Ok(Err(error_chain(&error)));
         }
     }
     Ok(Ok(()))
+}
+
+/// Attaches the tracking programs, which [`attach`] loaded. From here on,
+/// what container processes write on a root that is not overlayfs is
+/// tracked.
+pub fn attach_tracking(ebpf: &mut Ebpf) -> Result<(), BackendError> {
+    // inode_free_security comes first: no mark may exist without the hook
+    // that deletes it.
+    for hook in TRACKING_HOOKS {
+        lsm_program(ebpf, hook)?
+            .attach()
+            .map_err(|source| BackendError::Program {
+                program: hook,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn lsm_program<'a>(ebpf: &'a mut Ebpf, hook: &'static str) -> Result<&'a mut Lsm, BackendError> {
+    ebpf.program_mut(hook)
+        .ok_or(BackendError::MissingProgram(hook))?
+        .try_into()
+        .map_err(|source| BackendError::Program {
+            program: hook,
+            source,
+        })
 }
 
 fn attach_lsm_program(ebpf: &mut Ebpf, hook: &'static str, btf: &Btf) -> Result<(), BackendError> {
@@ -191,11 +225,7 @@ fn attach_lsm_program(ebpf: &mut Ebpf, hook: &'static str, btf: &Btf) -> Result<
         program: hook,
         source,
     };
-    let program: &mut Lsm = ebpf
-        .program_mut(hook)
-        .ok_or(BackendError::MissingProgram(hook))?
-        .try_into()
-        .map_err(program_error)?;
+    let program = lsm_program(ebpf, hook)?;
     program.load(hook, btf).map_err(program_error)?;
     program.attach().map_err(program_error)?;
     Ok(())

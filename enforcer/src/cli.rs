@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::{backend::BackendChoice, policy::Mode};
+use crate::{backend::BackendChoice, policy::Mode, tracking::WriteTracking};
 
 /// eBPF runtime enforcer for container hosts: blocks container drift in the
 /// kernel and reports every decision as a JSON audit event.
@@ -31,8 +31,10 @@ pub enum Command {
     /// or by an executable mapping (the dynamic loader, `LD_PRELOAD`, `dlopen`,
     /// mprotect), a file that is not from its image: a file on its overlayfs
     /// root with an upper-layer copy (created, copied or modified after the
-    /// container started), a memfd, or a file on a writable mount other
-    /// than its root filesystem.
+    /// container started), a memfd, a file on a writable mount other than
+    /// its root filesystem, or, on a root that is not overlayfs, a file that a
+    /// container process created, wrote, made executable, renamed or linked
+    /// (see --track-writes).
     Run(RunArgs),
 }
 
@@ -68,6 +70,16 @@ pub struct RunArgs {
     /// Read-only mounts are always allowed.
     #[arg(long)]
     pub allow_writable_mounts: bool,
+
+    /// When to track what container processes write on roots that are not
+    /// overlayfs (btrfs or zfs snapshotters, bind-mounted directories), where
+    /// no upper layer records it. Tracking puts a BPF LSM program on every
+    /// `open()`; `auto` attaches it once a container runs from such a root
+    /// (found at start-up, or when its first program runs: writes in the
+    /// moment before the agent has attached are not tracked); `always` at
+    /// start-up; `never` leaves such roots unchecked. Needs the lsm backend.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = WriteTracking::Auto)]
+    pub track_writes: WriteTracking,
 
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from

@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod maps;
 pub mod policy;
 pub mod stats;
+pub mod tracking;
 
 /// An error and its sources on one line. Error messages in this crate
 /// include their immediate cause (so that one-level logging is complete);

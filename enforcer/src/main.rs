@@ -50,6 +50,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     allow_memfd: args.allow_memfd,
                     allow_writable_mounts: args.allow_writable_mounts,
                 },
+                track_writes: args.track_writes,
                 host_pid: args.host_pid,
                 btf: args.btf,
             }))?;

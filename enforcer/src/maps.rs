@@ -9,6 +9,9 @@ use aya::{
 pub const EVENTS: &str = "EVENTS";
 /// Per-CPU counters, indexed by `enforcer_common::counter`.
 pub const COUNTERS: &str = "COUNTERS";
+/// Whether writes on roots that are not overlayfs are tracked (array of
+/// one `enforcer_common::tracking` value).
+pub const TRACKING: &str = "TRACKING";
 /// Drift settings (array; index 0: every container).
 pub const DRIFT_POLICY: &str = "DRIFT_POLICY";
 

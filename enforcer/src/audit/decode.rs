@@ -3,11 +3,25 @@
 
 use std::mem::size_of;
 
-use enforcer_common::{DriftEvent, EventHeader, event_kind};
+use enforcer_common::{DriftEvent, EventHeader, RootNotice, event_kind};
 
 /// A record from the kernel, copied out of the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a record moves once, from the ring buffer to its channel; boxing would allocate per event"
+)]
 pub enum KernelEvent {
+    /// For the audit sinks.
+    Audit(AuditEvent),
+    /// For the agent: a container runs from a root that is not overlayfs
+    /// while such roots are not tracked.
+    UntrackedRoot(RootNotice),
+}
+
+/// A kernel decision, for the audit sinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditEvent {
     Drift(DriftEvent),
 }
 
@@ -44,12 +58,21 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     })?;
     match header.kind {
         event_kind::DRIFT => read_pod(bytes)
-            .map(KernelEvent::Drift)
+            .map(|event| KernelEvent::Audit(AuditEvent::Drift(event)))
             .ok_or(DecodeError::Short {
                 kind: "drift",
                 len: bytes.len(),
                 need: size_of::<DriftEvent>(),
             }),
+        event_kind::UNTRACKED_ROOT => {
+            read_pod(bytes)
+                .map(KernelEvent::UntrackedRoot)
+                .ok_or(DecodeError::Short {
+                    kind: "untracked root",
+                    len: bytes.len(),
+                    need: size_of::<RootNotice>(),
+                })
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -112,7 +135,10 @@ pub(crate) mod tests {
     #[test]
     fn decodes_a_drift_event() {
         let event = drift_event("/tmp/dropped");
-        assert_eq!(decode(&as_bytes(&event)), Ok(KernelEvent::Drift(event)));
+        assert_eq!(
+            decode(&as_bytes(&event)),
+            Ok(KernelEvent::Audit(AuditEvent::Drift(event)))
+        );
     }
 
     #[test]
@@ -120,7 +146,42 @@ pub(crate) mod tests {
         let event = drift_event("/bin/x");
         let mut bytes = vec![0u8];
         bytes.extend(as_bytes(&event));
-        assert_eq!(decode(&bytes[1..]), Ok(KernelEvent::Drift(event)));
+        assert_eq!(
+            decode(&bytes[1..]),
+            Ok(KernelEvent::Audit(AuditEvent::Drift(event)))
+        );
+    }
+
+    #[test]
+    fn decodes_an_untracked_root_notice() {
+        let notice = RootNotice {
+            header: EventHeader {
+                kind: event_kind::UNTRACKED_ROOT,
+                pad: 0,
+                boot_ns: 7,
+            },
+            mnt_ns: 4_026_532_001,
+            dev: 40,
+            fs_magic: 0x9123_683e,
+            tgid: 99,
+            pad: 0,
+        };
+        // SAFETY: RootNotice is repr(C) plain integers with no padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&notice).cast::<u8>(),
+                size_of::<RootNotice>(),
+            )
+        };
+        assert_eq!(decode(bytes), Ok(KernelEvent::UntrackedRoot(notice)));
+        assert_eq!(
+            decode(&bytes[..20]),
+            Err(DecodeError::Short {
+                kind: "untracked root",
+                len: 20,
+                need: size_of::<RootNotice>()
+            })
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use enforcer_common::{DriftEvent, backend, decision, event_flags, layer, reason,
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
-    decode::KernelEvent,
+    decode::AuditEvent,
     record::{
         Agent, AuditRecord, Enforcer, Event, File, Host, Id, ParentPid, Process, Rule, ThreadId,
     },
@@ -58,9 +58,9 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn record(&self, event: &KernelEvent) -> AuditRecord {
+    pub fn record(&self, event: &AuditEvent) -> AuditRecord {
         match event {
-            KernelEvent::Drift(drift) => self.drift(drift),
+            AuditEvent::Drift(drift) => self.drift(drift),
         }
     }
 
@@ -236,7 +236,7 @@ mod tests {
     }
 
     fn json(event: &DriftEvent) -> Value {
-        serde_json::to_value(enricher().record(&KernelEvent::Drift(*event))).unwrap()
+        serde_json::to_value(enricher().record(&AuditEvent::Drift(*event))).unwrap()
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Wires the audit stages: ring buffer (tokio `AsyncFd`) -> decode -> bounded
-//! channel -> writer thread (enrich -> sinks).
+//! channel -> writer thread (enrich -> sinks). Notices meant for the agent
+//! itself (an untracked root) go to their own channel.
 //!
 //! The channel is bounded and filled with `try_send`: a slow sink never
 //! backs up into the ring buffer reader. What does not fit is counted, and
@@ -20,14 +21,20 @@ use tokio::{
     task::JoinHandle,
 };
 
+use enforcer_common::RootNotice;
+
 use super::{
-    decode::{KernelEvent, decode},
+    decode::{AuditEvent, KernelEvent, decode},
     enrich::Enricher,
     sink::Sink,
 };
 
 /// Queue between the ring buffer reader and the writer.
 pub const CHANNEL_CAPACITY: usize = 8192;
+
+/// Queue of notices for the agent. The kernel repeats a notice until the
+/// agent has acted on it, so one that does not fit is not lost.
+const NOTICE_CAPACITY: usize = 16;
 
 /// Counters of the userspace half of the pipeline.
 #[derive(Debug, Default)]
@@ -75,31 +82,41 @@ pub struct Pipeline {
     counters: Arc<PipelineCounters>,
 }
 
+/// Where the reader sends what it decoded.
+struct Outputs {
+    audit: mpsc::Sender<AuditEvent>,
+    notices: mpsc::Sender<RootNotice>,
+}
+
 impl Pipeline {
-    /// Starts reading `ring`. Must be called inside a tokio runtime.
+    /// Starts reading `ring`; returns the pipeline and the notices for the
+    /// agent. Must be called inside a tokio runtime.
     pub fn start(
         ring: RingBuf<MapData>,
         enricher: Enricher,
         sinks: Vec<Box<dyn Sink>>,
-    ) -> std::io::Result<Self> {
+    ) -> std::io::Result<(Self, mpsc::Receiver<RootNotice>)> {
         let counters = Arc::new(PipelineCounters::default());
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (audit, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (notices, notices_rx) = mpsc::channel(NOTICE_CAPACITY);
+        let outputs = Outputs { audit, notices };
         let (stop, stop_rx) = watch::channel(false);
         // SAFETY: the RingBuf owns its map fd, which stays open and the same
         // until the RingBuf (owned by the AsyncFd from here on) is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        let reader = tokio::spawn(read_loop(ring, tx, Arc::clone(&counters), stop_rx));
+        let reader = tokio::spawn(read_loop(ring, outputs, Arc::clone(&counters), stop_rx));
         let writer_counters = Arc::clone(&counters);
         let writer = thread::Builder::new()
             .name("audit-writer".to_owned())
             .spawn(move || write_loop(rx, &enricher, sinks, &writer_counters))?;
-        Ok(Self {
+        let pipeline = Self {
             stop,
             reader,
             writer,
             counters,
-        })
+        };
+        Ok((pipeline, notices_rx))
     }
 
     pub fn counters(&self) -> Arc<PipelineCounters> {
@@ -130,7 +147,7 @@ impl Pipeline {
 
 async fn read_loop(
     mut ring: AsyncFd<RingBuf<MapData>>,
-    tx: mpsc::Sender<KernelEvent>,
+    outputs: Outputs,
     counters: Arc<PipelineCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -138,7 +155,7 @@ async fn read_loop(
         tokio::select! {
             ready = ring.readable_mut() => match ready {
                 Ok(mut guard) => {
-                    drain_nonblocking(guard.get_inner_mut(), &tx, &counters);
+                    drain_nonblocking(guard.get_inner_mut(), &outputs, &counters);
                     guard.clear_ready();
                 }
                 Err(error) => {
@@ -160,28 +177,31 @@ async fn read_loop(
             decode(&item)
         };
         match event {
-            Ok(event) => {
-                if tx.send(event).await.is_err() {
+            Ok(KernelEvent::Audit(event)) => {
+                if outputs.audit.send(event).await.is_err() {
                     break;
                 }
             }
+            // The programs are detached: nothing is waiting for an answer.
+            Ok(KernelEvent::UntrackedRoot(_)) => {}
             Err(error) => report_decode_error(&counters, &error),
         }
     }
 }
 
-fn drain_nonblocking(
-    ring: &mut RingBuf<MapData>,
-    tx: &mpsc::Sender<KernelEvent>,
-    counters: &PipelineCounters,
-) {
+fn drain_nonblocking(ring: &mut RingBuf<MapData>, outputs: &Outputs, counters: &PipelineCounters) {
     while let Some(item) = ring.next() {
         counters.received.fetch_add(1, Ordering::Relaxed);
         match decode(&item) {
-            Ok(event) => {
-                if tx.try_send(event).is_err() {
+            Ok(KernelEvent::Audit(event)) => {
+                if outputs.audit.try_send(event).is_err() {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            Ok(KernelEvent::UntrackedRoot(notice)) => {
+                // Full: the agent is busy with an earlier notice, and the
+                // kernel sends another until it is answered.
+                let _ = outputs.notices.try_send(notice);
             }
             Err(error) => report_decode_error(counters, &error),
         }
@@ -194,7 +214,7 @@ fn report_decode_error(counters: &PipelineCounters, error: &super::decode::Decod
 }
 
 fn write_loop(
-    mut rx: mpsc::Receiver<KernelEvent>,
+    mut rx: mpsc::Receiver<AuditEvent>,
     enricher: &Enricher,
     mut sinks: Vec<Box<dyn Sink>>,
     counters: &PipelineCounters,
@@ -215,7 +235,7 @@ fn write_loop(
 }
 
 fn write_one(
-    event: &KernelEvent,
+    event: &AuditEvent,
     enricher: &Enricher,
     sinks: &mut [Box<dyn Sink>],
     counters: &PipelineCounters,

@@ -67,7 +67,7 @@ impl<W: Write + Send> Sink for JsonLines<W> {
 mod tests {
     use super::*;
     use crate::audit::{
-        decode::{KernelEvent, tests::drift_event},
+        decode::{AuditEvent, tests::drift_event},
         enrich::{BootClock, Enricher},
     };
 
@@ -80,7 +80,7 @@ mod tests {
         };
         let mut sink = JsonLines::new("test", Vec::new());
         for path in ["/a", "/b\nwith newline"] {
-            sink.write(&enricher.record(&KernelEvent::Drift(drift_event(path))))
+            sink.write(&enricher.record(&AuditEvent::Drift(drift_event(path))))
                 .unwrap();
         }
         sink.flush().unwrap();

@@ -1,10 +1,13 @@
 //! The agent's overhead on the hot paths it sits on, measured side by side:
 //! the same workload in a container, with and without the agent, in
 //! alternating rounds (ABBA order, so drift in the machine's load hits both
-//! sides), compared by medians. `cargo xtask bench` runs it on the host and
+//! sides). Each round pairs one run without and one with the agent, back to
+//! back; the overhead is the median of the rounds' ratios, which cancels
+//! slow drift in a shared machine's speed better than comparing two medians.
+//! The interquartile range of those ratios is printed as the noise. `cargo xtask bench` runs it on the host and
 //! in a VM.
 //!
-//! `bench [--rounds R] [--exec-count N] [--open-count M] [-- AGENT ARGS...]`
+//! `bench [--rounds R] [--exec-count N] [--open-count M] [--only NAME]... [-- AGENT ARGS...]`
 //!
 //! Prints a table and one JSON line per workload; exits 1 when an overhead
 //! is above its target.
@@ -31,6 +34,8 @@ struct Options {
     rounds: usize,
     exec_count: u32,
     open_count: u32,
+    /// Workloads to run; all when empty.
+    only: Vec<String>,
     agent_args: Vec<String>,
 }
 
@@ -39,6 +44,7 @@ fn options() -> anyhow::Result<Options> {
         rounds: 6,
         exec_count: 2000,
         open_count: 200_000,
+        only: Vec::new(),
         agent_args: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -48,6 +54,7 @@ fn options() -> anyhow::Result<Options> {
             "--rounds" => options.rounds = value()?.parse()?,
             "--exec-count" => options.exec_count = value()?.parse()?,
             "--open-count" => options.open_count = value()?.parse()?,
+            "--only" => options.only.push(value()?),
             "--" => {
                 options.agent_args = args.collect();
                 break;
@@ -77,6 +84,98 @@ fn median(values: &mut [f64]) -> f64 {
     } else {
         values[middle]
     }
+}
+
+/// The first and third quartiles of sorted `values` (nearest rank).
+fn quartiles(sorted: &[f64]) -> (f64, f64) {
+    let at = |fraction: f64| {
+        let last = sorted.len().saturating_sub(1);
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "a rank among a few dozen rounds"
+        )]
+        let rank = ((last as f64) * fraction).round() as usize;
+        sorted.get(rank).copied().unwrap_or(f64::NAN)
+    };
+    (at(0.25), at(0.75))
+}
+
+/// Runs `workload` in `count` paired rounds; returns the rates without and
+/// with the agent, round by round, and the backend the agent reported.
+fn rounds(
+    image: &Image,
+    workload: &Workload,
+    count: usize,
+    agent_args: &[&str],
+) -> anyhow::Result<(Vec<f64>, Vec<f64>, String)> {
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let mut backend = String::new();
+    for round in 0..count {
+        // ABBA: rounds 0 and 3 start without the agent, 1 and 2 with it.
+        let agent_first = matches!(round % 4, 1 | 2);
+        for with_agent in [agent_first, !agent_first] {
+            if !with_agent {
+                without.push(measure(image, &workload.script)?);
+                continue;
+            }
+            let agent = Agent::start(agent_args).map_err(|failure| anyhow::anyhow!("{failure}"))?;
+            if let Some(line) = agent
+                .log()
+                .lines()
+                .find(|line| line.contains("enforcer ready"))
+            {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix("backend="))
+                    .unwrap_or_default()
+                    .clone_into(&mut backend);
+            }
+            let rate = measure(image, &workload.script);
+            let stopped = agent.stop()?;
+            let events = clean_exit_events(&stopped);
+            anyhow::ensure!(
+                events.is_empty(),
+                "the benchmark's image binaries were reported: {events:#?}"
+            );
+            with.push(rate?);
+        }
+    }
+    Ok((without, with, backend))
+}
+
+/// Prints one workload's row and JSON line; returns whether it met its target.
+fn report(workload: &Workload, without: &[f64], with: &[f64], backend: &str) -> bool {
+    let rounds = without.len();
+    let mut overheads: Vec<f64> = without
+        .iter()
+        .zip(with)
+        .map(|(without, with)| (without / with - 1.0) * 100.0)
+        .collect();
+    let overhead = median(&mut overheads);
+    let (low, high) = quartiles(&overheads);
+    let (without, with) = (median(&mut without.to_vec()), median(&mut with.to_vec()));
+    let met = overhead <= workload.target;
+    println!(
+        "{:<6} {:>12.0}/s {:>12.0}/s {:>8.2}% {:>15} {:>6.1}%  {:>6}  {}{}",
+        workload.name,
+        without,
+        with,
+        overhead,
+        format!("{low:.1}..{high:.1}%"),
+        workload.target,
+        rounds,
+        workload.what,
+        if met { "" } else { "  ABOVE TARGET" }
+    );
+    println!(
+        "BENCH {{\"workload\":\"{}\",\"backend\":\"{backend}\",\"without_per_sec\":{without:.1},\
+         \"with_per_sec\":{with:.1},\"overhead_percent\":{overhead:.2},\
+         \"iqr_percent\":[{low:.2},{high:.2}],\"target_percent\":{},\"rounds\":{rounds},\
+         \"met\":{met}}}",
+        workload.name, workload.target
+    );
+    met
 }
 
 fn run() -> anyhow::Result<bool> {
@@ -110,67 +209,25 @@ fn run() -> anyhow::Result<bool> {
             target: 3.0,
         },
     ];
+    if let Some(unknown) = options.only.iter().find(|name| {
+        !workloads
+            .iter()
+            .any(|workload| workload.name == name.as_str())
+    }) {
+        bail!("--only {unknown}: no such workload");
+    }
     let agent_args: Vec<&str> = options.agent_args.iter().map(String::as_str).collect();
     let mut all_met = true;
     println!(
-        "{:<6} {:>14} {:>14} {:>9} {:>7}  rounds  operation",
-        "", "without agent", "with agent", "overhead", "target"
+        "{:<6} {:>14} {:>14} {:>9} {:>15} {:>7}  rounds  operation",
+        "", "without agent", "with agent", "overhead", "noise (IQR)", "target"
     );
-    for workload in &workloads {
-        let (mut without, mut with) = (Vec::new(), Vec::new());
-        let mut backend = String::new();
-        for round in 0..options.rounds {
-            // ABBA: rounds 0 and 3 start without the agent, 1 and 2 with it.
-            let agent_first = matches!(round % 4, 1 | 2);
-            for with_agent in [agent_first, !agent_first] {
-                if with_agent {
-                    let agent = Agent::start(&agent_args)
-                        .map_err(|failure| anyhow::anyhow!("{failure}"))?;
-                    if let Some(line) = agent
-                        .log()
-                        .lines()
-                        .find(|line| line.contains("enforcer ready"))
-                    {
-                        line.split_whitespace()
-                            .find_map(|word| word.strip_prefix("backend="))
-                            .unwrap_or_default()
-                            .clone_into(&mut backend);
-                    }
-                    let rate = measure(&image, &workload.script);
-                    let stopped = agent.stop()?;
-                    let events = clean_exit_events(&stopped);
-                    anyhow::ensure!(
-                        events.is_empty(),
-                        "the benchmark's image binaries were reported: {events:#?}"
-                    );
-                    with.push(rate?);
-                } else {
-                    without.push(measure(&image, &workload.script)?);
-                }
-            }
-        }
-        let rounds = without.len();
-        let (without, with) = (median(&mut without), median(&mut with));
-        let overhead = (without / with - 1.0) * 100.0;
-        let met = overhead <= workload.target;
-        all_met &= met;
-        println!(
-            "{:<6} {:>12.0}/s {:>12.0}/s {:>8.2}% {:>6.1}%  {:>6}  {}{}",
-            workload.name,
-            without,
-            with,
-            overhead,
-            workload.target,
-            rounds,
-            workload.what,
-            if met { "" } else { "  ABOVE TARGET" }
-        );
-        println!(
-            "BENCH {{\"workload\":\"{}\",\"backend\":\"{backend}\",\"without_per_sec\":{without:.1},\
-             \"with_per_sec\":{with:.1},\"overhead_percent\":{overhead:.2},\"target_percent\":{},\
-             \"rounds\":{rounds},\"met\":{met}}}",
-            workload.name, workload.target
-        );
+    let selected = workloads.iter().filter(|workload| {
+        options.only.is_empty() || options.only.iter().any(|name| name == workload.name)
+    });
+    for workload in selected {
+        let (without, with, backend) = rounds(&image, workload, options.rounds, &agent_args)?;
+        all_met &= report(workload, &without, &with, &backend);
     }
     Ok(all_met)
 }
@@ -188,11 +245,17 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, quartiles};
 
     #[test]
     fn medians() {
         assert!((median(&mut [3.0, 1.0, 2.0]) - 2.0).abs() < f64::EPSILON);
         assert!((median(&mut [4.0, 1.0, 2.0, 3.0]) - 2.5).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn quartiles_of_sorted_values() {
+        assert_eq!(quartiles(&[1.0, 2.0, 3.0, 4.0, 5.0]), (2.0, 4.0));
+        assert_eq!(quartiles(&[7.0]), (7.0, 7.0));
     }
 }
