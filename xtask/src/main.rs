@@ -63,7 +63,7 @@ enum Task {
         #[arg(long, default_value = DEFAULT_KERNEL)]
         kernels: String,
         /// Rounds per workload and side.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 10)]
         rounds: u32,
     },
 }
@@ -267,6 +267,15 @@ fn bench(workspace: &Path, kernels: &[&KernelSpec], rounds: u32) -> anyhow::Resu
         "300".to_owned(),
         "--open-count".to_owned(),
         "30000".to_owned(),
+        "--only".to_owned(),
+        "exec".to_owned(),
+        "--only".to_owned(),
+        "exec-d".to_owned(),
+        "--only".to_owned(),
+        "open".to_owned(),
+        // Hosts with containers on roots that are not overlayfs pay this.
+        "--only".to_owned(),
+        "open-t".to_owned(),
         "--".to_owned(),
         "--backend".to_owned(),
         "lsm".to_owned(),
