@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -52,6 +52,33 @@ pub const NAME_LEN: usize = 256;
 /// Bytes kept of the path passed to `execve`. Longer paths are cut and the
 /// event carries [`event_flags::PATH_TRUNCATED`].
 pub const EXEC_PATH_LEN: usize = 512;
+
+/// Bytes of a file's path in its container that the programs build to match
+/// allowed paths ([`PathDfaState`]). A longer path is never allowed.
+pub const PATH_MAX_LEN: usize = 1024;
+
+/// Size of the per-CPU buffer the path is built in, right to left: twice
+/// [`PATH_MAX_LEN`], so that a name of up to 255 bytes copied at any offset
+/// below [`PATH_MAX_LEN`] stays inside it (the verifier checks the bounds,
+/// not the logic).
+pub const PATH_BUF_LEN: usize = 2 * PATH_MAX_LEN;
+
+/// Path components and mount crossings walked to build a path. A deeper
+/// path is never allowed.
+pub const PATH_MAX_STEPS: u32 = 64;
+
+/// States of one compiled allowed-path automaton. The `PATH_DFA` map holds
+/// two such banks, so that a new automaton can be written while the
+/// programs still read the old one, then switched to in one map update.
+pub const PATH_DFA_STATES_MAX: u32 = 1024;
+
+/// Reserved states of a path automaton, relative to its bank.
+pub mod path_dfa {
+    /// No path that starts with the bytes read so far is allowed.
+    pub const DEAD: u16 = 0;
+    /// Where every path starts.
+    pub const START: u16 = 1;
+}
 
 /// `EPERM`, returned by the LSM hook to refuse an exec.
 pub const EPERM: i32 = 1;
@@ -149,6 +176,9 @@ pub mod drift_flags {
     /// Allow executing and mapping files on writable mounts other than the
     /// container's root filesystem.
     pub const ALLOW_WRITABLE_MOUNTS: u32 = 1 << 1;
+    /// Files whose path in the container the path automaton at
+    /// [`DriftSettings::path_dfa_base`] accepts are allowed.
+    pub const ALLOW_PATHS: u32 = 1 << 2;
 }
 
 /// Enforcement modes ([`DriftSettings::mode`]).
@@ -175,6 +205,12 @@ pub mod counter {
     pub const SIGNAL_FAILED: u32 = 4;
     /// Files written in containers that the table could not take.
     pub const WRITTEN_TABLE_FULL: u32 = 5;
+    /// Drift allowed because the file's path matched an allowed path.
+    pub const DRIFT_ALLOWED_BY_PATH: u32 = 6;
+    /// Drift whose path could not be built for the allowed-path check (too
+    /// long, too deep, or outside the container's mount namespace); treated
+    /// as not allowed.
+    pub const PATH_UNRESOLVED: u32 = 7;
     /// Number of slots in the array.
     pub const COUNT: u32 = 8;
 }
@@ -244,8 +280,20 @@ pub struct KernelOffsets {
     pub file_mode: u32,
     /// `inode.i_mode`
     pub inode_mode: u32,
-    /// Keeps the size a multiple of 8.
-    pub pad: u32,
+    /// `dentry.d_parent`
+    pub dentry_parent: u32,
+    /// `dentry.d_name.len`
+    pub dentry_name_len: u32,
+    /// `vfsmount.mnt_root`
+    pub vfsmount_mnt_root: u32,
+    /// `mount.mnt_parent` (it precedes the embedded `mnt`, so it is kept
+    /// relative to `struct mount`, found from a `struct vfsmount *` by
+    /// subtracting [`Self::mount_mnt`]).
+    pub mount_parent: u32,
+    /// `mount.mnt_mountpoint`
+    pub mount_mountpoint: u32,
+    /// `mount.mnt`: between a `struct mount *` and its `struct vfsmount`.
+    pub mount_mnt: u32,
 }
 
 /// Settings fixed for the lifetime of the loaded programs.
@@ -278,6 +326,31 @@ pub struct DriftSettings {
     pub mode: u32,
     /// Bits of [`drift_flags`].
     pub flags: u32,
+    /// Index in the `PATH_DFA` map of the allowed-path automaton's state 0
+    /// (used with [`drift_flags::ALLOW_PATHS`]).
+    pub path_dfa_base: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+}
+
+/// One state of an allowed-path automaton: a DFA over the bytes of a file's
+/// path in its container, compiled by the agent from the allowed globs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathDfaState {
+    /// The next state for each byte, relative to the automaton's bank.
+    pub next: [u16; 256],
+    /// Nonzero when a path that ends in this state is allowed.
+    pub accept: u32,
+}
+
+impl Default for PathDfaState {
+    fn default() -> Self {
+        Self {
+            next: [path_dfa::DEAD; 256],
+            accept: 0,
+        }
+    }
 }
 
 /// Common first field of every ring buffer record.
@@ -357,7 +430,7 @@ pub struct RootNotice {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{AgentConfig, DriftSettings, KernelOffsets};
+    use super::{AgentConfig, DriftSettings, KernelOffsets, PathDfaState};
 
     // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (pinned
     // by the layout tests).
@@ -366,13 +439,18 @@ mod pod {
     unsafe impl aya::Pod for AgentConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DriftSettings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PathDfaState {}
 }
 
 #[cfg(test)]
 mod tests {
     use core::mem::{offset_of, size_of};
 
-    use super::{AgentConfig, DriftEvent, DriftSettings, EventHeader, KernelOffsets, RootNotice};
+    use super::{
+        AgentConfig, DriftEvent, DriftSettings, EventHeader, KernelOffsets, PathDfaState,
+        RootNotice,
+    };
 
     #[test]
     fn root_notice_layout() {
@@ -422,7 +500,7 @@ mod tests {
 
     #[test]
     fn kernel_offsets_layout() {
-        assert_eq!(size_of::<KernelOffsets>(), 29 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 34 * 4);
         assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);
         assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 24);
         assert_eq!(offset_of!(KernelOffsets, mnt_namespace_inum), 44);
@@ -430,6 +508,8 @@ mod tests {
         assert_eq!(offset_of!(KernelOffsets, mm_exe_file), 96);
         assert_eq!(offset_of!(KernelOffsets, backing_file_user_path), 100);
         assert_eq!(offset_of!(KernelOffsets, inode_mode), 108);
+        assert_eq!(offset_of!(KernelOffsets, dentry_parent), 112);
+        assert_eq!(offset_of!(KernelOffsets, mount_mnt), 132);
     }
 
     #[test]
@@ -439,8 +519,18 @@ mod tests {
         assert_eq!(offset_of!(AgentConfig, abi_version), 4);
         assert_eq!(offset_of!(AgentConfig, host_root_dev), 8);
         assert_eq!(offset_of!(AgentConfig, host_root_ino), 16);
-        assert_eq!(size_of::<DriftSettings>(), 8);
+        assert_eq!(size_of::<DriftSettings>(), 16);
         assert_eq!(offset_of!(DriftSettings, mode), 0);
         assert_eq!(offset_of!(DriftSettings, flags), 4);
+        assert_eq!(offset_of!(DriftSettings, path_dfa_base), 8);
+    }
+
+    #[test]
+    fn path_dfa_layout() {
+        assert_eq!(size_of::<PathDfaState>(), 516);
+        assert_eq!(offset_of!(PathDfaState, next), 0);
+        assert_eq!(offset_of!(PathDfaState, accept), 512);
+        // Both banks together stay a small map (about 1 MiB).
+        assert!(2 * super::PATH_DFA_STATES_MAX as usize * size_of::<PathDfaState>() < 1 << 21);
     }
 }

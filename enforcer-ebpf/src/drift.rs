@@ -11,6 +11,7 @@ use crate::{
     events,
     kernel::{self, Container, FileFacts, ReadError},
     maps::{CONFIG, DRIFT_POLICY, OFFSETS, TRACKING, WRITTEN_FILES},
+    path,
 };
 
 /// A container process is about to run a file that is not from its image.
@@ -69,18 +70,29 @@ pub(crate) fn check_file(
     } else {
         facts
     };
-    Ok(
-        match classify(&facts, &container, via, settings.flags, offsets)? {
-            Some(layer) => Verdict::Drift(Drift {
-                mode: settings.mode,
-                mnt_ns: container.mnt_ns,
-                file: facts,
-                layer,
-                via,
-            }),
-            None => Verdict::Allow,
-        },
-    )
+    let Some(layer) = classify(&facts, &container, via, settings.flags, offsets)? else {
+        return Ok(Verdict::Allow);
+    };
+    // memfds have no path; --allow-memfd is their knob.
+    if settings.flags & drift_flags::ALLOW_PATHS != 0
+        && layer != layer::MEMFD
+        && path::allowed(
+            facts.mnt,
+            facts.dentry,
+            container.mnt_ns_ptr,
+            settings.path_dfa_base,
+            offsets,
+        )?
+    {
+        return Ok(Verdict::Allow);
+    }
+    Ok(Verdict::Drift(Drift {
+        mode: settings.mode,
+        mnt_ns: container.mnt_ns,
+        file: facts,
+        layer,
+        via,
+    }))
 }
 
 /// Why `facts` is not an image file, or `None` when it is (or is allowed).

@@ -42,6 +42,8 @@ pub(crate) fn current_parent_tgid(offsets: &KernelOffsets) -> Result<u32, ReadEr
 #[derive(Clone, Copy)]
 pub(crate) struct Container {
     pub(crate) mnt_ns: u32,
+    /// `struct mnt_namespace *` of the task.
+    pub(crate) mnt_ns_ptr: u64,
     /// `struct vfsmount *` of the task's root directory: the container's root
     /// filesystem.
     pub(crate) root_mnt: u64,
@@ -79,6 +81,7 @@ pub(crate) fn current_container(
     }
     Ok(Some(Container {
         mnt_ns,
+        mnt_ns_ptr,
         root_mnt,
         root_sb,
     }))

@@ -18,6 +18,7 @@ mod exec;
 mod kernel;
 mod maps;
 mod mmap;
+mod path;
 mod tracking;
 
 #[cfg(not(test))]

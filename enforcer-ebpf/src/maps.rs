@@ -6,7 +6,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use enforcer_common::{AgentConfig, DriftSettings, KernelOffsets, WRITTEN_FILES_MAX, counter};
+use enforcer_common::{
+    AgentConfig, DriftSettings, KernelOffsets, PATH_BUF_LEN, PATH_DFA_STATES_MAX, PathDfaState,
+    WRITTEN_FILES_MAX, counter,
+};
 
 /// Kernel structure offsets, overridden by the agent at load time.
 #[unsafe(no_mangle)]
@@ -41,6 +44,16 @@ pub(crate) static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
 /// Drift settings; index 0 applies to every container.
 #[map]
 pub(crate) static DRIFT_POLICY: Array<DriftSettings> = Array::with_max_entries(1, 0);
+
+/// Allowed-path automata: two banks of [`PATH_DFA_STATES_MAX`] states;
+/// [`DriftSettings::path_dfa_base`] says which one is in force.
+#[map]
+pub(crate) static PATH_DFA: Array<PathDfaState> =
+    Array::with_max_entries(2 * PATH_DFA_STATES_MAX, 0);
+
+/// Where a file's path is built for the allowed-path check.
+#[map]
+pub(crate) static PATH_BUF: PerCpuArray<[u8; PATH_BUF_LEN]> = PerCpuArray::with_max_entries(1, 0);
 
 /// One field of [`OFFSETS`], read with a single load from the frozen
 /// read-only map, so that the verifier knows its value. Typed pointer loads

@@ -53,6 +53,8 @@ pub enum AgentError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Map(#[from] MapAccessError),
+    #[error("invalid policy: {0}")]
+    Policy(#[from] policy::PathGlobError),
     #[error("starting the audit pipeline: {0}")]
     Pipeline(#[source] std::io::Error),
     #[error("installing signal handlers: {0}")]
@@ -120,11 +122,19 @@ fn host(pid: u32) -> Result<HostIdentity, AgentError> {
 }
 
 pub async fn run(options: RunOptions) -> Result<(), AgentError> {
+    // A bad policy is refused before anything else is done.
+    let policy = Policy::builtin(options.drift);
+    let compiled = policy::compile(&policy)?;
     let offsets = kernel_layout(options.btf.as_deref())?;
     let host = host(options.host_pid)?;
 
-    let policy = Policy::builtin(options.drift);
-    let compiled = policy::compile(&policy);
+    if !policy.drift.allowed_paths.is_empty() {
+        tracing::info!(
+            globs = ?policy.drift.allowed_paths,
+            automaton_states = compiled.path_dfa.len(),
+            "drift allowed for files whose path in the container matches"
+        );
+    }
 
     let config = AgentConfig {
         host_mnt_ns: host.mnt_ns,
@@ -164,7 +174,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         );
     }
     let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
-    log_drift_methods(&attached, tracker.state(), policy.drift);
+    log_drift_methods(&attached, tracker.state(), &policy.drift);
     tracing::info!(
         backend = %attached.kind,
         mode = %policy.drift.mode,
@@ -200,6 +210,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     tracing::info!(
         execs_checked = final_health.kernel.exec_checked,
         drift_detected = final_health.kernel.drift_detected,
+        drift_allowed_by_path = final_health.kernel.allowed_by_path,
         events_written = final_stats.written,
         events_lost = final_health.kernel.events_lost + final_stats.dropped,
         "stopped"
@@ -208,7 +219,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
 }
 
 /// Says at start-up which drift routes are decided, and how.
-fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: DriftRule) {
+fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &DriftRule) {
     let verdict = |allowed: bool| if allowed { "allowed" } else { "drift" };
     let non_overlay_root = match tracking {
         TrackingState::Attached => {
@@ -229,6 +240,7 @@ fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: DriftR
         memfd = verdict(rule.allow_memfd),
         writable_mounts = verdict(rule.allow_writable_mounts),
         read_only_mounts = "allowed",
+        allowed_paths = ?rule.allowed_paths,
         "drift detection"
     );
     match attached.kind {
@@ -297,6 +309,11 @@ impl Health {
                     before.kernel.written_table_full,
                 ),
                 "the table of files written in containers is full: those files are not tracked as drift",
+            ),
+            (
+                grew(self.kernel.path_unresolved, before.kernel.path_unresolved),
+                "drift files whose path in the container could not be built (over 1024 bytes or 64 components, \
+                 or not in the container's mount namespace): not allowed by --allow-path",
             ),
         ];
         for (count, what) in checks {

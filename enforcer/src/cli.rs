@@ -71,6 +71,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub allow_writable_mounts: bool,
 
+    /// Allow containers to run files that are not from their image when the
+    /// file's path in the container matches GLOB (repeatable). `*`, `?` and
+    /// `[...]` stay within one path component, `**` spans components,
+    /// `{a,b}` matches either. The path is the file's real path in the
+    /// container's mount namespace (symlinks resolved; a chroot does not
+    /// change it); paths longer than 1024 bytes or 64 components are never
+    /// allowed. Does not cover memfds (see --allow-memfd).
+    #[arg(long, value_name = "GLOB")]
+    pub allow_path: Vec<String>,
+
     /// When to track what container processes write on roots that are not
     /// overlayfs (btrfs or zfs snapshotters, bind-mounted directories), where
     /// no upper layer records it. Tracking puts a BPF LSM program on every

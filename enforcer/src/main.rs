@@ -49,6 +49,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     mode: args.mode,
                     allow_memfd: args.allow_memfd,
                     allow_writable_mounts: args.allow_writable_mounts,
+                    allowed_paths: args.allow_path,
                 },
                 track_writes: args.track_writes,
                 host_pid: args.host_pid,

@@ -14,6 +14,8 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const TRACKING: &str = "TRACKING";
 /// Drift settings (array; index 0: every container).
 pub const DRIFT_POLICY: &str = "DRIFT_POLICY";
+/// Allowed-path automata, two banks (array of `enforcer_common::PathDfaState`).
+pub const PATH_DFA: &str = "PATH_DFA";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapAccessError {
@@ -43,5 +45,14 @@ where
     T: TryFrom<&'a mut Map, Error = MapError>,
 {
     let map = ebpf.map_mut(name).ok_or(MapAccessError::Missing(name))?;
+    T::try_from(map).map_err(|source| MapAccessError::Map { map: name, source })
+}
+
+/// Borrows map `name` from the object, typed, read-only.
+pub fn borrow<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, MapAccessError>
+where
+    T: TryFrom<&'a Map, Error = MapError>,
+{
+    let map = ebpf.map(name).ok_or(MapAccessError::Missing(name))?;
     T::try_from(map).map_err(|source| MapAccessError::Map { map: name, source })
 }

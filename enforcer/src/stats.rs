@@ -12,6 +12,8 @@ pub struct KernelCounters {
     pub events_lost: u64,
     pub signal_failed: u64,
     pub written_table_full: u64,
+    pub allowed_by_path: u64,
+    pub path_unresolved: u64,
 }
 
 pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError> {
@@ -23,5 +25,7 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError>
         events_lost: sum(counter::EVENTS_LOST)?,
         signal_failed: sum(counter::SIGNAL_FAILED)?,
         written_table_full: sum(counter::WRITTEN_TABLE_FULL)?,
+        allowed_by_path: sum(counter::DRIFT_ALLOWED_BY_PATH)?,
+        path_unresolved: sum(counter::PATH_UNRESOLVED)?,
     })
 }

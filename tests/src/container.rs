@@ -1,7 +1,7 @@
 //! Real containers, minimally: an image directory as the overlayfs lower
 //! layer, a fresh mount namespace, a private tmpfs for the upper layer, a
 //! cgroup v2 group of its own, a tmpfs at /dev/shm, optional bind-mounted
-//! volumes, and `chroot` into the overlay. This is what a container runtime
+//! volumes, and `pivot_root` into the overlay. This is what a container runtime
 //! sets up for a container's filesystems.
 
 use std::{
@@ -260,7 +260,8 @@ impl Setup {
 
     /// Joins the cgroup, enters a new mount namespace, mounts the root
     /// filesystem (an overlay with a private tmpfs for its upper layer, or
-    /// the plain root as it is), /dev/shm and the volumes, and chroots.
+    /// the plain root as it is), /dev/shm and the volumes, and pivots into
+    /// the root.
     fn enter(&self) -> io::Result<()> {
         fn check(rc: libc::c_int) -> io::Result<()> {
             if rc == 0 {
@@ -339,7 +340,16 @@ impl Setup {
                     ))?;
                 }
             }
-            check(libc::chroot(self.merged.as_ptr()))?;
+            // pivot_root, as runtimes do (runc's `pivot_root(".", ".")`):
+            // the container's root becomes its mount namespace's root, and
+            // the host's tree is detached rather than hidden by a chroot.
+            check(libc::chdir(self.merged.as_ptr()))?;
+            check(
+                libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
+                    .try_into()
+                    .unwrap_or(-1),
+            )?;
+            check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
             check(libc::chdir(c"/".as_ptr()))
         }
     }

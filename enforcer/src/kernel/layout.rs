@@ -83,6 +83,11 @@ const FILE_MODE: Field = field("file", "f_mode", Width::Bytes(4));
 const INODE_MODE: Field = field("inode", "i_mode", Width::Bytes(2));
 const TASK_MM: Field = field("task_struct", "mm", Width::Pointer);
 const MM_EXE_FILE: Field = field("mm_struct", "exe_file", Width::Pointer);
+const DENTRY_PARENT: Field = field("dentry", "d_parent", Width::Pointer);
+const DENTRY_NAME_LEN: Field = field("dentry", "d_name.len", Width::Bytes(4));
+const VFSMOUNT_MNT_ROOT: Field = field("vfsmount", "mnt_root", Width::Pointer);
+const MOUNT_MNT_PARENT: Field = field("mount", "mnt_parent", Width::Pointer);
+const MOUNT_MNT_MOUNTPOINT: Field = field("mount", "mnt_mountpoint", Width::Pointer);
 const OVL_INODE_VFS_INODE: Field = field("ovl_inode", "vfs_inode", Width::Bytes(0));
 const OVL_INODE_UPPERDENTRY: Field = field("ovl_inode", "__upperdentry", Width::Pointer);
 
@@ -269,7 +274,13 @@ impl KernelBtf {
         let fs_root_dentry = core(FS_ROOT_DENTRY)?;
         let vma_file = core(VMA_FILE)?;
         // The programs hold `struct vfsmount *`, embedded in `struct mount`.
-        let vfsmount_mnt_ns = relative(core(MOUNT_MNT)?, MOUNT_MNT_NS, core(MOUNT_MNT_NS)?, "mnt")?;
+        let mount_mnt = core(MOUNT_MNT)?;
+        let vfsmount_mnt_ns = relative(mount_mnt, MOUNT_MNT_NS, core(MOUNT_MNT_NS)?, "mnt")?;
+        let mount_parent = core(MOUNT_MNT_PARENT)?;
+        let mount_mountpoint = core(MOUNT_MNT_MOUNTPOINT)?;
+        let dentry_parent = core(DENTRY_PARENT)?;
+        let dentry_name_len = core(DENTRY_NAME_LEN)?;
+        let vfsmount_mnt_root = core(VFSMOUNT_MNT_ROOT)?;
         let task_mm = core(TASK_MM)?;
         let mm_exe_file = core(MM_EXE_FILE)?;
         let file_mode = core(FILE_MODE)?;
@@ -310,7 +321,12 @@ impl KernelBtf {
             backing_file_user_path,
             file_mode,
             inode_mode,
-            pad: 0,
+            dentry_parent,
+            dentry_name_len,
+            vfsmount_mnt_root,
+            mount_parent,
+            mount_mountpoint,
+            mount_mnt,
         };
         Ok(Layout {
             offsets,
@@ -618,6 +634,11 @@ mod tests {
             ("vm_area_struct.vm_file", offsets.vma_file),
             ("mount.mnt_ns - mount.mnt", offsets.vfsmount_mnt_ns),
             ("task_struct.mm", offsets.task_mm),
+            ("dentry.d_parent", offsets.dentry_parent),
+            ("dentry.d_name.len", offsets.dentry_name_len),
+            ("mount.mnt_parent", offsets.mount_parent),
+            ("mount.mnt_mountpoint", offsets.mount_mountpoint),
+            ("mount.mnt", offsets.mount_mnt),
         ] {
             assert_ne!(value, 0, "{name} resolved to offset 0");
         }
@@ -637,9 +658,16 @@ mod tests {
             offsets.fs_root_mnt,
             offsets.fs_root_dentry,
             offsets.vma_file,
+            offsets.dentry_parent,
+            offsets.vfsmount_mnt_root,
+            offsets.mount_parent,
+            offsets.mount_mountpoint,
         ] {
             assert_eq!(value % 8, 0);
         }
+        // struct qstr is { { u32 hash; u32 len; } or u64 hash_len; name } on
+        // little-endian machines: the length is the hash_len word's upper half.
+        assert_eq!(offsets.dentry_name_len + 4, offsets.dentry_name);
         // struct path is { mnt, dentry }.
         assert_eq!(offsets.fs_root_dentry, offsets.fs_root_mnt + 8);
         assert_eq!(offsets.file_path_dentry, offsets.file_path_mnt + 8);

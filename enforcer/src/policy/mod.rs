@@ -4,12 +4,16 @@
 //! writes). Today the only policy is the built-in default (drift prevention
 //! for every container); policy files and selectors build on the same stages.
 
+pub mod paths;
+
 use std::fmt;
 
 use aya::{Ebpf, maps::Array};
-use enforcer_common::{DriftSettings, drift_flags, mode};
+use enforcer_common::{DriftSettings, PATH_DFA_STATES_MAX, PathDfaState, drift_flags, mode};
 
 use crate::maps::{self, MapAccessError};
+
+pub use paths::PathGlobError;
 
 /// Index of the settings that apply to every container.
 const ALL_CONTAINERS: u32 = 0;
@@ -39,7 +43,7 @@ impl fmt::Display for Mode {
 }
 
 /// Drift prevention: containers may only run files from their image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriftRule {
     pub mode: Mode,
     /// Allow executing memfd files (`fexecve`).
@@ -47,6 +51,9 @@ pub struct DriftRule {
     /// Allow running files from writable mounts other than the container's
     /// root filesystem (tmpfs such as /dev/shm, emptyDir, volumes).
     pub allow_writable_mounts: bool,
+    /// Globs over a file's path in its container: matching files may run
+    /// although they are not from the image (see [`paths`]).
+    pub allowed_paths: Vec<String>,
 }
 
 impl DriftRule {
@@ -56,6 +63,7 @@ impl DriftRule {
             mode,
             allow_memfd: false,
             allow_writable_mounts: false,
+            allowed_paths: Vec::new(),
         }
     }
 }
@@ -80,14 +88,19 @@ impl Policy {
 }
 
 /// Kernel map entries for a policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {
-    /// `DRIFT_POLICY[0]`.
+    /// `DRIFT_POLICY[0]`, without the automaton's bank (chosen by [`apply`]).
     pub drift_all_containers: DriftSettings,
+    /// The allowed-path automaton; empty when no path is allowed.
+    pub path_dfa: Vec<PathDfaState>,
 }
 
 /// Compiles a policy into map entries. Pure: no I/O, no kernel.
-pub fn compile(policy: &Policy) -> Compiled {
+///
+/// # Errors
+/// An allowed path that is not a valid glob, or too many of them.
+pub fn compile(policy: &Policy) -> Result<Compiled, PathGlobError> {
     let mode = match policy.drift.mode {
         Mode::Enforce => mode::ENFORCE,
         Mode::Audit => mode::AUDIT,
@@ -99,21 +112,52 @@ pub fn compile(policy: &Policy) -> Compiled {
     if policy.drift.allow_writable_mounts {
         flags |= drift_flags::ALLOW_WRITABLE_MOUNTS;
     }
-    Compiled {
-        drift_all_containers: DriftSettings { mode, flags },
-    }
+    let path_dfa = if policy.drift.allowed_paths.is_empty() {
+        Vec::new()
+    } else {
+        flags |= drift_flags::ALLOW_PATHS;
+        paths::compile(&policy.drift.allowed_paths)?
+    };
+    Ok(Compiled {
+        drift_all_containers: DriftSettings {
+            mode,
+            flags,
+            path_dfa_base: 0,
+            pad: 0,
+        },
+        path_dfa,
+    })
 }
 
-/// Writes compiled entries into the kernel maps. Each entry is one atomic map
-/// update, so programs see either the old or the new value, never a gap.
+/// Writes compiled entries into the kernel maps. The automaton goes into
+/// the bank the programs are not reading; the settings that switch to it
+/// are one atomic map update, so programs see the old policy or the new
+/// one, never a mix or a gap.
 pub fn apply(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), MapAccessError> {
+    let map_error = |map| move |source| MapAccessError::Map { map, source };
+    let mut settings = compiled.drift_all_containers;
+    {
+        let drift: Array<_, DriftSettings> = maps::borrow(ebpf, maps::DRIFT_POLICY)?;
+        let current = drift
+            .get(&ALL_CONTAINERS, 0)
+            .map_err(map_error(maps::DRIFT_POLICY))?;
+        settings.path_dfa_base = if current.path_dfa_base == 0 {
+            PATH_DFA_STATES_MAX
+        } else {
+            0
+        };
+    }
+    {
+        let mut dfa: Array<_, PathDfaState> = maps::borrow_mut(ebpf, maps::PATH_DFA)?;
+        for (index, state) in (settings.path_dfa_base..).zip(&compiled.path_dfa) {
+            dfa.set(index, state, 0)
+                .map_err(map_error(maps::PATH_DFA))?;
+        }
+    }
     let mut drift: Array<_, DriftSettings> = maps::borrow_mut(ebpf, maps::DRIFT_POLICY)?;
     drift
-        .set(ALL_CONTAINERS, compiled.drift_all_containers, 0)
-        .map_err(|source| MapAccessError::Map {
-            map: maps::DRIFT_POLICY,
-            source,
-        })
+        .set(ALL_CONTAINERS, settings, 0)
+        .map_err(map_error(maps::DRIFT_POLICY))
 }
 
 #[cfg(test)]
@@ -124,14 +168,15 @@ mod tests {
 
     #[test]
     fn builtin_policy_enforces_drift_for_all_containers() {
-        let compiled = compile(&Policy::builtin(DriftRule::strict(Mode::Enforce)));
+        let compiled = compile(&Policy::builtin(DriftRule::strict(Mode::Enforce))).unwrap();
         assert_eq!(compiled.drift_all_containers.mode, mode::ENFORCE);
         assert_eq!(compiled.drift_all_containers.flags, 0);
+        assert!(compiled.path_dfa.is_empty());
     }
 
     #[test]
     fn audit_mode_compiles_to_audit() {
-        let compiled = compile(&Policy::builtin(DriftRule::strict(Mode::Audit)));
+        let compiled = compile(&Policy::builtin(DriftRule::strict(Mode::Audit))).unwrap();
         assert_eq!(compiled.drift_all_containers.mode, mode::AUDIT);
     }
 
@@ -142,7 +187,10 @@ mod tests {
             ..DriftRule::strict(Mode::Enforce)
         };
         assert_eq!(
-            compile(&Policy::builtin(rule)).drift_all_containers.flags,
+            compile(&Policy::builtin(rule.clone()))
+                .unwrap()
+                .drift_all_containers
+                .flags,
             drift_flags::ALLOW_MEMFD
         );
         let rule = DriftRule {
@@ -150,8 +198,35 @@ mod tests {
             ..rule
         };
         assert_eq!(
-            compile(&Policy::builtin(rule)).drift_all_containers.flags,
+            compile(&Policy::builtin(rule.clone()))
+                .unwrap()
+                .drift_all_containers
+                .flags,
             drift_flags::ALLOW_MEMFD | drift_flags::ALLOW_WRITABLE_MOUNTS
         );
+        let rule = DriftRule {
+            allowed_paths: vec!["/opt/plugins/*.so".to_owned()],
+            ..rule
+        };
+        let compiled = compile(&Policy::builtin(rule)).unwrap();
+        assert_eq!(
+            compiled.drift_all_containers.flags,
+            drift_flags::ALLOW_MEMFD
+                | drift_flags::ALLOW_WRITABLE_MOUNTS
+                | drift_flags::ALLOW_PATHS
+        );
+        assert!(paths::accepts(&compiled.path_dfa, b"/opt/plugins/a.so"));
+    }
+
+    #[test]
+    fn an_invalid_allowed_path_fails_compilation() {
+        let rule = DriftRule {
+            allowed_paths: vec!["opt/*".to_owned()],
+            ..DriftRule::strict(Mode::Enforce)
+        };
+        assert!(matches!(
+            compile(&Policy::builtin(rule)),
+            Err(PathGlobError::NotAbsolute { .. })
+        ));
     }
 }

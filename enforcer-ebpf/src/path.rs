@@ -1,0 +1,169 @@
+//! Allowed paths: the path of a drift file in its container, built in the
+//! kernel, run through the automaton the agent compiled from the allowed
+//! globs. Only files already found to be drift get here, so image files
+//! never pay for it.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use enforcer_common::{
+    KernelOffsets, PATH_BUF_LEN, PATH_MAX_LEN, PATH_MAX_STEPS, counter, path_dfa,
+};
+
+use crate::{
+    kernel::{self, ReadError},
+    maps::{PATH_BUF, PATH_DFA, count},
+};
+
+const _: () = assert!(PATH_MAX_LEN.is_power_of_two() && PATH_BUF_LEN >= PATH_MAX_LEN + 256);
+
+/// Longest name a dentry can have (`NAME_MAX`).
+const NAME_MAX: u32 = 255;
+
+/// Whether the file at `mnt` (`struct vfsmount *`) and `dentry` has a path
+/// in the mount namespace `mnt_ns` (`struct mnt_namespace *`) that the
+/// automaton at `base` accepts. A path that cannot be built is not allowed.
+#[inline(always)]
+pub(crate) fn allowed(
+    mnt: u64,
+    dentry: u64,
+    mnt_ns: u64,
+    base: u32,
+    offsets: &KernelOffsets,
+) -> Result<bool, ReadError> {
+    let Some(buf) = PATH_BUF.get_ptr_mut(0) else {
+        return Err(ReadError);
+    };
+    let buf = buf.cast::<u8>();
+    let Some(start) = build(mnt, dentry, mnt_ns, offsets, buf)? else {
+        count(counter::PATH_UNRESOLVED);
+        return Ok(false);
+    };
+    let allowed = accepts(base, buf, start);
+    if allowed {
+        count(counter::DRIFT_ALLOWED_BY_PATH);
+    }
+    Ok(allowed)
+}
+
+/// Builds the path right to left so that it ends at `PATH_MAX_LEN` in `buf`;
+/// returns where it starts, or `None` when it is too long, too deep, or not
+/// in `mnt_ns` (a detached mount, a layer's private mount).
+///
+/// The walk goes up to the root of the mount namespace, not to the task's
+/// root directory: runtimes `pivot_root` into the container's root, which
+/// makes the two the same, while a `chroot` inside the container (into a
+/// directory it wrote) must not change which path a file has.
+#[inline(always)]
+fn build(
+    mut mnt: u64,
+    mut dentry: u64,
+    mnt_ns: u64,
+    offsets: &KernelOffsets,
+    buf: *mut u8,
+) -> Result<Option<u32>, ReadError> {
+    let mut start = PATH_MAX_LEN as u32;
+    for _ in 0..PATH_MAX_STEPS {
+        // Without this, each mix of mount crossings and names of each
+        // length so far is another state for the verifier: too many.
+        start = launder(buf, start);
+        let mnt_root = kernel::read_ptr(mnt, offsets.vfsmount_mnt_root)?;
+        if dentry == mnt_root {
+            let mount = mnt - u64::from(offsets.mount_mnt);
+            let parent = kernel::read_ptr(mount, offsets.mount_parent)?;
+            if parent == mount {
+                // The namespace's root mount (or a detached one).
+                let ns: u64 = kernel::read(mnt, offsets.vfsmount_mnt_ns)?;
+                return Ok((ns == mnt_ns).then_some(start));
+            }
+            dentry = kernel::read_ptr(mount, offsets.mount_mountpoint)?;
+            mnt = parent + u64::from(offsets.mount_mnt);
+            continue;
+        }
+        let parent = kernel::read_ptr(dentry, offsets.dentry_parent)?;
+        if parent == dentry {
+            // The root of a tree that is not mounted here.
+            return Ok(None);
+        }
+        let len: u32 = kernel::read(dentry, offsets.dentry_name_len)?;
+        let name = kernel::read_ptr(dentry, offsets.dentry_name)?;
+        if len == 0 || len > NAME_MAX || len + 1 > start {
+            return Ok(None);
+        }
+        start -= len + 1;
+        // The masks restate for the verifier what the checks above ensure:
+        // `start + 1 + len <= PATH_MAX_LEN`, inside the buffer.
+        let at = (start as usize) & (PATH_MAX_LEN - 1);
+        // SAFETY: `at < PATH_MAX_LEN <= PATH_BUF_LEN`.
+        unsafe { *buf.add(at) = b'/' };
+        let at = (at + 1) & (PATH_MAX_LEN - 1);
+        // SAFETY: `at + 255 < PATH_BUF_LEN`; the helper checks `name`.
+        let copied = unsafe {
+            bpf_probe_read_kernel(
+                buf.add(at).cast::<c_void>(),
+                len & NAME_MAX,
+                name as *const c_void,
+            )
+        };
+        if copied < 0 {
+            return Err(ReadError);
+        }
+        dentry = parent;
+    }
+    Ok(None)
+}
+
+/// Runs the path `buf[start..PATH_MAX_LEN]` through the automaton at `base`.
+#[inline(always)]
+fn accepts(base: u32, buf: *const u8, start: u32) -> bool {
+    // Every way through `build` reaches here with another range for
+    // `start`; laundered (and re-bounded), they all look alike to the
+    // verifier, which then checks this loop once instead of once per way.
+    let start = launder(buf.cast_mut(), start).min(PATH_MAX_LEN as u32);
+    let mut state = u32::from(path_dfa::START);
+    for i in 0..PATH_MAX_LEN as u32 {
+        let pos = start + i;
+        if pos >= PATH_MAX_LEN as u32 {
+            break;
+        }
+        // LLVM knows `pos < PATH_MAX_LEN`, drops the mask and walks a
+        // pointer from `buf + start` instead, whose bounds the verifier
+        // cannot follow; the opaque index keeps the mask and the indexing.
+        let at = core::hint::black_box(pos) as usize & (PATH_MAX_LEN - 1);
+        // SAFETY: masked below `PATH_MAX_LEN`, inside the buffer.
+        let byte = unsafe { *buf.add(at) };
+        let Some(row) = PATH_DFA.get(base + state) else {
+            return false;
+        };
+        state = u32::from(row.next[usize::from(byte)]);
+        if state == u32::from(path_dfa::DEAD) {
+            return false;
+        }
+    }
+    PATH_DFA
+        .get(base + state)
+        .is_some_and(|row| row.accept != 0)
+}
+
+/// Where [`launder`] puts its value: past anything [`build`] writes.
+const SCRATCH: usize = PATH_BUF_LEN - 8;
+const _: () = assert!(SCRATCH >= PATH_MAX_LEN + 256 && SCRATCH.is_multiple_of(8));
+
+/// `value`, written to and read back from the map value at `buf`. The
+/// verifier knows nothing of a value loaded from a map (unlike one spilled
+/// to the stack), so all states that differ only in it become one, and the
+/// masks at each use still bound it. Volatile, so that LLVM cannot forward
+/// the store to the load.
+#[inline(always)]
+fn launder(buf: *mut u8, value: u32) -> u32 {
+    // SAFETY: `SCRATCH + 4 <= PATH_BUF_LEN`; the buffer is this CPU's.
+    unsafe {
+        #[expect(
+            clippy::cast_ptr_alignment,
+            reason = "map values are 8-byte aligned and SCRATCH is a multiple of 8"
+        )]
+        let slot = buf.add(SCRATCH).cast::<u32>();
+        core::ptr::write_volatile(slot, value);
+        core::ptr::read_volatile(slot)
+    }
+}
