@@ -312,7 +312,7 @@ impl Health {
             ),
             (
                 grew(self.kernel.path_unresolved, before.kernel.path_unresolved),
-                "drift files whose path in the container could not be built (over 1024 bytes or 64 components, \
+                "drift files whose path in the container could not be built (over 1024 bytes or 64 components and mount crossings, \
                  or not in the container's mount namespace): not allowed by --allow-path",
             ),
         ];

@@ -76,8 +76,9 @@ pub struct RunArgs {
     /// `[...]` stay within one path component, `**` spans components,
     /// `{a,b}` matches either. The path is the file's real path in the
     /// container's mount namespace (symlinks resolved; a chroot does not
-    /// change it); paths longer than 1024 bytes or 64 components are never
-    /// allowed. Does not cover memfds (see --allow-memfd).
+    /// change it); paths longer than 1024 bytes, or 64 components and mount
+    /// crossings, are never allowed. Does not cover memfds (see
+    /// --allow-memfd).
     #[arg(long, value_name = "GLOB")]
     pub allow_path: Vec<String>,
 

@@ -4,8 +4,17 @@ use serde_json::Value;
 
 use crate::{
     agent::{Agent, Stopped},
+    container::{self, Image, Run, Volume},
     require::{self, Requirement},
 };
+
+/// Runs `script` in a container of `image` with `volumes` while `agent`
+/// runs, then stops the agent.
+pub fn run_under(agent: Agent, image: &Image, volumes: &[Volume], script: &str) -> (Run, Stopped) {
+    let run = container::run_with(image, volumes, script).expect("running the container");
+    let stopped = agent.stop().expect("stopping the agent");
+    (run, stopped)
+}
 
 /// Starts `enforcer run ARGS`; a failure to start fails the test.
 pub fn start(args: &[&str]) -> Agent {

@@ -11,7 +11,7 @@ use enforcer_tests::{
     agent::{Agent, Stopped},
     container::{self, Image, PlainRoot, Root, Run, Scratch, Volume},
     require,
-    scenario::{clean_exit_events, start, start_lsm},
+    scenario::{clean_exit_events, run_under, start, start_lsm},
     serial,
 };
 use serde_json::Value;
@@ -60,12 +60,6 @@ fn volume() -> (Scratch, Vec<Volume>) {
         read_only: false,
     }];
     (scratch, list)
-}
-
-fn run_under(agent: Agent, image: &Image, volumes: &[Volume], script: &str) -> (Run, Stopped) {
-    let run = container::run_with(image, volumes, script).expect("running the container");
-    let stopped = agent.stop().expect("stopping the agent");
-    (run, stopped)
 }
 
 /// `(file.name, enforcer.layer)` of each drift event, after checking its

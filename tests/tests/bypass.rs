@@ -16,9 +16,9 @@ use std::{
 
 use enforcer_tests::{
     agent::{Agent, Stopped},
-    container::{self, Image, Run, Scratch, Volume},
+    container::{Image, Run, Scratch, Volume},
     require,
-    scenario::{clean_exit_events, start, start_lsm},
+    scenario::{clean_exit_events, run_under, start, start_lsm},
     serial,
 };
 use serde_json::Value;
@@ -35,13 +35,6 @@ fn loader(image: &Image) -> &str {
     image
         .library("ld-linux")
         .expect("the image has a dynamic loader")
-}
-
-/// Runs `script` in a container of `image` while `agent` runs, then stops it.
-fn run_under(agent: Agent, image: &Image, volumes: &[Volume], script: &str) -> (Run, Stopped) {
-    let run = container::run_with(image, volumes, script).expect("running the container");
-    let stopped = agent.stop().expect("stopping the agent");
-    (run, stopped)
 }
 
 fn lines(run: &Run) -> Vec<&str> {
@@ -120,6 +113,43 @@ fn execveat_of_a_dropped_binary_is_refused() {
         "busybox-dropped",
         "killed",
     );
+}
+
+#[test]
+fn a_dropped_binary_run_after_it_was_deleted_is_refused() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    // Deleting the file leaves no path, but the open descriptor still runs
+    // it: the decision is on the inode, which is still an upper-layer one.
+    let script = "cp /bin/busybox /tmp/busybox-deleted
+        /bin/probe exec-deleted /tmp/busybox-deleted echo deleted-ran
+        echo rc=$?
+        ls /tmp/busybox-deleted";
+    let check = |run: &Run, stopped: &Stopped, backend: &str, decision: &str, rc: &str| {
+        assert!(!run.stdout.contains("deleted-ran"), "{run:#?}");
+        assert_eq!(run.value("rc"), Some(rc), "{run:#?}");
+        assert!(
+            run.stderr.contains("No such file"),
+            "the file was deleted: {run:#?}"
+        );
+        let events = events(stopped, backend);
+        assert_eq!(events.len(), 1, "{events:#?}");
+        assert_event(
+            events[0],
+            "exec",
+            "overlay-upper",
+            "busybox-deleted",
+            decision,
+        );
+    };
+    if let Some(agent) = start_lsm(&[]) {
+        let (run, stopped) = run_under(agent, &image(), &[], script);
+        check(&run, &stopped, "lsm", "blocked", "126");
+    }
+    let (run, stopped) = run_under(start(&["--backend", "signal"]), &image(), &[], script);
+    check(&run, &stopped, "signal", "killed", "137");
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! - `probe say TEXT`: print TEXT
 //! - `probe noop`: exit 0
 //! - `probe execveat PATH ARGS...`: `execveat(fd of PATH, "", AT_EMPTY_PATH)`
+//! - `probe exec-deleted PATH ARGS...`: open PATH, unlink it, then
+//!   `execveat` the descriptor of the deleted file
 //! - `probe memfd-exec PATH ARGS...`: copy PATH into a memfd and `fexecve` it
 //! - `probe mmap-exec PATH`: map PATH with `PROT_READ | PROT_EXEC`
 //! - `probe mprotect-exec PATH`: map PATH read-only, then `mprotect` to exec
@@ -173,6 +175,10 @@ fn main() -> ExitCode {
         "execveat" => match open(path) {
             Ok(fd) => fail("execveat", &exec_fd(fd, rest), 126),
             Err(error) => fail("open", &error, 1),
+        },
+        "exec-deleted" => match open(path).and_then(|fd| std::fs::remove_file(path).map(|()| fd)) {
+            Ok(fd) => fail("exec-deleted", &exec_fd(fd, rest), 126),
+            Err(error) => fail("open/unlink", &error, 1),
         },
         "memfd-exec" => match memfd_with(path) {
             Ok(fd) => fail("memfd-exec", &exec_fd(fd, rest), 126),
