@@ -128,14 +128,6 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let offsets = kernel_layout(options.btf.as_deref())?;
     let host = host(options.host_pid)?;
 
-    if !policy.drift.allowed_paths.is_empty() {
-        tracing::info!(
-            globs = ?policy.drift.allowed_paths,
-            automaton_states = compiled.path_dfa.len(),
-            "drift allowed for files whose path in the container matches"
-        );
-    }
-
     let config = AgentConfig {
         host_mnt_ns: host.mnt_ns,
         abi_version: ABI_VERSION,

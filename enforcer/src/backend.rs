@@ -179,14 +179,7 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<Result<(), String>, BackendError> {
         })?;
     }
     for hook in TRACKING_HOOKS {
-        if let Err(error) = lsm_program(ebpf, hook).and_then(|program| {
-            program
-                .load(hook, &btf)
-                .map_err(|source| BackendError::Program {
-                    program: hook,
-                    source,
-                })
-        }) {
+        if let Err(error) = load_lsm_program(ebpf, hook, &btf) {
             return Ok(Err(error_chain(&error)));
         }
     }
@@ -202,46 +195,47 @@ pub fn attach_tracking(ebpf: &mut Ebpf) -> Result<(), BackendError> {
     for hook in TRACKING_HOOKS {
         lsm_program(ebpf, hook)?
             .attach()
-            .map_err(|source| BackendError::Program {
-                program: hook,
-                source,
-            })?;
+            .map_err(program_error(hook))?;
     }
     Ok(())
+}
+
+fn program_error(program: &'static str) -> impl Fn(ProgramError) -> BackendError {
+    move |source| BackendError::Program { program, source }
 }
 
 fn lsm_program<'a>(ebpf: &'a mut Ebpf, hook: &'static str) -> Result<&'a mut Lsm, BackendError> {
     ebpf.program_mut(hook)
         .ok_or(BackendError::MissingProgram(hook))?
         .try_into()
-        .map_err(|source| BackendError::Program {
-            program: hook,
-            source,
-        })
+        .map_err(program_error(hook))
+}
+
+fn load_lsm_program<'a>(
+    ebpf: &'a mut Ebpf,
+    hook: &'static str,
+    btf: &Btf,
+) -> Result<&'a mut Lsm, BackendError> {
+    let program = lsm_program(ebpf, hook)?;
+    program.load(hook, btf).map_err(program_error(hook))?;
+    Ok(program)
 }
 
 fn attach_lsm_program(ebpf: &mut Ebpf, hook: &'static str, btf: &Btf) -> Result<(), BackendError> {
-    let program_error = |source| BackendError::Program {
-        program: hook,
-        source,
-    };
-    let program = lsm_program(ebpf, hook)?;
-    program.load(hook, btf).map_err(program_error)?;
-    program.attach().map_err(program_error)?;
+    load_lsm_program(ebpf, hook, btf)?
+        .attach()
+        .map_err(program_error(hook))?;
     Ok(())
 }
 
 fn attach_signal(ebpf: &mut Ebpf) -> Result<(), BackendError> {
-    let program_error = |source| BackendError::Program {
-        program: SIGNAL_PROGRAM,
-        source,
-    };
+    let program_error = program_error(SIGNAL_PROGRAM);
     let program: &mut RawTracePoint = ebpf
         .program_mut(SIGNAL_PROGRAM)
         .ok_or(BackendError::MissingProgram(SIGNAL_PROGRAM))?
         .try_into()
-        .map_err(program_error)?;
-    program.load().map_err(program_error)?;
-    program.attach(SIGNAL_TRACEPOINT).map_err(program_error)?;
+        .map_err(&program_error)?;
+    program.load().map_err(&program_error)?;
+    program.attach(SIGNAL_TRACEPOINT).map_err(&program_error)?;
     Ok(())
 }
