@@ -13,11 +13,15 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::Path,
     process::{Command, Stdio},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 
 use crate::{cmd, kernels::Kernel};
 
@@ -136,6 +140,38 @@ impl VmRun<'_> {
             ),
         }
     }
+}
+
+/// Runs `vm` on every kernel, `jobs` VMs at a time; returns each kernel's
+/// result in the order of `kernels`.
+pub(crate) fn run_all<'k>(
+    vm: &VmRun<'_>,
+    kernels: &'k [Kernel],
+    jobs: usize,
+) -> Vec<(&'k Kernel, anyhow::Result<()>)> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<anyhow::Result<()>>>> =
+        Mutex::new(kernels.iter().map(|_| None).collect());
+    thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, kernels.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(kernel) = kernels.get(index) else {
+                        break;
+                    };
+                    let result = vm.run(kernel);
+                    results.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(result);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    kernels
+        .iter()
+        .zip(results)
+        .map(|(kernel, result)| (kernel, result.unwrap_or_else(|| Err(anyhow!("not run")))))
+        .collect()
 }
 
 /// Copies the VM's output to the log and the test output (after the
