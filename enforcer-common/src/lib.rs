@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 7;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -32,6 +32,9 @@ pub const MNT_READONLY: u32 = 0x40;
 
 /// `PROT_EXEC`.
 pub const PROT_EXEC: u64 = 4;
+
+/// `MAP_ANONYMOUS`.
+pub const MAP_ANONYMOUS: u64 = 0x20;
 
 /// `FMODE_WRITE` in `file.f_mode`.
 pub const FMODE_WRITE: u32 = 2;
@@ -72,6 +75,11 @@ pub const PATH_MAX_STEPS: u32 = 64;
 /// programs still read the old one, then switched to in one map update.
 pub const PATH_DFA_STATES_MAX: u32 = 1024;
 
+/// One allowed-path automaton, the value of one `PATH_DFA` entry. One value
+/// rather than one entry per state: the programs look it up once and then
+/// index it, which keeps the per-byte loop short for the verifier.
+pub type PathDfaBank = [PathDfaState; PATH_DFA_STATES_MAX as usize];
+
 /// Reserved states of a path automaton, relative to its bank.
 pub mod path_dfa {
     /// No path that starts with the bytes read so far is allowed.
@@ -82,6 +90,16 @@ pub mod path_dfa {
 
 /// `EPERM`, returned by the LSM hook to refuse an exec.
 pub const EPERM: i32 = 1;
+
+/// `__FMODE_EXEC` in `file.f_flags`: the kernel opened the file to execute
+/// it (the program, its interpreter, a script, the ELF interpreter). Not a
+/// valid flag of `open()`, so nothing else sets it. (Its `f_mode` twin,
+/// `FMODE_EXEC`, is not set on every kernel.)
+pub const O_FMODE_EXEC: u32 = 0x20;
+
+/// `callback_head`s of `task_struct.task_works` walked to find the script a
+/// signal-backend exec ran (see `enforcer-ebpf/src/script.rs`).
+pub const SCRIPT_WALK_MAX: u32 = 256;
 
 /// `SIGKILL`, sent by the signal backend.
 pub const SIGKILL: u32 = 9;
@@ -177,7 +195,7 @@ pub mod drift_flags {
     /// container's root filesystem.
     pub const ALLOW_WRITABLE_MOUNTS: u32 = 1 << 1;
     /// Files whose path in the container the path automaton at
-    /// [`DriftSettings::path_dfa_base`] accepts are allowed.
+    /// [`DriftSettings::path_dfa_bank`] accepts are allowed.
     pub const ALLOW_PATHS: u32 = 1 << 2;
 }
 
@@ -211,8 +229,11 @@ pub mod counter {
     /// long, too deep, or outside the container's mount namespace); treated
     /// as not allowed.
     pub const PATH_UNRESOLVED: u32 = 7;
+    /// Scripts run by a container process whose file the signal backend
+    /// could not find; they ran undecided.
+    pub const SCRIPT_UNRESOLVED: u32 = 8;
     /// Number of slots in the array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Kernel structure offsets, in bytes, read from the running kernel's BTF at
@@ -294,6 +315,40 @@ pub struct KernelOffsets {
     pub mount_mountpoint: u32,
     /// `mount.mnt`: between a `struct mount *` and its `struct vfsmount`.
     pub mount_mnt: u32,
+    /// `linux_binprm.interp`
+    pub binprm_interp: u32,
+    /// `task_struct.task_works`
+    pub task_task_works: u32,
+    /// The `callback_head` in `struct file` that `fput` queues on the task
+    /// (`f_task_work`, `f_rcuhead` or `f_u.fu_rcuhead`, by kernel version).
+    pub file_task_work: u32,
+    /// `file.f_flags`
+    pub file_flags: u32,
+}
+
+/// Offsets only the signal backend's `mmap` check reads, apart from
+/// [`KernelOffsets`] so that the other programs do not copy them onto their
+/// 512-byte stacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmapOffsets {
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `pt_regs` field of a system call's third argument (`prot` of
+    /// `mmap`): `dx` on x86-64.
+    pub regs_arg3: u32,
+    /// Fourth argument (`flags`): `r10`.
+    pub regs_arg4: u32,
+    /// Fifth argument (`fd`): `r8`.
+    pub regs_arg5: u32,
+    /// Reserved, zero.
+    pub pad: u32,
 }
 
 /// Settings fixed for the lifetime of the loaded programs.
@@ -310,10 +365,15 @@ pub struct AgentConfig {
     /// another mount namespace whose root is the host's root (a sandboxed
     /// host service) is a host process.
     pub host_root_dev: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// Number of the `mmap` system call on this architecture, for the
+    /// signal backend's mapping check; zero turns that check off.
+    pub mmap_syscall: u32,
     /// Inode number of the host's root directory.
     pub host_root_ino: u64,
+    /// Address of the kernel's `____fput` (from `/proc/kallsyms`): marks the
+    /// task works that are deferred file releases. Zero turns off the
+    /// signal backend's script check.
+    pub fput_fn: u64,
 }
 
 /// Drift prevention settings, the value of the `DRIFT_POLICY` array map
@@ -326,9 +386,9 @@ pub struct DriftSettings {
     pub mode: u32,
     /// Bits of [`drift_flags`].
     pub flags: u32,
-    /// Index in the `PATH_DFA` map of the allowed-path automaton's state 0
-    /// (used with [`drift_flags::ALLOW_PATHS`]).
-    pub path_dfa_base: u32,
+    /// Index in the `PATH_DFA` map of the allowed-path automaton in force,
+    /// 0 or 1 (used with [`drift_flags::ALLOW_PATHS`]).
+    pub path_dfa_bank: u32,
     /// Reserved, zero.
     pub pad: u32,
 }
@@ -338,7 +398,7 @@ pub struct DriftSettings {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathDfaState {
-    /// The next state for each byte, relative to the automaton's bank.
+    /// The next state for each byte: an index in the same bank.
     pub next: [u16; 256],
     /// Nonzero when a path that ends in this state is allowed.
     pub accept: u32,
@@ -430,11 +490,13 @@ pub struct RootNotice {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{AgentConfig, DriftSettings, KernelOffsets, PathDfaState};
+    use super::{AgentConfig, DriftSettings, KernelOffsets, MmapOffsets, PathDfaState};
 
     // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (pinned
     // by the layout tests).
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MmapOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AgentConfig {}
     // SAFETY: as above.
@@ -448,8 +510,8 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     use super::{
-        AgentConfig, DriftEvent, DriftSettings, EventHeader, KernelOffsets, PathDfaState,
-        RootNotice,
+        AgentConfig, DriftEvent, DriftSettings, EventHeader, KernelOffsets, MmapOffsets,
+        PathDfaState, RootNotice,
     };
 
     #[test]
@@ -500,7 +562,8 @@ mod tests {
 
     #[test]
     fn kernel_offsets_layout() {
-        assert_eq!(size_of::<KernelOffsets>(), 34 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 38 * 4);
+        assert_eq!(size_of::<MmapOffsets>(), 8 * 4);
         assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);
         assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 24);
         assert_eq!(offset_of!(KernelOffsets, mnt_namespace_inum), 44);
@@ -510,19 +573,21 @@ mod tests {
         assert_eq!(offset_of!(KernelOffsets, inode_mode), 108);
         assert_eq!(offset_of!(KernelOffsets, dentry_parent), 112);
         assert_eq!(offset_of!(KernelOffsets, mount_mnt), 132);
+        assert_eq!(offset_of!(KernelOffsets, file_task_work), 144);
     }
 
     #[test]
     fn settings_layout() {
-        assert_eq!(size_of::<AgentConfig>(), 24);
+        assert_eq!(size_of::<AgentConfig>(), 32);
         assert_eq!(offset_of!(AgentConfig, host_mnt_ns), 0);
         assert_eq!(offset_of!(AgentConfig, abi_version), 4);
         assert_eq!(offset_of!(AgentConfig, host_root_dev), 8);
         assert_eq!(offset_of!(AgentConfig, host_root_ino), 16);
+        assert_eq!(offset_of!(AgentConfig, fput_fn), 24);
         assert_eq!(size_of::<DriftSettings>(), 16);
         assert_eq!(offset_of!(DriftSettings, mode), 0);
         assert_eq!(offset_of!(DriftSettings, flags), 4);
-        assert_eq!(offset_of!(DriftSettings, path_dfa_base), 8);
+        assert_eq!(offset_of!(DriftSettings, path_dfa_bank), 8);
     }
 
     #[test]

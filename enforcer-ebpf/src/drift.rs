@@ -73,6 +73,9 @@ pub(crate) fn check_file(
     let Some(layer) = classify(&facts, &container, via, settings.flags, offsets)? else {
         return Ok(Verdict::Allow);
     };
+    // Each layer `classify` returns would otherwise be one more pass of the
+    // verifier through the path walk (three times the load time).
+    let layer = path::opaque(layer);
     // memfds have no path; --allow-memfd is their knob.
     if settings.flags & drift_flags::ALLOW_PATHS != 0
         && layer != layer::MEMFD
@@ -80,7 +83,7 @@ pub(crate) fn check_file(
             facts.mnt,
             facts.dentry,
             container.mnt_ns_ptr,
-            settings.path_dfa_base,
+            settings.path_dfa_bank,
             offsets,
         )?
     {

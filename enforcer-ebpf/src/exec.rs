@@ -8,7 +8,7 @@ use aya_ebpf::{
 use enforcer_common::{EPERM, KernelOffsets, SIGKILL, backend, counter, decision, mode, via};
 
 use crate::{
-    drift::{self, Verdict},
+    drift::{self, Drift, Verdict},
     events, kernel,
     maps::count,
 };
@@ -65,8 +65,8 @@ pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
 /// fires after the point of no return of an exec, in the context of the new
 /// program, before its first user-space instruction. SIGKILL sent here is
 /// delivered on the way back to user space, so the program never runs. For a
-/// script, `bprm->file` is the interpreter by now: scripts are only decided
-/// by the LSM hook.
+/// script, `bprm->file` is the interpreter by now: the script is decided by
+/// [`crate::script::sched_process_exec_script`] on the same tracepoint.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 #[expect(
     clippy::needless_pass_by_value,
@@ -80,21 +80,26 @@ pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         .and_then(|(file, filename)| Ok((drift::check_file(file, via::EXEC, &offsets)?, filename)));
     match checked {
         Ok((Verdict::Allow, _)) => {}
-        Ok((Verdict::Drift(drift), filename)) => {
-            let decision = if drift.mode == mode::ENFORCE {
-                // SAFETY: plain helper call; signals the current task.
-                if unsafe { bpf_send_signal(SIGKILL) } == 0 {
-                    decision::KILLED
-                } else {
-                    count(counter::SIGNAL_FAILED);
-                    decision::KILL_FAILED
-                }
-            } else {
-                decision::AUDIT
-            };
-            events::decided(&drift, Some(filename), &offsets, decision, backend::SIGNAL);
-        }
+        Ok((Verdict::Drift(drift), filename)) => kill(&drift, Some(filename), &offsets),
         Err(_) => count(counter::READ_ERRORS),
     }
     0
+}
+
+/// The signal backend's answer to drift: SIGKILL (enforce), then the event.
+/// `filename` is an exec's `bprm->filename`.
+#[inline(always)]
+pub(crate) fn kill(drift: &Drift, filename: Option<u64>, offsets: &KernelOffsets) {
+    let decision = if drift.mode == mode::ENFORCE {
+        // SAFETY: plain helper call; signals the current task.
+        if unsafe { bpf_send_signal(SIGKILL) } == 0 {
+            decision::KILLED
+        } else {
+            count(counter::SIGNAL_FAILED);
+            decision::KILL_FAILED
+        }
+    } else {
+        decision::AUDIT
+    };
+    events::decided(drift, filename, offsets, decision, backend::SIGNAL);
 }

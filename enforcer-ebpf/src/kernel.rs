@@ -26,7 +26,7 @@ pub(crate) fn read_ptr(base: u64, offset: u32) -> Result<u64, ReadError> {
 }
 
 #[inline(always)]
-fn current_task() -> u64 {
+pub(crate) fn current_task() -> u64 {
     // SAFETY: always valid in process context, which every hook here runs in.
     unsafe { bpf_get_current_task() }
 }
@@ -180,7 +180,7 @@ pub(crate) fn current_exe_file(offsets: &KernelOffsets) -> Result<u64, ReadError
 /// Kernel addresses are the upper half of the address space on x86-64 and
 /// arm64. Nothing tighter holds: with 5-level paging the x86-64 direct map
 /// starts at `0xff11_0000_0000_0000`.
-const KERNEL_SPACE: u64 = 1 << 63;
+pub(crate) const KERNEL_SPACE: u64 = 1 << 63;
 
 /// Whether an overlay inode has an upper-layer dentry, i.e. the file was
 /// created or copied up after the overlay was mounted.

@@ -19,6 +19,7 @@ mod kernel;
 mod maps;
 mod mmap;
 mod path;
+mod script;
 mod tracking;
 
 #[cfg(not(test))]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AgentConfig, DriftSettings, KernelOffsets, PATH_BUF_LEN, PATH_DFA_STATES_MAX, PathDfaState,
+    AgentConfig, DriftSettings, KernelOffsets, MmapOffsets, PATH_BUF_LEN, PathDfaBank,
     WRITTEN_FILES_MAX, counter,
 };
 
@@ -15,6 +15,11 @@ use enforcer_common::{
 #[unsafe(no_mangle)]
 // SAFETY: every field is a plain integer, so all-zero is a valid value.
 pub(crate) static OFFSETS: Global<KernelOffsets> = Global::new(unsafe { core::mem::zeroed() });
+
+/// Offsets for the signal backend's `mmap` check, overridden at load time.
+#[unsafe(no_mangle)]
+// SAFETY: as above.
+pub(crate) static MMAP_OFFSETS: Global<MmapOffsets> = Global::new(unsafe { core::mem::zeroed() });
 
 /// Settings fixed while the programs are loaded, overridden at load time.
 #[unsafe(no_mangle)]
@@ -45,11 +50,10 @@ pub(crate) static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static DRIFT_POLICY: Array<DriftSettings> = Array::with_max_entries(1, 0);
 
-/// Allowed-path automata: two banks of [`PATH_DFA_STATES_MAX`] states;
-/// [`DriftSettings::path_dfa_base`] says which one is in force.
+/// Allowed-path automata: two banks; [`DriftSettings::path_dfa_bank`] says
+/// which one is in force.
 #[map]
-pub(crate) static PATH_DFA: Array<PathDfaState> =
-    Array::with_max_entries(2 * PATH_DFA_STATES_MAX, 0);
+pub(crate) static PATH_DFA: Array<PathDfaBank> = Array::with_max_entries(2, 0);
 
 /// Where a file's path is built for the allowed-path check.
 #[map]

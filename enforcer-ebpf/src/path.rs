@@ -7,7 +7,8 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use enforcer_common::{
-    KernelOffsets, PATH_BUF_LEN, PATH_MAX_LEN, PATH_MAX_STEPS, counter, path_dfa,
+    KernelOffsets, PATH_BUF_LEN, PATH_DFA_STATES_MAX, PATH_MAX_LEN, PATH_MAX_STEPS, PathDfaBank,
+    counter, path_dfa,
 };
 
 use crate::{
@@ -17,18 +18,21 @@ use crate::{
 
 const _: () = assert!(PATH_MAX_LEN.is_power_of_two() && PATH_BUF_LEN >= PATH_MAX_LEN + 256);
 
+const STATE_MASK: usize = PATH_DFA_STATES_MAX as usize - 1;
+const _: () = assert!(PATH_DFA_STATES_MAX.is_power_of_two());
+
 /// Longest name a dentry can have (`NAME_MAX`).
 const NAME_MAX: u32 = 255;
 
 /// Whether the file at `mnt` (`struct vfsmount *`) and `dentry` has a path
 /// in the mount namespace `mnt_ns` (`struct mnt_namespace *`) that the
-/// automaton at `base` accepts. A path that cannot be built is not allowed.
+/// automaton in `bank` accepts. A path that cannot be built is not allowed.
 #[inline(always)]
 pub(crate) fn allowed(
     mnt: u64,
     dentry: u64,
     mnt_ns: u64,
-    base: u32,
+    bank: u32,
     offsets: &KernelOffsets,
 ) -> Result<bool, ReadError> {
     let Some(buf) = PATH_BUF.get_ptr_mut(0) else {
@@ -39,7 +43,10 @@ pub(crate) fn allowed(
         count(counter::PATH_UNRESOLVED);
         return Ok(false);
     };
-    let allowed = accepts(base, buf, start);
+    let Some(dfa) = PATH_DFA.get(bank) else {
+        return Err(ReadError);
+    };
+    let allowed = accepts(dfa, buf, start);
     if allowed {
         count(counter::DRIFT_ALLOWED_BY_PATH);
     }
@@ -113,36 +120,40 @@ fn build(
     Ok(None)
 }
 
-/// Runs the path `buf[start..PATH_MAX_LEN]` through the automaton at `base`.
+/// Runs the path `buf[start..PATH_MAX_LEN]` through the automaton `dfa`.
 #[inline(always)]
-fn accepts(base: u32, buf: *const u8, start: u32) -> bool {
+fn accepts(dfa: &PathDfaBank, buf: *const u8, start: u32) -> bool {
     // Every way through `build` reaches here with another range for
     // `start`; laundered (and re-bounded), they all look alike to the
     // verifier, which then checks this loop once instead of once per way.
     let start = launder(buf.cast_mut(), start).min(PATH_MAX_LEN as u32);
-    let mut state = u32::from(path_dfa::START);
-    for i in 0..PATH_MAX_LEN as u32 {
-        let pos = start + i;
-        if pos >= PATH_MAX_LEN as u32 {
-            break;
-        }
+    let mut state = usize::from(path_dfa::START);
+    for pos in start..PATH_MAX_LEN as u32 {
         // LLVM knows `pos < PATH_MAX_LEN`, drops the mask and walks a
         // pointer from `buf + start` instead, whose bounds the verifier
         // cannot follow; the opaque index keeps the mask and the indexing.
         let at = core::hint::black_box(pos) as usize & (PATH_MAX_LEN - 1);
         // SAFETY: masked below `PATH_MAX_LEN`, inside the buffer.
         let byte = unsafe { *buf.add(at) };
-        let Some(row) = PATH_DFA.get(base + state) else {
-            return false;
-        };
-        state = u32::from(row.next[usize::from(byte)]);
-        if state == u32::from(path_dfa::DEAD) {
+        // The agent writes only indices below the bank's size; the mask
+        // says so to the verifier (and to LLVM, which drops its bounds check).
+        state = usize::from(dfa[state & STATE_MASK].next[usize::from(byte)]);
+        if state == usize::from(path_dfa::DEAD) {
             return false;
         }
     }
-    PATH_DFA
-        .get(base + state)
-        .is_some_and(|row| row.accept != 0)
+    dfa[state & STATE_MASK].accept != 0
+}
+
+/// `value`, made opaque to the verifier (see [`launder`]). A caller whose
+/// state differs only in such a value reaches [`allowed`] in one state, and
+/// its loops are checked once.
+#[inline(always)]
+pub(crate) fn opaque<T: Copy>(value: T) -> T {
+    match PATH_BUF.get_ptr_mut(0) {
+        Some(buf) => launder(buf.cast::<u8>(), value),
+        None => value,
+    }
 }
 
 /// Where [`launder`] puts its value: past anything [`build`] writes.
@@ -155,14 +166,12 @@ const _: () = assert!(SCRATCH >= PATH_MAX_LEN + 256 && SCRATCH.is_multiple_of(8)
 /// masks at each use still bound it. Volatile, so that LLVM cannot forward
 /// the store to the load.
 #[inline(always)]
-fn launder(buf: *mut u8, value: u32) -> u32 {
-    // SAFETY: `SCRATCH + 4 <= PATH_BUF_LEN`; the buffer is this CPU's.
+fn launder<T: Copy>(buf: *mut u8, value: T) -> T {
+    const { assert!(size_of::<T>() <= 8 && align_of::<T>() <= 8) };
+    // SAFETY: `SCRATCH + 8 <= PATH_BUF_LEN`; the buffer is this CPU's.
+    // Map values are 8-byte aligned and SCRATCH is a multiple of 8.
     unsafe {
-        #[expect(
-            clippy::cast_ptr_alignment,
-            reason = "map values are 8-byte aligned and SCRATCH is a multiple of 8"
-        )]
-        let slot = buf.add(SCRATCH).cast::<u32>();
+        let slot = buf.add(SCRATCH).cast::<T>();
         core::ptr::write_volatile(slot, value);
         core::ptr::read_volatile(slot)
     }

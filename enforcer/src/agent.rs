@@ -13,11 +13,12 @@ use crate::{
         pipeline::{Pipeline, PipelineStats},
         sink::{JsonLines, Sink},
     },
-    backend::{self, Attached, BackendChoice, BackendError, BackendKind},
+    backend::{self, Attached, BackendChoice, BackendError},
     kernel::{
         features,
         host::{HostError, HostIdentity, host_identity},
         layout::{BackingFiles, KernelBtf, Layout, LayoutError, OverlayLayout},
+        symbols,
     },
     maps::{self, MapAccessError},
     policy::{self, DriftRule, Policy},
@@ -33,6 +34,7 @@ pub struct RunOptions {
     pub backend: BackendChoice,
     pub drift: DriftRule,
     pub track_writes: WriteTracking,
+    pub signal_mmap_check: bool,
     pub host_pid: u32,
     pub btf: Option<PathBuf>,
 }
@@ -69,28 +71,23 @@ fn layout_error(source: LayoutError) -> AgentError {
 }
 
 /// Resolves the kernel layout from BTF and says what had to be assumed.
-fn kernel_layout(
-    btf_path: Option<&std::path::Path>,
-) -> Result<enforcer_common::KernelOffsets, AgentError> {
+fn kernel_layout(btf_path: Option<&std::path::Path>) -> Result<Layout, AgentError> {
     let release = features::kernel_release();
     if let Err(reason) = features::ensure_overlayfs() {
         tracing::warn!("{reason}");
     }
     let btf = KernelBtf::load(btf_path).map_err(layout_error)?;
-    let Layout {
-        offsets,
-        overlay,
-        backing_files,
-    } = btf.offsets().map_err(layout_error)?;
+    let layout = btf.offsets().map_err(layout_error)?;
+    let offsets = layout.offsets;
     tracing::info!(kernel = %release, btf = ?btf.sources(), ?offsets, "kernel layout resolved from BTF");
-    if let BackingFiles::UnknownLayout(reason) = &backing_files {
+    if let BackingFiles::UnknownLayout(reason) = &layout.backing_files {
         tracing::warn!(
             %reason,
             "struct backing_file has an unknown layout: mprotect to executable of files on stacked overlays \
              (an image stored on overlayfs) may be refused although they are image files"
         );
     }
-    if let OverlayLayout::DerivedFromInodeSize { reason } = &overlay {
+    if let OverlayLayout::DerivedFromInodeSize { reason } = &layout.overlay {
         tracing::warn!(
             %reason,
             offset = offsets.ovl_inode_upperdentry,
@@ -99,7 +96,28 @@ fn kernel_layout(
              kernel pointer are counted as kernel read errors"
         );
     }
-    Ok(offsets)
+    Ok(layout)
+}
+
+/// Whether the signal backend's optional checks have what they read, and
+/// why not.
+struct SignalChecks {
+    scripts: Result<(), String>,
+    mappings: Result<(), String>,
+}
+
+/// The address of `____fput`, which the signal backend's script check needs
+/// (see enforcer-ebpf/src/script.rs), or why the check is off.
+fn script_check(layout: &Layout) -> Result<u64, String> {
+    layout.deferred_release.clone()?;
+    match symbols::address("____fput") {
+        Ok(Some(address)) => Ok(address),
+        Ok(None) => Err(
+            "____fput is not in /proc/kallsyms, or its address is hidden (kptr_restrict)"
+                .to_owned(),
+        ),
+        Err(error) => Err(format!("reading /proc/kallsyms: {error}")),
+    }
 }
 
 /// Finds out what the host is, and says so.
@@ -125,17 +143,36 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     // A bad policy is refused before anything else is done.
     let policy = Policy::builtin(options.drift);
     let compiled = policy::compile(&policy)?;
-    let offsets = kernel_layout(options.btf.as_deref())?;
+    let layout = kernel_layout(options.btf.as_deref())?;
+    let offsets = layout.offsets;
+    let script_check = script_check(&layout);
+    let checks = SignalChecks {
+        scripts: script_check.clone().map(drop),
+        mappings: if options.signal_mmap_check {
+            layout.syscall_mmap.clone()
+        } else {
+            Err(
+                "off; --signal-mmap-check turns it on, at a cost to every system call on the host"
+                    .to_owned(),
+            )
+        },
+    };
     let host = host(options.host_pid)?;
 
     let config = AgentConfig {
         host_mnt_ns: host.mnt_ns,
         abi_version: ABI_VERSION,
         host_root_dev: host.root_dev,
-        pad: 0,
+        // The kernel's number for the agent's own architecture.
+        mmap_syscall: if checks.mappings.is_ok() {
+            u32::try_from(libc::SYS_mmap).unwrap_or(0)
+        } else {
+            0
+        },
         host_root_ino: host.root_ino,
+        fput_fn: script_check.unwrap_or(0),
     };
-    let mut ebpf = backend::load_object(&offsets, &config)?;
+    let mut ebpf = backend::load_object(&offsets, &layout.mmap_offsets, &config)?;
     // The maps are filled before any program is attached, so the first exec
     // the programs see is already decided by the policy.
     policy::apply(&mut ebpf, &compiled)?;
@@ -157,7 +194,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
 
-    let attached = backend::attach(&mut ebpf, options.backend)?;
+    let attached = backend::attach(&mut ebpf, options.backend, checks.mappings.is_ok())?;
     if let Some(reason) = &attached.fallback_reason {
         tracing::warn!(
             %reason,
@@ -166,7 +203,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         );
     }
     let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
-    log_drift_methods(&attached, tracker.state(), &policy.drift);
+    log_drift_methods(&attached, tracker.state(), &policy.drift, &checks);
     tracing::info!(
         backend = %attached.kind,
         mode = %policy.drift.mode,
@@ -211,7 +248,12 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
 }
 
 /// Says at start-up which drift routes are decided, and how.
-fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &DriftRule) {
+fn log_drift_methods(
+    attached: &Attached,
+    tracking: &TrackingState,
+    rule: &DriftRule,
+    checks: &SignalChecks,
+) {
     let verdict = |allowed: bool| if allowed { "allowed" } else { "drift" };
     let non_overlay_root = match tracking {
         TrackingState::Attached => {
@@ -235,17 +277,42 @@ fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &Drift
         allowed_paths = ?rule.allowed_paths,
         "drift detection"
     );
-    match attached.kind {
-        BackendKind::Lsm => tracing::info!(
+    let Some(signal) = &attached.signal else {
+        tracing::info!(
             "routes decided before anything runs: exec (also scripts and execveat), executable mappings by the \
              dynamic loader, LD_PRELOAD and dlopen (mmap), mprotect to executable"
+        );
+        return;
+    };
+    tracing::info!(
+        "signal backend: execs of a drift file are decided, by SIGKILL before the program's first instruction"
+    );
+    let ready = |check: &Result<(), String>, attached: &Result<(), String>| {
+        check.clone().and(attached.clone())
+    };
+    match ready(&checks.scripts, &signal.scripts) {
+        Ok(()) => tracing::info!(
+            "signal backend: scripts are decided: the interpreter is killed before it reads a dropped script"
         ),
-        BackendKind::Signal => tracing::warn!(
-            "signal backend: only execs of a drift file are decided, by SIGKILL before the program's first \
-             instruction. Not seen: scripts (the interpreter is an image file), programs run through the dynamic \
-             loader, LD_PRELOAD and dlopen of dropped libraries, mprotect. These need BPF LSM"
+        Err(reason) => tracing::warn!(
+            %reason,
+            "signal backend: scripts are NOT decided: a dropped script runs under its image interpreter"
         ),
     }
+    match ready(&checks.mappings, &signal.mappings) {
+        Ok(()) => tracing::info!(
+            "signal backend: executable mappings of a drift file (the dynamic loader running a dropped program, \
+             LD_PRELOAD, dlopen) are decided at mmap entry: the process is killed before mmap returns"
+        ),
+        Err(reason) => tracing::warn!(
+            %reason,
+            "signal backend: executable mappings are NOT decided: the dynamic loader running a dropped program, \
+             LD_PRELOAD and dlopen of a dropped library run"
+        ),
+    }
+    tracing::warn!(
+        "signal backend: not seen: mprotect adding PROT_EXEC to a mapping of a dropped file. This needs BPF LSM"
+    );
 }
 
 /// What the health check compares between ticks.
@@ -306,6 +373,14 @@ impl Health {
                 grew(self.kernel.path_unresolved, before.kernel.path_unresolved),
                 "drift files whose path in the container could not be built (over 1024 bytes or 64 components and mount crossings, \
                  or not in the container's mount namespace): not allowed by --allow-path",
+            ),
+            (
+                grew(
+                    self.kernel.script_unresolved,
+                    before.kernel.script_unresolved,
+                ),
+                "scripts run in containers whose file the signal backend could not find (over 256 files released \
+                 by the exec, or released early); they ran undecided",
             ),
         ];
         for (count, what) in checks {

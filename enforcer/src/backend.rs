@@ -5,15 +5,17 @@
 //!   EPERM before the new program is loaded.
 //! - `signal`: for kernels without usable BPF LSM, a raw tracepoint on
 //!   `sched_process_exec` kills the new program with SIGKILL before its first
-//!   instruction. The exec itself has already succeeded.
+//!   instruction. The exec itself has already succeeded. A second program on
+//!   that tracepoint decides the script an exec ran, and, when asked for, one
+//!   on `sys_enter` decides executable mappings at `mmap` entry.
 
-use std::fmt;
+use std::{fmt, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    programs::{Lsm, ProgramError, RawTracePoint},
+    programs::{Lsm, ProgramError, ProgramInfo, RawTracePoint},
 };
-use enforcer_common::{AgentConfig, KernelOffsets};
+use enforcer_common::{AgentConfig, KernelOffsets, MmapOffsets};
 
 use crate::{
     error_chain,
@@ -38,6 +40,11 @@ const TRACKING_HOOKS: [&str; 6] = [
     "inode_link",
 ];
 const SIGNAL_PROGRAM: &str = "sched_process_exec";
+/// Decides the script an exec ran, on the same tracepoint.
+const SIGNAL_SCRIPT_PROGRAM: &str = "sched_process_exec_script";
+/// Decides executable mappings at `mmap` entry.
+const SIGNAL_MMAP_PROGRAM: &str = "sys_enter_mmap";
+const SIGNAL_MMAP_TRACEPOINT: &str = "sys_enter";
 const SIGNAL_TRACEPOINT: &str = "sched_process_exec";
 
 /// What the user asked for (`--backend`).
@@ -100,12 +107,17 @@ pub enum BackendError {
 
 /// Loads the object with the kernel layout and agent settings baked into its
 /// read-only globals. Nothing is attached yet.
-pub fn load_object(offsets: &KernelOffsets, config: &AgentConfig) -> Result<Ebpf, BackendError> {
+pub fn load_object(
+    offsets: &KernelOffsets,
+    mmap_offsets: &MmapOffsets,
+    config: &AgentConfig,
+) -> Result<Ebpf, BackendError> {
     if OBJECT.is_empty() {
         return Err(BackendError::NoPrograms);
     }
     EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
+        .override_global("MMAP_OFFSETS", mmap_offsets, true)
         .override_global("CONFIG", config, true)
         .load(OBJECT)
         .map_err(BackendError::Object)
@@ -119,41 +131,47 @@ pub struct Attached {
     /// Whether the programs that track writes on container roots that are
     /// not overlayfs are loaded (ready for [`attach_tracking`]), and why not.
     pub tracking: Result<(), String>,
+    /// Signal backend: which optional programs are attached, and why not
+    /// (`None` for the lsm backend, whose hooks see every route).
+    pub signal: Option<SignalExtras>,
 }
 
 const TRACKING_NEEDS_LSM: &str = "tracking needs BPF LSM hooks";
 
 /// Attaches the backend `choice` asks for. Call after the policy maps are
 /// filled: from this point on, execs are decided.
-pub fn attach(ebpf: &mut Ebpf, choice: BackendChoice) -> Result<Attached, BackendError> {
+/// `mmap_check`: whether the signal backend attaches its `mmap` program.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    choice: BackendChoice,
+    mmap_check: bool,
+) -> Result<Attached, BackendError> {
     match choice {
         BackendChoice::Lsm => Ok(Attached {
             tracking: attach_lsm(ebpf)?,
             kind: BackendKind::Lsm,
             fallback_reason: None,
+            signal: None,
         }),
-        BackendChoice::Signal => {
-            attach_signal(ebpf)?;
-            Ok(Attached {
-                kind: BackendKind::Signal,
-                fallback_reason: None,
-                tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
-            })
-        }
+        BackendChoice::Signal => Ok(Attached {
+            signal: Some(attach_signal(ebpf, mmap_check)?),
+            kind: BackendKind::Signal,
+            fallback_reason: None,
+            tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
+        }),
         BackendChoice::Auto => match attach_lsm(ebpf) {
             Ok(tracking) => Ok(Attached {
                 kind: BackendKind::Lsm,
                 fallback_reason: None,
                 tracking,
+                signal: None,
             }),
-            Err(lsm_error) => {
-                attach_signal(ebpf)?;
-                Ok(Attached {
-                    kind: BackendKind::Signal,
-                    fallback_reason: Some(error_chain(&lsm_error)),
-                    tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
-                })
-            }
+            Err(lsm_error) => Ok(Attached {
+                signal: Some(attach_signal(ebpf, mmap_check)?),
+                kind: BackendKind::Signal,
+                fallback_reason: Some(error_chain(&lsm_error)),
+                tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
+            }),
         },
     }
 }
@@ -200,6 +218,18 @@ pub fn attach_tracking(ebpf: &mut Ebpf) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// The verifier's work dominates start-up on slow machines; this says which
+/// program costs what.
+fn log_loaded(program: &str, started: Instant, info: Result<ProgramInfo, ProgramError>) {
+    let verified_instructions = info.ok().and_then(|info| info.verified_instruction_count());
+    tracing::debug!(
+        program,
+        load_time = ?started.elapsed(),
+        verified_instructions,
+        "program loaded"
+    );
+}
+
 fn program_error(program: &'static str) -> impl Fn(ProgramError) -> BackendError {
     move |source| BackendError::Program { program, source }
 }
@@ -217,7 +247,9 @@ fn load_lsm_program<'a>(
     btf: &Btf,
 ) -> Result<&'a mut Lsm, BackendError> {
     let program = lsm_program(ebpf, hook)?;
+    let started = Instant::now();
     program.load(hook, btf).map_err(program_error(hook))?;
+    log_loaded(hook, started, program.info());
     Ok(program)
 }
 
@@ -228,14 +260,44 @@ fn attach_lsm_program(ebpf: &mut Ebpf, hook: &'static str, btf: &Btf) -> Result<
     Ok(())
 }
 
-fn attach_signal(ebpf: &mut Ebpf) -> Result<(), BackendError> {
-    let program_error = program_error(SIGNAL_PROGRAM);
+/// Attaches the exec program, then the optional ones; returns whether those
+/// are attached, and why not.
+fn attach_signal(ebpf: &mut Ebpf, mmap_check: bool) -> Result<SignalExtras, BackendError> {
+    attach_raw_tracepoint(ebpf, SIGNAL_PROGRAM, SIGNAL_TRACEPOINT)?;
+    let optional = |ebpf: &mut Ebpf, name, tracepoint| {
+        attach_raw_tracepoint(ebpf, name, tracepoint).map_err(|error| error_chain(&error))
+    };
+    Ok(SignalExtras {
+        scripts: optional(ebpf, SIGNAL_SCRIPT_PROGRAM, SIGNAL_TRACEPOINT),
+        mappings: if mmap_check {
+            optional(ebpf, SIGNAL_MMAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT)
+        } else {
+            Err("not asked for".to_owned())
+        },
+    })
+}
+
+/// The signal backend's optional programs: attached, or why not.
+#[derive(Debug)]
+pub struct SignalExtras {
+    pub scripts: Result<(), String>,
+    pub mappings: Result<(), String>,
+}
+
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+) -> Result<(), BackendError> {
+    let program_error = program_error(name);
     let program: &mut RawTracePoint = ebpf
-        .program_mut(SIGNAL_PROGRAM)
-        .ok_or(BackendError::MissingProgram(SIGNAL_PROGRAM))?
+        .program_mut(name)
+        .ok_or(BackendError::MissingProgram(name))?
         .try_into()
         .map_err(&program_error)?;
+    let started = Instant::now();
     program.load().map_err(&program_error)?;
-    program.attach(SIGNAL_TRACEPOINT).map_err(&program_error)?;
+    log_loaded(name, started, program.info());
+    program.attach(tracepoint).map_err(&program_error)?;
     Ok(())
 }

@@ -92,6 +92,16 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = WriteTracking::Auto)]
     pub track_writes: WriteTracking,
 
+    /// Signal backend only: also decide executable mappings of drift files
+    /// (the dynamic loader running a dropped program, `LD_PRELOAD` and `dlopen`
+    /// of a dropped library) with a program on the raw `sys_enter`
+    /// tracepoint, which kills the process before its `mmap` returns. Off by
+    /// default: every system call on the host then pays for it (4 to 8 % on
+    /// an `open()`+`close()` loop; see the README's benchmarks). The lsm backend
+    /// always decides mappings.
+    #[arg(long)]
+    pub signal_mmap_check: bool,
+
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from
     /// it; the overlay module's BTF is still read from sysfs when loaded.

@@ -52,6 +52,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     allowed_paths: args.allow_path,
                 },
                 track_writes: args.track_writes,
+                signal_mmap_check: args.signal_mmap_check,
                 host_pid: args.host_pid,
                 btf: args.btf,
             }))?;

@@ -14,7 +14,7 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const TRACKING: &str = "TRACKING";
 /// Drift settings (array; index 0: every container).
 pub const DRIFT_POLICY: &str = "DRIFT_POLICY";
-/// Allowed-path automata, two banks (array of `enforcer_common::PathDfaState`).
+/// Allowed-path automata, two banks (`enforcer_common::PathDfaBank` each).
 pub const PATH_DFA: &str = "PATH_DFA";
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,8 @@ pub enum MapAccessError {
         #[source]
         source: MapError,
     },
+    #[error("the allowed-path automaton has {0} states, more than a bank of the map holds")]
+    PathDfaTooLarge(usize),
 }
 
 /// Takes map `name` out of the object, typed. The map outlives the object:

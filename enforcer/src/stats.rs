@@ -14,6 +14,7 @@ pub struct KernelCounters {
     pub written_table_full: u64,
     pub allowed_by_path: u64,
     pub path_unresolved: u64,
+    pub script_unresolved: u64,
 }
 
 pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError> {
@@ -27,5 +28,6 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError>
         written_table_full: sum(counter::WRITTEN_TABLE_FULL)?,
         allowed_by_path: sum(counter::DRIFT_ALLOWED_BY_PATH)?,
         path_unresolved: sum(counter::PATH_UNRESOLVED)?,
+        script_unresolved: sum(counter::SCRIPT_UNRESOLVED)?,
     })
 }

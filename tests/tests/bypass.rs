@@ -158,25 +158,50 @@ fn a_dropped_script_is_refused() {
     if !require::root() {
         return;
     }
-    let Some(agent) = start_lsm(&[]) else {
-        return;
-    };
     let script = "printf '#!/bin/sh\\necho script-ran\\n' > /tmp/dropped.sh
         chmod +x /tmp/dropped.sh
         /tmp/dropped.sh
-        echo rc=$?";
-    let (run, stopped) = run_under(agent, &image(), &[], script);
+        echo rc=$?
+        /bin/probe execveat /tmp/dropped.sh
+        echo fd-rc=$?
+        printf '#!/bin/probe say\\n' > /tmp/dynamic.sh
+        chmod +x /tmp/dynamic.sh
+        /tmp/dynamic.sh
+        echo dynamic-rc=$?";
+    // The last script has a dynamically linked interpreter: the exec also
+    // opens and releases the dynamic loader.
+    if let Some(agent) = start_lsm(&[]) {
+        let (run, stopped) = run_under(agent, &image(), &[], script);
+        assert!(!run.stdout.contains("script-ran"), "{run:#?}");
+        assert!(!run.stdout.contains("/tmp/dynamic.sh"), "{run:#?}");
+        assert_eq!(run.value("rc"), Some("126"), "{run:#?}");
+        assert_eq!(run.value("dynamic-rc"), Some("126"), "{run:#?}");
+        assert!(
+            run.stderr
+                .contains("/tmp/dropped.sh: Operation not permitted"),
+            "{run:#?}"
+        );
+        let events = events(&stopped, "lsm");
+        assert_eq!(events.len(), 3, "{events:#?}");
+        assert_event(events[0], "exec", "overlay-upper", "dropped.sh", "blocked");
+        assert_eq!(events[0]["file"]["path"], "/tmp/dropped.sh");
+        assert_event(events[1], "exec", "overlay-upper", "dropped.sh", "blocked");
+        assert_event(events[2], "exec", "overlay-upper", "dynamic.sh", "blocked");
+    }
+    // signal: the interpreter is killed before it reads the script, found
+    // among the files the exec released; also when run through a descriptor.
+    let (run, stopped) = run_under(start(&["--backend", "signal"]), &image(), &[], script);
     assert!(!run.stdout.contains("script-ran"), "{run:#?}");
-    assert_eq!(run.value("rc"), Some("126"), "{run:#?}");
-    assert!(
-        run.stderr
-            .contains("/tmp/dropped.sh: Operation not permitted"),
-        "{run:#?}"
-    );
-    let events = events(&stopped, "lsm");
-    assert_eq!(events.len(), 1, "{events:#?}");
-    assert_event(events[0], "exec", "overlay-upper", "dropped.sh", "blocked");
+    assert_eq!(run.value("rc"), Some("137"), "{run:#?}");
+    assert_eq!(run.value("fd-rc"), Some("137"), "{run:#?}");
+    assert!(!run.stdout.contains("/tmp/dynamic.sh"), "{run:#?}");
+    assert_eq!(run.value("dynamic-rc"), Some("137"), "{run:#?}");
+    let events = events(&stopped, "signal");
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert_event(events[0], "exec", "overlay-upper", "dropped.sh", "killed");
     assert_eq!(events[0]["file"]["path"], "/tmp/dropped.sh");
+    assert_event(events[1], "exec", "overlay-upper", "dropped.sh", "killed");
+    assert_event(events[2], "exec", "overlay-upper", "dynamic.sh", "killed");
 }
 
 #[test]
@@ -185,9 +210,6 @@ fn the_dynamic_loader_cannot_run_a_dropped_binary() {
     if !require::root() {
         return;
     }
-    let Some(agent) = start_lsm(&[]) else {
-        return;
-    };
     let image = image();
     // The loader is an image file and may run; the program it maps may not.
     let script = format!(
@@ -196,22 +218,33 @@ fn the_dynamic_loader_cannot_run_a_dropped_binary() {
         echo rc=$?",
         loader(&image)
     );
+    if let Some(agent) = start_lsm(&[]) {
+        let (run, stopped) = run_under(agent, &image, &[], &script);
+        assert!(!run.stdout.contains("tool-ran"), "{run:#?}");
+        assert_eq!(run.value("rc"), Some("127"), "{run:#?}");
+        assert!(
+            run.stderr
+                .contains("failed to map segment from shared object"),
+            "{run:#?}"
+        );
+        let events = events(&stopped, "lsm");
+        assert_eq!(events.len(), 1, "{events:#?}");
+        assert_event(events[0], "mmap", "overlay-upper", "tool", "blocked");
+        assert_eq!(events[0]["event"]["category"][0], "library");
+        assert!(
+            events[0]["file"].get("path").is_none(),
+            "mappings have no exec path"
+        );
+    }
+    // signal, with the mmap check: the loader is killed at the mmap of the
+    // program's code.
+    let agent = start(&["--backend", "signal", "--signal-mmap-check"]);
     let (run, stopped) = run_under(agent, &image, &[], &script);
     assert!(!run.stdout.contains("tool-ran"), "{run:#?}");
-    assert_eq!(run.value("rc"), Some("127"), "{run:#?}");
-    assert!(
-        run.stderr
-            .contains("failed to map segment from shared object"),
-        "{run:#?}"
-    );
-    let events = events(&stopped, "lsm");
+    assert_eq!(run.value("rc"), Some("137"), "{run:#?}");
+    let events = events(&stopped, "signal");
     assert_eq!(events.len(), 1, "{events:#?}");
-    assert_event(events[0], "mmap", "overlay-upper", "tool", "blocked");
-    assert_eq!(events[0]["event"]["category"][0], "library");
-    assert!(
-        events[0]["file"].get("path").is_none(),
-        "mappings have no exec path"
-    );
+    assert_event(events[0], "mmap", "overlay-upper", "tool", "killed");
 }
 
 #[test]
@@ -220,37 +253,52 @@ fn a_dropped_library_cannot_be_preloaded_or_dlopened() {
     if !require::root() {
         return;
     }
-    let Some(agent) = start_lsm(&[]) else {
-        return;
-    };
     let image = image();
     let library = image.library("libgcc_s").expect("the image has libgcc_s");
     let script = format!(
         "cp {library} /tmp/libdrop.so
         LD_PRELOAD=/tmp/libdrop.so /bin/probe say preloaded-program-ran
+        echo preload-rc=$?
         /bin/probe dlopen /tmp/libdrop.so
+        echo dlopen-rc=$?
         /bin/probe dlopen {library}"
     );
+    if let Some(agent) = start_lsm(&[]) {
+        let (run, stopped) = run_under(agent, &image, &[], &script);
+        // The loader refuses the preload and runs the program without it.
+        assert!(
+            run.stderr.contains("/tmp/libdrop.so") && run.stderr.contains("cannot be preloaded"),
+            "{run:#?}"
+        );
+        let output = lines(&run);
+        assert!(output.contains(&"preloaded-program-ran"), "{run:#?}");
+        assert!(
+            output
+                .iter()
+                .any(|line| line.starts_with("dlopen: /tmp/libdrop.so: failed to map segment")),
+            "{run:#?}"
+        );
+        // The image's own copy of the same library loads.
+        assert!(output.contains(&"dlopen: ok"), "{run:#?}");
+        let events = events(&stopped, "lsm");
+        assert_eq!(events.len(), 2, "{events:#?}");
+        for event in events {
+            assert_event(event, "mmap", "overlay-upper", "libdrop.so", "blocked");
+        }
+    }
+    // signal, with the mmap check: the process that maps the library is
+    // killed before the mapping returns; the image's copy still loads.
+    let agent = start(&["--backend", "signal", "--signal-mmap-check"]);
     let (run, stopped) = run_under(agent, &image, &[], &script);
-    // The loader refuses the preload and runs the program without it.
-    assert!(
-        run.stderr.contains("/tmp/libdrop.so") && run.stderr.contains("cannot be preloaded"),
+    assert_eq!(
+        lines(&run),
+        ["preload-rc=137", "dlopen-rc=137", "dlopen: ok"],
         "{run:#?}"
     );
-    let output = lines(&run);
-    assert!(output.contains(&"preloaded-program-ran"), "{run:#?}");
-    assert!(
-        output
-            .iter()
-            .any(|line| line.starts_with("dlopen: /tmp/libdrop.so: failed to map segment")),
-        "{run:#?}"
-    );
-    // The image's own copy of the same library loads.
-    assert!(output.contains(&"dlopen: ok"), "{run:#?}");
-    let events = events(&stopped, "lsm");
+    let events = events(&stopped, "signal");
     assert_eq!(events.len(), 2, "{events:#?}");
     for event in events {
-        assert_event(event, "mmap", "overlay-upper", "libdrop.so", "blocked");
+        assert_event(event, "mmap", "overlay-upper", "libdrop.so", "killed");
     }
 }
 
@@ -455,16 +503,19 @@ fn image_programs_libraries_and_scripts_keep_working() {
         return;
     }
     let image = image();
-    fs::write(
-        image.root().join("bin/image-script"),
-        "#!/bin/sh\necho image-script-ran\n",
-    )
-    .unwrap();
-    fs::set_permissions(
-        image.root().join("bin/image-script"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // A script for the static busybox shell, and one for a dynamically
+    // linked interpreter (`probe say` prints the script's path).
+    for (name, text) in [
+        ("image-script", "#!/bin/sh\necho image-script-ran\n"),
+        ("image-dynamic-script", "#!/bin/probe say\n"),
+    ] {
+        fs::write(image.root().join("bin").join(name), text).unwrap();
+        fs::set_permissions(
+            image.root().join("bin").join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
     let library = image.library("libgcc_s").expect("the image has libgcc_s");
     // Everything here is the image's own, run every way the bypass tests use.
     let script = format!(
@@ -476,6 +527,7 @@ fn image_programs_libraries_and_scripts_keep_working() {
         /bin/probe mprotect-exec /bin/busybox
         /bin/probe execveat /bin/busybox echo execveat-ran
         /bin/image-script
+        /bin/image-dynamic-script
         cat /bin/busybox > /dev/null && echo read-ran",
         loader = loader(&image)
     );
@@ -488,6 +540,7 @@ fn image_programs_libraries_and_scripts_keep_working() {
         "mprotect-exec: ok",
         "execveat-ran",
         "image-script-ran",
+        "/bin/image-dynamic-script",
         "read-ran",
     ];
     if let Some(agent) = start_lsm(&[]) {
@@ -495,7 +548,8 @@ fn image_programs_libraries_and_scripts_keep_working() {
         assert_eq!(lines(&run), expected, "{run:#?}");
         assert_eq!(events(&stopped, "lsm"), Vec::<&Value>::new());
     }
-    let (run, stopped) = run_under(start(&["--backend", "signal"]), &image, &[], &script);
+    let agent = start(&["--backend", "signal", "--signal-mmap-check"]);
+    let (run, stopped) = run_under(agent, &image, &[], &script);
     assert_eq!(lines(&run), expected, "{run:#?}");
     assert_eq!(events(&stopped, "signal"), Vec::<&Value>::new());
 }
@@ -567,27 +621,28 @@ fn signal_backend_limits_are_as_documented() {
     if !require::root() {
         return;
     }
-    // Without BPF LSM there is no hook on mappings, and a script's file is
-    // gone by the time the signal backend sees the exec (it sees the image
-    // interpreter). These run; the README and the start-up warning say so.
+    // No hook sees the file of an mprotect without BPF LSM, and executable
+    // mappings are only decided with --signal-mmap-check. These run; the
+    // README and the start-up warnings say so.
     let image = image();
     let library = image.library("libgcc_s").expect("the image has libgcc_s");
     let script = format!(
-        "printf '#!/bin/sh\\necho script-ran\\n' > /tmp/dropped.sh
-        chmod +x /tmp/dropped.sh
-        /tmp/dropped.sh
-        cp /bin/probe /tmp/tool
+        "cp /bin/probe /tmp/tool
         {loader} /tmp/tool say loader-ran
         cp {library} /tmp/libdrop.so
-        /bin/probe dlopen /tmp/libdrop.so",
+        /bin/probe dlopen /tmp/libdrop.so
+        cp /bin/busybox /tmp/code.bin
+        /bin/probe mprotect-exec /tmp/code.bin",
         loader = loader(&image)
     );
     let agent = start(&["--backend", "signal"]);
-    assert!(agent.log().contains("Not seen: scripts"), "{}", agent.log());
+    for warning in ["executable mappings are NOT decided", "not seen: mprotect"] {
+        assert!(agent.log().contains(warning), "{}", agent.log());
+    }
     let (run, stopped) = run_under(agent, &image, &[], &script);
     assert_eq!(
         lines(&run),
-        ["script-ran", "loader-ran", "dlopen: ok"],
+        ["loader-ran", "dlopen: ok", "mprotect-exec: ok"],
         "{run:#?}"
     );
     assert_eq!(events(&stopped, "signal"), Vec::<&Value>::new());

@@ -14,7 +14,7 @@ use std::{
 use std::os::fd::FromRawFd as _;
 
 use btf_rs::{Btf, Type};
-use enforcer_common::KernelOffsets;
+use enforcer_common::{KernelOffsets, MmapOffsets};
 
 /// BTF of the kernel image.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -88,6 +88,25 @@ const DENTRY_NAME_LEN: Field = field("dentry", "d_name.len", Width::Bytes(4));
 const VFSMOUNT_MNT_ROOT: Field = field("vfsmount", "mnt_root", Width::Pointer);
 const MOUNT_MNT_PARENT: Field = field("mount", "mnt_parent", Width::Pointer);
 const MOUNT_MNT_MOUNTPOINT: Field = field("mount", "mnt_mountpoint", Width::Pointer);
+const BINPRM_INTERP: Field = field("linux_binprm", "interp", Width::Pointer);
+const FILE_FLAGS: Field = field("file", "f_flags", Width::Bytes(4));
+const TASK_FILES: Field = field("task_struct", "files", Width::Pointer);
+const FILES_FDT: Field = field("files_struct", "fdt", Width::Pointer);
+const FDTABLE_MAX_FDS: Field = field("fdtable", "max_fds", Width::Bytes(4));
+const FDTABLE_FD: Field = field("fdtable", "fd", Width::Pointer);
+/// x86-64's registers of the third to fifth system call arguments.
+const REGS_SYSCALL_ARGS: [Field; 3] = [
+    field("pt_regs", "dx", Width::Bytes(8)),
+    field("pt_regs", "r10", Width::Bytes(8)),
+    field("pt_regs", "r8", Width::Bytes(8)),
+];
+const TASK_TASK_WORKS: Field = field("task_struct", "task_works", Width::Pointer);
+/// The `callback_head` `fput` queues, by kernel version: 6.8+, 6.6, 5.x.
+const FILE_TASK_WORK: [Field; 3] = [
+    field("file", "f_task_work", Width::Bytes(0)),
+    field("file", "f_rcuhead", Width::Bytes(0)),
+    field("file", "f_u.fu_rcuhead", Width::Bytes(0)),
+];
 const OVL_INODE_VFS_INODE: Field = field("ovl_inode", "vfs_inode", Width::Bytes(0));
 const OVL_INODE_UPPERDENTRY: Field = field("ovl_inode", "__upperdentry", Width::Pointer);
 
@@ -172,6 +191,13 @@ pub struct Layout {
     pub offsets: KernelOffsets,
     pub overlay: OverlayLayout,
     pub backing_files: BackingFiles,
+    /// Whether the fields the signal backend's script check reads (the
+    /// files an exec released) resolved, or why not.
+    pub deferred_release: Result<(), String>,
+    /// What the signal backend's `mmap` check reads.
+    pub mmap_offsets: MmapOffsets,
+    /// Whether those fields resolved, or why not.
+    pub syscall_mmap: Result<(), String>,
 }
 
 /// Parsed vmlinux BTF plus, where present, the path of the overlay module's
@@ -291,6 +317,17 @@ impl KernelBtf {
             Err(error) => (0, BackingFiles::UnknownLayout(error.to_string())),
         };
 
+        let ((binprm_interp, task_task_works, file_task_work, file_flags), deferred_release) =
+            match self.deferred_release() {
+                Ok(offsets) => (offsets, Ok(())),
+                Err(error) => ((0, 0, 0, 0), Err(error.to_string())),
+            };
+
+        let (mmap_offsets, syscall_mmap) = match self.mmap_offsets() {
+            Ok(offsets) => (offsets, Ok(())),
+            Err(error) => (MmapOffsets::default(), Err(error.to_string())),
+        };
+
         let (ovl_inode_upperdentry, overlay) = self.ovl_inode_upperdentry()?;
         let offsets = KernelOffsets {
             binprm_file,
@@ -327,11 +364,57 @@ impl KernelBtf {
             mount_parent,
             mount_mountpoint,
             mount_mnt,
+            binprm_interp,
+            task_task_works,
+            file_task_work,
+            file_flags,
         };
         Ok(Layout {
             offsets,
             overlay,
             backing_files,
+            deferred_release,
+            mmap_offsets,
+            syscall_mmap,
+        })
+    }
+
+    /// `linux_binprm.interp`, `task_struct.task_works`, the file's task
+    /// work and `file.f_flags`: optional, only the signal backend's script check reads them.
+    fn deferred_release(&self) -> Result<(u32, u32, u32, u32), LayoutError> {
+        let (btf, searched) = self.vmlinux_types();
+        let core = |field| resolve(btf, &searched, field);
+        let file_task_work = FILE_TASK_WORK
+            .into_iter()
+            .map(&core)
+            .reduce(Result::or)
+            .unwrap_or(Err(LayoutError::MissingField {
+                strukt: "file",
+                path: "f_task_work",
+            }))?;
+        Ok((
+            core(BINPRM_INTERP)?,
+            core(TASK_TASK_WORKS)?,
+            file_task_work,
+            core(FILE_FLAGS)?,
+        ))
+    }
+
+    /// What the signal backend's `mmap` check reads: the descriptor table
+    /// and the system call argument registers. Optional.
+    fn mmap_offsets(&self) -> Result<MmapOffsets, LayoutError> {
+        let (btf, searched) = self.vmlinux_types();
+        let core = |field| resolve(btf, &searched, field);
+        let [arg3, arg4, arg5] = REGS_SYSCALL_ARGS;
+        Ok(MmapOffsets {
+            task_files: core(TASK_FILES)?,
+            files_fdt: core(FILES_FDT)?,
+            fdtable_max_fds: core(FDTABLE_MAX_FDS)?,
+            fdtable_fd: core(FDTABLE_FD)?,
+            regs_arg3: core(arg3)?,
+            regs_arg4: core(arg4)?,
+            regs_arg5: core(arg5)?,
+            pad: 0,
         })
     }
 
@@ -612,9 +695,19 @@ mod tests {
             let file = find_struct(&btf.vmlinux, "file").unwrap().unwrap();
             assert_eq!(layout.offsets.backing_file_user_path as usize, file.size());
         }
+        // The script check of the signal backend reads these on every kernel
+        // of the matrix (this test runs in each VM).
+        assert_eq!(layout.deferred_release, Ok(()));
+        assert_eq!(layout.syscall_mmap, Ok(()));
         let offsets = layout.offsets;
         // Fields that cannot be first in their struct on any kernel.
         for (name, value) in [
+            ("linux_binprm.interp", offsets.binprm_interp),
+            ("task_struct.task_works", offsets.task_task_works),
+            ("file.f_flags", offsets.file_flags),
+            ("task_struct.files", layout.mmap_offsets.task_files),
+            ("fdtable.fd", layout.mmap_offsets.fdtable_fd),
+            ("pt_regs.dx", layout.mmap_offsets.regs_arg3),
             ("linux_binprm.file", offsets.binprm_file),
             ("linux_binprm.filename", offsets.binprm_filename),
             ("inode.i_sb", offsets.inode_sb),
@@ -643,7 +736,11 @@ mod tests {
             assert_ne!(value, 0, "{name} resolved to offset 0");
         }
         // Pointers are 8-byte aligned in every kernel struct.
+        // (The file's task work is the first member on 5.10 and 6.1.)
         for value in [
+            offsets.file_task_work,
+            offsets.task_task_works,
+            offsets.binprm_interp,
             offsets.binprm_file,
             offsets.binprm_filename,
             offsets.inode_sb,

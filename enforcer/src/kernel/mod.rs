@@ -4,3 +4,4 @@
 pub mod features;
 pub mod host;
 pub mod layout;
+pub mod symbols;

@@ -9,7 +9,9 @@ pub mod paths;
 use std::fmt;
 
 use aya::{Ebpf, maps::Array};
-use enforcer_common::{DriftSettings, PATH_DFA_STATES_MAX, PathDfaState, drift_flags, mode};
+use enforcer_common::{
+    DriftSettings, PATH_DFA_STATES_MAX, PathDfaBank, PathDfaState, drift_flags, mode,
+};
 
 use crate::maps::{self, MapAccessError};
 
@@ -122,7 +124,7 @@ pub fn compile(policy: &Policy) -> Result<Compiled, PathGlobError> {
         drift_all_containers: DriftSettings {
             mode,
             flags,
-            path_dfa_base: 0,
+            path_dfa_bank: 0,
             pad: 0,
         },
         path_dfa,
@@ -141,18 +143,23 @@ pub fn apply(ebpf: &mut Ebpf, compiled: &Compiled) -> Result<(), MapAccessError>
         let current = drift
             .get(&ALL_CONTAINERS, 0)
             .map_err(map_error(maps::DRIFT_POLICY))?;
-        settings.path_dfa_base = if current.path_dfa_base == 0 {
-            PATH_DFA_STATES_MAX
-        } else {
-            0
-        };
+        settings.path_dfa_bank = 1 - current.path_dfa_bank.min(1);
     }
-    {
-        let mut dfa: Array<_, PathDfaState> = maps::borrow_mut(ebpf, maps::PATH_DFA)?;
-        for (index, state) in (settings.path_dfa_base..).zip(&compiled.path_dfa) {
-            dfa.set(index, state, 0)
-                .map_err(map_error(maps::PATH_DFA))?;
+    if !compiled.path_dfa.is_empty() {
+        // 516 KiB: on the heap. States past the automaton's stay DEAD.
+        let mut bank = vec![PathDfaState::default(); PATH_DFA_STATES_MAX as usize];
+        if compiled.path_dfa.len() > bank.len() {
+            return Err(MapAccessError::PathDfaTooLarge(compiled.path_dfa.len()));
         }
+        for (slot, state) in bank.iter_mut().zip(&compiled.path_dfa) {
+            *slot = *state;
+        }
+        let Ok(bank) = <&PathDfaBank>::try_from(bank.as_slice()) else {
+            return Err(MapAccessError::PathDfaTooLarge(compiled.path_dfa.len()));
+        };
+        let mut dfa: Array<_, PathDfaBank> = maps::borrow_mut(ebpf, maps::PATH_DFA)?;
+        dfa.set(settings.path_dfa_bank, bank, 0)
+            .map_err(map_error(maps::PATH_DFA))?;
     }
     let mut drift: Array<_, DriftSettings> = maps::borrow_mut(ebpf, maps::DRIFT_POLICY)?;
     drift

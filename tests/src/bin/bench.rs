@@ -12,7 +12,9 @@
 //! `open-t` (only with `--only`) measures `open()` with the tracking programs
 //! attached (`--track-writes always`, lsm backend): what hosts whose
 //! containers run from roots that are not overlayfs pay. It is reported, not
-//! held to a target.
+//! held to a target. `open-m` (only with `--only`, signal backend) measures
+//! `open()` with `--signal-mmap-check`, a program on every system call:
+//! also reported without a target, which it misses.
 //!
 //! Prints a table and one JSON line per workload; exits 1 when an overhead
 //! is above its target.
@@ -236,6 +238,14 @@ fn run() -> anyhow::Result<bool> {
             script: format!("/bin/probe open-loop {} /bin/busybox", options.open_count),
             target: None,
             agent_args: &["--track-writes", "always"],
+            by_default: false,
+        },
+        Workload {
+            name: "open-m",
+            what: "open() + close() of an image file, signal backend's mmap check attached",
+            script: format!("/bin/probe open-loop {} /bin/busybox", options.open_count),
+            target: None,
+            agent_args: &["--signal-mmap-check"],
             by_default: false,
         },
     ];

@@ -3,7 +3,9 @@
 //!
 //! - `probe say TEXT`: print TEXT
 //! - `probe noop`: exit 0
-//! - `probe execveat PATH ARGS...`: `execveat(fd of PATH, "", AT_EMPTY_PATH)`
+//! - `probe execveat PATH ARGS...`: `execveat(fd of PATH, "", AT_EMPTY_PATH)`;
+//!   the descriptor is inherited, so that a script can be run this way (the
+//!   interpreter opens `/dev/fd/N`)
 //! - `probe exec-deleted PATH ARGS...`: open PATH, unlink it, then
 //!   `execveat` the descriptor of the deleted file
 //! - `probe memfd-exec PATH ARGS...`: copy PATH into a memfd and `fexecve` it
@@ -54,9 +56,13 @@ fn exec_fd(fd: libc::c_int, args: &[String]) -> io::Error {
 }
 
 fn open(path: &str) -> io::Result<libc::c_int> {
+    open_with(path, libc::O_CLOEXEC)
+}
+
+fn open_with(path: &str, flags: libc::c_int) -> io::Result<libc::c_int> {
     let path = cstring(path);
     // SAFETY: valid C string.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | flags) };
     if fd < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -172,7 +178,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "noop" => ExitCode::SUCCESS,
-        "execveat" => match open(path) {
+        "execveat" => match open_with(path, 0) {
             Ok(fd) => fail("execveat", &exec_fd(fd, rest), 126),
             Err(error) => fail("open", &error, 1),
         },
