@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -340,15 +340,15 @@ pub struct MmapOffsets {
     pub fdtable_max_fds: u32,
     /// `fdtable.fd`
     pub fdtable_fd: u32,
-    /// `pt_regs` field of a system call's third argument (`prot` of
-    /// `mmap`): `dx` on x86-64.
+    /// `pt_regs` field of a system call's first argument (`addr` of
+    /// `mprotect`): `di` on x86-64.
+    pub regs_arg1: u32,
+    /// Third argument (`prot` of `mmap` and `mprotect`): `dx`.
     pub regs_arg3: u32,
     /// Fourth argument (`flags`): `r10`.
     pub regs_arg4: u32,
     /// Fifth argument (`fd`): `r8`.
     pub regs_arg5: u32,
-    /// Reserved, zero.
-    pub pad: u32,
 }
 
 /// Settings fixed for the lifetime of the loaded programs.
@@ -374,6 +374,11 @@ pub struct AgentConfig {
     /// task works that are deferred file releases. Zero turns off the
     /// signal backend's script check.
     pub fput_fn: u64,
+    /// Number of the `mprotect` system call, for the same check as
+    /// [`Self::mmap_syscall`]; zero turns it off.
+    pub mprotect_syscall: u32,
+    /// Reserved, zero.
+    pub pad: u32,
 }
 
 /// Drift prevention settings, the value of the `DRIFT_POLICY` array map
@@ -578,7 +583,7 @@ mod tests {
 
     #[test]
     fn settings_layout() {
-        assert_eq!(size_of::<AgentConfig>(), 32);
+        assert_eq!(size_of::<AgentConfig>(), 40);
         assert_eq!(offset_of!(AgentConfig, host_mnt_ns), 0);
         assert_eq!(offset_of!(AgentConfig, abi_version), 4);
         assert_eq!(offset_of!(AgentConfig, host_root_dev), 8);

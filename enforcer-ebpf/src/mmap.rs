@@ -1,10 +1,12 @@
 //! Executable mappings: how a dropped program runs through the dynamic
 //! loader (`ld.so ./tool`) and how a dropped library is loaded
 //! (`LD_PRELOAD`, `dlopen`). Both end in an mmap or mprotect with `PROT_EXEC`.
-//! The LSM hooks decide them; the signal backend sees `mmap` at system call
-//! entry ([`sys_enter_mmap`]) and has no way to see `mprotect`'s file.
+//! The LSM hooks decide them; the signal backend sees both at system call
+//! entry ([`sys_enter_exec_map`]), when asked to.
 
 use aya_ebpf::{
+    cty::{c_long, c_void},
+    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_kernel},
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
@@ -18,6 +20,7 @@ use crate::{
     events, exec,
     kernel::{self, ReadError},
     maps::{CONFIG, MMAP_OFFSETS, count},
+    path,
 };
 
 /// Decides on an executable mapping of `file`; returns the hook's result.
@@ -98,33 +101,130 @@ pub(crate) fn file_mprotect(ctx: LsmContext) -> i32 {
 
 /// `sys_enter(struct pt_regs *regs, long id)`, for the signal backend, which
 /// has no hook with the file of a mapping: `mmap(..., PROT_EXEC, flags, fd)`
-/// of a drift file. The mapping is still made, but the SIGKILL sent here is
-/// delivered before the system call returns, so none of the mapped code
-/// runs. Every system call on the machine passes here; all but `mmap` leave
-/// at the first comparison.
+/// of a drift file, and `mprotect(addr, len, PROT_EXEC)` of a mapping of
+/// one (found with `bpf_find_vma`, 5.17+). The mapping is still made or
+/// changed, but the SIGKILL sent here is delivered before the system call
+/// returns, so none of the code runs. Every system call on the machine
+/// passes here; all others leave at the first comparisons.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn sys_enter_exec_map(ctx: RawTracePointContext) -> i32 {
+    on_sys_enter(&ctx, true)
+}
+
+/// [`sys_enter_exec_map`] without `mprotect`, for kernels without
+/// `bpf_find_vma` (before 5.17), which refuse to load that program.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
 pub(crate) fn sys_enter_mmap(ctx: RawTracePointContext) -> i32 {
+    on_sys_enter(&ctx, false)
+}
+
+#[inline(always)]
+fn on_sys_enter(ctx: &RawTracePointContext, with_mprotect: bool) -> i32 {
     let id: u64 = ctx.arg(1);
     let config = CONFIG.load();
-    if config.mmap_syscall == 0 || id != u64::from(config.mmap_syscall) {
+    let is_mmap = config.mmap_syscall != 0 && id == u64::from(config.mmap_syscall);
+    let is_mprotect =
+        with_mprotect && config.mprotect_syscall != 0 && id == u64::from(config.mprotect_syscall);
+    if !is_mmap && !is_mprotect {
         return 0;
     }
     let regs: u64 = ctx.arg(0);
     let offsets = drift::offsets();
-    let checked = mapped_file(regs, &MMAP_OFFSETS.load(), &offsets).and_then(|file| match file {
-        Some(file) => Ok(Some(drift::check_file(file, via::MMAP, &offsets)?)),
-        None => Ok(None),
-    });
-    match checked {
-        Ok(Some(Verdict::Drift(drift))) => exec::kill(&drift, None, &offsets),
-        Ok(_) => {}
+    let mmap = MMAP_OFFSETS.load();
+    // Plain matches rather than closures: a closure LLVM leaves out of line
+    // puts a Rust enum layout in the object's BTF, which the kernel refuses.
+    let (target, how) = if is_mmap {
+        (mapped_file(regs, &mmap, &offsets), via::MMAP)
+    } else {
+        (protected_file(regs, &mmap, &offsets), via::MPROTECT)
+    };
+    let file = match target {
+        Ok(Some(file)) => file,
+        Ok(None) => return 0,
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            return 0;
+        }
+    };
+    // One pass of the verifier through the check for both routes.
+    match drift::check_file(file, path::opaque(how), &offsets) {
+        Ok(Verdict::Drift(drift)) => exec::kill(&drift, None, &offsets),
+        Ok(Verdict::Allow) => {}
         Err(_) => count(counter::READ_ERRORS),
     }
     0
+}
+
+/// Where [`on_vma`] finds the offset of `vm_file` and leaves the file.
+#[repr(C)]
+struct VmaFile {
+    /// `vm_area_struct.vm_file`, a constant to the verifier (read-only
+    /// global), as pointer arithmetic on the callback's `vma` requires.
+    vma_file: u64,
+    file: u64,
+}
+
+/// `bpf_find_vma` callback: the file of the mapping, read under the mmap
+/// lock the helper holds.
+unsafe extern "C" fn on_vma(_task: *mut c_void, vma: *mut c_void, found: *mut c_void) -> c_long {
+    // Plain integers and pointers only: this function is not inlined, so its
+    // types go into the object's BTF, which the kernel checks, and it refuses
+    // Rust's zero-sized types.
+    let found = found.cast::<VmaFile>();
+    let mut file: u64 = 0;
+    // SAFETY: `found` is the caller's stack object passed to the helper;
+    // `vma` is valid for the callback's duration, and the helper checks the
+    // read.
+    unsafe {
+        let field = vma.cast::<u8>().add((*found).vma_file as usize);
+        let status =
+            bpf_probe_read_kernel((&raw mut file).cast::<c_void>(), 8, field.cast::<c_void>());
+        (*found).file = if status == 0 { file } else { 0 };
+    }
+    0
+}
+
+/// The file of the mapping an `mprotect` with these registers makes
+/// executable, if any.
+#[inline(always)]
+fn protected_file(
+    regs: u64,
+    mmap: &MmapOffsets,
+    offsets: &KernelOffsets,
+) -> Result<Option<u64>, ReadError> {
+    let addr: u64 = kernel::read(regs, mmap.regs_arg1)?;
+    let prot: u64 = kernel::read(regs, mmap.regs_arg3)?;
+    if prot & PROT_EXEC == 0 {
+        return Ok(None);
+    }
+    let mut found = VmaFile {
+        vma_file: u64::from(offsets.vma_file),
+        file: 0,
+    };
+    // SAFETY: helper calls; the callback only writes `found`.
+    let status = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            on_vma as *mut c_void,
+            (&raw mut found).cast::<c_void>(),
+            0,
+        )
+    };
+    // No mapping at `addr` (the system call will fail), or the lock was
+    // contended: nothing to decide.
+    if status != 0 || found.file == 0 {
+        return Ok(None);
+    }
+    Ok(Some(found.file))
 }
 
 /// The file an `mmap` with these registers maps executable, if any: the

@@ -99,6 +99,28 @@ fn kernel_layout(btf_path: Option<&std::path::Path>) -> Result<Layout, AgentErro
     Ok(layout)
 }
 
+/// The programs' load-time settings.
+fn agent_config(host: &HostIdentity, checks: &SignalChecks, fput_fn: u64) -> AgentConfig {
+    // The kernel's numbers for the agent's own architecture.
+    let syscall = |number: libc::c_long| {
+        if checks.mappings.is_ok() {
+            u32::try_from(number).unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    AgentConfig {
+        host_mnt_ns: host.mnt_ns,
+        abi_version: ABI_VERSION,
+        host_root_dev: host.root_dev,
+        mmap_syscall: syscall(libc::SYS_mmap),
+        host_root_ino: host.root_ino,
+        fput_fn,
+        mprotect_syscall: syscall(libc::SYS_mprotect),
+        pad: 0,
+    }
+}
+
 /// Whether the signal backend's optional checks have what they read, and
 /// why not.
 struct SignalChecks {
@@ -158,20 +180,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         },
     };
     let host = host(options.host_pid)?;
-
-    let config = AgentConfig {
-        host_mnt_ns: host.mnt_ns,
-        abi_version: ABI_VERSION,
-        host_root_dev: host.root_dev,
-        // The kernel's number for the agent's own architecture.
-        mmap_syscall: if checks.mappings.is_ok() {
-            u32::try_from(libc::SYS_mmap).unwrap_or(0)
-        } else {
-            0
-        },
-        host_root_ino: host.root_ino,
-        fput_fn: script_check.unwrap_or(0),
-    };
+    let config = agent_config(&host, &checks, script_check.unwrap_or(0));
     let mut ebpf = backend::load_object(&offsets, &layout.mmap_offsets, &config)?;
     // The maps are filled before any program is attached, so the first exec
     // the programs see is already decided by the policy.
@@ -310,9 +319,15 @@ fn log_drift_methods(
              LD_PRELOAD and dlopen of a dropped library run"
         ),
     }
-    tracing::warn!(
-        "signal backend: not seen: mprotect adding PROT_EXEC to a mapping of a dropped file. This needs BPF LSM"
-    );
+    match ready(&checks.mappings, &signal.mprotect) {
+        Ok(()) => tracing::info!(
+            "signal backend: mprotect adding PROT_EXEC to a mapping of a drift file is decided at mprotect entry"
+        ),
+        Err(reason) => tracing::warn!(
+            %reason,
+            "signal backend: mprotect adding PROT_EXEC to a mapping of a dropped file is NOT decided"
+        ),
+    }
 }
 
 /// What the health check compares between ticks.

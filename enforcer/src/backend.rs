@@ -42,7 +42,9 @@ const TRACKING_HOOKS: [&str; 6] = [
 const SIGNAL_PROGRAM: &str = "sched_process_exec";
 /// Decides the script an exec ran, on the same tracepoint.
 const SIGNAL_SCRIPT_PROGRAM: &str = "sched_process_exec_script";
-/// Decides executable mappings at `mmap` entry.
+/// Decides executable mappings at `mmap` and `mprotect` entry (5.17+)...
+const SIGNAL_EXEC_MAP_PROGRAM: &str = "sys_enter_exec_map";
+/// ...or at `mmap` entry only, where the kernel refuses that program.
 const SIGNAL_MMAP_PROGRAM: &str = "sys_enter_mmap";
 const SIGNAL_MMAP_TRACEPOINT: &str = "sys_enter";
 const SIGNAL_TRACEPOINT: &str = "sched_process_exec";
@@ -267,13 +269,30 @@ fn attach_signal(ebpf: &mut Ebpf, mmap_check: bool) -> Result<SignalExtras, Back
     let optional = |ebpf: &mut Ebpf, name, tracepoint| {
         attach_raw_tracepoint(ebpf, name, tracepoint).map_err(|error| error_chain(&error))
     };
+    let scripts = optional(ebpf, SIGNAL_SCRIPT_PROGRAM, SIGNAL_TRACEPOINT);
+    if !mmap_check {
+        let off = || Err("not asked for".to_owned());
+        return Ok(SignalExtras {
+            scripts,
+            mappings: off(),
+            mprotect: off(),
+        });
+    }
+    let (mappings, mprotect) = match optional(ebpf, SIGNAL_EXEC_MAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT)
+    {
+        Ok(()) => (Ok(()), Ok(())),
+        Err(reason) => (
+            optional(ebpf, SIGNAL_MMAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT),
+            Err(format!(
+                "the kernel refused the program that also decides mprotect (its bpf_find_vma needs 5.17+): \
+                 {reason}"
+            )),
+        ),
+    };
     Ok(SignalExtras {
-        scripts: optional(ebpf, SIGNAL_SCRIPT_PROGRAM, SIGNAL_TRACEPOINT),
-        mappings: if mmap_check {
-            optional(ebpf, SIGNAL_MMAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT)
-        } else {
-            Err("not asked for".to_owned())
-        },
+        scripts,
+        mappings,
+        mprotect,
     })
 }
 
@@ -282,6 +301,7 @@ fn attach_signal(ebpf: &mut Ebpf, mmap_check: bool) -> Result<SignalExtras, Back
 pub struct SignalExtras {
     pub scripts: Result<(), String>,
     pub mappings: Result<(), String>,
+    pub mprotect: Result<(), String>,
 }
 
 fn attach_raw_tracepoint(

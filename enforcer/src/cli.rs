@@ -94,9 +94,10 @@ pub struct RunArgs {
 
     /// Signal backend only: also decide executable mappings of drift files
     /// (the dynamic loader running a dropped program, `LD_PRELOAD` and `dlopen`
-    /// of a dropped library) with a program on the raw `sys_enter`
-    /// tracepoint, which kills the process before its `mmap` returns. Off by
-    /// default: every system call on the host then pays for it (4 to 8 % on
+    /// of a dropped library, `mprotect` to executable on 5.17+) with a
+    /// program on the raw `sys_enter` tracepoint, which kills the process
+    /// before its `mmap` or `mprotect` returns. Off by
+    /// default: every system call on the host then pays for it (about 5 % on
     /// an `open()`+`close()` loop; see the README's benchmarks). The lsm backend
     /// always decides mappings.
     #[arg(long)]

@@ -94,8 +94,10 @@ const TASK_FILES: Field = field("task_struct", "files", Width::Pointer);
 const FILES_FDT: Field = field("files_struct", "fdt", Width::Pointer);
 const FDTABLE_MAX_FDS: Field = field("fdtable", "max_fds", Width::Bytes(4));
 const FDTABLE_FD: Field = field("fdtable", "fd", Width::Pointer);
-/// x86-64's registers of the third to fifth system call arguments.
-const REGS_SYSCALL_ARGS: [Field; 3] = [
+/// x86-64's registers of the first and the third to fifth system call
+/// arguments.
+const REGS_SYSCALL_ARGS: [Field; 4] = [
+    field("pt_regs", "di", Width::Bytes(8)),
     field("pt_regs", "dx", Width::Bytes(8)),
     field("pt_regs", "r10", Width::Bytes(8)),
     field("pt_regs", "r8", Width::Bytes(8)),
@@ -405,16 +407,16 @@ impl KernelBtf {
     fn mmap_offsets(&self) -> Result<MmapOffsets, LayoutError> {
         let (btf, searched) = self.vmlinux_types();
         let core = |field| resolve(btf, &searched, field);
-        let [arg3, arg4, arg5] = REGS_SYSCALL_ARGS;
+        let [arg1, arg3, arg4, arg5] = REGS_SYSCALL_ARGS;
         Ok(MmapOffsets {
             task_files: core(TASK_FILES)?,
             files_fdt: core(FILES_FDT)?,
             fdtable_max_fds: core(FDTABLE_MAX_FDS)?,
             fdtable_fd: core(FDTABLE_FD)?,
+            regs_arg1: core(arg1)?,
             regs_arg3: core(arg3)?,
             regs_arg4: core(arg4)?,
             regs_arg5: core(arg5)?,
-            pad: 0,
         })
     }
 
