@@ -36,6 +36,22 @@ pub enum Command {
     /// container process created, wrote, made executable, renamed or linked
     /// (see --track-writes).
     Run(RunArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check policy files (files, and directories of *.yaml and *.yml files;
+    /// several YAML documents per file): print every problem with its file,
+    /// line, column and field, and exit 1 when there is any.
+    Check {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of policy documents, for editors.
+    Schema,
 }
 
 #[derive(Debug, clap::Args)]

@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use enforcer::{
     agent,
-    cli::{Cli, Command},
-    policy::DriftRule,
+    cli::{Cli, Command, PolicyCommand},
+    policy::{DriftRule, document::Document, load},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -56,6 +56,27 @@ fn run(command: Command) -> anyhow::Result<()> {
                 host_pid: args.host_pid,
                 btf: args.btf,
             }))?;
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Check { paths }) => match load::load(&paths) {
+            Ok(set) => {
+                println!(
+                    "{} DriftPolicy and {} VShield documents: valid",
+                    set.drift.len(),
+                    set.vshields.len()
+                );
+                Ok(())
+            }
+            Err(diagnostics) => {
+                for diagnostic in &diagnostics {
+                    println!("{diagnostic}");
+                }
+                anyhow::bail!("{} problems in the policy files", diagnostics.len())
+            }
+        },
+        Command::Policy(PolicyCommand::Schema) => {
+            let schema = schemars::schema_for!(Document);
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
         }
     }

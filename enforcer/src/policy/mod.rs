@@ -4,6 +4,8 @@
 //! writes). Today the only policy is the built-in default (drift prevention
 //! for every container); policy files and selectors build on the same stages.
 
+pub mod document;
+pub mod load;
 pub mod paths;
 
 use std::fmt;
