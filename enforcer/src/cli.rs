@@ -25,8 +25,9 @@ pub enum Command {
     /// Enforce the policy until SIGTERM or SIGINT, writing one JSON audit
     /// event per line to stdout.
     ///
-    /// Without a policy file this enforces the built-in policy: drift
-    /// prevention for every container. A container process (one whose mount
+    /// This enforces the built-in policy, tuned by the flags below (policy
+    /// files are checked by `enforcer policy check`; `run` does not load them
+    /// yet): drift prevention for every container. A container process (one whose mount
     /// namespace and root directory are not the host's) may not run, by exec
     /// or by an executable mapping (the dynamic loader, `LD_PRELOAD`, `dlopen`,
     /// mprotect), a file that is not from its image: a file on its overlayfs
