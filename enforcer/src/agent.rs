@@ -32,7 +32,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub backend: BackendChoice,
-    pub drift: DriftRule,
+    pub policy: Policy,
     pub track_writes: WriteTracking,
     pub signal_mmap_check: bool,
     pub host_pid: u32,
@@ -163,7 +163,7 @@ fn host(pid: u32) -> Result<HostIdentity, AgentError> {
 
 pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     // A bad policy is refused before anything else is done.
-    let policy = Policy::builtin(options.drift);
+    let policy = options.policy;
     let compiled = policy::compile(&policy)?;
     let layout = kernel_layout(options.btf.as_deref())?;
     let offsets = layout.offsets;

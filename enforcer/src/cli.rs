@@ -25,9 +25,8 @@ pub enum Command {
     /// Enforce the policy until SIGTERM or SIGINT, writing one JSON audit
     /// event per line to stdout.
     ///
-    /// This enforces the built-in policy, tuned by the flags below (policy
-    /// files are checked by `enforcer policy check`; `run` does not load them
-    /// yet): drift prevention for every container. A container process (one whose mount
+    /// Without --policy this enforces the built-in policy, tuned by the flags
+    /// below: drift prevention for every container. A container process (one whose mount
     /// namespace and root directory are not the host's) may not run, by exec
     /// or by an executable mapping (the dynamic loader, `LD_PRELOAD`, `dlopen`,
     /// mprotect), a file that is not from its image: a file on its overlayfs
@@ -63,6 +62,18 @@ pub struct RunArgs {
     /// when it does not.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+
+    /// Policy files (files, or directories of *.yaml and *.yml files),
+    /// checked as `enforcer policy check` does; repeatable. Replaces the
+    /// built-in policy and the drift flags below. For now `run` enforces one
+    /// `DriftPolicy` for every container (empty selector) and refuses vShields
+    /// and other selectors rather than ignore them.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["mode", "allow_memfd", "allow_writable_mounts", "allow_path"]
+    )]
+    pub policy: Vec<PathBuf>,
 
     /// `enforce` blocks and reports; `audit` only reports what enforce would
     /// block.

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use enforcer::{
     agent,
     cli::{Cli, Command, PolicyCommand},
-    policy::{DriftRule, document::Document, load},
+    policy::{DriftRule, Policy, document::Document, load},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -43,14 +43,30 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(agent::run(agent::RunOptions {
-                backend: args.backend,
-                drift: DriftRule {
+            let policy = if args.policy.is_empty() {
+                Policy::builtin(DriftRule {
                     mode: args.mode,
                     allow_memfd: args.allow_memfd,
                     allow_writable_mounts: args.allow_writable_mounts,
                     allowed_paths: args.allow_path,
-                },
+                })
+            } else {
+                match load::load(&args.policy).and_then(|set| load::agent_policy(&set)) {
+                    Ok(policy) => policy,
+                    Err(diagnostics) => {
+                        for diagnostic in &diagnostics {
+                            tracing::error!("{diagnostic}");
+                        }
+                        anyhow::bail!(
+                            "invalid policy: {} problems in the policy files",
+                            diagnostics.len()
+                        );
+                    }
+                }
+            };
+            runtime.block_on(agent::run(agent::RunOptions {
+                backend: args.backend,
+                policy,
                 track_writes: args.track_writes,
                 signal_mmap_check: args.signal_mmap_check,
                 host_pid: args.host_pid,

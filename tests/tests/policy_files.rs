@@ -1,9 +1,17 @@
-//! `enforcer policy check` and `enforcer policy schema`, as users run them.
-//! No kernel involved: these run anywhere, also without root.
+//! Policy files as users give them: `enforcer policy check`, `enforcer
+//! policy schema` (no kernel involved: they run anywhere, also without
+//! root), and `enforcer run --policy` (root; the signal backend on the host,
+//! also lsm in the VMs).
 
 use std::{fs, path::PathBuf, process::Command};
 
-use enforcer_tests::agent;
+use enforcer_tests::{
+    agent::{self, Agent},
+    container::Image,
+    require,
+    scenario::{clean_exit_events, run_under, start, start_lsm},
+    serial,
+};
 
 fn scratch(name: &str) -> PathBuf {
     let dir =
@@ -97,5 +105,84 @@ fn schema_describes_both_kinds() {
     assert_eq!(
         schema["$defs"]["DriftPolicySpec"]["additionalProperties"],
         false
+    );
+}
+
+#[test]
+fn run_enforces_the_drift_policy_of_a_file() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let dir = scratch("run");
+    let policy = dir.join("drift.yaml");
+    fs::write(
+        &policy,
+        "apiVersion: enforcer.dev/v1alpha1
+kind: DriftPolicy
+metadata:
+  name: plugins-allowed
+spec:
+  allowedPaths: [\"/opt/plugins/*\"]
+",
+    )
+    .expect("writing the policy");
+    let policy = policy.display().to_string();
+    let script = "/bin/busybox mkdir -p /opt/plugins
+        cp /bin/busybox /opt/plugins/busybox-plugin
+        /opt/plugins/busybox-plugin echo plugin-ran
+        cp /bin/busybox /tmp/busybox-elsewhere
+        /tmp/busybox-elsewhere echo elsewhere-ran";
+    let image = Image::busybox().expect("building the image");
+    let check = |stopped: &agent::Stopped, run_stdout: &str, backend: &str| {
+        assert!(run_stdout.contains("plugin-ran"), "{run_stdout}");
+        assert!(!run_stdout.contains("elsewhere-ran"), "{run_stdout}");
+        let events = clean_exit_events(stopped);
+        assert_eq!(events.len(), 1, "{events:#?}");
+        assert_eq!(events[0]["file"]["name"], "busybox-elsewhere");
+        assert_eq!(events[0]["enforcer"]["backend"], backend);
+        // The policy's name is the ruleset events report.
+        assert_eq!(
+            events[0]["rule"]["ruleset"], "plugins-allowed",
+            "{:#}",
+            events[0]
+        );
+    };
+    if let Some(agent) = start_lsm(&["--policy", &policy]) {
+        let (run, stopped) = run_under(agent, &image, &[], script);
+        check(&stopped, &run.stdout, "lsm");
+    }
+    let agent = start(&["--backend", "signal", "--policy", &policy]);
+    let (run, stopped) = run_under(agent, &image, &[], script);
+    check(&stopped, &run.stdout, "signal");
+}
+
+#[test]
+fn run_refuses_what_it_cannot_enforce_with_the_place() {
+    let dir = scratch("refused");
+    let file = dir.join("p.yaml");
+    fs::write(&file, VALID).expect("writing the policy");
+    // The vShield is valid but not enforced yet: the agent does not start.
+    let failure = Agent::start(&["--policy", &file.display().to_string()])
+        .expect_err("the agent refuses the vShield");
+    assert!(
+        failure.stderr.contains(&format!(
+            "{}:9:1: kind: VShield documents are checked but not enforced yet",
+            file.display()
+        )),
+        "{}",
+        failure.stderr
+    );
+    // The drift flags belong in the file once there is one.
+    let output = Command::new(agent::binary())
+        .args(["run", "--policy"])
+        .arg(&file)
+        .args(["--allow-path", "/x/*"])
+        .output()
+        .expect("running enforcer");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot be used with"),
+        "{output:?}"
     );
 }

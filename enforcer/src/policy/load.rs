@@ -13,7 +13,10 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    document::{API_VERSION, DriftPolicyDocument, Header, Metadata, Selector, VShieldDocument},
+    DriftRule, Mode, Policy,
+    document::{
+        API_VERSION, DocumentMode, DriftPolicyDocument, Header, Metadata, Selector, VShieldDocument,
+    },
     paths,
 };
 
@@ -493,6 +496,86 @@ fn check_unique_names(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) {
     );
 }
 
+/// The policy `enforcer run` enforces from checked files. What the agent
+/// cannot enforce yet is refused with a diagnostic rather than ignored: a
+/// vShield or a selector that silently did nothing would be worse than an
+/// agent that does not start.
+///
+/// # Errors
+///
+/// The documents it cannot enforce, each at its place.
+pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
+    let mut diagnostics = Vec::new();
+    let at = |source: &Source, field: &str, message: String| Diagnostic {
+        file: source.file.clone(),
+        line: source.line,
+        column: 1,
+        field: field.to_owned(),
+        message,
+    };
+    for (source, _) in &set.vshields {
+        diagnostics.push(at(
+            source,
+            "kind",
+            "VShield documents are checked but not enforced yet; `enforcer run` refuses them"
+                .to_owned(),
+        ));
+    }
+    let mut every_container: Option<(&Source, &DriftPolicyDocument)> = None;
+    for (source, document) in &set.drift {
+        let selector = &document.spec.selector;
+        if selector.host
+            || !selector.images.is_empty()
+            || !selector.namespaces.is_empty()
+            || !selector.pod_labels.is_empty()
+        {
+            diagnostics.push(at(
+                source,
+                "spec.selector",
+                "only DriftPolicies for every container (an empty selector) are enforced yet"
+                    .to_owned(),
+            ));
+        } else if let Some((first, _)) = every_container {
+            diagnostics.push(at(
+                source,
+                "spec.selector",
+                format!(
+                    "a second DriftPolicy for every container; the first is at {}:{}",
+                    first.file.display(),
+                    first.line
+                ),
+            ));
+        } else {
+            every_container = Some((source, document));
+        }
+    }
+    if !diagnostics.is_empty() {
+        return Err(diagnostics);
+    }
+    Ok(match every_container {
+        None => Policy::builtin(DriftRule::strict(Mode::Enforce)),
+        Some((_, document)) => {
+            let spec = &document.spec;
+            Policy {
+                name: document.metadata.name.value.clone(),
+                drift: DriftRule {
+                    mode: match spec.mode {
+                        Some(DocumentMode::Audit) => Mode::Audit,
+                        Some(DocumentMode::Enforce) | None => Mode::Enforce,
+                    },
+                    allow_memfd: spec.allow_memfd,
+                    allow_writable_mounts: spec.allow_writable_mounts,
+                    allowed_paths: spec
+                        .allowed_paths
+                        .iter()
+                        .map(|glob| glob.value.clone())
+                        .collect(),
+                },
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,5 +804,65 @@ spec:
         let problems = problems(&[file]);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("budget breached"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_agent_enforces_one_drift_policy_for_every_container() {
+        let dir = scratch("agent");
+        let none = load(&[write(&dir, "v.yaml", VSHIELD)]).expect("valid");
+        let one = load(&[write(
+            &dir,
+            "d.yaml",
+            &DRIFT.replace("spec:\n", "spec:\n  mode: audit\n  allowMemfd: true\n"),
+        )])
+        .expect("valid");
+        let policy = agent_policy(&one).expect("enforceable");
+        assert_eq!(policy.name, "default");
+        assert_eq!(
+            policy.drift,
+            DriftRule {
+                mode: Mode::Audit,
+                allow_memfd: true,
+                allow_writable_mounts: false,
+                allowed_paths: vec!["/opt/plugins/*.so".to_owned()],
+            }
+        );
+        // Without a DriftPolicy: the built-in one.
+        let builtin = PolicySet::default();
+        assert_eq!(
+            agent_policy(&builtin).expect("enforceable"),
+            Policy::builtin(DriftRule::strict(Mode::Enforce))
+        );
+        // What it cannot enforce yet is refused, each at its place.
+        let refused = |set: &PolicySet| -> Vec<String> {
+            agent_policy(set)
+                .expect_err("not enforceable yet")
+                .iter()
+                .map(|diagnostic| format!("{}: {}", diagnostic.line, diagnostic.field))
+                .collect()
+        };
+        assert_eq!(refused(&none), ["1: kind"]);
+        let selected = load(&[write(
+            &dir,
+            "s.yaml",
+            &format!(
+                "{DRIFT}---\n{}",
+                DRIFT
+                    .replace("name: default", "name: second")
+                    .replace("spec:\n", "spec:\n  selector: {images: [nginx:*]}\n")
+            ),
+        )])
+        .expect("valid");
+        assert_eq!(refused(&selected), ["8: spec.selector"]);
+        let twice = load(&[write(
+            &dir,
+            "t.yaml",
+            &format!(
+                "{DRIFT}---\n{}",
+                DRIFT.replace("name: default", "name: second")
+            ),
+        )])
+        .expect("valid");
+        assert_eq!(refused(&twice), ["8: spec.selector"]);
     }
 }
