@@ -172,9 +172,16 @@ pub(crate) fn backing_user_path(file: u64, offsets: &KernelOffsets) -> Option<Fi
 /// `current->mm->exe_file`: the program the task runs (null for kernel
 /// threads, which never reach the hooks here).
 #[inline(always)]
-pub(crate) fn current_exe_file(offsets: &KernelOffsets) -> Result<u64, ReadError> {
+fn current_exe_file(offsets: &KernelOffsets) -> Result<u64, ReadError> {
     let mm = read_ptr(current_task(), offsets.task_mm)?;
     read(mm, offsets.mm_exe_file)
+}
+
+/// Whether `file` is the program the current task runs: its own mappings
+/// were decided at exec.
+#[inline(always)]
+pub(crate) fn is_current_exe(file: u64, offsets: &KernelOffsets) -> bool {
+    matches!(current_exe_file(offsets), Ok(exe) if exe == file)
 }
 
 /// Kernel addresses are the upper half of the address space on x86-64 and

@@ -65,10 +65,10 @@ pub(crate) fn mmap_file(ctx: LsmContext) -> i32 {
     }
     // The kernel mapping the program it is executing (and the program
     // mapping itself later): already decided at exec.
-    match kernel::current_exe_file(&drift::offsets()) {
-        Ok(exe) if exe == file => 0,
-        _ => decide(file, via::MMAP),
+    if kernel::is_current_exe(file, &drift::offsets()) {
+        return 0;
     }
+    decide(file, via::MMAP)
 }
 
 /// `file_mprotect(struct vm_area_struct *vma, unsigned long reqprot,
@@ -251,12 +251,8 @@ fn mapped_file(
     }
     let fds = kernel::read_ptr(fdt, mmap.fdtable_fd)?;
     let file: u64 = kernel::read(fds + u64::from(fd) * 8, 0)?;
-    if file == 0 {
+    if file == 0 || kernel::is_current_exe(file, offsets) {
         return Ok(None);
     }
-    // The program mapping itself: decided at exec.
-    match kernel::current_exe_file(offsets) {
-        Ok(exe) if exe == file => Ok(None),
-        _ => Ok(Some(file)),
-    }
+    Ok(Some(file))
 }

@@ -37,13 +37,10 @@ pub(crate) fn sched_process_exec_script(ctx: RawTracePointContext) -> i32 {
     let offsets = drift::offsets();
     let config = CONFIG.load();
     let checked = find(bprm, &offsets, &config).and_then(|script| match script {
-        Script::File(file) => {
-            let verdict = drift::check_file(file, via::EXEC, &offsets)?;
-            Ok(Some((
-                verdict,
-                kernel::read::<u64>(bprm, offsets.binprm_filename)?,
-            )))
-        }
+        Script::File { file, filename } => Ok(Some((
+            drift::check_file(file, via::EXEC, &offsets)?,
+            filename,
+        ))),
         Script::Unresolved => {
             if kernel::current_container(&offsets, &config)?.is_some() {
                 count(counter::SCRIPT_UNRESOLVED);
@@ -68,8 +65,8 @@ const WORK_FUNC: u32 = 8;
 pub(crate) enum Script {
     /// The exec ran a program, not a script (`bprm->interp` is the file run).
     None,
-    /// `struct file *` of the script.
-    File(u64),
+    /// `struct file *` of the script, and the `bprm->filename` it ran as.
+    File { file: u64, filename: u64 },
     /// A script, whose file was not on the list (more than
     /// [`SCRIPT_WALK_MAX`] works queued, or works run early).
     Unresolved,
@@ -99,7 +96,10 @@ pub(crate) fn find(
             return Ok(if found == 0 {
                 Script::Unresolved
             } else {
-                Script::File(found)
+                Script::File {
+                    file: found,
+                    filename,
+                }
             });
         }
         let func: u64 = kernel::read(work, WORK_FUNC)?;

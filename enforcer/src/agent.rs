@@ -13,7 +13,7 @@ use crate::{
         pipeline::{Pipeline, PipelineStats},
         sink::{JsonLines, Sink},
     },
-    backend::{self, Attached, BackendChoice, BackendError},
+    backend::{self, Attached, BackendChoice, BackendError, SignalRoutes},
     kernel::{
         features,
         host::{HostError, HostIdentity, host_identity},
@@ -100,7 +100,7 @@ fn kernel_layout(btf_path: Option<&std::path::Path>) -> Result<Layout, AgentErro
 }
 
 /// The programs' load-time settings.
-fn agent_config(host: &HostIdentity, checks: &SignalChecks, fput_fn: u64) -> AgentConfig {
+fn agent_config(host: &HostIdentity, checks: &SignalRoutes, fput_fn: u64) -> AgentConfig {
     // The kernel's numbers for the agent's own architecture.
     let syscall = |number: libc::c_long| {
         if checks.mappings.is_ok() {
@@ -119,13 +119,6 @@ fn agent_config(host: &HostIdentity, checks: &SignalChecks, fput_fn: u64) -> Age
         mprotect_syscall: syscall(libc::SYS_mprotect),
         pad: 0,
     }
-}
-
-/// Whether the signal backend's optional checks have what they read, and
-/// why not.
-struct SignalChecks {
-    scripts: Result<(), String>,
-    mappings: Result<(), String>,
 }
 
 /// The address of `____fput`, which the signal backend's script check needs
@@ -168,7 +161,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let layout = kernel_layout(options.btf.as_deref())?;
     let offsets = layout.offsets;
     let script_check = script_check(&layout);
-    let checks = SignalChecks {
+    let checks = SignalRoutes {
         scripts: script_check.clone().map(drop),
         mappings: if options.signal_mmap_check {
             layout.syscall_mmap.clone()
@@ -203,7 +196,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
 
-    let attached = backend::attach(&mut ebpf, options.backend, checks.mappings.is_ok())?;
+    let attached = backend::attach(&mut ebpf, options.backend, &checks)?;
     if let Some(reason) = &attached.fallback_reason {
         tracing::warn!(
             %reason,
@@ -212,7 +205,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         );
     }
     let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
-    log_drift_methods(&attached, tracker.state(), &policy.drift, &checks);
+    log_drift_methods(&attached, tracker.state(), &policy.drift);
     tracing::info!(
         backend = %attached.kind,
         mode = %policy.drift.mode,
@@ -257,12 +250,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
 }
 
 /// Says at start-up which drift routes are decided, and how.
-fn log_drift_methods(
-    attached: &Attached,
-    tracking: &TrackingState,
-    rule: &DriftRule,
-    checks: &SignalChecks,
-) {
+fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &DriftRule) {
     let verdict = |allowed: bool| if allowed { "allowed" } else { "drift" };
     let non_overlay_root = match tracking {
         TrackingState::Attached => {
@@ -296,10 +284,7 @@ fn log_drift_methods(
     tracing::info!(
         "signal backend: execs of a drift file are decided, by SIGKILL before the program's first instruction"
     );
-    let ready = |check: &Result<(), String>, attached: &Result<(), String>| {
-        check.clone().and(attached.clone())
-    };
-    match ready(&checks.scripts, &signal.scripts) {
+    match &signal.scripts {
         Ok(()) => tracing::info!(
             "signal backend: scripts are decided: the interpreter is killed before it reads a dropped script"
         ),
@@ -308,7 +293,7 @@ fn log_drift_methods(
             "signal backend: scripts are NOT decided: a dropped script runs under its image interpreter"
         ),
     }
-    match ready(&checks.mappings, &signal.mappings) {
+    match &signal.mappings {
         Ok(()) => tracing::info!(
             "signal backend: executable mappings of a drift file (the dynamic loader running a dropped program, \
              LD_PRELOAD, dlopen) are decided at mmap entry: the process is killed before mmap returns"
@@ -319,7 +304,7 @@ fn log_drift_methods(
              LD_PRELOAD and dlopen of a dropped library run"
         ),
     }
-    match ready(&checks.mappings, &signal.mprotect) {
+    match &signal.mprotect {
         Ok(()) => tracing::info!(
             "signal backend: mprotect adding PROT_EXEC to a mapping of a drift file is decided at mprotect entry"
         ),

@@ -142,11 +142,11 @@ const TRACKING_NEEDS_LSM: &str = "tracking needs BPF LSM hooks";
 
 /// Attaches the backend `choice` asks for. Call after the policy maps are
 /// filled: from this point on, execs are decided.
-/// `mmap_check`: whether the signal backend attaches its `mmap` program.
+/// `signal_routes`: which optional programs the signal backend attaches.
 pub fn attach(
     ebpf: &mut Ebpf,
     choice: BackendChoice,
-    mmap_check: bool,
+    signal_routes: &SignalRoutes,
 ) -> Result<Attached, BackendError> {
     match choice {
         BackendChoice::Lsm => Ok(Attached {
@@ -156,7 +156,7 @@ pub fn attach(
             signal: None,
         }),
         BackendChoice::Signal => Ok(Attached {
-            signal: Some(attach_signal(ebpf, mmap_check)?),
+            signal: Some(attach_signal(ebpf, signal_routes)?),
             kind: BackendKind::Signal,
             fallback_reason: None,
             tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
@@ -169,7 +169,7 @@ pub fn attach(
                 signal: None,
             }),
             Err(lsm_error) => Ok(Attached {
-                signal: Some(attach_signal(ebpf, mmap_check)?),
+                signal: Some(attach_signal(ebpf, signal_routes)?),
                 kind: BackendKind::Signal,
                 fallback_reason: Some(error_chain(&lsm_error)),
                 tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
@@ -262,38 +262,44 @@ fn attach_lsm_program(ebpf: &mut Ebpf, hook: &'static str, btf: &Btf) -> Result<
     Ok(())
 }
 
-/// Attaches the exec program, then the optional ones; returns whether those
-/// are attached, and why not.
-fn attach_signal(ebpf: &mut Ebpf, mmap_check: bool) -> Result<SignalExtras, BackendError> {
+/// Attaches the exec program, then the optional ones `wanted` allows;
+/// returns whether those are attached, and why not.
+fn attach_signal(ebpf: &mut Ebpf, wanted: &SignalRoutes) -> Result<SignalExtras, BackendError> {
     attach_raw_tracepoint(ebpf, SIGNAL_PROGRAM, SIGNAL_TRACEPOINT)?;
     let optional = |ebpf: &mut Ebpf, name, tracepoint| {
         attach_raw_tracepoint(ebpf, name, tracepoint).map_err(|error| error_chain(&error))
     };
-    let scripts = optional(ebpf, SIGNAL_SCRIPT_PROGRAM, SIGNAL_TRACEPOINT);
-    if !mmap_check {
-        let off = || Err("not asked for".to_owned());
-        return Ok(SignalExtras {
-            scripts,
-            mappings: off(),
-            mprotect: off(),
-        });
-    }
-    let (mappings, mprotect) = match optional(ebpf, SIGNAL_EXEC_MAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT)
-    {
-        Ok(()) => (Ok(()), Ok(())),
-        Err(reason) => (
-            optional(ebpf, SIGNAL_MMAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT),
-            Err(format!(
-                "the kernel refused the program that also decides mprotect (its bpf_find_vma needs 5.17+): \
-                 {reason}"
-            )),
-        ),
+    let scripts = wanted
+        .scripts
+        .clone()
+        .and_then(|()| optional(ebpf, SIGNAL_SCRIPT_PROGRAM, SIGNAL_TRACEPOINT));
+    let (mappings, mprotect) = match &wanted.mappings {
+        Err(reason) => (Err(reason.clone()), Err(reason.clone())),
+        Ok(()) => match optional(ebpf, SIGNAL_EXEC_MAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT) {
+            Ok(()) => (Ok(()), Ok(())),
+            Err(reason) => (
+                optional(ebpf, SIGNAL_MMAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT),
+                Err(format!(
+                    "the kernel refused the program that also decides mprotect (its bpf_find_vma needs \
+                     5.17+): {reason}"
+                )),
+            ),
+        },
     };
     Ok(SignalExtras {
         scripts,
         mappings,
         mprotect,
     })
+}
+
+/// The signal backend's optional routes the agent can run: `Ok` when what
+/// their programs read is there (and, for mappings, the user asked), else
+/// why not.
+#[derive(Clone, Debug)]
+pub struct SignalRoutes {
+    pub scripts: Result<(), String>,
+    pub mappings: Result<(), String>,
 }
 
 /// The signal backend's optional programs: attached, or why not.
