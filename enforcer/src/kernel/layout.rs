@@ -273,12 +273,15 @@ impl KernelBtf {
         (&self.vmlinux, self.vmlinux_path.display().to_string())
     }
 
+    /// The offset of `field` from vmlinux BTF.
+    fn core(&self, field: Field) -> Result<u32, LayoutError> {
+        let (btf, searched) = self.vmlinux_types();
+        resolve(btf, &searched, field)
+    }
+
     /// Resolves every offset the kernel programs need.
     pub fn offsets(&self) -> Result<Layout, LayoutError> {
-        let core = |f: Field| {
-            let (btf, searched) = self.vmlinux_types();
-            resolve(btf, &searched, f)
-        };
+        let core = |field| self.core(field);
 
         let binprm_file = core(BINPRM_FILE)?;
         let binprm_filename = core(BINPRM_FILENAME)?;
@@ -384,8 +387,7 @@ impl KernelBtf {
     /// `linux_binprm.interp`, `task_struct.task_works`, the file's task
     /// work and `file.f_flags`: optional, only the signal backend's script check reads them.
     fn deferred_release(&self) -> Result<(u32, u32, u32, u32), LayoutError> {
-        let (btf, searched) = self.vmlinux_types();
-        let core = |field| resolve(btf, &searched, field);
+        let core = |field| self.core(field);
         let file_task_work = FILE_TASK_WORK
             .into_iter()
             .map(&core)
@@ -405,8 +407,7 @@ impl KernelBtf {
     /// What the signal backend's `mmap` check reads: the descriptor table
     /// and the system call argument registers. Optional.
     fn mmap_offsets(&self) -> Result<MmapOffsets, LayoutError> {
-        let (btf, searched) = self.vmlinux_types();
-        let core = |field| resolve(btf, &searched, field);
+        let core = |field| self.core(field);
         let [arg1, arg3, arg4, arg5] = REGS_SYSCALL_ARGS;
         Ok(MmapOffsets {
             task_files: core(TASK_FILES)?,
