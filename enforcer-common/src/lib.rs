@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -106,8 +106,8 @@ pub const SIGKILL: u32 = 9;
 
 /// Kinds of ring buffer records ([`EventHeader::kind`]).
 pub mod event_kind {
-    /// A [`DriftEvent`](super::DriftEvent).
-    pub const DRIFT: u32 = 1;
+    /// A [`DecisionEvent`](super::DecisionEvent).
+    pub const DECISION: u32 = 1;
     /// A [`RootNotice`](super::RootNotice).
     pub const UNTRACKED_ROOT: u32 = 2;
 }
@@ -125,7 +125,7 @@ pub mod tracking {
     pub const ATTACHED: u32 = 2;
 }
 
-/// What the kernel did ([`DriftEvent::decision`]).
+/// What the kernel did ([`DecisionEvent::decision`]).
 pub mod decision {
     /// The LSM hook refused the exec with `EPERM`; the program never ran.
     pub const BLOCKED: u32 = 1;
@@ -137,13 +137,15 @@ pub mod decision {
     pub const KILL_FAILED: u32 = 4;
 }
 
-/// Why a decision was taken ([`DriftEvent::reason`]).
+/// Why a decision was taken ([`DecisionEvent::reason`]).
 pub mod reason {
     /// The executable is not part of the container's image.
     pub const DRIFT: u32 = 1;
+    /// The file is shielded by the vShield in [`DecisionEvent::rule`](super::DecisionEvent::rule).
+    pub const VSHIELD: u32 = 2;
 }
 
-/// Which kernel mechanism took the decision ([`DriftEvent::backend`]).
+/// Which kernel mechanism took the decision ([`DecisionEvent::backend`]).
 pub mod backend {
     /// BPF LSM program on `bprm_check_security`.
     pub const LSM: u32 = 1;
@@ -152,7 +154,7 @@ pub mod backend {
 }
 
 /// Where the file lives, i.e. why it is not from the image
-/// ([`DriftEvent::layer`]).
+/// ([`DecisionEvent::layer`]; 0 for vShield decisions).
 pub mod layer {
     /// On the container's overlayfs root with an upper-layer dentry: created
     /// or copied up after the container started.
@@ -168,7 +170,7 @@ pub mod layer {
     pub const WRITTEN: u32 = 4;
 }
 
-/// How the file was about to be run ([`DriftEvent::via`]).
+/// How the file was about to be used ([`DecisionEvent::via`]).
 pub mod via {
     /// execve/execveat of the file (or of a script, for its interpreter line).
     pub const EXEC: u32 = 1;
@@ -177,9 +179,11 @@ pub mod via {
     pub const MMAP: u32 = 2;
     /// `mprotect` adding `PROT_EXEC` to a mapping of the file.
     pub const MPROTECT: u32 = 3;
+    /// `open` for reading or writing (vShields).
+    pub const OPEN: u32 = 4;
 }
 
-/// Bits of [`DriftEvent::flags`].
+/// Bits of [`DecisionEvent::flags`].
 pub mod event_flags {
     /// `path` filled the whole buffer; the real path may be longer.
     pub const PATH_TRUNCATED: u32 = 1;
@@ -232,8 +236,10 @@ pub mod counter {
     /// Scripts run by a container process whose file the signal backend
     /// could not find; they ran undecided.
     pub const SCRIPT_UNRESOLVED: u32 = 8;
+    /// Uses of a shielded file that a vShield decided (any mode).
+    pub const VSHIELD_HITS: u32 = 9;
     /// Number of slots in the array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Kernel structure offsets, in bytes, read from the running kernel's BTF at
@@ -398,6 +404,110 @@ pub struct DriftSettings {
     pub pad: u32,
 }
 
+/// Files the vShields of a policy shield (entries of `VSHIELD_FILES`).
+pub const VSHIELD_FILES_MAX: u32 = 262_144;
+
+/// (file, scope, operation) rules (entries of `VSHIELD_RULES`).
+pub const VSHIELD_RULES_MAX: u32 = 524_288;
+
+/// vShield slots ([`VShieldRule::rule`] runs from 1 to this): the number of
+/// vShields one policy can hold, and the size of the hit counters.
+pub const VSHIELD_SLOTS: u32 = 16_384;
+
+/// What a vShield stops a file from being used for: [`VShieldKey::op`], and
+/// bits of `VSHIELD_FILES` values.
+pub mod vshield_op {
+    /// `execve` of the file (also as a script or an interpreter).
+    pub const EXEC: u32 = 1;
+    /// `open` for reading or writing.
+    pub const OPEN: u32 = 1 << 1;
+    /// An executable mapping (`mmap`, `mprotect`): loading it as a library.
+    pub const LOAD: u32 = 1 << 2;
+}
+
+/// Whom a vShield rule applies to ([`VShieldKey::scope`]).
+pub mod scope {
+    /// The host's own processes.
+    pub const HOST: u32 = 0;
+    /// Every container process.
+    pub const CONTAINERS: u32 = 1;
+}
+
+/// How overlayfs keeps the lower inode of one of its inodes
+/// ([`OverlayLower::kind`]), by kernel version.
+pub mod overlay_lower {
+    /// Unknown: a file on overlayfs is identified by its overlay inode.
+    pub const UNKNOWN: u32 = 0;
+    /// `struct inode *lower` (5.x).
+    pub const INODE: u32 = 1;
+    /// `struct ovl_path lowerpath`, whose `dentry` is at the offset (6.0 to 6.4).
+    pub const DENTRY: u32 = 2;
+    /// `struct ovl_entry *oe`, whose first lower `dentry` is at
+    /// [`OverlayLower::entry_dentry`] when `__numlower` is nonzero (6.5+).
+    pub const ENTRY: u32 = 3;
+}
+
+/// Where overlayfs keeps the lower inode an overlay inode stands for, read
+/// from BTF at start-up (a load-time global of its own, so that only the
+/// vShield code reads it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverlayLower {
+    /// One of [`overlay_lower`].
+    pub kind: u32,
+    /// From the overlay's `vfs_inode` to the field [`Self::kind`] names.
+    pub lower: u32,
+    /// `ovl_entry.__numlower`.
+    pub entry_numlower: u32,
+    /// `ovl_entry.__lowerstack[0].dentry`.
+    pub entry_dentry: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+}
+
+/// Overlays stacked on overlays that the identity walk follows
+/// (the kernel's `FILESYSTEM_MAX_STACK_DEPTH` is 2).
+pub const OVERLAY_STACK_MAX: u32 = 3;
+
+/// A file's identity for vShields: the inode its content comes from. For a
+/// file on overlayfs that is the lower-layer inode (also after a copy-up,
+/// which keeps the overlay inode's link to it), else its upper inode; for
+/// other files the inode itself. The same for every container of an image,
+/// and computed by the same kernel code when the agent resolves a path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    /// `i_ino`.
+    pub ino: u64,
+    /// `s_dev` of the inode's super block, kernel encoding.
+    pub dev: u32,
+    /// Reserved, zero.
+    pub pad: u32,
+}
+
+/// Key of `VSHIELD_RULES`: what applies to one use of one file by one scope.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VShieldKey {
+    pub file: FileId,
+    /// One of [`scope`].
+    pub scope: u32,
+    /// One of [`vshield_op`].
+    pub op: u32,
+}
+
+/// Value of `VSHIELD_RULES`: the vShield that decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VShieldRule {
+    /// The vShield's slot, 1 to [`VSHIELD_SLOTS`]; index of its hit counter.
+    pub rule: u32,
+    /// [`mode::ENFORCE`] or [`mode::AUDIT`].
+    pub mode: u32,
+}
+
 /// One state of an allowed-path automaton: a DFA over the bytes of a file's
 /// path in its container, compiled by the agent from the allowed globs.
 #[repr(C)]
@@ -430,11 +540,12 @@ pub struct EventHeader {
     pub boot_ns: u64,
 }
 
-/// A drift decision: a container process was about to run a file that is
-/// not from its image.
+/// A decision on a file: a container process was about to run a file that
+/// is not from its image (drift), or a process was about to use a file a
+/// vShield shields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DriftEvent {
+pub struct DecisionEvent {
     pub header: EventHeader,
     /// Thread id of the task.
     pub pid: u32,
@@ -466,12 +577,17 @@ pub struct DriftEvent {
     pub path_len: u32,
     /// Bits of [`event_flags`].
     pub flags: u32,
+    /// The vShield's slot ([`VShieldRule::rule`]) for [`reason::VSHIELD`];
+    /// 0 for drift.
+    pub rule: u32,
+    /// Reserved, zero.
+    pub pad: u32,
     /// `comm` of the task, NUL padded.
     pub comm: [u8; COMM_LEN],
     /// The file's name (last path component), NUL terminated.
     pub name: [u8; NAME_LEN],
     /// The path given to exec (`linux_binprm.filename`), NUL terminated;
-    /// empty for mappings.
+    /// empty for mappings and opens.
     pub path: [u8; EXEC_PATH_LEN],
 }
 
@@ -495,7 +611,10 @@ pub struct RootNotice {
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{AgentConfig, DriftSettings, KernelOffsets, MmapOffsets, PathDfaState};
+    use super::{
+        AgentConfig, DriftSettings, FileId, KernelOffsets, MmapOffsets, OverlayLower, PathDfaState,
+        VShieldKey, VShieldRule,
+    };
 
     // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (pinned
     // by the layout tests).
@@ -508,6 +627,14 @@ mod pod {
     unsafe impl aya::Pod for DriftSettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PathDfaState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for OverlayLower {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FileId {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VShieldKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VShieldRule {}
 }
 
 #[cfg(test)]
@@ -515,9 +642,24 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     use super::{
-        AgentConfig, DriftEvent, DriftSettings, EventHeader, KernelOffsets, MmapOffsets,
-        PathDfaState, RootNotice,
+        AgentConfig, DecisionEvent, DriftSettings, EventHeader, FileId, KernelOffsets, MmapOffsets,
+        OverlayLower, PathDfaState, RootNotice, VShieldKey, VShieldRule,
     };
+
+    #[test]
+    fn vshield_layout() {
+        assert_eq!(size_of::<FileId>(), 16);
+        assert_eq!(offset_of!(FileId, ino), 0);
+        assert_eq!(offset_of!(FileId, dev), 8);
+        assert_eq!(size_of::<VShieldKey>(), 24);
+        assert_eq!(offset_of!(VShieldKey, scope), 16);
+        assert_eq!(offset_of!(VShieldKey, op), 20);
+        assert_eq!(size_of::<VShieldRule>(), 8);
+        assert_eq!(offset_of!(VShieldRule, mode), 4);
+        assert_eq!(size_of::<OverlayLower>(), 24);
+        assert_eq!(offset_of!(OverlayLower, entry_dentry), 12);
+        assert_eq!(offset_of!(OverlayLower, file_inode), 16);
+    }
 
     #[test]
     fn root_notice_layout() {
@@ -537,31 +679,32 @@ mod tests {
 
     #[test]
     fn drift_event_layout() {
-        assert_eq!(size_of::<DriftEvent>(), 872);
-        assert_eq!(offset_of!(DriftEvent, header), 0);
-        assert_eq!(offset_of!(DriftEvent, pid), 16);
-        assert_eq!(offset_of!(DriftEvent, tgid), 20);
-        assert_eq!(offset_of!(DriftEvent, ppid), 24);
-        assert_eq!(offset_of!(DriftEvent, uid), 28);
-        assert_eq!(offset_of!(DriftEvent, gid), 32);
-        assert_eq!(offset_of!(DriftEvent, mnt_ns), 36);
-        assert_eq!(offset_of!(DriftEvent, cgroup_id), 40);
-        assert_eq!(offset_of!(DriftEvent, inode), 48);
-        assert_eq!(offset_of!(DriftEvent, dev), 56);
-        assert_eq!(offset_of!(DriftEvent, decision), 60);
-        assert_eq!(offset_of!(DriftEvent, reason), 64);
-        assert_eq!(offset_of!(DriftEvent, backend), 68);
-        assert_eq!(offset_of!(DriftEvent, layer), 72);
-        assert_eq!(offset_of!(DriftEvent, via), 76);
-        assert_eq!(offset_of!(DriftEvent, path_len), 80);
-        assert_eq!(offset_of!(DriftEvent, flags), 84);
-        assert_eq!(offset_of!(DriftEvent, comm), 88);
-        assert_eq!(offset_of!(DriftEvent, name), 104);
-        assert_eq!(offset_of!(DriftEvent, path), 104 + super::NAME_LEN);
+        assert_eq!(size_of::<DecisionEvent>(), 880);
+        assert_eq!(offset_of!(DecisionEvent, header), 0);
+        assert_eq!(offset_of!(DecisionEvent, pid), 16);
+        assert_eq!(offset_of!(DecisionEvent, tgid), 20);
+        assert_eq!(offset_of!(DecisionEvent, ppid), 24);
+        assert_eq!(offset_of!(DecisionEvent, uid), 28);
+        assert_eq!(offset_of!(DecisionEvent, gid), 32);
+        assert_eq!(offset_of!(DecisionEvent, mnt_ns), 36);
+        assert_eq!(offset_of!(DecisionEvent, cgroup_id), 40);
+        assert_eq!(offset_of!(DecisionEvent, inode), 48);
+        assert_eq!(offset_of!(DecisionEvent, dev), 56);
+        assert_eq!(offset_of!(DecisionEvent, decision), 60);
+        assert_eq!(offset_of!(DecisionEvent, reason), 64);
+        assert_eq!(offset_of!(DecisionEvent, backend), 68);
+        assert_eq!(offset_of!(DecisionEvent, layer), 72);
+        assert_eq!(offset_of!(DecisionEvent, via), 76);
+        assert_eq!(offset_of!(DecisionEvent, path_len), 80);
+        assert_eq!(offset_of!(DecisionEvent, flags), 84);
+        assert_eq!(offset_of!(DecisionEvent, rule), 88);
+        assert_eq!(offset_of!(DecisionEvent, comm), 96);
+        assert_eq!(offset_of!(DecisionEvent, name), 112);
+        assert_eq!(offset_of!(DecisionEvent, path), 112 + super::NAME_LEN);
         // No tail padding: the last field ends the struct.
         assert_eq!(
-            offset_of!(DriftEvent, path) + super::EXEC_PATH_LEN,
-            size_of::<DriftEvent>()
+            offset_of!(DecisionEvent, path) + super::EXEC_PATH_LEN,
+            size_of::<DecisionEvent>()
         );
     }
 

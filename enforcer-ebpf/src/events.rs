@@ -8,14 +8,15 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_current_comm, bpf_probe_read_kernel_str},
 };
 use enforcer_common::{
-    COMM_LEN, DriftEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, NAME_LEN, RootNotice, counter,
-    event_flags, event_kind, reason,
+    COMM_LEN, DecisionEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, NAME_LEN, RootNotice,
+    counter, event_flags, event_kind, reason,
 };
 
 use crate::{
     drift::Drift,
     kernel::{self, FileFacts},
     maps::{EVENTS, count},
+    vshield::Hit,
 };
 
 /// Copies a kernel string into `dst` (`size` bytes); returns the length
@@ -39,17 +40,32 @@ unsafe fn read_str(dst: *mut u8, size: usize, src: u64) -> Option<u32> {
     }
 }
 
-/// Reports a drift decision. `filename` is the `char *` path given to exec,
-/// absent for mappings. A full ring buffer is counted, never silent.
-#[inline(always)]
-pub(crate) fn drift(
-    drift: &Drift,
-    filename: Option<u64>,
-    offsets: &KernelOffsets,
+/// What a decision record says, apart from the task's own context.
+struct Report<'a> {
+    mnt_ns: u32,
+    /// For the name.
+    file: &'a FileFacts,
+    /// The inode number and device reported.
+    ino: u64,
+    dev: u32,
+    /// One of `reason::*`.
+    reason: u32,
+    /// One of `layer::*`, 0 for vShields.
+    layer: u32,
+    /// One of `via::*`.
+    via: u32,
+    /// The vShield's slot, 0 for drift.
+    rule: u32,
     decision: u32,
     backend: u32,
-) {
-    let Some(mut entry) = EVENTS.reserve::<DriftEvent>(0) else {
+}
+
+/// Writes a decision record. `filename` is the `char *` path given to exec,
+/// absent for mappings and opens. A full ring buffer is counted, never
+/// silent.
+#[inline(always)]
+fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
+    let Some(mut entry) = EVENTS.reserve::<DecisionEvent>(0) else {
         count(counter::EVENTS_LOST);
         return;
     };
@@ -58,11 +74,11 @@ pub(crate) fn drift(
     let uid_gid = bpf_get_current_uid_gid();
     // The reserved record is uninitialised ring memory: every field is written
     // through raw places, never through references.
-    // SAFETY: `event` points at a reserved record of `size_of::<DriftEvent>()`
+    // SAFETY: `event` points at a reserved record of `size_of::<DecisionEvent>()`
     // bytes that this program owns until submit.
     unsafe {
         (*event).header = EventHeader {
-            kind: event_kind::DRIFT,
+            kind: event_kind::DECISION,
             pad: 0,
             boot_ns: bpf_ktime_get_boot_ns(),
         };
@@ -71,22 +87,24 @@ pub(crate) fn drift(
         (*event).ppid = kernel::current_parent_tgid(offsets).unwrap_or(0);
         (*event).uid = uid_gid as u32;
         (*event).gid = (uid_gid >> 32) as u32;
-        (*event).mnt_ns = drift.mnt_ns;
+        (*event).mnt_ns = report.mnt_ns;
         (*event).cgroup_id = bpf_get_current_cgroup_id();
-        (*event).inode = drift.file.ino;
-        (*event).dev = drift.file.dev;
-        (*event).decision = decision;
-        (*event).reason = reason::DRIFT;
-        (*event).backend = backend;
-        (*event).layer = drift.layer;
-        (*event).via = drift.via;
+        (*event).inode = report.ino;
+        (*event).dev = report.dev;
+        (*event).decision = report.decision;
+        (*event).reason = report.reason;
+        (*event).backend = report.backend;
+        (*event).layer = report.layer;
+        (*event).via = report.via;
+        (*event).rule = report.rule;
+        (*event).pad = 0;
 
         let comm = (&raw mut (*event).comm).cast::<c_void>();
         if bpf_get_current_comm(comm, COMM_LEN as u32) < 0 {
             (*event).comm = [0; COMM_LEN];
         }
 
-        let name = kernel::read::<u64>(drift.file.dentry, offsets.dentry_name).unwrap_or(0);
+        let name = kernel::read::<u64>(report.file.dentry, offsets.dentry_name).unwrap_or(0);
         let _ = read_str((&raw mut (*event).name).cast::<u8>(), NAME_LEN, name);
 
         let path = (&raw mut (*event).path).cast::<u8>();
@@ -109,6 +127,60 @@ pub(crate) fn drift(
         }
     }
     entry.submit(0);
+}
+
+/// Reports a drift decision.
+#[inline(always)]
+fn drift(
+    drift: &Drift,
+    filename: Option<u64>,
+    offsets: &KernelOffsets,
+    decision: u32,
+    backend: u32,
+) {
+    report(
+        &Report {
+            mnt_ns: drift.mnt_ns,
+            file: &drift.file,
+            ino: drift.file.ino,
+            dev: drift.file.dev,
+            reason: reason::DRIFT,
+            layer: drift.layer,
+            via: drift.via,
+            rule: 0,
+            decision,
+            backend,
+        },
+        filename,
+        offsets,
+    );
+}
+
+/// Reports a vShield's decision.
+#[inline(always)]
+pub(crate) fn vshield(
+    hit: &Hit,
+    filename: Option<u64>,
+    offsets: &KernelOffsets,
+    decision: u32,
+    backend: u32,
+) {
+    report(
+        &Report {
+            mnt_ns: hit.mnt_ns,
+            file: &hit.file,
+            ino: hit.id.ino,
+            dev: hit.id.dev,
+            reason: reason::VSHIELD,
+            layer: 0,
+            via: hit.via,
+            rule: hit.rule.rule,
+            decision,
+            backend,
+        },
+        filename,
+        offsets,
+    );
 }
 
 /// Counts and reports a drift decision.

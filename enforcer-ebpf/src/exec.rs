@@ -15,7 +15,10 @@ use crate::{
 
 /// `bprm->file` and `bprm->filename`.
 #[inline(always)]
-fn exec_file(bprm: u64, offsets: &KernelOffsets) -> Result<(u64, u64), kernel::ReadError> {
+pub(crate) fn exec_file(
+    bprm: u64,
+    offsets: &KernelOffsets,
+) -> Result<(u64, u64), kernel::ReadError> {
     Ok((
         kernel::read_ptr(bprm, offsets.binprm_file)?,
         kernel::read::<u64>(bprm, offsets.binprm_filename)?,
@@ -90,7 +93,14 @@ pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 /// `filename` is an exec's `bprm->filename`.
 #[inline(always)]
 pub(crate) fn kill(drift: &Drift, filename: Option<u64>, offsets: &KernelOffsets) {
-    let decision = if drift.mode == mode::ENFORCE {
+    let decision = kill_current(drift.mode);
+    events::decided(drift, filename, offsets, decision, backend::SIGNAL);
+}
+
+/// SIGKILL for the current task in enforce mode; the decision to report.
+#[inline(always)]
+pub(crate) fn kill_current(mode: u32) -> u32 {
+    if mode == mode::ENFORCE {
         // SAFETY: plain helper call; signals the current task.
         if unsafe { bpf_send_signal(SIGKILL) } == 0 {
             decision::KILLED
@@ -100,6 +110,5 @@ pub(crate) fn kill(drift: &Drift, filename: Option<u64>, offsets: &KernelOffsets
         }
     } else {
         decision::AUDIT
-    };
-    events::decided(drift, filename, offsets, decision, backend::SIGNAL);
+    }
 }

@@ -21,6 +21,7 @@ mod mmap;
 mod path;
 mod script;
 mod tracking;
+mod vshield;
 
 #[cfg(not(test))]
 #[panic_handler]

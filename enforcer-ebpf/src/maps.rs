@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AgentConfig, DriftSettings, KernelOffsets, MmapOffsets, PATH_BUF_LEN, PathDfaBank,
+    AgentConfig, DriftSettings, FileId, KernelOffsets, MmapOffsets, OverlayLower, PATH_BUF_LEN,
+    PathDfaBank, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, VSHIELD_SLOTS, VShieldKey, VShieldRule,
     WRITTEN_FILES_MAX, counter,
 };
 
@@ -20,6 +21,12 @@ pub(crate) static OFFSETS: Global<KernelOffsets> = Global::new(unsafe { core::me
 #[unsafe(no_mangle)]
 // SAFETY: as above.
 pub(crate) static MMAP_OFFSETS: Global<MmapOffsets> = Global::new(unsafe { core::mem::zeroed() });
+
+/// Where overlayfs keeps an overlay inode's lower inode, overridden at load
+/// time.
+#[unsafe(no_mangle)]
+// SAFETY: as above.
+pub(crate) static OVERLAY_LOWER: Global<OverlayLower> = Global::new(unsafe { core::mem::zeroed() });
 
 /// Settings fixed while the programs are loaded, overridden at load time.
 #[unsafe(no_mangle)]
@@ -54,6 +61,27 @@ pub(crate) static DRIFT_POLICY: Array<DriftSettings> = Array::with_max_entries(1
 /// which one is in force.
 #[map]
 pub(crate) static PATH_DFA: Array<PathDfaBank> = Array::with_max_entries(2, 0);
+
+/// Files some vShield shields, by identity: the union of the operations
+/// ([`enforcer_common::vshield_op`]) any scope stops. The hot path's only
+/// lookup; it misses for every other file.
+#[map]
+pub(crate) static VSHIELD_FILES: HashMap<FileId, u32> =
+    HashMap::with_max_entries(VSHIELD_FILES_MAX, BPF_F_NO_PREALLOC);
+
+/// The vShield that decides one operation on one file for one scope.
+#[map]
+pub(crate) static VSHIELD_RULES: HashMap<VShieldKey, VShieldRule> =
+    HashMap::with_max_entries(VSHIELD_RULES_MAX, BPF_F_NO_PREALLOC);
+
+/// Uses each vShield decided, indexed by its slot.
+#[map]
+pub(crate) static VSHIELD_HITS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(VSHIELD_SLOTS + 1, 0);
+
+/// Where `vshield_identity` leaves the identity it resolved for the agent.
+#[map]
+pub(crate) static RESOLVED_ID: Array<FileId> = Array::with_max_entries(1, 0);
 
 /// Where a file's path is built for the allowed-path check.
 #[map]

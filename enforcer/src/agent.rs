@@ -9,11 +9,13 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     audit::{
-        enrich::{BootClock, Enricher, hostname},
+        enrich::{BootClock, Enricher, VShieldNames, VShieldTable, hostname},
         pipeline::{Pipeline, PipelineStats},
         sink::{JsonLines, Sink},
     },
-    backend::{self, Attached, BackendChoice, BackendError, SignalRoutes},
+    backend::{
+        self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes, VShieldRoutes,
+    },
     kernel::{
         features,
         host::{HostError, HostIdentity, host_identity},
@@ -21,7 +23,11 @@ use crate::{
         symbols,
     },
     maps::{self, MapAccessError},
-    policy::{self, DriftRule, Policy},
+    policy::{
+        self, DriftRule, Policy,
+        vshield::{self as vshields, Applied, Resolved, Scope, VShield, VShieldError},
+    },
+    resolve::{self, Identities, ResolveError, Root},
     stats::{self, KernelCounters},
     tracking::{State as TrackingState, Tracker, WriteTracking},
 };
@@ -37,6 +43,8 @@ pub struct RunOptions {
     pub signal_mmap_check: bool,
     pub host_pid: u32,
     pub btf: Option<PathBuf>,
+    /// Globs of image layer directories (see `--image-store`).
+    pub image_stores: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +65,10 @@ pub enum AgentError {
     Map(#[from] MapAccessError),
     #[error("invalid policy: {0}")]
     Policy(#[from] policy::PathGlobError),
+    #[error("invalid policy: {0}")]
+    VShield(#[from] VShieldError),
+    #[error("resolving the files of the vShields: {0}")]
+    Resolve(#[from] ResolveError),
     #[error("starting the audit pipeline: {0}")]
     Pipeline(#[source] std::io::Error),
     #[error("installing signal handlers: {0}")]
@@ -161,23 +173,25 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let layout = kernel_layout(options.btf.as_deref())?;
     let offsets = layout.offsets;
     let script_check = script_check(&layout);
-    let checks = SignalRoutes {
-        scripts: script_check.clone().map(drop),
-        mappings: if options.signal_mmap_check {
-            layout.syscall_mmap.clone()
-        } else {
-            Err(
-                "off; --signal-mmap-check turns it on, at a cost to every system call on the host"
-                    .to_owned(),
-            )
-        },
-    };
+    let checks = signal_routes(&layout, &script_check, options.signal_mmap_check);
     let host = host(options.host_pid)?;
     let config = agent_config(&host, &checks, script_check.unwrap_or(0));
-    let mut ebpf = backend::load_object(&offsets, &layout.mmap_offsets, &config)?;
+    let mut ebpf = backend::load_object(
+        &offsets,
+        &layout.mmap_offsets,
+        &layout.overlay_lower,
+        &config,
+    )?;
     // The maps are filled before any program is attached, so the first exec
     // the programs see is already decided by the policy.
     policy::apply(&mut ebpf, &compiled)?;
+    let (vshield_table, _applied) = start_vshields(
+        &mut ebpf,
+        &policy.vshields,
+        &layout,
+        &host,
+        &options.image_stores,
+    )?;
 
     let ring: RingBuf<MapData> = maps::take(&mut ebpf, maps::EVENTS)?;
     let counters: PerCpuArray<MapData, u64> = maps::take(&mut ebpf, maps::COUNTERS)?;
@@ -186,6 +200,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         clock: BootClock::now(),
         hostname: hostname(),
         ruleset: policy.name.clone(),
+        vshields: vshield_table.clone(),
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
     let (pipeline, mut notices) =
@@ -206,6 +221,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     }
     let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
     log_drift_methods(&attached, tracker.state(), &policy.drift);
+    let _vshield_routes = attach_vshields(&mut ebpf, attached.kind, &policy.vshields)?;
     tracing::info!(
         backend = %attached.kind,
         mode = %policy.drift.mode,
@@ -242,11 +258,177 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         execs_checked = final_health.kernel.exec_checked,
         drift_detected = final_health.kernel.drift_detected,
         drift_allowed_by_path = final_health.kernel.allowed_by_path,
+        vshield_hits = final_health.kernel.vshield_hits,
         events_written = final_stats.written,
         events_lost = final_health.kernel.events_lost + final_stats.dropped,
         "stopped"
     );
     Ok(())
+}
+
+/// Resolves and writes the policy's vShields, if any; returns their names
+/// for events and the entries in the kernel.
+fn start_vshields(
+    ebpf: &mut aya::Ebpf,
+    shields: &[VShield],
+    layout: &Layout,
+    host: &HostIdentity,
+    image_stores: &[String],
+) -> Result<(VShieldTable, Applied), AgentError> {
+    let vshield_table = VShieldTable::default();
+    let mut applied = Applied::default();
+    if shields.is_empty() {
+        return Ok((vshield_table, applied));
+    }
+    if let Err(reason) = &layout.overlay_lower_source {
+        tracing::warn!(
+            %reason,
+            "where overlayfs keeps an overlay inode's lower inode is unknown on this kernel: files in containers \
+             are identified by their overlay inode, so vShields match only in containers running now, and a \
+             copy-up of a shielded file escapes its vShield"
+        );
+    }
+    let names = apply_vshields(ebpf, shields, host, image_stores, &mut applied)?;
+    *vshield_table
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
+    Ok((vshield_table, applied))
+}
+
+/// Resolves the vShields' files in the roots of their scopes and writes the
+/// kernel entries; returns what events need to name them.
+fn apply_vshields(
+    ebpf: &mut aya::Ebpf,
+    shields: &[VShield],
+    host: &HostIdentity,
+    image_stores: &[String],
+    applied: &mut Applied,
+) -> Result<VShieldNames, AgentError> {
+    backend::load_identity(ebpf)?;
+    let slots = vshields::slots(shields)?;
+    let mut host_roots = Vec::new();
+    let mut container_roots = Vec::new();
+    if shields.iter().any(|shield| shield.scope == Scope::Host) {
+        match Root::open(std::path::Path::new("/")) {
+            Ok(root) => host_roots.push(root),
+            Err(error) => tracing::error!(%error, "cannot open the host's root directory"),
+        }
+    }
+    if shields
+        .iter()
+        .any(|shield| shield.scope == Scope::Containers)
+    {
+        container_roots = resolve::image_layers(image_stores);
+        let layers = container_roots.len();
+        container_roots.extend(resolve::running_containers(host));
+        tracing::info!(
+            image_layers = layers,
+            running_containers = container_roots.len() - layers,
+            stores = ?image_stores,
+            "container vShields: looking up their files in image layers and running containers"
+        );
+    }
+    let mut names = VShieldNames::default();
+    let mut resolved = Vec::with_capacity(shields.len());
+    {
+        let identities = Identities::new(ebpf)?;
+        for (shield, slot) in shields.iter().zip(slots) {
+            let roots = match shield.scope {
+                Scope::Host => &host_roots,
+                Scope::Containers => &container_roots,
+            };
+            let mut found = std::collections::BTreeMap::new();
+            for root in roots {
+                identities.resolve(root, &shield.files, &mut found)?;
+            }
+            let files: std::collections::BTreeSet<_> = found.keys().copied().collect();
+            for (id, path) in found {
+                names.paths.entry(id).or_insert(path);
+            }
+            names
+                .rules
+                .insert(slot, (shield.name.clone(), shield.vulnerability.clone()));
+            if files.is_empty() {
+                tracing::warn!(
+                    vshield = %shield.name,
+                    files = ?shield.files,
+                    scope = shield.scope.as_str(),
+                    "vShield matches no file yet: it shields nothing until its files exist in a root searched \
+                     at start-up"
+                );
+            } else {
+                tracing::info!(
+                    vshield = %shield.name,
+                    vulnerability = %shield.vulnerability,
+                    mode = %shield.mode,
+                    operations = ?shield.operations(),
+                    scope = shield.scope.as_str(),
+                    files = files.len(),
+                    "vShield in force"
+                );
+            }
+            resolved.push(Resolved {
+                slot,
+                shield,
+                files,
+            });
+        }
+    }
+    applied.update(ebpf, vshields::entries(&resolved))?;
+    Ok(names)
+}
+
+/// Which optional signal-backend routes can run.
+fn signal_routes(
+    layout: &Layout,
+    script_check: &Result<u64, String>,
+    mmap_check: bool,
+) -> SignalRoutes {
+    SignalRoutes {
+        scripts: script_check.clone().map(drop),
+        mappings: if mmap_check {
+            layout.syscall_mmap.clone()
+        } else {
+            Err(
+                "off; --signal-mmap-check turns it on, at a cost to every system call on the host"
+                    .to_owned(),
+            )
+        },
+    }
+}
+
+/// Attaches the programs for the operations `shields` stop, and says which
+/// the backend decides.
+fn attach_vshields(
+    ebpf: &mut aya::Ebpf,
+    kind: BackendKind,
+    shields: &[VShield],
+) -> Result<VShieldRoutes, AgentError> {
+    let mut routes = VShieldRoutes::default();
+    if !shields.is_empty() {
+        let ops = shields.iter().fold(0, |ops, shield| ops | shield.ops);
+        backend::attach_vshields(ebpf, kind, &mut routes, ops)?;
+        log_vshield_routes(kind, shields, &routes);
+    }
+    Ok(routes)
+}
+
+/// Says which vShield operations the backend decides.
+fn log_vshield_routes(kind: BackendKind, shields: &[VShield], routes: &VShieldRoutes) {
+    let wanted = shields.iter().fold(0, |ops, shield| ops | shield.ops);
+    let missing = wanted & !routes.attached;
+    if missing == 0 {
+        tracing::info!(
+            backend = %kind,
+            "vShields: every operation they name is decided before it happens"
+        );
+    } else {
+        tracing::warn!(
+            backend = %kind,
+            "vShields: the signal backend decides execs only (SIGKILL before the first instruction); opens and \
+             library loads of shielded files are NOT decided on this kernel: it needs BPF LSM for them"
+        );
+    }
 }
 
 /// Says at start-up which drift routes are decided, and how.
@@ -356,7 +538,7 @@ impl Health {
             ),
             (
                 grew(self.kernel.read_errors, before.kernel.read_errors),
-                "kernel reads failed during exec checks; those execs were allowed (fail-open)",
+                "kernel reads failed during checks; what they checked was allowed (fail-open)",
             ),
             (
                 grew(self.kernel.signal_failed, before.kernel.signal_failed),

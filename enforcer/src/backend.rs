@@ -15,7 +15,7 @@ use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     programs::{Lsm, ProgramError, ProgramInfo, RawTracePoint},
 };
-use enforcer_common::{AgentConfig, KernelOffsets, MmapOffsets};
+use enforcer_common::{AgentConfig, KernelOffsets, MmapOffsets, OverlayLower, vshield_op};
 
 use crate::{
     error_chain,
@@ -48,6 +48,22 @@ const SIGNAL_EXEC_MAP_PROGRAM: &str = "sys_enter_exec_map";
 const SIGNAL_MMAP_PROGRAM: &str = "sys_enter_mmap";
 const SIGNAL_MMAP_TRACEPOINT: &str = "sys_enter";
 const SIGNAL_TRACEPOINT: &str = "sched_process_exec";
+/// vShield programs, attached once a policy has vShields: LSM (program,
+/// hook, the operation it decides).
+const VSHIELD_LSM: [(&str, &str, u32); 4] = [
+    (
+        "bprm_check_vshield",
+        "bprm_check_security",
+        vshield_op::EXEC,
+    ),
+    ("mmap_file_vshield", "mmap_file", vshield_op::LOAD),
+    ("file_mprotect_vshield", "file_mprotect", vshield_op::LOAD),
+    ("file_open_vshield", "file_open", vshield_op::OPEN),
+];
+/// The signal backend's vShield program: execs only.
+const VSHIELD_SIGNAL: &str = "sched_process_exec_vshield";
+/// Resolves the identity of one of the agent's descriptors (never attached).
+pub const VSHIELD_IDENTITY: &str = "vshield_identity";
 
 /// What the user asked for (`--backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +128,7 @@ pub enum BackendError {
 pub fn load_object(
     offsets: &KernelOffsets,
     mmap_offsets: &MmapOffsets,
+    overlay_lower: &OverlayLower,
     config: &AgentConfig,
 ) -> Result<Ebpf, BackendError> {
     if OBJECT.is_empty() {
@@ -120,6 +137,7 @@ pub fn load_object(
     EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
         .override_global("MMAP_OFFSETS", mmap_offsets, true)
+        .override_global("OVERLAY_LOWER", overlay_lower, true)
         .override_global("CONFIG", config, true)
         .load(OBJECT)
         .map_err(BackendError::Object)
@@ -248,11 +266,21 @@ fn load_lsm_program<'a>(
     hook: &'static str,
     btf: &Btf,
 ) -> Result<&'a mut Lsm, BackendError> {
-    let program = lsm_program(ebpf, hook)?;
+    load_lsm_program_named(ebpf, hook, hook, btf)
+}
+
+/// Loads LSM program `program` for `hook`.
+fn load_lsm_program_named<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &'static str,
+    hook: &str,
+    btf: &Btf,
+) -> Result<&'a mut Lsm, BackendError> {
+    let loaded = lsm_program(ebpf, program)?;
     let started = Instant::now();
-    program.load(hook, btf).map_err(program_error(hook))?;
-    log_loaded(hook, started, program.info());
-    Ok(program)
+    loaded.load(hook, btf).map_err(program_error(program))?;
+    log_loaded(program, started, loaded.info());
+    Ok(loaded)
 }
 
 fn attach_lsm_program(ebpf: &mut Ebpf, hook: &'static str, btf: &Btf) -> Result<(), BackendError> {
@@ -325,5 +353,65 @@ fn attach_raw_tracepoint(
     program.load().map_err(&program_error)?;
     log_loaded(name, started, program.info());
     program.attach(tracepoint).map_err(&program_error)?;
+    Ok(())
+}
+
+/// Which vShield operations the attached backend decides, and how.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VShieldRoutes {
+    /// Bits of `vshield_op` whose programs are attached.
+    pub attached: u32,
+}
+
+/// Attaches the programs that decide the vShield operations in `ops` (bits
+/// of `vshield_op`) that are not attached yet; returns what is attached
+/// afterwards. The signal backend has no hook that can refuse an open or a
+/// mapping: it decides execs only, by SIGKILL.
+pub fn attach_vshields(
+    ebpf: &mut Ebpf,
+    kind: BackendKind,
+    routes: &mut VShieldRoutes,
+    ops: u32,
+) -> Result<(), BackendError> {
+    match kind {
+        BackendKind::Lsm => {
+            let mut btf = None;
+            for (program, hook, op) in VSHIELD_LSM {
+                // Loaded means attached: the two are done together.
+                if ops & op == 0 || ebpf.program(program).is_some_and(|p| p.fd().is_ok()) {
+                    continue;
+                }
+                let btf = match &btf {
+                    Some(btf) => btf,
+                    None => btf.insert(Btf::from_sys_fs().map_err(BackendError::Btf)?),
+                };
+                load_lsm_program_named(ebpf, program, hook, btf)?
+                    .attach()
+                    .map_err(program_error(program))?;
+            }
+            routes.attached |= ops;
+        }
+        BackendKind::Signal => {
+            if ops & vshield_op::EXEC != 0 && routes.attached & vshield_op::EXEC == 0 {
+                attach_raw_tracepoint(ebpf, VSHIELD_SIGNAL, SIGNAL_TRACEPOINT)?;
+                routes.attached |= vshield_op::EXEC;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the program that resolves file identities for the agent.
+pub fn load_identity(ebpf: &mut Ebpf) -> Result<(), BackendError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(VSHIELD_IDENTITY)
+        .ok_or(BackendError::MissingProgram(VSHIELD_IDENTITY))?
+        .try_into()
+        .map_err(program_error(VSHIELD_IDENTITY))?;
+    if program.fd().is_err() {
+        let started = Instant::now();
+        program.load().map_err(program_error(VSHIELD_IDENTITY))?;
+        log_loaded(VSHIELD_IDENTITY, started, program.info());
+    }
     Ok(())
 }

@@ -66,8 +66,9 @@ pub struct RunArgs {
     /// Policy files (files, or directories of *.yaml and *.yml files),
     /// checked as `enforcer policy check` does; repeatable. Replaces the
     /// built-in policy and the drift flags below. For now `run` enforces one
-    /// `DriftPolicy` for every container (empty selector) and refuses vShields
-    /// and other selectors rather than ignore them.
+    /// `DriftPolicy` for every container (empty selector), and vShields for
+    /// every container or for the host (`selector: {host: true}`); it refuses
+    /// selectors by image, namespace or pod label rather than ignore them.
     #[arg(
         long,
         value_name = "PATH",
@@ -130,6 +131,18 @@ pub struct RunArgs {
     /// always decides mappings.
     #[arg(long)]
     pub signal_mmap_check: bool,
+
+    /// Where container runtimes keep image layers: a glob whose matches are
+    /// layer root directories (repeatable; replaces the defaults). The files
+    /// of container vShields are looked up in every layer found here and in
+    /// the root of every running container, so that a vShield also covers
+    /// containers started later from those images.
+    #[arg(
+        long,
+        value_name = "GLOB",
+        default_values_t = crate::resolve::DEFAULT_IMAGE_STORES.iter().map(|s| (*s).to_owned())
+    )]
+    pub image_store: Vec<String>,
 
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from

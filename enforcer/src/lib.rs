@@ -15,6 +15,7 @@ pub mod cli;
 pub mod kernel;
 pub mod maps;
 pub mod policy;
+pub mod resolve;
 pub mod stats;
 pub mod tracking;
 

@@ -71,6 +71,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 signal_mmap_check: args.signal_mmap_check,
                 host_pid: args.host_pid,
                 btf: args.btf,
+                image_stores: args.image_store,
             }))?;
             Ok(())
         }

@@ -16,6 +16,14 @@ pub const TRACKING: &str = "TRACKING";
 pub const DRIFT_POLICY: &str = "DRIFT_POLICY";
 /// Allowed-path automata, two banks (`enforcer_common::PathDfaBank` each).
 pub const PATH_DFA: &str = "PATH_DFA";
+/// Files vShields shield (hash: `FileId` -> operation bits).
+pub const VSHIELD_FILES: &str = "VSHIELD_FILES";
+/// vShield rules (hash: `VShieldKey` -> `VShieldRule`).
+pub const VSHIELD_RULES: &str = "VSHIELD_RULES";
+/// Per-CPU hit counters, indexed by vShield slot.
+pub const VSHIELD_HITS: &str = "VSHIELD_HITS";
+/// Where the identity program leaves its answer (array of one `FileId`).
+pub const RESOLVED_ID: &str = "RESOLVED_ID";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapAccessError {

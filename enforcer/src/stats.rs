@@ -15,6 +15,7 @@ pub struct KernelCounters {
     pub allowed_by_path: u64,
     pub path_unresolved: u64,
     pub script_unresolved: u64,
+    pub vshield_hits: u64,
 }
 
 pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError> {
@@ -29,5 +30,6 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError>
         allowed_by_path: sum(counter::DRIFT_ALLOWED_BY_PATH)?,
         path_unresolved: sum(counter::PATH_UNRESOLVED)?,
         script_unresolved: sum(counter::SCRIPT_UNRESOLVED)?,
+        vshield_hits: sum(counter::VSHIELD_HITS)?,
     })
 }

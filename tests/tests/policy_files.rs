@@ -161,13 +161,21 @@ spec:
 fn run_refuses_what_it_cannot_enforce_with_the_place() {
     let dir = scratch("refused");
     let file = dir.join("p.yaml");
-    fs::write(&file, VALID).expect("writing the policy");
-    // The vShield is valid but not enforced yet: the agent does not start.
+    fs::write(
+        &file,
+        VALID.replace(
+            "  files:",
+            "  selector: {images: [\"docker.io/library/tomcat:*\"]}\n  files:",
+        ),
+    )
+    .expect("writing the policy");
+    // Selecting by image needs container context the agent does not have
+    // yet: it does not start rather than shield nothing.
     let failure = Agent::start(&["--policy", &file.display().to_string()])
-        .expect_err("the agent refuses the vShield");
+        .expect_err("the agent refuses the selector");
     assert!(
         failure.stderr.contains(&format!(
-            "{}:9:1: kind: VShield documents are checked but not enforced yet",
+            "{}:9:1: spec.selector: vShields select every container",
             file.display()
         )),
         "{}",

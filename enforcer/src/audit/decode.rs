@@ -3,7 +3,7 @@
 
 use std::mem::size_of;
 
-use enforcer_common::{DriftEvent, EventHeader, RootNotice, event_kind};
+use enforcer_common::{DecisionEvent, EventHeader, RootNotice, event_kind};
 
 /// A record from the kernel, copied out of the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub enum KernelEvent {
 /// A kernel decision, for the audit sinks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuditEvent {
-    Drift(DriftEvent),
+    Decision(DecisionEvent),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -57,12 +57,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         need: size_of::<EventHeader>(),
     })?;
     match header.kind {
-        event_kind::DRIFT => read_pod(bytes)
-            .map(|event| KernelEvent::Audit(AuditEvent::Drift(event)))
+        event_kind::DECISION => read_pod(bytes)
+            .map(|event| KernelEvent::Audit(AuditEvent::Decision(event)))
             .ok_or(DecodeError::Short {
                 kind: "drift",
                 len: bytes.len(),
-                need: size_of::<DriftEvent>(),
+                need: size_of::<DecisionEvent>(),
             }),
         event_kind::UNTRACKED_ROOT => {
             read_pod(bytes)
@@ -80,17 +80,17 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use enforcer_common::{
-        COMM_LEN, DriftEvent, EXEC_PATH_LEN, EventHeader, NAME_LEN, backend, decision, event_kind,
-        layer, reason, via,
+        COMM_LEN, DecisionEvent, EXEC_PATH_LEN, EventHeader, NAME_LEN, backend, decision,
+        event_kind, layer, reason, via,
     };
 
     use super::*;
 
     /// A drift event as the kernel programs would write it for an exec of `path`.
-    pub(crate) fn drift_event(path: &str) -> DriftEvent {
-        let mut event = DriftEvent {
+    pub(crate) fn drift_event(path: &str) -> DecisionEvent {
+        let mut event = DecisionEvent {
             header: EventHeader {
-                kind: event_kind::DRIFT,
+                kind: event_kind::DECISION,
                 pad: 0,
                 boot_ns: 5_000_000_123,
             },
@@ -110,6 +110,8 @@ pub(crate) mod tests {
             via: via::EXEC,
             path_len: path.len() as u32,
             flags: 0,
+            rule: 0,
+            pad: 0,
             comm: [0; COMM_LEN],
             name: [0; NAME_LEN],
             path: [0; EXEC_PATH_LEN],
@@ -121,12 +123,12 @@ pub(crate) mod tests {
         event
     }
 
-    pub(crate) fn as_bytes(event: &DriftEvent) -> Vec<u8> {
-        // SAFETY: DriftEvent is repr(C) plain integers with no padding.
+    pub(crate) fn as_bytes(event: &DecisionEvent) -> Vec<u8> {
+        // SAFETY: DecisionEvent is repr(C) plain integers with no padding.
         unsafe {
             std::slice::from_raw_parts(
                 std::ptr::from_ref(event).cast::<u8>(),
-                size_of::<DriftEvent>(),
+                size_of::<DecisionEvent>(),
             )
         }
         .to_vec()
@@ -137,7 +139,7 @@ pub(crate) mod tests {
         let event = drift_event("/tmp/dropped");
         assert_eq!(
             decode(&as_bytes(&event)),
-            Ok(KernelEvent::Audit(AuditEvent::Drift(event)))
+            Ok(KernelEvent::Audit(AuditEvent::Decision(event)))
         );
     }
 
@@ -148,7 +150,7 @@ pub(crate) mod tests {
         bytes.extend(as_bytes(&event));
         assert_eq!(
             decode(&bytes[1..]),
-            Ok(KernelEvent::Audit(AuditEvent::Drift(event)))
+            Ok(KernelEvent::Audit(AuditEvent::Decision(event)))
         );
     }
 
@@ -196,7 +198,7 @@ pub(crate) mod tests {
             Err(DecodeError::Short {
                 kind: "drift",
                 len: 100,
-                need: size_of::<DriftEvent>()
+                need: size_of::<DecisionEvent>()
             })
         );
     }

@@ -1,13 +1,19 @@
 //! Turns decoded kernel events into audit records: wall-clock time, names for
 //! kernel codes, host and agent context.
 
-use enforcer_common::{DriftEvent, backend, decision, event_flags, layer, reason, via};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, PoisonError, RwLock},
+};
+
+use enforcer_common::{DecisionEvent, FileId, backend, decision, event_flags, layer, reason, via};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{
     decode::AuditEvent,
     record::{
         Agent, AuditRecord, Enforcer, Event, File, Host, Id, ParentPid, Process, Rule, ThreadId,
+        Vulnerability,
     },
 };
 
@@ -49,22 +55,36 @@ impl BootClock {
     }
 }
 
+/// What events need to know about the vShields in force: their names by
+/// slot, and the paths of the files they resolved to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VShieldNames {
+    /// Slot -> (name, vulnerability).
+    pub rules: BTreeMap<u32, (String, String)>,
+    /// A path each shielded file was found at.
+    pub paths: BTreeMap<FileId, String>,
+}
+
+/// Shared with the agent, which replaces it when the policy changes.
+pub type VShieldTable = Arc<RwLock<VShieldNames>>;
+
 /// Context added to every record.
 #[derive(Clone, Debug)]
 pub struct Enricher {
     pub clock: BootClock,
     pub hostname: String,
     pub ruleset: String,
+    pub vshields: VShieldTable,
 }
 
 impl Enricher {
     pub fn record(&self, event: &AuditEvent) -> AuditRecord {
         match event {
-            AuditEvent::Drift(drift) => self.drift(drift),
+            AuditEvent::Decision(event) => self.decision(event),
         }
     }
 
-    fn drift(&self, e: &DriftEvent) -> AuditRecord {
+    fn decision(&self, e: &DecisionEvent) -> AuditRecord {
         let Decision {
             name: decision_name,
             verb: outcome_verb,
@@ -72,10 +92,17 @@ impl Enricher {
             event_type,
         } = decision(e.decision);
         let (via_name, category) = via(e.via);
-        let (layer_name, reason_text) = layer(e.layer);
         let path_len = (e.path_len as usize).min(e.path.len());
         let path = (e.flags & event_flags::NO_PATH == 0)
             .then(|| String::from_utf8_lossy(&e.path[..path_len]).into_owned());
+        let executable = path.clone();
+        let RuleContext {
+            rule,
+            vulnerability,
+            layer: layer_name,
+            reason: reason_text,
+            path,
+        } = self.rule_context(e, path);
         AuditRecord {
             timestamp: self
                 .clock
@@ -88,21 +115,18 @@ impl Enricher {
                 r#type: ["start", event_type],
                 action: format!("{via_name}-{outcome_verb}"),
                 outcome,
-                reason: reason_text.to_owned(),
+                reason: reason_text,
                 module: "enforcer",
                 dataset: "enforcer.audit",
             },
-            rule: Rule {
-                name: "drift-prevention",
-                category: "drift",
-                ruleset: self.ruleset.clone(),
-            },
+            rule,
+            vulnerability,
             process: Process {
                 pid: e.tgid,
                 thread: ThreadId { id: e.pid },
                 parent: ParentPid { pid: e.ppid },
                 name: c_string(&e.comm),
-                executable: path.clone(),
+                executable,
             },
             file: File {
                 path,
@@ -128,6 +152,7 @@ impl Enricher {
                 decision: decision_name,
                 reason: match e.reason {
                     reason::DRIFT => "drift",
+                    reason::VSHIELD => "vshield",
                     _ => "unknown",
                 },
                 backend: match e.backend {
@@ -143,6 +168,65 @@ impl Enricher {
             },
         }
     }
+
+    /// What the rule that decided says about the event. `path` is the path
+    /// given to exec, if any.
+    fn rule_context(&self, e: &DecisionEvent, path: Option<String>) -> RuleContext {
+        if e.reason != reason::VSHIELD {
+            let (layer_name, reason_text) = layer(e.layer);
+            return RuleContext {
+                rule: Rule {
+                    name: "drift-prevention".to_owned(),
+                    category: "drift",
+                    ruleset: self.ruleset.clone(),
+                },
+                vulnerability: None,
+                layer: Some(layer_name),
+                reason: reason_text.to_owned(),
+                path,
+            };
+        }
+        let table = self.vshields.read().unwrap_or_else(PoisonError::into_inner);
+        let (name, id) = table
+            .rules
+            .get(&e.rule)
+            .cloned()
+            .unwrap_or_else(|| (format!("vshield-{}", e.rule), String::new()));
+        let resolved = table
+            .paths
+            .get(&FileId {
+                ino: e.inode,
+                dev: e.dev,
+                pad: 0,
+            })
+            .cloned();
+        let reason = format!("file is shielded by vShield {name} ({id})");
+        let enumeration = if id.starts_with("GHSA-") {
+            "GHSA"
+        } else {
+            "CVE"
+        };
+        RuleContext {
+            rule: Rule {
+                name,
+                category: "vshield",
+                ruleset: self.ruleset.clone(),
+            },
+            vulnerability: (!id.is_empty()).then_some(Vulnerability { id, enumeration }),
+            layer: None,
+            reason,
+            path: path.or(resolved),
+        }
+    }
+}
+
+/// The rule-dependent parts of a record.
+struct RuleContext {
+    rule: Rule,
+    vulnerability: Option<Vulnerability>,
+    layer: Option<&'static str>,
+    reason: String,
+    path: Option<String>,
 }
 
 /// How a kernel decision code reads in a record.
@@ -179,6 +263,7 @@ fn via(code: u32) -> (&'static str, &'static str) {
         via::EXEC => ("exec", "process"),
         via::MMAP => ("mmap", "library"),
         via::MPROTECT => ("mprotect", "library"),
+        via::OPEN => ("open", "file"),
         _ => ("unknown", "process"),
     }
 }
@@ -220,7 +305,7 @@ pub fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::{backend, decision, event_flags, layer, via};
+    use enforcer_common::{FileId, backend, decision, event_flags, layer, reason, via};
     use serde_json::Value;
 
     use super::*;
@@ -232,11 +317,12 @@ mod tests {
             clock: BootClock::with_offset(1_767_225_600_000_000_000 - 5_000_000_000),
             hostname: "node-1".to_owned(),
             ruleset: "builtin-default".to_owned(),
+            vshields: VShieldTable::default(),
         }
     }
 
-    fn json(event: &DriftEvent) -> Value {
-        serde_json::to_value(enricher().record(&AuditEvent::Drift(*event))).unwrap()
+    fn json(event: &DecisionEvent) -> Value {
+        serde_json::to_value(enricher().record(&AuditEvent::Decision(*event))).unwrap()
     }
 
     #[test]
@@ -327,6 +413,44 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    #[test]
+    fn vshield_decisions_name_the_vshield_vulnerability_and_file() {
+        let enricher = enricher();
+        {
+            let mut table = enricher.vshields.write().unwrap();
+            table
+                .rules
+                .insert(3, ("log4shell".to_owned(), "CVE-2021-44228".to_owned()));
+            table.paths.insert(
+                FileId {
+                    ino: 123_456,
+                    dev: 45,
+                    pad: 0,
+                },
+                "/app/lib/log4j-core-2.14.1.jar".to_owned(),
+            );
+        }
+        let mut event = drift_event("");
+        event.reason = reason::VSHIELD;
+        event.rule = 3;
+        event.layer = 0;
+        event.via = via::OPEN;
+        event.flags = event_flags::NO_PATH;
+        let v = serde_json::to_value(enricher.record(&AuditEvent::Decision(event))).unwrap();
+        assert_eq!(v["rule"]["name"], "log4shell");
+        assert_eq!(v["rule"]["category"], "vshield");
+        assert_eq!(v["vulnerability"]["id"], "CVE-2021-44228");
+        assert_eq!(v["vulnerability"]["enumeration"], "CVE");
+        assert_eq!(v["event"]["action"], "open-denied");
+        assert_eq!(v["event"]["category"][0], "file");
+        assert_eq!(v["enforcer"]["reason"], "vshield");
+        assert!(v["enforcer"].get("layer").is_none());
+        assert_eq!(v["file"]["path"], "/app/lib/log4j-core-2.14.1.jar");
+        assert!(v["process"].get("executable").is_none());
+        // A drift record has no vulnerability.
+        assert!(json(&drift_event("/x")).get("vulnerability").is_none());
     }
 
     #[test]

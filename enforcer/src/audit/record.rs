@@ -9,6 +9,9 @@ pub struct AuditRecord {
     pub timestamp: String,
     pub event: Event,
     pub rule: Rule,
+    /// The vulnerability a vShield stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vulnerability: Option<Vulnerability>,
     pub process: Process,
     pub file: File,
     pub user: Id,
@@ -26,7 +29,7 @@ pub struct Event {
     /// `intrusion_detection`.
     pub category: [&'static str; 2],
     pub r#type: [&'static str; 2],
-    /// `ROUTE-OUTCOME`: route `exec`, `mmap` or `mprotect`; outcome
+    /// `ROUTE-OUTCOME`: route `exec`, `mmap`, `mprotect` or `open`; outcome
     /// `denied`, `killed`, `audited` or `kill-failed`.
     pub action: String,
     /// `failure` when the program did not run, `success` when it did.
@@ -38,9 +41,19 @@ pub struct Event {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Rule {
-    pub name: &'static str,
+    /// `drift-prevention`, or the vShield's name.
+    pub name: String,
+    /// `drift` or `vshield`.
     pub category: &'static str,
     pub ruleset: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Vulnerability {
+    /// `CVE-2021-44228`, `GHSA-...`.
+    pub id: String,
+    /// `CVE` or `GHSA`.
+    pub enumeration: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -68,7 +81,8 @@ pub struct ParentPid {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct File {
-    /// The path given to exec; mappings have none.
+    /// The path given to exec; for vShields, the file's path in the image
+    /// as the agent resolved it; mappings of drift files have none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The file's name (last path component).
@@ -100,16 +114,17 @@ pub struct Agent {
 pub struct Enforcer {
     /// `blocked`, `killed`, `audit`, `kill-failed`.
     pub decision: &'static str,
-    /// `drift`.
+    /// `drift` or `vshield`.
     pub reason: &'static str,
     /// `lsm` or `signal`.
     pub backend: &'static str,
     /// How the file was about to run: `exec`, `mmap` (the dynamic loader or
-    /// a library load), `mprotect`.
+    /// a library load), `mprotect`, `open`.
     pub via: &'static str,
-    /// Why the file is not from the image: `overlay-upper`, `memfd`,
-    /// `writable-mount`, `written`.
-    pub layer: &'static str,
+    /// Drift only: why the file is not from the image: `overlay-upper`,
+    /// `memfd`, `writable-mount`, `written`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<&'static str>,
     pub mount_namespace: u32,
     pub cgroup_id: u64,
     /// Set when the path was longer than the kernel buffer and was cut.

@@ -68,7 +68,7 @@ mod tests {
     use super::*;
     use crate::audit::{
         decode::{AuditEvent, tests::drift_event},
-        enrich::{BootClock, Enricher},
+        enrich::{BootClock, Enricher, VShieldTable},
     };
 
     #[test]
@@ -77,10 +77,11 @@ mod tests {
             clock: BootClock::now(),
             hostname: "h".to_owned(),
             ruleset: "r".to_owned(),
+            vshields: VShieldTable::default(),
         };
         let mut sink = JsonLines::new("test", Vec::new());
         for path in ["/a", "/b\nwith newline"] {
-            sink.write(&enricher.record(&AuditEvent::Drift(drift_event(path))))
+            sink.write(&enricher.record(&AuditEvent::Decision(drift_event(path))))
                 .unwrap();
         }
         sink.flush().unwrap();

@@ -14,7 +14,7 @@ use std::{
 use std::os::fd::FromRawFd as _;
 
 use btf_rs::{Btf, Type};
-use enforcer_common::{KernelOffsets, MmapOffsets};
+use enforcer_common::{KernelOffsets, MmapOffsets, OverlayLower, overlay_lower};
 
 /// BTF of the kernel image.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -111,6 +111,15 @@ const FILE_TASK_WORK: [Field; 3] = [
 ];
 const OVL_INODE_VFS_INODE: Field = field("ovl_inode", "vfs_inode", Width::Bytes(0));
 const OVL_INODE_UPPERDENTRY: Field = field("ovl_inode", "__upperdentry", Width::Pointer);
+/// Where an overlay inode keeps its lower inode, by kernel version: 5.x,
+/// 6.0 to 6.4, 6.5+.
+const OVL_INODE_LOWER: Field = field("ovl_inode", "lower", Width::Pointer);
+const OVL_INODE_LOWERPATH: Field = field("ovl_inode", "lowerpath", Width::Bytes(0));
+const OVL_INODE_OE: Field = field("ovl_inode", "oe", Width::Pointer);
+const OVL_PATH_DENTRY: Field = field("ovl_path", "dentry", Width::Pointer);
+const OVL_ENTRY_NUMLOWER: Field = field("ovl_entry", "__numlower", Width::Bytes(4));
+const OVL_ENTRY_LOWERSTACK: Field = field("ovl_entry", "__lowerstack", Width::Bytes(0));
+const FILE_INODE: Field = field("file", "f_inode", Width::Pointer);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -200,6 +209,10 @@ pub struct Layout {
     pub mmap_offsets: MmapOffsets,
     /// Whether those fields resolved, or why not.
     pub syscall_mmap: Result<(), String>,
+    /// Where overlayfs keeps an overlay inode's lower inode (vShields).
+    pub overlay_lower: OverlayLower,
+    /// How [`Self::overlay_lower`] was found, or why it is unknown.
+    pub overlay_lower_source: Result<String, String>,
 }
 
 /// Parsed vmlinux BTF plus, where present, the path of the overlay module's
@@ -209,6 +222,9 @@ pub struct KernelBtf {
     vmlinux: Btf,
     vmlinux_path: PathBuf,
     overlay_path: Option<PathBuf>,
+    /// The running kernel predates module BTF (5.11), so overlayfs' layout
+    /// is that of 5.x.
+    legacy_overlay: bool,
 }
 
 impl fmt::Debug for KernelBtf {
@@ -223,10 +239,12 @@ impl KernelBtf {
     /// Reads the running kernel's BTF from sysfs, or vmlinux BTF from
     /// `vmlinux` when given (kernels that do not expose it in sysfs).
     pub fn load(vmlinux: Option<&Path>) -> Result<Self, LayoutError> {
-        Self::from_files(
+        let mut btf = Self::from_files(
             vmlinux.unwrap_or(Path::new(VMLINUX_BTF)),
             Path::new(OVERLAY_BTF),
-        )
+        )?;
+        btf.legacy_overlay = release_before(&super::features::kernel_release(), (5, 11));
+        Ok(btf)
     }
 
     /// Reads vmlinux BTF from `vmlinux` and, if that file exists, the
@@ -239,6 +257,7 @@ impl KernelBtf {
             })?,
             vmlinux_path: vmlinux.to_owned(),
             overlay_path: overlay.exists().then(|| overlay.to_owned()),
+            legacy_overlay: false,
         })
     }
 
@@ -334,6 +353,8 @@ impl KernelBtf {
         };
 
         let (ovl_inode_upperdentry, overlay) = self.ovl_inode_upperdentry()?;
+        let (overlay_lower, overlay_lower_source) =
+            self.vshield_layout(ovl_inode_upperdentry, &overlay)?;
         let offsets = KernelOffsets {
             binprm_file,
             binprm_filename,
@@ -381,7 +402,65 @@ impl KernelBtf {
             deferred_release,
             mmap_offsets,
             syscall_mmap,
+            overlay_lower,
+            overlay_lower_source,
         })
+    }
+
+    /// What the vShield programs read: `file.f_inode`, and where overlayfs
+    /// keeps an overlay inode's lower inode (or why that is unknown).
+    fn vshield_layout(
+        &self,
+        upperdentry: u32,
+        overlay: &OverlayLayout,
+    ) -> Result<(OverlayLower, Result<String, String>), LayoutError> {
+        let file_inode = self.core(FILE_INODE)?;
+        Ok(match self.overlay_lower(upperdentry, overlay) {
+            Ok((lower, source)) => (
+                OverlayLower {
+                    file_inode,
+                    ..lower
+                },
+                Ok(source),
+            ),
+            Err(reason) => (
+                OverlayLower {
+                    file_inode,
+                    ..OverlayLower::default()
+                },
+                Err(reason),
+            ),
+        })
+    }
+
+    /// Where overlayfs keeps an overlay inode's lower inode, relative to its
+    /// `vfs_inode`, and how that was found; or why it is unknown.
+    fn overlay_lower(
+        &self,
+        upperdentry: u32,
+        overlay: &OverlayLayout,
+    ) -> Result<(OverlayLower, String), String> {
+        if let OverlayLayout::DerivedFromInodeSize { reason } = overlay {
+            // Kernels without module BTF: 5.10 and older in practice (module
+            // BTF came with 5.11), whose `struct inode *lower` follows
+            // `__upperdentry`. Newer layouts cannot be guessed.
+            return if self.legacy_overlay {
+                Ok((
+                    OverlayLower {
+                        kind: overlay_lower::INODE,
+                        lower: upperdentry + 8,
+                        ..OverlayLower::default()
+                    },
+                    format!("ovl_inode.lower right after __upperdentry, the 5.x layout ({reason})"),
+                ))
+            } else {
+                Err(reason.clone())
+            };
+        }
+        let (overlay_module, searched) = self.overlay_types().map_err(|error| error.to_string())?;
+        let btf = overlay_module.as_ref().unwrap_or(&self.vmlinux);
+        let found = lower_fields(btf, &searched).map_err(|error| error.to_string())?;
+        Ok((found, format!("from BTF ({searched})")))
     }
 
     /// `linux_binprm.interp`, `task_struct.task_works`, the file's task
@@ -476,6 +555,36 @@ impl KernelBtf {
     }
 }
 
+/// The fields of [`OverlayLower`] (but `file_inode`) from the BTF that
+/// defines overlayfs' types.
+fn lower_fields(btf: &Btf, searched: &str) -> Result<OverlayLower, LayoutError> {
+    let ovl = |f: Field| resolve(btf, searched, f);
+    let vfs_inode = ovl(OVL_INODE_VFS_INODE)?;
+    let after_inode = |f: Field, offset: u32| relative(vfs_inode, f, offset, "vfs_inode");
+    if let Ok(lower) = ovl(OVL_INODE_LOWER) {
+        return Ok(OverlayLower {
+            kind: overlay_lower::INODE,
+            lower: after_inode(OVL_INODE_LOWER, lower)?,
+            ..OverlayLower::default()
+        });
+    }
+    if let Ok(lowerpath) = ovl(OVL_INODE_LOWERPATH) {
+        return Ok(OverlayLower {
+            kind: overlay_lower::DENTRY,
+            lower: after_inode(OVL_INODE_LOWERPATH, lowerpath)? + ovl(OVL_PATH_DENTRY)?,
+            ..OverlayLower::default()
+        });
+    }
+    let oe = ovl(OVL_INODE_OE)?;
+    Ok(OverlayLower {
+        kind: overlay_lower::ENTRY,
+        lower: after_inode(OVL_INODE_OE, oe)?,
+        entry_numlower: ovl(OVL_ENTRY_NUMLOWER)?,
+        entry_dentry: ovl(OVL_ENTRY_LOWERSTACK)? + ovl(OVL_PATH_DENTRY)?,
+        ..OverlayLower::default()
+    })
+}
+
 /// Parses BTF through btf-rs' mmap backend, which reads types on demand:
 /// about ten times faster than parsing every type up front, which matters
 /// on small nodes and under emulation. sysfs BTF files can only be mapped on
@@ -492,6 +601,20 @@ fn parse_mapped(path: &Path) -> btf_rs::Result<Btf> {
     std::io::Write::write_all(&mut &memfd, &bytes)?;
     // btf-rs maps by path; the mapping outlives the descriptor.
     Btf::from_file_with_backend(format!("/proc/self/fd/{fd}"), btf_rs::Backend::Mmap)
+}
+
+/// Whether kernel release `release` ("5.10.0-30-amd64") is older than
+/// `(major, minor)`; an unparsable release is not.
+fn release_before(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(found_major)), Some(Ok(found_minor))) => {
+            (found_major, found_minor) < (major, minor)
+        }
+        _ => false,
+    }
 }
 
 /// `field`'s offset from an embedded member at `base` (named `base_name`)
@@ -646,7 +769,9 @@ fn check_width(btf: &Btf, field: Field, ty: Type) -> Result<(), LayoutError> {
         Type::Ptr(_) => Width::Pointer,
         Type::Int(int) => Width::Bytes(int.size()),
         // Embedded structs are only located, never read whole.
-        Type::Struct(_) | Type::Union(_) if field.width == Width::Bytes(0) => return Ok(()),
+        Type::Struct(_) | Type::Union(_) | Type::Array(_) if field.width == Width::Bytes(0) => {
+            return Ok(());
+        }
         other => {
             return Err(LayoutError::UnexpectedWidth {
                 strukt: field.strukt,
@@ -687,6 +812,22 @@ mod tests {
     fn resolves_every_offset_from_host_btf() {
         let Some(btf) = host_btf() else { return };
         let layout = btf.offsets().expect("all offsets resolve");
+        // The vShield identity walk: found wherever overlay's types are in
+        // BTF, in the layout of the kernel's era.
+        assert_ne!(layout.overlay_lower.file_inode, 0);
+        if matches!(layout.overlay, OverlayLayout::Btf { .. }) {
+            assert!(
+                layout.overlay_lower_source.is_ok(),
+                "{:?}",
+                layout.overlay_lower_source
+            );
+            let lower = layout.overlay_lower;
+            assert_ne!(lower.kind, overlay_lower::UNKNOWN);
+            if lower.kind == overlay_lower::ENTRY {
+                // `__lowerstack` follows `__numlower`; a path is two pointers.
+                assert!(lower.entry_dentry > lower.entry_numlower, "{lower:?}");
+            }
+        }
         // Kernels with backing files (6.6+) must have the layout the
         // programs read; older ones have none.
         assert!(
@@ -775,6 +916,14 @@ mod tests {
         // every kernel from 5.x to 7.x: its distance is sizeof(struct inode).
         let inode = find_struct(&btf.vmlinux, "inode").unwrap().unwrap();
         assert_eq!(offsets.ovl_inode_upperdentry as usize, inode.size());
+    }
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(release_before("5.10.0-46-amd64", (5, 11)));
+        assert!(!release_before("5.11.0", (5, 11)));
+        assert!(!release_before("6.1.0-56-amd64", (5, 11)));
+        assert!(!release_before("garbage", (5, 11)));
     }
 
     #[test]

@@ -15,10 +15,13 @@ use serde_saphyr::{Location, Spanned};
 use super::{
     DriftRule, Mode, Policy,
     document::{
-        API_VERSION, DocumentMode, DriftPolicyDocument, Header, Metadata, Selector, VShieldDocument,
+        API_VERSION, DocumentMode, DriftPolicyDocument, Header, Metadata, Operation, Selector,
+        VShieldDocument,
     },
     paths,
+    vshield::{Scope, VShield},
 };
+use enforcer_common::vshield_op;
 
 /// Larger policy files are refused before they are parsed.
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
@@ -416,6 +419,15 @@ fn check_vshield(document: &VShieldDocument, at: &mut Place<'_>) {
                     file.value
                 ),
             );
+        } else if braces_cross_components(&file.value) {
+            at.error(
+                file.referenced,
+                &field,
+                format!(
+                    "{:?}: alternatives {{a,b}} must stay within one path component",
+                    file.value
+                ),
+            );
         } else if let Err(error) = globset::Glob::new(&file.value) {
             at.error(
                 file.referenced,
@@ -424,6 +436,20 @@ fn check_vshield(document: &VShieldDocument, at: &mut Place<'_>) {
             );
         }
     }
+}
+
+/// Whether a `{...}` group of `glob` contains a `/`.
+fn braces_cross_components(glob: &str) -> bool {
+    let mut depth = 0u32;
+    for c in glob.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            '/' if depth > 0 => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// `CVE-YYYY-NNNN` (four or more digits) or `GHSA-xxxx-xxxx-xxxx`.
@@ -496,6 +522,63 @@ fn check_unique_names(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) {
     );
 }
 
+/// The vShields `enforcer run` enforces; those it cannot are diagnosed.
+fn agent_vshields(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) -> Vec<VShield> {
+    let mut vshields = Vec::new();
+    for (source, document) in &set.vshields {
+        let spec = &document.spec;
+        let selector = &spec.selector;
+        if !selector.images.is_empty()
+            || !selector.namespaces.is_empty()
+            || !selector.pod_labels.is_empty()
+        {
+            diagnostics.push(Diagnostic {
+                file: source.file.clone(),
+                line: source.line,
+                column: 1,
+                field: "spec.selector".to_owned(),
+                message:
+                    "vShields select every container (an empty selector) or the host (host: true) so far; \
+                 images, namespaces and pod labels need container context, which the agent does not have yet"
+                        .to_owned(),
+            });
+            continue;
+        }
+        let ops = if spec.operations.is_empty() {
+            vshield_op::EXEC | vshield_op::OPEN | vshield_op::LOAD
+        } else {
+            spec.operations.iter().fold(0, |ops, operation| {
+                ops | match operation {
+                    Operation::Exec => vshield_op::EXEC,
+                    Operation::Open => vshield_op::OPEN,
+                    Operation::Load => vshield_op::LOAD,
+                }
+            })
+        };
+        vshields.push(VShield {
+            name: document.metadata.name.value.clone(),
+            vulnerability: spec.vulnerability.value.clone(),
+            mode: match spec.mode {
+                Some(DocumentMode::Enforce) => Mode::Enforce,
+                Some(DocumentMode::Audit) | None => Mode::Audit,
+            },
+            ops,
+            files: spec
+                .files
+                .value
+                .iter()
+                .map(|file| file.value.clone())
+                .collect(),
+            scope: if selector.host {
+                Scope::Host
+            } else {
+                Scope::Containers
+            },
+        });
+    }
+    vshields
+}
+
 /// The policy `enforcer run` enforces from checked files. What the agent
 /// cannot enforce yet is refused with a diagnostic rather than ignored: a
 /// vShield or a selector that silently did nothing would be worse than an
@@ -513,14 +596,7 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
         field: field.to_owned(),
         message,
     };
-    for (source, _) in &set.vshields {
-        diagnostics.push(at(
-            source,
-            "kind",
-            "VShield documents are checked but not enforced yet; `enforcer run` refuses them"
-                .to_owned(),
-        ));
-    }
+    let vshields = agent_vshields(set, &mut diagnostics);
     let mut every_container: Option<(&Source, &DriftPolicyDocument)> = None;
     for (source, document) in &set.drift {
         let selector = &document.spec.selector;
@@ -552,7 +628,7 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
     if !diagnostics.is_empty() {
         return Err(diagnostics);
     }
-    Ok(match every_container {
+    let mut policy = match every_container {
         None => Policy::builtin(DriftRule::strict(Mode::Enforce)),
         Some((_, document)) => {
             let spec = &document.spec;
@@ -571,9 +647,12 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
                         .map(|glob| glob.value.clone())
                         .collect(),
                 },
+                vshields: Vec::new(),
             }
         }
-    })
+    };
+    policy.vshields = vshields;
+    Ok(policy)
 }
 
 #[cfg(test)]
@@ -841,7 +920,18 @@ spec:
                 .map(|diagnostic| format!("{}: {}", diagnostic.line, diagnostic.field))
                 .collect()
         };
-        assert_eq!(refused(&none), ["1: kind"]);
+        let shields = agent_policy(&none).expect("enforceable").vshields;
+        assert_eq!(shields.len(), 1);
+        assert_eq!(shields[0].scope, Scope::Containers);
+        assert_eq!(shields[0].mode, Mode::Enforce);
+        assert_eq!(shields[0].ops, vshield_op::OPEN | vshield_op::LOAD);
+        let by_image = load(&[write(
+            &dir,
+            "vi.yaml",
+            &VSHIELD.replace("spec:\n", "spec:\n  selector: {images: [nginx:*]}\n"),
+        )])
+        .expect("valid");
+        assert_eq!(refused(&by_image), ["1: spec.selector"]);
         let selected = load(&[write(
             &dir,
             "s.yaml",

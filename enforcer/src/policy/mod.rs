@@ -1,12 +1,13 @@
 //! Policy: what the agent enforces, compiled into kernel map entries.
 //!
 //! Policy flows one way: policy -> [`compile`] (pure) -> [`apply`] (map
-//! writes). Today the only policy is the built-in default (drift prevention
-//! for every container); policy files and selectors build on the same stages.
+//! writes). Drift settings compile here; vShields compile in [`vshield`],
+//! after their paths are resolved into file identities.
 
 pub mod document;
 pub mod load;
 pub mod paths;
+pub mod vshield;
 
 use std::fmt;
 
@@ -78,6 +79,8 @@ pub struct Policy {
     pub name: String,
     /// Applies to every container.
     pub drift: DriftRule,
+    /// Virtual patches, in policy order.
+    pub vshields: Vec<vshield::VShield>,
 }
 
 impl Policy {
@@ -87,6 +90,7 @@ impl Policy {
         Self {
             name: "builtin-default".to_owned(),
             drift,
+            vshields: Vec::new(),
         }
     }
 }

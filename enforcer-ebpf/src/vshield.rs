@@ -1,0 +1,431 @@
+//! vShields: files a policy shields from being executed, opened or loaded.
+//!
+//! The rules are keyed by file identity ([`FileId`]), not by path: the hot
+//! path computes the identity of the file's inode (a few reads) and looks it
+//! up in a hash map, which misses for every file no vShield names. The agent
+//! resolves the policy's paths into identities with [`vshield_identity`],
+//! which runs this same code on descriptors the agent opened, so the two can
+//! never disagree about what a file is.
+
+use aya_ebpf::{
+    macros::{lsm, raw_tracepoint},
+    programs::{LsmContext, RawTracePointContext},
+};
+use enforcer_common::{
+    ABI_VERSION, EPERM, FileId, KernelOffsets, O_FMODE_EXEC, OVERLAY_STACK_MAX,
+    OVERLAYFS_SUPER_MAGIC, OverlayLower, PROT_EXEC, VShieldKey, VShieldRule, backend, counter,
+    decision, mode, overlay_lower, scope, via, vshield_op,
+};
+
+use crate::{
+    drift, events, exec,
+    kernel::{self, FileFacts, KERNEL_SPACE, ReadError},
+    maps::{
+        CONFIG, MMAP_OFFSETS, OVERLAY_LOWER, RESOLVED_ID, VSHIELD_FILES, VSHIELD_HITS,
+        VSHIELD_RULES, count,
+    },
+};
+
+/// A vShield decided a use of a file.
+#[derive(Clone, Copy)]
+pub(crate) struct Hit {
+    pub(crate) rule: VShieldRule,
+    /// The identity the rule matched; the agent knows its path.
+    pub(crate) id: FileId,
+    pub(crate) mnt_ns: u32,
+    pub(crate) file: FileFacts,
+    /// One of `via::*`.
+    pub(crate) via: u32,
+}
+
+#[inline(always)]
+fn overlay_lower() -> OverlayLower {
+    OVERLAY_LOWER.load()
+}
+
+/// A kernel pointer read through an offset that may be derived rather than
+/// read from BTF: anything that is not a kernel address is a read error.
+#[inline(always)]
+fn read_kernel_ptr(base: u64, offset: u32) -> Result<u64, ReadError> {
+    match kernel::read::<u64>(base, offset)? {
+        0 => Ok(0),
+        pointer if pointer >= KERNEL_SPACE => Ok(pointer),
+        _ => Err(ReadError),
+    }
+}
+
+/// The inode an overlay inode was copied up from or still lives on, or 0
+/// when it has none (created in the upper layer).
+#[inline(always)]
+fn lower_inode(
+    inode: u64,
+    lower: &OverlayLower,
+    offsets: &KernelOffsets,
+) -> Result<u64, ReadError> {
+    let field = read_kernel_ptr(inode, lower.lower)?;
+    if field == 0 {
+        return Ok(0);
+    }
+    match lower.kind {
+        overlay_lower::INODE => Ok(field),
+        overlay_lower::DENTRY => read_kernel_ptr(field, offsets.dentry_inode),
+        overlay_lower::ENTRY => {
+            let layers: u32 = kernel::read(field, lower.entry_numlower)?;
+            if layers == 0 {
+                return Ok(0);
+            }
+            let dentry = read_kernel_ptr(field, lower.entry_dentry)?;
+            if dentry == 0 {
+                return Ok(0);
+            }
+            read_kernel_ptr(dentry, offsets.dentry_inode)
+        }
+        _ => Err(ReadError),
+    }
+}
+
+/// The identity of the file whose inode is `inode` (see [`FileId`]).
+#[inline(always)]
+pub(crate) fn identity(inode: u64, offsets: &KernelOffsets) -> Result<FileId, ReadError> {
+    let lower = overlay_lower();
+    let mut inode = inode;
+    let mut sb = kernel::read_ptr(inode, offsets.inode_sb)?;
+    if lower.kind != overlay_lower::UNKNOWN {
+        for _ in 0..OVERLAY_STACK_MAX {
+            let magic: u64 = kernel::read(sb, offsets.sb_magic)?;
+            if magic != OVERLAYFS_SUPER_MAGIC {
+                break;
+            }
+            let mut next = lower_inode(inode, &lower, offsets)?;
+            if next == 0 {
+                let upper = read_kernel_ptr(inode, offsets.ovl_inode_upperdentry)?;
+                if upper == 0 {
+                    return Err(ReadError);
+                }
+                next = kernel::read_ptr(upper, offsets.dentry_inode)?;
+            }
+            inode = next;
+            sb = kernel::read_ptr(inode, offsets.inode_sb)?;
+        }
+    }
+    Ok(FileId {
+        ino: kernel::read(inode, offsets.inode_ino)?,
+        dev: kernel::read(sb, offsets.sb_dev)?,
+        pad: 0,
+    })
+}
+
+/// `file.f_inode`.
+#[inline(always)]
+fn file_inode(file: u64) -> Result<u64, ReadError> {
+    kernel::read_ptr(file, overlay_lower().file_inode)
+}
+
+/// Whether a vShield shields `inode` (of `file`) from `op` for the current
+/// task; `None` for the common case, a file no vShield names.
+#[inline(always)]
+pub(crate) fn check(
+    file: u64,
+    inode: u64,
+    op: u32,
+    how: u32,
+    offsets: &KernelOffsets,
+) -> Result<Option<Hit>, ReadError> {
+    let id = identity(inode, offsets)?;
+    // SAFETY: a plain u32 read once; the agent replaces entries whole.
+    let Some(ops) = (unsafe { VSHIELD_FILES.get(id) }).copied() else {
+        return Ok(None);
+    };
+    if ops & op == 0 {
+        return Ok(None);
+    }
+    let config = CONFIG.load();
+    if config.abi_version != ABI_VERSION {
+        return Err(ReadError);
+    }
+    let container = kernel::current_container(offsets, &config)?;
+    let key = VShieldKey {
+        file: id,
+        scope: if container.is_some() {
+            scope::CONTAINERS
+        } else {
+            scope::HOST
+        },
+        op,
+    };
+    // SAFETY: as above; the value is copied out at once.
+    let Some(rule) = (unsafe { VSHIELD_RULES.get(key) }).copied() else {
+        return Ok(None);
+    };
+    let facts = kernel::file_facts(file, offsets)?;
+    // Opening an overlay file makes overlayfs open the layer's file too: up
+    // to 6.5 with the overlay's path (so its path's inode is not its
+    // `f_inode`), from 6.6 as a backing file on the layer's private mount.
+    // The user's open is decided; this one is neither counted nor reported.
+    if op == vshield_op::OPEN && (facts.inode != inode || facts.mnt_internal) {
+        return Ok(None);
+    }
+    count(counter::VSHIELD_HITS);
+    if let Some(hits) = VSHIELD_HITS.get_ptr_mut(rule.rule) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *hits += 1 };
+    }
+    let mnt_ns = match container {
+        Some(container) => container.mnt_ns,
+        None => config.host_mnt_ns,
+    };
+    Ok(Some(Hit {
+        rule,
+        id,
+        mnt_ns,
+        file: facts,
+        via: how,
+    }))
+}
+
+/// [`check`] for an exec of `file` (`bprm->file`, the file exec opened).
+#[inline(always)]
+pub(crate) fn check_exec(file: u64, offsets: &KernelOffsets) -> Result<Option<Hit>, ReadError> {
+    check(
+        file,
+        file_inode(file)?,
+        vshield_op::EXEC,
+        via::EXEC,
+        offsets,
+    )
+}
+
+/// [`check`] for an executable mapping of `file`. A mapping of an overlay
+/// file is made through a backing file on the layer's private mount (6.6+),
+/// whose inode is the layer's: its overlay inode keeps the identity across
+/// a copy-up.
+#[inline(always)]
+pub(crate) fn check_load(
+    file: u64,
+    how: u32,
+    offsets: &KernelOffsets,
+) -> Result<Option<Hit>, ReadError> {
+    let facts = kernel::file_facts(file, offsets)?;
+    let inode = if facts.mnt_internal {
+        kernel::backing_user_path(file, offsets).map_or(facts.inode, |user| user.inode)
+    } else {
+        facts.inode
+    };
+    check(file, inode, vshield_op::LOAD, how, offsets)
+}
+
+/// The LSM answer to a hit: the hook's return value, after the event.
+#[inline(always)]
+pub(crate) fn refuse(hit: &Hit, filename: Option<u64>, offsets: &KernelOffsets) -> i32 {
+    let enforce = hit.rule.mode == mode::ENFORCE;
+    events::vshield(
+        hit,
+        filename,
+        offsets,
+        if enforce {
+            decision::BLOCKED
+        } else {
+            decision::AUDIT
+        },
+        backend::LSM,
+    );
+    if enforce { -EPERM } else { 0 }
+}
+
+/// `bprm_check_security(struct linux_binprm *bprm)`: an exec of a shielded
+/// file (also a script, and each interpreter of a script).
+#[lsm(hook = "bprm_check_security")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn bprm_check_vshield(ctx: LsmContext) -> i32 {
+    let bprm: u64 = ctx.arg(0);
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let offsets = drift::offsets();
+    let checked = exec::exec_file(bprm, &offsets)
+        .and_then(|(file, filename)| Ok((check_exec(file, &offsets)?, filename)));
+    match checked {
+        Ok((Some(hit), filename)) => refuse(&hit, Some(filename), &offsets),
+        Ok((None, _)) => 0,
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            0
+        }
+    }
+}
+
+/// `mmap_file(struct file *file, unsigned long reqprot, unsigned long prot,
+/// unsigned long flags)`: an executable mapping of a shielded file.
+#[lsm(hook = "mmap_file")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn mmap_file_vshield(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let offsets = drift::offsets();
+    // The kernel mapping the program it executes was decided at exec.
+    if file == 0 || prot & PROT_EXEC == 0 || kernel::is_current_exe(file, &offsets) {
+        return 0;
+    }
+    decide_load(check_load(file, via::MMAP, &offsets), &offsets)
+}
+
+/// `file_mprotect(struct vm_area_struct *vma, unsigned long reqprot,
+/// unsigned long prot)`: making a mapping of a shielded file executable.
+#[lsm(hook = "file_mprotect")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn file_mprotect_vshield(ctx: LsmContext) -> i32 {
+    let vma: u64 = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    if prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let offsets = drift::offsets();
+    match kernel::read::<u64>(vma, offsets.vma_file) {
+        Ok(0) => 0,
+        Ok(file) => decide_load(check_load(file, via::MPROTECT, &offsets), &offsets),
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn decide_load(checked: Result<Option<Hit>, ReadError>, offsets: &KernelOffsets) -> i32 {
+    match checked {
+        Ok(Some(hit)) => refuse(&hit, None, offsets),
+        Ok(None) => 0,
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            0
+        }
+    }
+}
+
+/// `sched_process_exec`, for the signal backend: an exec of a shielded file
+/// is killed before the program's first instruction (see
+/// [`exec::sched_process_exec`]).
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn sched_process_exec_vshield(ctx: RawTracePointContext) -> i32 {
+    let bprm: u64 = ctx.arg(2);
+    let offsets = drift::offsets();
+    let checked = exec::exec_file(bprm, &offsets)
+        .and_then(|(file, filename)| Ok((check_exec(file, &offsets)?, filename)));
+    match checked {
+        Ok((Some(hit), filename)) => {
+            let decision = exec::kill_current(hit.rule.mode);
+            events::vshield(&hit, Some(filename), &offsets, decision, backend::SIGNAL);
+        }
+        Ok((None, _)) => {}
+        Err(_) => count(counter::READ_ERRORS),
+    }
+    0
+}
+
+/// `file_open(struct file *file)`, for vShields that stop opens. Attached
+/// only while a policy has such a vShield: it runs for every open on the
+/// machine.
+#[lsm(hook = "file_open")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn file_open_vshield(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let offsets = drift::offsets();
+    match on_open(file, &offsets) {
+        Ok(Some(hit)) => refuse(&hit, None, &offsets),
+        Ok(None) => 0,
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn on_open(file: u64, offsets: &KernelOffsets) -> Result<Option<Hit>, ReadError> {
+    // Exec opens its file (and the ELF interpreter) with `__FMODE_EXEC`:
+    // those are exec and load decisions, made by their own hooks.
+    let flags: u32 = kernel::read(file, offsets.file_flags)?;
+    if flags & O_FMODE_EXEC != 0 {
+        return Ok(None);
+    }
+    check(
+        file,
+        file_inode(file)?,
+        vshield_op::OPEN,
+        via::OPEN,
+        offsets,
+    )
+}
+
+/// Resolves the identity of the agent's descriptor `args[0]` into
+/// `RESOLVED_ID[0]`. Never attached: the agent runs it with
+/// `BPF_PROG_TEST_RUN`, which calls it in the agent's own task. Returns 0,
+/// or 1 for a descriptor that is not open, 2 for a failed read.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn vshield_identity(ctx: RawTracePointContext) -> i32 {
+    let fd: u64 = ctx.arg(0);
+    let offsets = drift::offsets();
+    match resolve(fd, &offsets) {
+        Ok(Some(id)) => match RESOLVED_ID.get_ptr_mut(0) {
+            Some(slot) => {
+                // SAFETY: the map's only value; the agent reads it after this
+                // run returns.
+                unsafe { *slot = id };
+                0
+            }
+            None => 2,
+        },
+        Ok(None) => 1,
+        Err(_) => 2,
+    }
+}
+
+#[inline(always)]
+fn resolve(fd: u64, offsets: &KernelOffsets) -> Result<Option<FileId>, ReadError> {
+    let mmap = MMAP_OFFSETS.load();
+    let files = kernel::read_ptr(kernel::current_task(), mmap.task_files)?;
+    let fdt = kernel::read_ptr(files, mmap.files_fdt)?;
+    let max_fds: u32 = kernel::read(fdt, mmap.fdtable_max_fds)?;
+    if fd >= u64::from(max_fds) {
+        return Ok(None);
+    }
+    let fds = kernel::read_ptr(fdt, mmap.fdtable_fd)?;
+    let file: u64 = kernel::read(fds + fd * 8, 0)?;
+    if file == 0 {
+        return Ok(None);
+    }
+    identity(file_inode(file)?, offsets).map(Some)
+}

@@ -1,0 +1,293 @@
+//! vShields: files a policy shields from being executed, opened or loaded,
+//! in containers (found in the image's layer, so containers started after
+//! the agent are covered) and on the host.
+//!
+//! The lsm tests need BPF LSM (the VMs of `cargo xtask test`); the signal
+//! tests also run on the host kernel.
+
+use std::{fs, os::unix::process::ExitStatusExt as _, path::Path, process::Command};
+
+use enforcer_tests::{
+    agent::Stopped,
+    container::{Image, Scratch},
+    require,
+    scenario::{run_under, start, start_lsm},
+    serial,
+};
+use serde_json::Value;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_probe");
+
+/// The busybox image with the probe and three vulnerable files: a program,
+/// a configuration file and a library (`/opt/vuln/*.so`; the directory
+/// `/opt/vuln/bin` is not matched by that glob).
+fn image() -> Image {
+    let image = Image::with_dynamic(Path::new(PROBE), "probe").expect("building the image");
+    let root = image.root();
+    // Named busybox, which picks its applet from the name it runs under.
+    fs::create_dir_all(root.join("opt/vuln/bin")).expect("creating /opt/vuln/bin");
+    fs::copy(root.join("bin/busybox"), root.join("opt/vuln/bin/busybox"))
+        .expect("adding the program");
+    fs::create_dir_all(root.join("etc")).expect("creating /etc");
+    fs::write(root.join("etc/secret.conf"), "password=hunter2\n").expect("adding /etc/secret.conf");
+    fs::create_dir_all(root.join("opt/vuln")).expect("creating /opt/vuln");
+    let library = image
+        .library("libgcc_s")
+        .expect("the image has libgcc_s")
+        .trim_start_matches('/');
+    fs::copy(root.join(library), root.join("opt/vuln/libvuln.so")).expect("adding the library");
+    image
+}
+
+/// Three vShields, one per operation, in `mode`, for every container.
+fn policy(dir: &Path, mode: &str) -> String {
+    let shield = |name: &str, files: &str, operation: &str| {
+        format!(
+            "apiVersion: enforcer.dev/v1alpha1
+kind: VShield
+metadata:
+  name: {name}
+spec:
+  vulnerability: CVE-2099-{number}
+  mode: {mode}
+  files: [{files}]
+  operations: [{operation}]
+",
+            number = 1000 + name.len()
+        )
+    };
+    let text = [
+        shield("vuln-exec", "/opt/vuln/bin/busybox", "exec"),
+        shield("vuln-config", "/etc/secret*.conf", "open"),
+        shield("vuln-library", "/opt/vuln/*.so", "load"),
+    ]
+    .join("---\n");
+    let path = dir.join(format!("vshields-{mode}.yaml"));
+    fs::write(&path, text).expect("writing the policy");
+    path.display().to_string()
+}
+
+/// The vShield events among the agent's output, after checking it exited 0.
+fn vshield_events(stopped: &Stopped) -> Vec<&Value> {
+    assert!(
+        stopped.status.success(),
+        "agent exit {:?}; log:\n{}",
+        stopped.status,
+        stopped.stderr
+    );
+    stopped
+        .events
+        .iter()
+        .filter(|event| event["rule"]["category"] == "vshield")
+        .collect()
+}
+
+fn named<'a>(events: &[&'a Value], name: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .copied()
+        .filter(|event| event["rule"]["name"] == name)
+        .collect()
+}
+
+/// Uses each vulnerable file, then copies the configuration file up (chmod)
+/// and opens it again; image programs keep working.
+const SCRIPT: &str = "/opt/vuln/bin/busybox echo exec-ran
+    cat /etc/secret.conf && echo open-ran
+    /bin/probe dlopen /opt/vuln/libvuln.so && echo load-ran
+    chmod 600 /etc/secret.conf
+    cat /etc/secret.conf && echo copied-up-open-ran
+    /bin/probe say image-ok";
+
+#[test]
+fn enforced_vshields_block_exec_open_and_load_also_after_copy_up() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let image = image();
+    let dir = Scratch::new("vshield-enforce").expect("scratch");
+    let policy = policy(dir.path(), "enforce");
+    let store = image.root().display().to_string();
+    let Some(agent) = start_lsm(&["--policy", &policy, "--image-store", &store]) else {
+        return;
+    };
+    let (run, stopped) = run_under(agent, &image, &[], SCRIPT);
+    for used in ["exec-ran", "open-ran", "load-ran", "copied-up-open-ran"] {
+        assert!(
+            !run.stdout.lines().any(|line| line == used),
+            "{used}:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    assert!(
+        run.stdout.contains("image-ok"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let events = vshield_events(&stopped);
+
+    let exec = named(&events, "vuln-exec");
+    assert_eq!(exec.len(), 1, "{events:#?}");
+    assert_eq!(exec[0]["enforcer"]["decision"], "blocked");
+    assert_eq!(exec[0]["enforcer"]["via"], "exec");
+    assert_eq!(exec[0]["vulnerability"]["id"], "CVE-2099-1009");
+    assert_eq!(exec[0]["file"]["path"], "/opt/vuln/bin/busybox");
+
+    // Before and after the copy-up: one event per open, none for the
+    // layer file overlayfs opens underneath.
+    let open = named(&events, "vuln-config");
+    assert_eq!(open.len(), 2, "{events:#?}\n{}", stopped.stderr);
+    for event in &open {
+        assert_eq!(event["event"]["action"], "open-denied");
+        assert_eq!(event["file"]["path"], "/etc/secret.conf");
+        assert_eq!(event["file"]["name"], "secret.conf");
+    }
+
+    let load = named(&events, "vuln-library");
+    assert_eq!(load.len(), 1, "{events:#?}");
+    assert_eq!(load[0]["enforcer"]["via"], "mmap");
+    assert_eq!(load[0]["file"]["path"], "/opt/vuln/libvuln.so");
+    assert_eq!(events.len(), 4, "{events:#?}");
+}
+
+#[test]
+fn audit_vshields_only_report() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let image = image();
+    let dir = Scratch::new("vshield-audit").expect("scratch");
+    let policy = policy(dir.path(), "audit");
+    let store = image.root().display().to_string();
+    let Some(agent) = start_lsm(&["--policy", &policy, "--image-store", &store]) else {
+        return;
+    };
+    let (run, stopped) = run_under(agent, &image, &[], SCRIPT);
+    for used in [
+        "exec-ran",
+        "open-ran",
+        "load-ran",
+        "copied-up-open-ran",
+        "image-ok",
+    ] {
+        assert!(
+            run.stdout.lines().any(|line| line == used),
+            "{used}:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    let events = vshield_events(&stopped);
+    assert!(
+        events
+            .iter()
+            .all(|event| event["enforcer"]["decision"] == "audit"),
+        "{events:#?}"
+    );
+    assert_eq!(named(&events, "vuln-exec").len(), 1, "{events:#?}");
+    assert_eq!(named(&events, "vuln-config").len(), 2, "{events:#?}");
+    // The loader maps a library with one or more executable mappings.
+    assert!(!named(&events, "vuln-library").is_empty(), "{events:#?}");
+}
+
+#[test]
+fn the_signal_backend_kills_execs_of_shielded_files_and_says_what_it_cannot_decide() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let image = image();
+    let dir = Scratch::new("vshield-signal").expect("scratch");
+    let policy = policy(dir.path(), "enforce");
+    let store = image.root().display().to_string();
+    let agent = start(&[
+        "--backend",
+        "signal",
+        "--policy",
+        &policy,
+        "--image-store",
+        &store,
+    ]);
+    let (run, stopped) = run_under(
+        agent,
+        &image,
+        &[],
+        "/opt/vuln/bin/busybox echo exec-ran; echo status=$?; /bin/probe say image-ok",
+    );
+    assert!(!run.stdout.contains("exec-ran"), "{}", run.stdout);
+    assert!(run.stdout.contains("status=137"), "{}", run.stdout);
+    assert!(run.stdout.contains("image-ok"), "{}", run.stdout);
+    let events = vshield_events(&stopped);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["enforcer"]["decision"], "killed");
+    assert_eq!(events[0]["rule"]["name"], "vuln-exec");
+    assert!(
+        stopped
+            .stderr
+            .contains("opens and library loads of shielded files are NOT decided on this kernel"),
+        "{}",
+        stopped.stderr
+    );
+}
+
+#[test]
+fn host_vshields_cover_host_processes_only() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let dir = Scratch::new("vshield-host").expect("scratch");
+    // Named busybox, which picks its applet from the name it runs under.
+    let tool = dir.path().join("busybox");
+    fs::copy("/bin/busybox", &tool).expect("copying busybox");
+    let policy = dir.path().join("host.yaml");
+    fs::write(
+        &policy,
+        format!(
+            "apiVersion: enforcer.dev/v1alpha1
+kind: VShield
+metadata:
+  name: host-tool
+spec:
+  vulnerability: GHSA-abcd-efgh-ijkl
+  selector: {{host: true}}
+  mode: enforce
+  files: [{}]
+  operations: [exec]
+",
+            tool.display()
+        ),
+    )
+    .expect("writing the policy");
+    let agent = start(&[
+        "--backend",
+        "signal",
+        "--policy",
+        &policy.display().to_string(),
+    ]);
+    let status = Command::new(&tool)
+        .args(["echo", "ran"])
+        .status()
+        .expect("running the tool");
+    // The same file in a container is not the host's business.
+    let image = Image::busybox().expect("building the image");
+    fs::create_dir_all(image.root().join("opt")).expect("creating /opt");
+    fs::copy(&tool, image.root().join("opt/busybox")).expect("copying the tool into the image");
+    let (run, stopped) = run_under(agent, &image, &[], "/opt/busybox echo container-ran");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert!(
+        run.stdout.contains("container-ran"),
+        "{}{}{:#?}",
+        run.stdout,
+        run.stderr,
+        stopped.events
+    );
+    let events = vshield_events(&stopped);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["vulnerability"]["enumeration"], "GHSA");
+    assert_eq!(events[0]["rule"]["name"], "host-tool");
+}
