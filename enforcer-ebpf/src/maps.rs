@@ -100,6 +100,17 @@ macro_rules! offset {
 }
 pub(crate) use offset;
 
+/// [`offset!`] for a field of [`OVERLAY_LOWER`].
+macro_rules! lower_offset {
+    ($field:ident) => {{
+        let lower = core::ptr::from_ref(&$crate::maps::OVERLAY_LOWER)
+            .cast::<enforcer_common::OverlayLower>();
+        // SAFETY: `Global<T>` is `repr(transparent)` over an initialised `T`.
+        unsafe { core::ptr::read_volatile(&raw const (*lower).$field) }
+    }};
+}
+pub(crate) use lower_offset;
+
 #[inline(always)]
 pub(crate) fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {

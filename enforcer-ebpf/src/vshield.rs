@@ -22,7 +22,7 @@ use crate::{
     kernel::{self, FileFacts, KERNEL_SPACE, ReadError},
     maps::{
         CONFIG, MMAP_OFFSETS, OVERLAY_LOWER, RESOLVED_ID, VSHIELD_FILES, VSHIELD_HITS,
-        VSHIELD_RULES, count,
+        VSHIELD_RULES, count, lower_offset, offset,
     },
 };
 
@@ -131,7 +131,19 @@ pub(crate) fn check(
     how: u32,
     offsets: &KernelOffsets,
 ) -> Result<Option<Hit>, ReadError> {
-    let id = identity(inode, offsets)?;
+    check_id(file, inode, identity(inode, offsets)?, op, how, offsets)
+}
+
+/// [`check`] for a file whose identity is known.
+#[inline(always)]
+fn check_id(
+    file: u64,
+    inode: u64,
+    id: FileId,
+    op: u32,
+    how: u32,
+    offsets: &KernelOffsets,
+) -> Result<Option<Hit>, ReadError> {
     // SAFETY: a plain u32 read once; the agent replaces entries whole.
     let Some(ops) = (unsafe { VSHIELD_FILES.get(id) }).copied() else {
         return Ok(None);
@@ -369,21 +381,54 @@ pub(crate) fn file_open_vshield(ctx: LsmContext) -> i32 {
     }
 }
 
+/// `*(base + offset)` as a typed load, without a helper call: `base` is a
+/// BTF-typed pointer of an LSM hook (or one loaded from it this way), and
+/// `offset` a constant to the verifier (a field of a frozen read-only
+/// global), which checks the access against BTF.
+///
+/// # Safety
+/// `base` must be such a pointer and `offset` a field of `T`'s size there.
+#[inline(always)]
+unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+    // SAFETY: per the contract; kernel struct fields are aligned.
+    unsafe { base.add(offset as usize).cast::<T>().read_volatile() }
+}
+
+/// Every open on the machine comes here, so the way to the identity of a
+/// file that is not on overlayfs is typed loads only; overlay files take
+/// the walk of [`identity`].
 #[inline(always)]
 fn on_open(file: u64, offsets: &KernelOffsets) -> Result<Option<Hit>, ReadError> {
+    let typed = file as *const u8;
+    let (flags_at, inode_at) = (offset!(file_flags), lower_offset!(file_inode));
+    let (sb_at, ino_at) = (offset!(inode_sb), offset!(inode_ino));
+    let (magic_at, dev_at) = (offset!(sb_magic), offset!(sb_dev));
+    // SAFETY: `file` is the hook's `struct file *`; the offsets are fields
+    // resolved from BTF, of the loaded types' sizes.
+    let (flags, inode) = unsafe {
+        (
+            load::<u32>(typed, flags_at),
+            load::<*const u8>(typed, inode_at),
+        )
+    };
     // Exec opens its file (and the ELF interpreter) with `__FMODE_EXEC`:
     // those are exec and load decisions, made by their own hooks.
-    let flags: u32 = kernel::read(file, offsets.file_flags)?;
-    if flags & O_FMODE_EXEC != 0 {
+    if flags & O_FMODE_EXEC != 0 || inode.is_null() {
         return Ok(None);
     }
-    check(
-        file,
-        file_inode(file)?,
-        vshield_op::OPEN,
-        via::OPEN,
-        offsets,
-    )
+    // SAFETY: as above; `inode` was loaded as `file.f_inode`.
+    let (sb, ino) = unsafe { (load::<*const u8>(inode, sb_at), load::<u64>(inode, ino_at)) };
+    if sb.is_null() {
+        return Err(ReadError);
+    }
+    // SAFETY: as above; `sb` was loaded as `inode.i_sb`.
+    let (magic, dev) = unsafe { (load::<u64>(sb, magic_at), load::<u32>(sb, dev_at)) };
+    let id = if magic == OVERLAYFS_SUPER_MAGIC {
+        identity(inode as u64, offsets)?
+    } else {
+        FileId { ino, dev, pad: 0 }
+    };
+    check_id(file, inode as u64, id, vshield_op::OPEN, via::OPEN, offsets)
 }
 
 /// Resolves the identity of the agent's descriptor `args[0]` into

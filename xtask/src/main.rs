@@ -302,6 +302,9 @@ fn bench(workspace: &Path, kernels: &[&KernelSpec], rounds: u32) -> anyhow::Resu
         // Hosts with containers on roots that are not overlayfs pay this.
         "--only".to_owned(),
         "open-t".to_owned(),
+        // Opens with 10,000 vShields loaded, and the time to apply them.
+        "--only".to_owned(),
+        "open-v".to_owned(),
         "--".to_owned(),
         "--backend".to_owned(),
         "lsm".to_owned(),

@@ -344,7 +344,8 @@ impl KernelBtf {
         let ((binprm_interp, task_task_works, file_task_work, file_flags), deferred_release) =
             match self.deferred_release() {
                 Ok(offsets) => (offsets, Ok(())),
-                Err(error) => ((0, 0, 0, 0), Err(error.to_string())),
+                // `f_flags` is also read by the vShield programs.
+                Err(error) => ((0, 0, 0, self.core(FILE_FLAGS)?), Err(error.to_string())),
             };
 
         let (mmap_offsets, syscall_mmap) = match self.mmap_offsets() {
