@@ -17,7 +17,7 @@ use std::{
     fs, io,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+        unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
 };
@@ -32,7 +32,7 @@ use globset::GlobBuilder;
 
 use crate::{
     backend::VSHIELD_IDENTITY,
-    kernel::host::HostIdentity,
+    kernel::host::{HostIdentity, container_processes},
     maps::{self, MapAccessError},
 };
 
@@ -226,42 +226,13 @@ impl Root {
     }
 }
 
-/// The root of every running container, one per mount namespace: processes
-/// whose mount namespace and root are not the host's.
+/// The root of every running container, one per mount namespace.
 pub fn running_containers(host: &HostIdentity) -> Vec<Root> {
-    let Ok(proc) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let mut seen = BTreeSet::new();
-    let mut roots = Vec::new();
-    for entry in proc.filter_map(Result::ok) {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|pid| pid.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(mnt) = fs::metadata(format!("/proc/{pid}/ns/mnt")) else {
-            continue;
-        };
-        if mnt.ino() == u64::from(host.mnt_ns) || !seen.insert(mnt.ino()) {
-            continue;
-        }
-        let path = PathBuf::from(format!("/proc/{pid}/root"));
-        let Ok(root) = fs::metadata(&path) else {
-            continue;
-        };
-        if root.ino() == host.root_ino && kernel_dev(root.dev()) == host.root_dev {
-            continue;
-        }
-        if let Ok(root) = Root::open(&path) {
-            roots.push(root);
-        }
-    }
-    roots
-}
-
-/// `st_dev` in the kernel's encoding (`major << 20 | minor`).
-fn kernel_dev(dev: u64) -> u32 {
-    (libc::major(dev) << 20) | libc::minor(dev)
+    container_processes(host)
+        .filter(|process| seen.insert(process.mnt_ns))
+        .filter_map(|process| Root::open(&process.root).ok())
+        .collect()
 }
 
 /// Runs the kernel's identity code on the agent's descriptors.

@@ -9,19 +9,14 @@
 //! when the kernel first sees a container process run a file from one (a
 //! [`RootNotice`]). `always` attaches them at start, `never` not at all.
 
-use std::{
-    ffi::CString,
-    fmt,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
-    path::Path,
-};
+use std::{ffi::CString, fmt, os::unix::ffi::OsStrExt as _, path::Path};
 
 use aya::{Ebpf, maps::Array};
 use enforcer_common::{OVERLAYFS_SUPER_MAGIC, RootNotice, tracking};
 
 use crate::{
     backend, error_chain,
-    kernel::host::{HostIdentity, kernel_dev},
+    kernel::host::{HostIdentity, container_processes},
     maps::{self, MapAccessError},
 };
 
@@ -202,44 +197,14 @@ fn set_state(ebpf: &mut Ebpf, state: u32) -> Result<(), MapAccessError> {
 /// A running container process whose root is not overlayfs, if any. Processes
 /// that exit while they are looked at are skipped.
 pub fn find_untracked_root(host: &HostIdentity) -> Option<UntrackedRoot> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .find_map(|pid| untracked_root(host, pid))
-}
-
-/// `PF_KTHREAD` in a task's flags.
-const PF_KTHREAD: u64 = 0x0020_0000;
-
-fn untracked_root(host: &HostIdentity, pid: u32) -> Option<UntrackedRoot> {
-    let dir = Path::new("/proc").join(pid.to_string());
-    // Kernel threads run no programs from files, and one of them, kdevtmpfs,
-    // has a mount namespace of its own and devtmpfs as its root.
-    if is_kernel_thread(&std::fs::read_to_string(dir.join("stat")).ok()?)? {
-        return None;
-    }
-    let mnt_ns = u32::try_from(std::fs::metadata(dir.join("ns/mnt")).ok()?.ino()).ok()?;
-    let root_path = dir.join("root");
-    let root = std::fs::metadata(&root_path).ok()?;
-    let host_root = kernel_dev(root.dev()) == host.root_dev && root.ino() == host.root_ino;
-    if mnt_ns == host.mnt_ns || host_root {
-        return None;
-    }
-    let fs_magic = fs_magic(&root_path)?;
-    (fs_magic != OVERLAYFS_SUPER_MAGIC).then_some(UntrackedRoot {
-        pid,
-        mnt_ns,
-        fs_magic,
+    container_processes(host).find_map(|process| {
+        let fs_magic = fs_magic(&process.root)?;
+        (fs_magic != OVERLAYFS_SUPER_MAGIC).then_some(UntrackedRoot {
+            pid: process.pid,
+            mnt_ns: process.mnt_ns,
+            fs_magic,
+        })
     })
-}
-
-/// Whether `/proc/PID/stat` text is a kernel thread's (`flags`, the ninth
-/// field, counted after the command name, which may hold spaces and `)`).
-fn is_kernel_thread(stat: &str) -> Option<bool> {
-    let (_, after_comm) = stat.rsplit_once(')')?;
-    let flags: u64 = after_comm.split_whitespace().nth(6)?.parse().ok()?;
-    Some(flags & PF_KTHREAD != 0)
 }
 
 /// `statfs(path).f_type`.
@@ -264,27 +229,6 @@ mod tests {
     fn names_file_systems() {
         assert_eq!(fs_name(0x9123_683e), "btrfs");
         assert_eq!(fs_name(0x1234), "filesystem with magic 0x1234");
-    }
-
-    #[test]
-    fn finds_no_container_for_this_process() {
-        // The test process runs on the host: with its own namespace and root
-        // as the host's, it is not a container process.
-        let own = crate::kernel::host::host_identity(std::process::id()).unwrap();
-        assert_eq!(untracked_root(&own, std::process::id()), None);
-    }
-
-    #[test]
-    fn tells_kernel_threads() {
-        let kthread = "26 (kdevtmpfs) S 2 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 16";
-        assert_eq!(is_kernel_thread(kthread), Some(true));
-        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
-        assert_eq!(is_kernel_thread(&own), Some(false));
-        assert_eq!(
-            is_kernel_thread("1 (a) b) S 0 1 1 0 -1 4194560 0"),
-            Some(false)
-        );
-        assert_eq!(is_kernel_thread("garbage"), None);
     }
 
     #[test]

@@ -55,6 +55,61 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xf_ffff)
 }
 
+/// A running process that is a container process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerProcess {
+    pub pid: u32,
+    /// Inode number of its mount namespace.
+    pub mnt_ns: u32,
+    /// `/proc/PID/root`: its root directory.
+    pub root: PathBuf,
+}
+
+/// `PF_KTHREAD` in a task's flags.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Every running container process, in `/proc` order. Processes that exit
+/// while they are looked at are skipped.
+pub fn container_processes(host: &HostIdentity) -> impl Iterator<Item = ContainerProcess> + '_ {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| container_process(host, pid))
+}
+
+/// Process `pid`, if it is a container process: its mount namespace and its
+/// root are not the host's.
+pub fn container_process(host: &HostIdentity, pid: u32) -> Option<ContainerProcess> {
+    let dir = Path::new("/proc").join(pid.to_string());
+    // Kernel threads run no programs from files, and one of them, kdevtmpfs,
+    // has a mount namespace of its own and devtmpfs as its root.
+    if is_kernel_thread(&std::fs::read_to_string(dir.join("stat")).ok()?)? {
+        return None;
+    }
+    let mnt_ns = u32::try_from(std::fs::metadata(dir.join("ns/mnt")).ok()?.ino()).ok()?;
+    let root_path = dir.join("root");
+    let root = std::fs::metadata(&root_path).ok()?;
+    let host_root = kernel_dev(root.dev()) == host.root_dev && root.ino() == host.root_ino;
+    if mnt_ns == host.mnt_ns || host_root {
+        return None;
+    }
+    Some(ContainerProcess {
+        pid,
+        mnt_ns,
+        root: root_path,
+    })
+}
+
+/// Whether `/proc/PID/stat` text is a kernel thread's (`flags`, the ninth
+/// field, counted after the command name, which may hold spaces and `)`).
+fn is_kernel_thread(stat: &str) -> Option<bool> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    let flags: u64 = after_comm.split_whitespace().nth(6)?.parse().ok()?;
+    Some(flags & PF_KTHREAD != 0)
+}
+
 fn read_identity(proc_dir: &Path) -> Result<HostIdentity, HostError> {
     let ns_path = proc_dir.join("ns/mnt");
     let ns_inode = metadata(&ns_path)?.ino();
@@ -100,6 +155,27 @@ mod tests {
         let root = std::fs::metadata("/").unwrap();
         assert_eq!(own.root_ino, root.ino());
         assert_eq!(own.root_dev, kernel_dev(root.dev()));
+    }
+
+    #[test]
+    fn finds_no_container_for_this_process() {
+        // The test process runs on the host: with its own namespace and root
+        // as the host's, it is not a container process.
+        let own = host_identity(std::process::id()).unwrap();
+        assert_eq!(container_process(&own, std::process::id()), None);
+    }
+
+    #[test]
+    fn tells_kernel_threads() {
+        let kthread = "26 (kdevtmpfs) S 2 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 16";
+        assert_eq!(is_kernel_thread(kthread), Some(true));
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(is_kernel_thread(&own), Some(false));
+        assert_eq!(
+            is_kernel_thread("1 (a) b) S 0 1 1 0 -1 4194560 0"),
+            Some(false)
+        );
+        assert_eq!(is_kernel_thread("garbage"), None);
     }
 
     #[test]
