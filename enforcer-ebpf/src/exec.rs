@@ -46,14 +46,9 @@ pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
     match checked {
         Ok((Verdict::Allow, _)) => 0,
         Ok((Verdict::Drift(drift), filename)) => {
-            let enforce = drift.mode == mode::ENFORCE;
-            let decision = if enforce {
-                decision::BLOCKED
-            } else {
-                decision::AUDIT
-            };
+            let (decision, verdict) = lsm_verdict(drift.mode);
             events::decided(&drift, Some(filename), &offsets, decision, backend::LSM);
-            if enforce { -EPERM } else { 0 }
+            verdict
         }
         // Fail open: a read error must not stop the host from running
         // programs. It is counted and reported by the agent.
@@ -95,6 +90,17 @@ pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 pub(crate) fn kill(drift: &Drift, filename: Option<u64>, offsets: &KernelOffsets) {
     let decision = kill_current(drift.mode);
     events::decided(drift, filename, offsets, decision, backend::SIGNAL);
+}
+
+/// An LSM hook's answer in `mode`: the decision to report, and the value
+/// to return (EPERM refuses in enforce mode).
+#[inline(always)]
+pub(crate) fn lsm_verdict(mode: u32) -> (u32, i32) {
+    if mode == mode::ENFORCE {
+        (decision::BLOCKED, -EPERM)
+    } else {
+        (decision::AUDIT, 0)
+    }
 }
 
 /// SIGKILL for the current task in enforce mode; the decision to report.

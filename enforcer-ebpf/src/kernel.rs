@@ -1,7 +1,7 @@
 //! Typed reads of kernel memory through the offsets in [`crate::maps::OFFSETS`].
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use enforcer_common::{AgentConfig, KernelOffsets, OVERLAYFS_SUPER_MAGIC};
+use enforcer_common::{AgentConfig, KernelOffsets, MmapOffsets, OVERLAYFS_SUPER_MAGIC};
 
 /// A `bpf_probe_read_kernel` failed or returned a null pointer where the
 /// kernel guarantees one.
@@ -29,6 +29,21 @@ pub(crate) fn read_ptr(base: u64, offset: u32) -> Result<u64, ReadError> {
 pub(crate) fn current_task() -> u64 {
     // SAFETY: always valid in process context, which every hook here runs in.
     unsafe { bpf_get_current_task() }
+}
+
+/// The `struct file *` of the current task's descriptor `fd`, or `None`
+/// when it is not open.
+#[inline(always)]
+pub(crate) fn current_fd_file(fd: u32, mmap: &MmapOffsets) -> Result<Option<u64>, ReadError> {
+    let files = read_ptr(current_task(), mmap.task_files)?;
+    let fdt = read_ptr(files, mmap.files_fdt)?;
+    let max_fds: u32 = read(fdt, mmap.fdtable_max_fds)?;
+    if fd >= max_fds {
+        return Ok(None);
+    }
+    let fds = read_ptr(fdt, mmap.fdtable_fd)?;
+    let file: u64 = read(fds + u64::from(fd) * 8, 0)?;
+    Ok((file != 0).then_some(file))
 }
 
 /// Process id of the current task's real parent.

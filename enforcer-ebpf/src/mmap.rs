@@ -11,8 +11,7 @@ use aya_ebpf::{
     programs::{LsmContext, RawTracePointContext},
 };
 use enforcer_common::{
-    EPERM, KernelOffsets, MAP_ANONYMOUS, MmapOffsets, PROT_EXEC, backend, counter, decision, mode,
-    via,
+    KernelOffsets, MAP_ANONYMOUS, MmapOffsets, PROT_EXEC, backend, counter, via,
 };
 
 use crate::{
@@ -30,14 +29,9 @@ fn decide(file: u64, how: u32) -> i32 {
     match drift::check_file(file, how, &offsets) {
         Ok(Verdict::Allow) => 0,
         Ok(Verdict::Drift(drift)) => {
-            let enforce = drift.mode == mode::ENFORCE;
-            let decision = if enforce {
-                decision::BLOCKED
-            } else {
-                decision::AUDIT
-            };
+            let (decision, verdict) = exec::lsm_verdict(drift.mode);
             events::decided(&drift, None, &offsets, decision, backend::LSM);
-            if enforce { -EPERM } else { 0 }
+            verdict
         }
         Err(_) => {
             count(counter::READ_ERRORS);
@@ -243,16 +237,8 @@ fn mapped_file(
     if prot & PROT_EXEC == 0 || flags & MAP_ANONYMOUS != 0 || fd > i32::MAX as u32 {
         return Ok(None);
     }
-    let files = kernel::read_ptr(kernel::current_task(), mmap.task_files)?;
-    let fdt = kernel::read_ptr(files, mmap.files_fdt)?;
-    let max_fds: u32 = kernel::read(fdt, mmap.fdtable_max_fds)?;
-    if fd >= max_fds {
-        return Ok(None);
+    match kernel::current_fd_file(fd, mmap)? {
+        Some(file) if !kernel::is_current_exe(file, offsets) => Ok(Some(file)),
+        _ => Ok(None),
     }
-    let fds = kernel::read_ptr(fdt, mmap.fdtable_fd)?;
-    let file: u64 = kernel::read(fds + u64::from(fd) * 8, 0)?;
-    if file == 0 || kernel::is_current_exe(file, offsets) {
-        return Ok(None);
-    }
-    Ok(Some(file))
 }

@@ -12,9 +12,9 @@ use aya_ebpf::{
     programs::{LsmContext, RawTracePointContext},
 };
 use enforcer_common::{
-    ABI_VERSION, EPERM, FileId, KernelOffsets, O_FMODE_EXEC, OVERLAY_STACK_MAX,
-    OVERLAYFS_SUPER_MAGIC, OverlayLower, PROT_EXEC, VShieldKey, VShieldRule, backend, counter,
-    decision, mode, overlay_lower, scope, via, vshield_op,
+    ABI_VERSION, FileId, KernelOffsets, O_FMODE_EXEC, OVERLAY_STACK_MAX, OVERLAYFS_SUPER_MAGIC,
+    OverlayLower, PROT_EXEC, VShieldKey, VShieldRule, backend, counter, overlay_lower, scope, via,
+    vshield_op,
 };
 
 use crate::{
@@ -229,19 +229,9 @@ pub(crate) fn check_load(
 /// The LSM answer to a hit: the hook's return value, after the event.
 #[inline(always)]
 pub(crate) fn refuse(hit: &Hit, filename: Option<u64>, offsets: &KernelOffsets) -> i32 {
-    let enforce = hit.rule.mode == mode::ENFORCE;
-    events::vshield(
-        hit,
-        filename,
-        offsets,
-        if enforce {
-            decision::BLOCKED
-        } else {
-            decision::AUDIT
-        },
-        backend::LSM,
-    );
-    if enforce { -EPERM } else { 0 }
+    let (decision, verdict) = exec::lsm_verdict(hit.rule.mode);
+    events::vshield(hit, filename, offsets, decision, backend::LSM);
+    verdict
 }
 
 /// `bprm_check_security(struct linux_binprm *bprm)`: an exec of a shielded
@@ -460,17 +450,11 @@ pub(crate) fn vshield_identity(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn resolve(fd: u64, offsets: &KernelOffsets) -> Result<Option<FileId>, ReadError> {
-    let mmap = MMAP_OFFSETS.load();
-    let files = kernel::read_ptr(kernel::current_task(), mmap.task_files)?;
-    let fdt = kernel::read_ptr(files, mmap.files_fdt)?;
-    let max_fds: u32 = kernel::read(fdt, mmap.fdtable_max_fds)?;
-    if fd >= u64::from(max_fds) {
+    let Ok(fd) = u32::try_from(fd) else {
         return Ok(None);
+    };
+    match kernel::current_fd_file(fd, &MMAP_OFFSETS.load())? {
+        Some(file) => identity(file_inode(file)?, offsets).map(Some),
+        None => Ok(None),
     }
-    let fds = kernel::read_ptr(fdt, mmap.fdtable_fd)?;
-    let file: u64 = kernel::read(fds + fd * 8, 0)?;
-    if file == 0 {
-        return Ok(None);
-    }
-    identity(file_inode(file)?, offsets).map(Some)
 }
