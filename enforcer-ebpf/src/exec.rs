@@ -94,10 +94,25 @@ pub(crate) fn kill(drift: &Drift, filename: Option<u64>, offsets: &KernelOffsets
 
 /// An LSM hook's answer in `mode`: the decision to report, and the value
 /// to return (EPERM refuses in enforce mode).
+///
+/// Newer verifiers (6.12 here, not 6.1) check that an LSM program returns a
+/// value in [-4095, 0], and 6.12's loses every bound across a negation. Left
+/// to itself LLVM derives the return value from the mode
+/// (`-(mode == ENFORCE)`), which 6.12 then rejects; `black_box` keeps
+/// `-EPERM` a constant the verifier sees on its own branch. It is a 64-bit
+/// value because the verifier checks all 64 bits of R0, and a 32-bit
+/// reload would come back zero-extended (4294967295).
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "-EPERM fits; the wide value only exists for the reload"
+)]
 pub(crate) fn lsm_verdict(mode: u32) -> (u32, i32) {
     if mode == mode::ENFORCE {
-        (decision::BLOCKED, -EPERM)
+        (
+            decision::BLOCKED,
+            core::hint::black_box(-i64::from(EPERM)) as i32,
+        )
     } else {
         (decision::AUDIT, 0)
     }
