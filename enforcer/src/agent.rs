@@ -1,21 +1,27 @@
 //! `enforcer run`: resolve the kernel layout, load and attach the programs,
 //! apply the policy, and run the audit pipeline until SIGTERM/SIGINT.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use enforcer_common::{ABI_VERSION, AgentConfig};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 
 use crate::{
+    active::{ActiveError, ActiveVShields, Roots},
     audit::{
-        enrich::{BootClock, Enricher, VShieldNames, VShieldTable, hostname},
+        enrich::{BootClock, Enricher, PolicyTable, hostname},
         pipeline::{Pipeline, PipelineStats},
         sink::{JsonLines, Sink},
     },
-    backend::{
-        self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes, VShieldRoutes,
-    },
+    backend::{self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes},
+    control::{ControlSocket, Query, Reply, Request, VShieldsReply},
     kernel::{
         features,
         host::{HostError, HostIdentity, host_identity},
@@ -23,17 +29,11 @@ use crate::{
         symbols,
     },
     maps::{self, MapAccessError},
-    policy::{
-        self, DriftRule, Policy,
-        vshield::{self as vshields, Applied, Resolved, Scope, VShield, VShieldError},
-    },
-    resolve::{self, Identities, ResolveError, Root},
+    policy::{self, DriftRule, Policy},
+    reload::{InForce, PolicyWatch, Trigger},
     stats::{self, KernelCounters},
     tracking::{State as TrackingState, Tracker, WriteTracking},
 };
-
-/// Policies with more vShields get a summary line instead of one line each.
-const VSHIELDS_LOGGED_ONE_BY_ONE: usize = 50;
 
 /// How often lost events and kernel read errors are checked for.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -42,12 +42,17 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub struct RunOptions {
     pub backend: BackendChoice,
     pub policy: Policy,
+    /// Where `policy` was read from, watched for changes; empty for the
+    /// built-in policy.
+    pub policy_paths: Vec<PathBuf>,
     pub track_writes: WriteTracking,
     pub signal_mmap_check: bool,
     pub host_pid: u32,
     pub btf: Option<PathBuf>,
     /// Globs of image layer directories (see `--image-store`).
     pub image_stores: Vec<String>,
+    /// Where to answer `enforcer vshield list`.
+    pub control_socket: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +73,8 @@ pub enum AgentError {
     Map(#[from] MapAccessError),
     #[error("invalid policy: {0}")]
     Policy(#[from] policy::PathGlobError),
-    #[error("invalid policy: {0}")]
-    VShield(#[from] VShieldError),
-    #[error("resolving the files of the vShields: {0}")]
-    Resolve(#[from] ResolveError),
+    #[error("applying the vShields: {0}")]
+    VShields(#[from] ActiveError),
     #[error("starting the audit pipeline: {0}")]
     Pipeline(#[source] std::io::Error),
     #[error("installing signal handlers: {0}")]
@@ -185,16 +188,25 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         &layout.overlay_lower,
         &config,
     )?;
+    let roots = Roots {
+        host: &host,
+        image_stores: &options.image_stores,
+    };
     // The maps are filled before any program is attached, so the first exec
     // the programs see is already decided by the policy.
+    let started = Instant::now();
     policy::apply(&mut ebpf, &compiled)?;
-    let (vshield_table, _applied) = start_vshields(
-        &mut ebpf,
-        &policy.vshields,
-        &layout,
-        &host,
-        &options.image_stores,
-    )?;
+    let names = PolicyTable::default();
+    let mut active = ActiveVShields::new(names.clone());
+    // Also without vShields now: a reload may bring some.
+    warn_without_overlay_lower(&layout);
+    let change = active.apply(&mut ebpf, &policy.vshields, &policy.name, roots)?;
+    let mut in_force = InForce {
+        policy,
+        generation: 1,
+        paths: options.policy_paths,
+    };
+    let start_record = in_force.started(change, started);
 
     let ring: RingBuf<MapData> = maps::take(&mut ebpf, maps::EVENTS)?;
     let counters: PerCpuArray<MapData, u64> = maps::take(&mut ebpf, maps::COUNTERS)?;
@@ -202,8 +214,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let enricher = Enricher {
         clock: BootClock::now(),
         hostname: hostname(),
-        ruleset: policy.name.clone(),
-        vshields: vshield_table.clone(),
+        policy: names,
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
     let (pipeline, mut notices) =
@@ -213,50 +224,75 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     // Handlers before attaching: a signal from here on is a clean shutdown.
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
 
     let attached = backend::attach(&mut ebpf, options.backend, &checks)?;
-    if let Some(reason) = &attached.fallback_reason {
-        tracing::warn!(
-            %reason,
-            "BPF LSM is not usable on this kernel; falling back to the signal backend: in enforce mode, drift \
-             is killed with SIGKILL right after exec, before its first instruction, instead of being refused"
-        );
-    }
+    warn_fallback(&attached);
     let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
-    log_drift_methods(&attached, tracker.state(), &policy.drift);
-    let _vshield_routes = attach_vshields(&mut ebpf, attached.kind, &policy.vshields)?;
+    log_drift_methods(&attached, tracker.state(), &in_force.policy.drift);
+    active.attach(&mut ebpf, attached.kind)?;
+    let mut watch = watch_policy(&in_force.paths);
+    let (_control, mut queries) = listen(&options.control_socket);
     tracing::info!(
         backend = %attached.kind,
-        mode = %policy.drift.mode,
-        policy = %policy.name,
+        mode = %in_force.policy.drift.mode,
+        policy = %in_force.policy.name,
         "enforcer ready"
     );
+    pipeline.report(start_record);
 
     let mut health = tokio::time::interval(HEALTH_INTERVAL);
     let mut last = Health::default();
     let pipeline_counters = pipeline.counters();
     let signal_name = loop {
-        tokio::select! {
+        let trigger = tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => Some(Trigger::Sighup),
+            () = changed(watch.as_mut()) => Some(Trigger::Watch),
+            Some(query) = queries.recv() => {
+                let reply = answer(query.request, &ebpf, &active, &in_force, attached.kind);
+                // The client may have gone; it does not need the answer then.
+                let _ = query.reply.send(reply);
+                None
+            }
             Some(notice) = notices.recv() => {
                 if let Err(error) = tracker.on_notice(&mut ebpf, &notice) {
                     tracing::error!(error = %crate::error_chain(&error), "updating the tracking state failed");
                 }
+                None
             }
             _ = health.tick() => {
                 let now = Health::read(&counters, &pipeline_counters.snapshot());
                 now.report_increase(&last);
                 last = now;
+                None
             }
+        };
+        if let Some(trigger) = trigger
+            && let Some(record) = in_force.reload(&mut ebpf, &mut active, roots, trigger)
+        {
+            pipeline.report(record);
         }
     };
     tracing::info!(signal = signal_name, "shutting down: detaching programs");
+    shut_down(ebpf, pipeline, &counters, &last).await;
+    Ok(())
+}
+
+/// Detaches the programs, writes what is left of the audit stream, and says
+/// what the agent saw.
+async fn shut_down(
+    ebpf: aya::Ebpf,
+    pipeline: Pipeline,
+    counters: &PerCpuArray<MapData, u64>,
+    last: &Health,
+) {
     // Dropping the object detaches every program; enforcement stops here.
     drop(ebpf);
     let final_stats = pipeline.stop().await;
-    let final_health = Health::read(&counters, &final_stats);
-    final_health.report_increase(&last);
+    let final_health = Health::read(counters, &final_stats);
+    final_health.report_increase(last);
     tracing::info!(
         execs_checked = final_health.kernel.exec_checked,
         drift_detected = final_health.kernel.drift_detected,
@@ -266,23 +302,90 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         events_lost = final_health.kernel.events_lost + final_stats.dropped,
         "stopped"
     );
-    Ok(())
 }
 
-/// Resolves and writes the policy's vShields, if any; returns their names
-/// for events and the entries in the kernel.
-fn start_vshields(
-    ebpf: &mut aya::Ebpf,
-    shields: &[VShield],
-    layout: &Layout,
-    host: &HostIdentity,
-    image_stores: &[String],
-) -> Result<(VShieldTable, Applied), AgentError> {
-    let vshield_table = VShieldTable::default();
-    let mut applied = Applied::default();
-    if shields.is_empty() {
-        return Ok((vshield_table, applied));
+fn warn_fallback(attached: &Attached) {
+    if let Some(reason) = &attached.fallback_reason {
+        tracing::warn!(
+            %reason,
+            "BPF LSM is not usable on this kernel; falling back to the signal backend: in enforce mode, drift \
+             is killed with SIGKILL right after exec, before its first instruction, instead of being refused"
+        );
     }
+}
+
+/// Watches the policy files, when there are any; SIGHUP works either way.
+fn watch_policy(paths: &[PathBuf]) -> Option<PolicyWatch> {
+    if paths.is_empty() {
+        return None;
+    }
+    match PolicyWatch::new(paths) {
+        Ok(watch) => {
+            tracing::info!(
+                directories = ?watch.directories,
+                "policy files watched: a valid change is put in force by diff, an invalid one is refused \
+                 (SIGHUP reloads too)"
+            );
+            Some(watch)
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = %crate::error_chain(&error),
+                "policy files are NOT watched: changes need SIGHUP"
+            );
+            None
+        }
+    }
+}
+
+/// The control socket, or a warning and a channel that stays empty.
+fn listen(path: &std::path::Path) -> (Option<ControlSocket>, mpsc::Receiver<Query>) {
+    match ControlSocket::bind(path) {
+        Ok((socket, queries)) => {
+            tracing::info!(socket = %socket.path().display(), "control socket listening (enforcer vshield list)");
+            (Some(socket), queries)
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = %crate::error_chain(&error),
+                "no control socket: `enforcer vshield list` cannot reach this agent"
+            );
+            // The sender is dropped: `recv` returns None, which the loop skips.
+            (None, mpsc::channel(1).1)
+        }
+    }
+}
+
+/// The main loop's answer to a control request.
+fn answer(
+    request: Request,
+    ebpf: &aya::Ebpf,
+    active: &ActiveVShields,
+    in_force: &InForce,
+    kind: BackendKind,
+) -> Reply {
+    match request {
+        Request::VShields => match active.list(ebpf) {
+            Ok(vshields) => Reply::VShields(VShieldsReply {
+                policy: in_force.policy.name.clone(),
+                generation: in_force.generation,
+                backend: kind.to_string(),
+                decided: active.decided(),
+                vshields,
+            }),
+            Err(error) => Reply::Error(crate::error_chain(&error)),
+        },
+    }
+}
+
+async fn changed(watch: Option<&mut PolicyWatch>) {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn warn_without_overlay_lower(layout: &Layout) {
     if let Err(reason) = &layout.overlay_lower_source {
         tracing::warn!(
             %reason,
@@ -291,106 +394,6 @@ fn start_vshields(
              copy-up of a shielded file escapes its vShield"
         );
     }
-    let names = apply_vshields(ebpf, shields, host, image_stores, &mut applied)?;
-    *vshield_table
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
-    Ok((vshield_table, applied))
-}
-
-/// Resolves the vShields' files in the roots of their scopes and writes the
-/// kernel entries; returns what events need to name them.
-fn apply_vshields(
-    ebpf: &mut aya::Ebpf,
-    shields: &[VShield],
-    host: &HostIdentity,
-    image_stores: &[String],
-    applied: &mut Applied,
-) -> Result<VShieldNames, AgentError> {
-    backend::load_identity(ebpf)?;
-    // From here on is what applying a policy costs (`cargo xtask bench`
-    // holds it to a target).
-    let started = std::time::Instant::now();
-    let slots = vshields::slots(shields)?;
-    let mut host_roots = Vec::new();
-    let mut container_roots = Vec::new();
-    if shields.iter().any(|shield| shield.scope == Scope::Host) {
-        match Root::open(std::path::Path::new("/")) {
-            Ok(root) => host_roots.push(root),
-            Err(error) => tracing::error!(%error, "cannot open the host's root directory"),
-        }
-    }
-    if shields
-        .iter()
-        .any(|shield| shield.scope == Scope::Containers)
-    {
-        container_roots = resolve::image_layers(image_stores);
-        let layers = container_roots.len();
-        container_roots.extend(resolve::running_containers(host));
-        tracing::info!(
-            image_layers = layers,
-            running_containers = container_roots.len() - layers,
-            stores = ?image_stores,
-            "container vShields: looking up their files in image layers and running containers"
-        );
-    }
-    let mut names = VShieldNames::default();
-    let mut resolved = Vec::with_capacity(shields.len());
-    {
-        let identities = Identities::new(ebpf)?;
-        for (shield, slot) in shields.iter().zip(slots) {
-            let roots = match shield.scope {
-                Scope::Host => &host_roots,
-                Scope::Containers => &container_roots,
-            };
-            let mut found = std::collections::BTreeMap::new();
-            for root in roots {
-                identities.resolve(root, &shield.files, &mut found)?;
-            }
-            let files: std::collections::BTreeSet<_> = found.keys().copied().collect();
-            for (id, path) in found {
-                names.paths.entry(id).or_insert(path);
-            }
-            names
-                .rules
-                .insert(slot, (shield.name.clone(), shield.vulnerability.clone()));
-            if files.is_empty() {
-                tracing::warn!(
-                    vshield = %shield.name,
-                    files = ?shield.files,
-                    scope = shield.scope.as_str(),
-                    "vShield matches no file yet: it shields nothing until its files exist in a root searched \
-                     at start-up"
-                );
-            } else if shields.len() <= VSHIELDS_LOGGED_ONE_BY_ONE {
-                tracing::info!(
-                    vshield = %shield.name,
-                    vulnerability = %shield.vulnerability,
-                    mode = %shield.mode,
-                    operations = ?shield.operations(),
-                    scope = shield.scope.as_str(),
-                    files = files.len(),
-                    "vShield in force"
-                );
-            }
-            resolved.push(Resolved {
-                slot,
-                shield,
-                files,
-            });
-        }
-    }
-    let entries = vshields::entries(&resolved);
-    let (files, rules) = (entries.files.len(), entries.rules.len());
-    applied.update(ebpf, entries)?;
-    tracing::info!(
-        vshields = shields.len(),
-        files,
-        rules,
-        apply_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "vShields applied: files resolved and kernel maps written"
-    );
-    Ok(names)
 }
 
 /// Which optional signal-backend routes can run.
@@ -409,40 +412,6 @@ fn signal_routes(
                     .to_owned(),
             )
         },
-    }
-}
-
-/// Attaches the programs for the operations `shields` stop, and says which
-/// the backend decides.
-fn attach_vshields(
-    ebpf: &mut aya::Ebpf,
-    kind: BackendKind,
-    shields: &[VShield],
-) -> Result<VShieldRoutes, AgentError> {
-    let mut routes = VShieldRoutes::default();
-    if !shields.is_empty() {
-        let ops = shields.iter().fold(0, |ops, shield| ops | shield.ops);
-        backend::attach_vshields(ebpf, kind, &mut routes, ops)?;
-        log_vshield_routes(kind, shields, &routes);
-    }
-    Ok(routes)
-}
-
-/// Says which vShield operations the backend decides.
-fn log_vshield_routes(kind: BackendKind, shields: &[VShield], routes: &VShieldRoutes) {
-    let wanted = shields.iter().fold(0, |ops, shield| ops | shield.ops);
-    let missing = wanted & !routes.attached;
-    if missing == 0 {
-        tracing::info!(
-            backend = %kind,
-            "vShields: every operation they name is decided before it happens"
-        );
-    } else {
-        tracing::warn!(
-            backend = %kind,
-            "vShields: the signal backend decides execs only (SIGKILL before the first instruction); opens and \
-             library loads of shielded files are NOT decided on this kernel: it needs BPF LSM for them"
-        );
     }
 }
 

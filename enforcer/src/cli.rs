@@ -39,6 +39,53 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Work with the vShields of the running agent.
+    #[command(subcommand, name = "vshield")]
+    VShield(VShieldCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VShieldCommand {
+    /// Every vShield in force in the running agent (asked over its control
+    /// socket): name, vulnerability, mode, operations, scope, the number of
+    /// files it shields, and how many uses it decided since it came into
+    /// force.
+    List {
+        /// The agent's control socket (see `run --control-socket`).
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print the agent's reply as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turn a Trivy JSON report (`trivy image --format json`) into vShield
+    /// policy YAML: one vShield per vulnerability and package, naming the
+    /// package's files. OS packages' files are read from the package
+    /// database in the image's root directory (--root; dpkg and apk; rpm
+    /// databases are reported as not read); language packages name their
+    /// file in the report (jars, Go and Rust binaries, Node package
+    /// directories, Python distributions through their RECORD). Findings that
+    /// cannot become a vShield are listed on stderr with the reason.
+    FromTrivy {
+        /// The report (JSON).
+        #[arg(value_name = "REPORT.json")]
+        report: PathBuf,
+        /// The image's root directory (an unpacked image, or a container's
+        /// root), where package databases are read.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// `audit` reports uses of the vulnerable files; `enforce` blocks
+        /// them. Review what audit reports before enforcing.
+        #[arg(long, value_enum, default_value_t = Mode::Audit)]
+        mode: Mode,
+        /// Select every container instead of the report's image (the
+        /// agent does not enforce image selectors yet).
+        #[arg(long)]
+        every_container: bool,
+        /// Write the policy here instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,7 +112,12 @@ pub struct RunArgs {
 
     /// Policy files (files, or directories of *.yaml and *.yml files),
     /// checked as `enforcer policy check` does; repeatable. Replaces the
-    /// built-in policy and the drift flags below. For now `run` enforces one
+    /// built-in policy and the drift flags below. The files are watched: a
+    /// valid change is put in force within a second, by changing only the
+    /// kernel map entries that differ; an invalid one is refused with an
+    /// error (log and audit record) and the policy in force stays in force.
+    /// SIGHUP reloads them too, and also looks the vShields' files up again
+    /// in image layers and containers that appeared since. For now `run` enforces one
     /// `DriftPolicy` for every container (empty selector), and vShields for
     /// every container or for the host (`selector: {host: true}`); it refuses
     /// selectors by image, namespace or pod label rather than ignore them.
@@ -143,6 +195,12 @@ pub struct RunArgs {
         default_values_t = crate::resolve::DEFAULT_IMAGE_STORES.iter().map(|s| (*s).to_owned())
     )]
     pub image_store: Vec<String>,
+
+    /// Where to listen for `enforcer vshield list` (a Unix socket, root
+    /// only). The agent runs without it, with a warning, when it cannot
+    /// listen there.
+    #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
 
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from

@@ -8,16 +8,21 @@
 //! [`kernel`] finds out what the running kernel offers, [`backend`] loads and
 //! attaches the programs, and [`agent`] runs it all.
 
+pub mod active;
 pub mod agent;
 pub mod audit;
 pub mod backend;
 pub mod cli;
+pub mod control;
 pub mod kernel;
 pub mod maps;
+pub mod packages;
 pub mod policy;
+pub mod reload;
 pub mod resolve;
 pub mod stats;
 pub mod tracking;
+pub mod trivy;
 
 /// An error and its sources on one line. Error messages in this crate
 /// include their immediate cause (so that one-level logging is complete);

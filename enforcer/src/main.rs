@@ -1,13 +1,16 @@
 //! The `enforcer` command.
 
-use std::io::IsTerminal as _;
+use std::{io::IsTerminal as _, path::Path};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use enforcer::{
     agent,
-    cli::{Cli, Command, PolicyCommand},
-    policy::{DriftRule, Policy, document::Document, load},
+    cli::{Cli, Command, PolicyCommand, VShieldCommand},
+    control::{self, Reply, Request, VShieldsReply},
+    policy::{DriftRule, Mode, Policy, document::Document, load},
+    resolve::Root,
+    trivy,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -51,7 +54,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     allowed_paths: args.allow_path,
                 })
             } else {
-                match load::load(&args.policy).and_then(|set| load::agent_policy(&set)) {
+                match load::agent_policy_at(&args.policy) {
                     Ok(policy) => policy,
                     Err(diagnostics) => {
                         for diagnostic in &diagnostics {
@@ -67,11 +70,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime.block_on(agent::run(agent::RunOptions {
                 backend: args.backend,
                 policy,
+                policy_paths: args.policy,
                 track_writes: args.track_writes,
                 signal_mmap_check: args.signal_mmap_check,
                 host_pid: args.host_pid,
                 btf: args.btf,
                 image_stores: args.image_store,
+                control_socket: args.control_socket,
             }))?;
             Ok(())
         }
@@ -91,10 +96,156 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("{} problems in the policy files", diagnostics.len())
             }
         },
+        Command::VShield(VShieldCommand::List { socket, json }) => {
+            match control::ask(&socket, Request::VShields)? {
+                Reply::VShields(reply) if json => {
+                    println!("{}", serde_json::to_string_pretty(&reply)?);
+                }
+                Reply::VShields(reply) => print!("{}", vshield_table(&reply)),
+                Reply::Error(error) => anyhow::bail!("the agent answered: {error}"),
+            }
+            Ok(())
+        }
+        Command::VShield(VShieldCommand::FromTrivy {
+            report,
+            root,
+            mode,
+            every_container,
+            output,
+        }) => from_trivy(
+            &report,
+            root.as_deref(),
+            mode,
+            every_container,
+            output.as_deref(),
+        ),
         Command::Policy(PolicyCommand::Schema) => {
             let schema = schemars::schema_for!(Document);
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
         }
     }
+}
+
+/// The largest Trivy report read.
+const REPORT_MAX: u64 = 512 << 20;
+
+fn from_trivy(
+    report_path: &Path,
+    root: Option<&Path>,
+    mode: Mode,
+    every_container: bool,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut text = Vec::new();
+    std::fs::File::open(report_path)
+        .with_context(|| format!("{}: opening the report", report_path.display()))?
+        .take(REPORT_MAX + 1)
+        .read_to_end(&mut text)
+        .with_context(|| format!("{}: reading the report", report_path.display()))?;
+    anyhow::ensure!(
+        text.len() as u64 <= REPORT_MAX,
+        "{}: larger than {REPORT_MAX} bytes",
+        report_path.display()
+    );
+    let report: trivy::Report = serde_json::from_slice(&text).map_err(|error| {
+        anyhow::anyhow!(
+            "{}:{}:{}: not a Trivy JSON report: {error}",
+            report_path.display(),
+            error.line(),
+            error.column()
+        )
+    })?;
+    let root = root
+        .map(|root| {
+            Root::open(root).with_context(|| format!("{}: opening the image root", root.display()))
+        })
+        .transpose()?;
+    let conversion = trivy::convert(&report, root.as_ref());
+    for skipped in &conversion.skipped {
+        tracing::warn!(
+            vulnerability = %skipped.vulnerability,
+            package = %skipped.package,
+            "no vShield: {}",
+            skipped.reason
+        );
+    }
+    let options = trivy::Options {
+        mode,
+        every_container,
+    };
+    let policy = trivy::render(
+        &report,
+        &conversion,
+        &options,
+        &report_path.display().to_string(),
+    );
+    match output {
+        Some(path) => std::fs::write(path, policy)
+            .with_context(|| format!("{}: writing the policy", path.display()))?,
+        None => print!("{policy}"),
+    }
+    tracing::info!(
+        vshields = conversion.shields.len(),
+        files = conversion.shields.iter().map(|s| s.files.len()).sum::<usize>(),
+        skipped = conversion.skipped.len(),
+        %mode,
+        "vShield policy written"
+    );
+    Ok(())
+}
+
+/// `enforcer vshield list` as a table.
+fn vshield_table(reply: &VShieldsReply) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "policy {} (generation {}), backend {}, decided: {}\n",
+        reply.policy,
+        reply.generation,
+        reply.backend,
+        if reply.decided.is_empty() {
+            "nothing".to_owned()
+        } else {
+            reply.decided.join(", ")
+        }
+    );
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "VULNERABILITY".to_owned(),
+        "MODE".to_owned(),
+        "OPERATIONS".to_owned(),
+        "SCOPE".to_owned(),
+        "FILES".to_owned(),
+        "HITS".to_owned(),
+    ]];
+    rows.extend(reply.vshields.iter().map(|shield| {
+        [
+            shield.name.clone(),
+            shield.vulnerability.clone(),
+            shield.mode.clone(),
+            shield.operations.join(","),
+            shield.scope.clone(),
+            shield.files.to_string(),
+            shield.hits.to_string(),
+        ]
+    }));
+    let mut widths = [0; 7];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(widths) {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if reply.vshields.is_empty() {
+        out.push_str("(no vShields in force)\n");
+    }
+    out
 }

@@ -35,6 +35,12 @@ pub enum MapAccessError {
         #[source]
         source: MapError,
     },
+    #[error("map {map}: {source}")]
+    Io {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the allowed-path automaton has {0} states, more than a bank of the map holds")]
     PathDfaTooLarge(usize),
 }

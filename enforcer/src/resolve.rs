@@ -118,9 +118,47 @@ impl Root {
         Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
+    /// Whether `path` (absolute, in this root) is a regular file, without
+    /// following a symlink in its last component (a package's symlinks are
+    /// listed beside their targets).
+    pub fn is_regular_file(&self, path: &str) -> bool {
+        let relative = Path::new(path.trim_start_matches('/'));
+        let Ok(fd) = self.open_in(relative, libc::O_PATH | libc::O_NOFOLLOW) else {
+            return false;
+        };
+        // SAFETY: `fd` is valid for the call; `stat` is a valid out-pointer.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let ok = unsafe { libc::fstat(fd.as_raw_fd(), &raw mut stat) } == 0;
+        ok && stat.st_mode & libc::S_IFMT == libc::S_IFREG
+    }
+
+    /// The contents of `path` (absolute, in this root), at most `limit`
+    /// bytes; longer files are an error.
+    pub fn read(&self, path: &str, limit: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        let relative = Path::new(path.trim_start_matches('/'));
+        let file = fs::File::from(self.open_in(relative, libc::O_RDONLY)?);
+        let mut contents = Vec::new();
+        file.take(limit + 1).read_to_end(&mut contents)?;
+        if contents.len() as u64 > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{path} is larger than {limit} bytes"),
+            ));
+        }
+        Ok(contents)
+    }
+
+    /// Whether `path` (absolute, in this root) exists.
+    pub fn exists(&self, path: &str) -> bool {
+        self.open_in(Path::new(path.trim_start_matches('/')), libc::O_PATH)
+            .is_ok()
+    }
+
     /// The names in directory `relative`, with whether each is a directory
     /// (not following symlinks).
-    fn list(&self, relative: &Path) -> Vec<(std::ffi::OsString, bool)> {
+    pub fn list(&self, relative: &Path) -> Vec<(std::ffi::OsString, bool)> {
         let Ok(dir) = self.open_in(relative, libc::O_RDONLY | libc::O_DIRECTORY) else {
             return Vec::new();
         };

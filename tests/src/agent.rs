@@ -45,6 +45,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Agent {
     child: Child,
+    control_socket: PathBuf,
     stdout: Option<thread::JoinHandle<String>>,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<thread::JoinHandle<()>>,
@@ -54,8 +55,11 @@ pub struct Agent {
 #[derive(Debug)]
 pub struct Stopped {
     pub status: ExitStatus,
-    /// Every stdout line, parsed; stdout must carry nothing but JSON lines.
+    /// The decisions (`event.kind` `alert`) among the stdout lines; stdout
+    /// must carry nothing but JSON lines.
     pub events: Vec<Value>,
+    /// The policy changes (`event.dataset` `enforcer.policy`).
+    pub policy_events: Vec<Value>,
     pub stderr: String,
 }
 
@@ -77,11 +81,21 @@ impl std::fmt::Display for StartFailure {
 }
 
 impl Agent {
-    /// Runs `enforcer run ARGS` and waits until it reports ready.
+    /// Runs `enforcer run ARGS` and waits until it reports ready. Each agent
+    /// gets a control socket of its own unless ARGS name one.
     pub fn start(args: &[&str]) -> Result<Self, StartFailure> {
-        let mut child = Command::new(binary())
-            .arg("run")
-            .args(args)
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let control_socket = std::env::temp_dir().join(format!(
+            "enforcer-test-{}-{}.sock",
+            std::process::id(),
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let mut command = Command::new(binary());
+        command.arg("run").args(args);
+        if !args.contains(&"--control-socket") {
+            command.arg("--control-socket").arg(&control_socket);
+        }
+        let mut child = command
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -110,6 +124,7 @@ impl Agent {
         });
         let mut agent = Self {
             child,
+            control_socket,
             stdout: Some(stdout),
             stderr,
             stderr_reader: Some(stderr_reader),
@@ -142,6 +157,29 @@ impl Agent {
 
     fn stderr_text(&self) -> String {
         self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// The control socket the harness gave the agent.
+    pub fn control_socket(&self) -> &std::path::Path {
+        &self.control_socket
+    }
+
+    /// The PID of the agent process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the agent's log has `count` lines containing `text`;
+    /// false after `timeout`.
+    pub fn wait_for_log(&self, text: &str, count: usize, timeout: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.stderr_text().matches(text).count() >= count {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// The agent's log so far.
@@ -183,16 +221,20 @@ impl Agent {
             .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
         self.join_stderr();
         let stderr = self.stderr_text();
-        let events = stdout
+        let records: Vec<Value> = stdout
             .lines()
             .map(|line| {
                 serde_json::from_str(line)
                     .with_context(|| format!("agent stdout line is not JSON: {line:?}"))
             })
             .collect::<anyhow::Result<_>>()?;
+        let (policy_events, events) = records
+            .into_iter()
+            .partition(|record| record["event"]["dataset"] == "enforcer.policy");
         Ok(Stopped {
             status,
             events,
+            policy_events,
             stderr,
         })
     }

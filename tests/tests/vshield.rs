@@ -291,3 +291,112 @@ spec:
     assert_eq!(events[0]["vulnerability"]["enumeration"], "GHSA");
     assert_eq!(events[0]["rule"]["name"], "host-tool");
 }
+
+/// A Trivy report of the image: an OS package (its files in the image's
+/// dpkg database), a jar, and a finding with a distribution-only id.
+const TRIVY_REPORT: &str = r#"{
+  "SchemaVersion": 2,
+  "ArtifactName": "localhost/vuln:1",
+  "ArtifactType": "container_image",
+  "Results": [
+    {"Target": "localhost/vuln:1 (debian 12.5)", "Class": "os-pkgs", "Type": "debian",
+     "Vulnerabilities": [
+       {"VulnerabilityID": "CVE-2099-3001", "PkgName": "vulnpkg", "InstalledVersion": "1.0-1",
+        "FixedVersion": "1.0-2", "Severity": "CRITICAL", "Title": "remote code execution"},
+       {"VulnerabilityID": "TEMP-0000001-ABCDEF", "PkgName": "vulnpkg", "Severity": "LOW"}
+     ]},
+    {"Target": "Java", "Class": "lang-pkgs", "Type": "jar",
+     "Vulnerabilities": [
+       {"VulnerabilityID": "CVE-2021-44228", "PkgName": "org.apache.logging.log4j:log4j-core",
+        "PkgPath": "app/lib/log4j-core-2.14.1.jar", "InstalledVersion": "2.14.1",
+        "FixedVersion": "2.15.0", "Severity": "CRITICAL"}
+     ]}
+  ]
+}"#;
+
+#[test]
+fn a_trivy_report_becomes_a_policy_that_shields_the_vulnerable_packages_files() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let image = image();
+    let root = image.root();
+    fs::create_dir_all(root.join("var/lib/dpkg/info")).expect("creating the dpkg database");
+    fs::create_dir_all(root.join("usr/share/doc/vulnpkg")).expect("creating the doc directory");
+    fs::write(root.join("usr/share/doc/vulnpkg/copyright"), "text\n").expect("adding a doc file");
+    std::os::unix::fs::symlink("bin/busybox", root.join("opt/vuln/link"))
+        .expect("adding a symlink");
+    fs::write(
+        root.join("var/lib/dpkg/info/vulnpkg.list"),
+        "/.\n/opt\n/opt/vuln\n/opt/vuln/bin\n/opt/vuln/bin/busybox\n/opt/vuln/libvuln.so\n\
+         /opt/vuln/link\n/usr/share/doc/vulnpkg/copyright\n",
+    )
+    .expect("adding the package's file list");
+    fs::create_dir_all(root.join("app/lib")).expect("creating /app/lib");
+    fs::write(root.join("app/lib/log4j-core-2.14.1.jar"), "PK\n").expect("adding the jar");
+    let dir = Scratch::new("vshield-trivy").expect("scratch");
+    let report = dir.path().join("report.json");
+    fs::write(&report, TRIVY_REPORT).expect("writing the report");
+    let policy = dir.path().join("trivy.yaml");
+    let output = Command::new(enforcer_tests::agent::binary())
+        .args([
+            "vshield",
+            "from-trivy",
+            "--mode",
+            "enforce",
+            "--every-container",
+        ])
+        .arg("--root")
+        .arg(root)
+        .arg("-o")
+        .arg(&policy)
+        .arg(&report)
+        .output()
+        .expect("running enforcer vshield from-trivy");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stderr.contains("TEMP-0000001-ABCDEF") && stderr.contains("not a CVE or GHSA id"),
+        "{stderr}"
+    );
+    let text = fs::read_to_string(&policy).expect("reading the written policy");
+    for (file, listed) in [
+        ("/opt/vuln/bin/busybox", true),
+        ("/opt/vuln/libvuln.so", true),
+        ("/app/lib/log4j-core-2.14.1.jar", true),
+        ("/opt/vuln/link", false),
+        ("/usr/share/doc/vulnpkg/copyright", false),
+    ] {
+        assert_eq!(
+            text.contains(&format!("\"{file}\"")),
+            listed,
+            "{file}:\n{text}"
+        );
+    }
+
+    let store = root.display().to_string();
+    let agent = start(&[
+        "--policy",
+        &policy.display().to_string(),
+        "--image-store",
+        &store,
+    ]);
+    let (run, stopped) = run_under(
+        agent,
+        &image,
+        &[],
+        "/opt/vuln/bin/busybox echo exec-ran; /bin/probe say image-ok",
+    );
+    assert!(!run.stdout.contains("exec-ran"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("image-ok"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    let events = vshield_events(&stopped);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["rule"]["name"], "cve-2099-3001-vulnpkg");
+    assert_eq!(events[0]["vulnerability"]["id"], "CVE-2099-3001");
+}

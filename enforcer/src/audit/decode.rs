@@ -5,8 +5,10 @@ use std::mem::size_of;
 
 use enforcer_common::{DecisionEvent, EventHeader, RootNotice, event_kind};
 
+use super::record::PolicyChange;
+
 /// A record from the kernel, copied out of the ring buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[expect(
     clippy::large_enum_variant,
     reason = "a record moves once, from the ring buffer to its channel; boxing would allocate per event"
@@ -20,9 +22,15 @@ pub enum KernelEvent {
 }
 
 /// A kernel decision, for the audit sinks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a decision moves once, from the ring buffer to its channel; boxing would allocate per event"
+)]
 pub enum AuditEvent {
     Decision(DecisionEvent),
+    /// Not from the kernel: the agent applied or refused a policy change.
+    Policy(Box<PolicyChange>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

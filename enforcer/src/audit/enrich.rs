@@ -12,8 +12,8 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use super::{
     decode::AuditEvent,
     record::{
-        Agent, AuditRecord, Enforcer, Event, File, Host, Id, ParentPid, Process, Rule, ThreadId,
-        Vulnerability,
+        Agent, AuditRecord, Enforcer, ErrorField, Event, File, Host, Id, ParentPid, PolicyChange,
+        PolicyRecord, PolicyState, Process, Record, Rule, RuleSet, ThreadId, Vulnerability,
     },
 };
 
@@ -55,32 +55,106 @@ impl BootClock {
     }
 }
 
-/// What events need to know about the vShields in force: their names by
-/// slot, and the paths of the files they resolved to.
+/// What events need to know about the policy in force: its name, and the
+/// vShields' names by slot and the paths of the files they resolved to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VShieldNames {
+pub struct PolicyNames {
+    /// `rule.ruleset`.
+    pub ruleset: String,
     /// Slot -> (name, vulnerability).
     pub rules: BTreeMap<u32, (String, String)>,
     /// A path each shielded file was found at.
     pub paths: BTreeMap<FileId, String>,
 }
 
+impl PolicyNames {
+    /// Both tables' entries, `newer`'s where both have one: what events need
+    /// while a reload is being written, when the kernel may report under
+    /// either policy.
+    #[must_use]
+    pub fn merged(&self, newer: &Self) -> Self {
+        let mut merged = self.clone();
+        merged.ruleset.clone_from(&newer.ruleset);
+        merged
+            .rules
+            .extend(newer.rules.iter().map(|(k, v)| (*k, v.clone())));
+        merged
+            .paths
+            .extend(newer.paths.iter().map(|(k, v)| (*k, v.clone())));
+        merged
+    }
+}
+
 /// Shared with the agent, which replaces it when the policy changes.
-pub type VShieldTable = Arc<RwLock<VShieldNames>>;
+pub type PolicyTable = Arc<RwLock<PolicyNames>>;
 
 /// Context added to every record.
 #[derive(Clone, Debug)]
 pub struct Enricher {
     pub clock: BootClock,
     pub hostname: String,
-    pub ruleset: String,
-    pub vshields: VShieldTable,
+    pub policy: PolicyTable,
 }
 
 impl Enricher {
-    pub fn record(&self, event: &AuditEvent) -> AuditRecord {
+    pub fn record(&self, event: &AuditEvent) -> Record {
         match event {
-            AuditEvent::Decision(event) => self.decision(event),
+            AuditEvent::Decision(event) => Record::Decision(self.decision(event)),
+            AuditEvent::Policy(change) => Record::Policy(self.policy_change(change)),
+        }
+    }
+
+    fn policy_change(&self, change: &PolicyChange) -> PolicyRecord {
+        let (action, outcome) = if change.errors.is_empty() {
+            ("policy-applied", "success")
+        } else {
+            ("policy-rejected", "failure")
+        };
+        let reason = if change.errors.is_empty() {
+            format!(
+                "policy generation {} in force ({})",
+                change.generation, change.trigger
+            )
+        } else {
+            format!(
+                "policy change refused ({}): {} problems; generation {} stays in force",
+                change.trigger,
+                change.errors.len(),
+                change.generation
+            )
+        };
+        PolicyRecord {
+            timestamp: change.at.format(&Rfc3339).unwrap_or_default(),
+            event: Event {
+                kind: "event",
+                category: ["configuration", "intrusion_detection"],
+                r#type: [
+                    "change",
+                    if change.errors.is_empty() {
+                        "info"
+                    } else {
+                        "error"
+                    },
+                ],
+                action: action.to_owned(),
+                outcome,
+                reason,
+                module: "enforcer",
+                dataset: "enforcer.policy",
+            },
+            error: (!change.errors.is_empty()).then(|| ErrorField {
+                message: change.errors.join("\n"),
+            }),
+            rule: RuleSet {
+                ruleset: change.ruleset.clone(),
+            },
+            host: Host {
+                hostname: self.hostname.clone(),
+            },
+            agent: agent(),
+            enforcer: PolicyState {
+                policy: change.clone(),
+            },
         }
     }
 
@@ -144,10 +218,7 @@ impl Enricher {
             host: Host {
                 hostname: self.hostname.clone(),
             },
-            agent: Agent {
-                r#type: "enforcer",
-                version: env!("CARGO_PKG_VERSION"),
-            },
+            agent: agent(),
             enforcer: Enforcer {
                 decision: decision_name,
                 reason: match e.reason {
@@ -169,6 +240,14 @@ impl Enricher {
         }
     }
 
+    fn ruleset(&self) -> String {
+        self.policy
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ruleset
+            .clone()
+    }
+
     /// What the rule that decided says about the event. `path` is the path
     /// given to exec, if any.
     fn rule_context(&self, e: &DecisionEvent, path: Option<String>) -> RuleContext {
@@ -178,7 +257,7 @@ impl Enricher {
                 rule: Rule {
                     name: "drift-prevention".to_owned(),
                     category: "drift",
-                    ruleset: self.ruleset.clone(),
+                    ruleset: self.ruleset(),
                 },
                 vulnerability: None,
                 layer: Some(layer_name),
@@ -186,7 +265,7 @@ impl Enricher {
                 path,
             };
         }
-        let table = self.vshields.read().unwrap_or_else(PoisonError::into_inner);
+        let table = self.policy.read().unwrap_or_else(PoisonError::into_inner);
         let (name, id) = table
             .rules
             .get(&e.rule)
@@ -210,13 +289,20 @@ impl Enricher {
             rule: Rule {
                 name,
                 category: "vshield",
-                ruleset: self.ruleset.clone(),
+                ruleset: table.ruleset.clone(),
             },
             vulnerability: (!id.is_empty()).then_some(Vulnerability { id, enumeration }),
             layer: None,
             reason,
             path: path.or(resolved),
         }
+    }
+}
+
+const fn agent() -> Agent {
+    Agent {
+        r#type: "enforcer",
+        version: env!("CARGO_PKG_VERSION"),
     }
 }
 
@@ -316,8 +402,10 @@ mod tests {
             // 2026-01-01T00:00:00Z minus 5 s of boot time.
             clock: BootClock::with_offset(1_767_225_600_000_000_000 - 5_000_000_000),
             hostname: "node-1".to_owned(),
-            ruleset: "builtin-default".to_owned(),
-            vshields: VShieldTable::default(),
+            policy: Arc::new(RwLock::new(PolicyNames {
+                ruleset: "builtin-default".to_owned(),
+                ..PolicyNames::default()
+            })),
         }
     }
 
@@ -419,7 +507,7 @@ mod tests {
     fn vshield_decisions_name_the_vshield_vulnerability_and_file() {
         let enricher = enricher();
         {
-            let mut table = enricher.vshields.write().unwrap();
+            let mut table = enricher.policy.write().unwrap();
             table
                 .rules
                 .insert(3, ("log4shell".to_owned(), "CVE-2021-44228".to_owned()));
@@ -489,5 +577,38 @@ mod tests {
             v["file"]["path"].as_str().unwrap().len(),
             enforcer_common::EXEC_PATH_LEN
         );
+    }
+
+    #[test]
+    fn a_refused_policy_change_is_an_ecs_configuration_event_with_its_errors() {
+        let change = PolicyChange {
+            at: OffsetDateTime::UNIX_EPOCH,
+            trigger: "watch",
+            generation: 4,
+            ruleset: "default".to_owned(),
+            paths: vec!["/etc/enforcer/policies".to_owned()],
+            errors: vec![
+                "/etc/enforcer/policies/a.yaml:7:3: spec.filez: unknown field".to_owned(),
+                "/etc/enforcer/policies/b.yaml:1:1: empty file".to_owned(),
+            ],
+            change: crate::active::Change::default(),
+            apply_ms: 1.5,
+        };
+        let v =
+            serde_json::to_value(enricher().record(&AuditEvent::Policy(Box::new(change)))).unwrap();
+        assert_eq!(v["event"]["kind"], "event");
+        assert_eq!(v["event"]["dataset"], "enforcer.policy");
+        assert_eq!(v["event"]["action"], "policy-rejected");
+        assert_eq!(v["event"]["outcome"], "failure");
+        assert_eq!(v["@timestamp"], "1970-01-01T00:00:00Z");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("a.yaml:7:3: spec.filez")
+        );
+        assert_eq!(v["enforcer"]["policy"]["generation"], 4);
+        assert_eq!(v["enforcer"]["policy"]["vshields"], 0);
+        assert!(v.get("process").is_none());
     }
 }

@@ -26,6 +26,7 @@ use enforcer_common::RootNotice;
 use super::{
     decode::{AuditEvent, KernelEvent, decode},
     enrich::Enricher,
+    record::PolicyChange,
     sink::Sink,
 };
 
@@ -77,6 +78,8 @@ impl PipelineCounters {
 #[derive(Debug)]
 pub struct Pipeline {
     stop: watch::Sender<bool>,
+    /// For the agent's own records (policy changes).
+    agent: mpsc::Sender<AuditEvent>,
     reader: JoinHandle<()>,
     writer: thread::JoinHandle<()>,
     counters: Arc<PipelineCounters>,
@@ -99,6 +102,7 @@ impl Pipeline {
         let counters = Arc::new(PipelineCounters::default());
         let (audit, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (notices, notices_rx) = mpsc::channel(NOTICE_CAPACITY);
+        let agent = audit.clone();
         let outputs = Outputs { audit, notices };
         let (stop, stop_rx) = watch::channel(false);
         // SAFETY: the RingBuf owns its map fd, which stays open and the same
@@ -112,6 +116,7 @@ impl Pipeline {
             .spawn(move || write_loop(rx, &enricher, sinks, &writer_counters))?;
         let pipeline = Self {
             stop,
+            agent,
             reader,
             writer,
             counters,
@@ -123,10 +128,24 @@ impl Pipeline {
         Arc::clone(&self.counters)
     }
 
+    /// Writes a record of the agent's own (a policy change) with the
+    /// kernel's; counted as dropped when the writer is that far behind.
+    pub fn report(&self, change: PolicyChange) {
+        if self
+            .agent
+            .try_send(AuditEvent::Policy(Box::new(change)))
+            .is_err()
+        {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Reads what is left in the ring buffer, writes it, flushes the sinks
     /// and returns the final counts. Detach the programs first, so that
     /// "what is left" is everything.
     pub async fn stop(self) -> PipelineStats {
+        // The writer ends when every sender is gone.
+        drop(self.agent);
         // The reader may already have ended; then there is nothing to tell.
         let _ = self.stop.send(true);
         if let Err(error) = self.reader.await {

@@ -2,6 +2,21 @@
 //! line. Fields without an ECS equivalent live under `enforcer.*`.
 
 use serde::Serialize;
+use time::OffsetDateTime;
+
+/// One line of the audit stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one record at a time exists, between enrichment and the sinks"
+)]
+pub enum Record {
+    /// A decision of the kernel programs.
+    Decision(AuditRecord),
+    /// The agent applied or refused a policy change.
+    Policy(PolicyRecord),
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
@@ -23,10 +38,10 @@ pub struct AuditRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Event {
-    /// `alert`: every record is a security decision.
+    /// `alert` for decisions, `event` for policy changes.
     pub kind: &'static str,
-    /// `process` for execs, `library` for executable mappings; with
-    /// `intrusion_detection`.
+    /// `process` for execs, `library` for executable mappings, `file` for
+    /// opens, `configuration` for policy changes; with `intrusion_detection`.
     pub category: [&'static str; 2],
     pub r#type: [&'static str; 2],
     /// `ROUTE-OUTCOME`: route `exec`, `mmap`, `mprotect` or `open`; outcome
@@ -130,4 +145,60 @@ pub struct Enforcer {
     /// Set when the path was longer than the kernel buffer and was cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,
+}
+
+/// A policy change: applied (a new generation is in force) or refused (the
+/// previous generation stays in force).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PolicyRecord {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: String,
+    pub event: Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorField>,
+    pub rule: RuleSet,
+    pub host: Host,
+    pub agent: Agent,
+    pub enforcer: PolicyState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorField {
+    /// Every problem, one per line, each with its file, line and field.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleSet {
+    pub ruleset: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PolicyState {
+    pub policy: PolicyChange,
+}
+
+/// What the agent reports about a policy change (`enforcer.policy`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PolicyChange {
+    #[serde(skip)]
+    pub at: OffsetDateTime,
+    /// What started it: `start`, `watch` (a policy file changed) or `sighup`.
+    pub trigger: &'static str,
+    /// The generation in force after the change: one more than before when
+    /// applied, the same when refused.
+    pub generation: u64,
+    /// The name of the policy in force.
+    pub ruleset: String,
+    /// The policy paths the agent reads.
+    pub paths: Vec<String>,
+    /// The problems that made the change refused; empty when applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// What changed: vShields in force, added, removed and changed, and
+    /// kernel map entries written and removed.
+    #[serde(flatten)]
+    pub change: crate::active::Change,
+    /// From the change being seen to the last map write.
+    pub apply_ms: f64,
 }

@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::record::AuditRecord;
+use super::record::Record;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -16,7 +16,7 @@ pub enum SinkError {
 }
 
 pub trait Sink: Send {
-    fn write(&mut self, record: &AuditRecord) -> Result<(), SinkError>;
+    fn write(&mut self, record: &Record) -> Result<(), SinkError>;
     /// Called when the pipeline has no more records queued.
     fn flush(&mut self) -> Result<(), SinkError>;
 }
@@ -46,7 +46,7 @@ impl<W: Write + Send> JsonLines<W> {
 }
 
 impl<W: Write + Send> Sink for JsonLines<W> {
-    fn write(&mut self, record: &AuditRecord) -> Result<(), SinkError> {
+    fn write(&mut self, record: &Record) -> Result<(), SinkError> {
         let io_error = |source| SinkError::Io {
             sink: self.name,
             source,
@@ -68,7 +68,7 @@ mod tests {
     use super::*;
     use crate::audit::{
         decode::{AuditEvent, tests::drift_event},
-        enrich::{BootClock, Enricher, VShieldTable},
+        enrich::{BootClock, Enricher, PolicyTable},
     };
 
     #[test]
@@ -76,8 +76,7 @@ mod tests {
         let enricher = Enricher {
             clock: BootClock::now(),
             hostname: "h".to_owned(),
-            ruleset: "r".to_owned(),
-            vshields: VShieldTable::default(),
+            policy: PolicyTable::default(),
         };
         let mut sink = JsonLines::new("test", Vec::new());
         for path in ["/a", "/b\nwith newline"] {

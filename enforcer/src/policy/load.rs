@@ -579,6 +579,17 @@ fn agent_vshields(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) -> Vec<VSh
     vshields
 }
 
+/// Reads and checks the policy files at `paths` and builds the policy the
+/// agent enforces: what `enforcer run --policy` starts with and what a
+/// reload replaces it with.
+///
+/// # Errors
+///
+/// Every problem in the files, each at its place.
+pub fn agent_policy_at(paths: &[PathBuf]) -> Result<Policy, Vec<Diagnostic>> {
+    load(paths).and_then(|set| agent_policy(&set))
+}
+
 /// The policy `enforcer run` enforces from checked files. What the agent
 /// cannot enforce yet is refused with a diagnostic rather than ignored: a
 /// vShield or a selector that silently did nothing would be worse than an

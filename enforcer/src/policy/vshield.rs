@@ -89,24 +89,85 @@ pub struct Entries {
     pub rules: BTreeMap<VShieldKey, VShieldRule>,
 }
 
-/// Slots for `shields`, in order: 1, 2, ...
-pub fn slots(shields: &[VShield]) -> Result<Vec<u32>, VShieldError> {
-    if shields.len() > VSHIELD_SLOTS as usize {
-        return Err(VShieldError::TooMany {
-            count: shields.len(),
-        });
+/// Each vShield's slot, by name: its hit counter and its rule id in events.
+/// A vShield keeps its slot while it stays in the policy, so reloads keep
+/// its counts and events in flight keep their meaning.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Slots {
+    by_name: BTreeMap<String, u32>,
+}
+
+/// The slots of a new policy ([`Slots::assign`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub slots: Slots,
+    /// Each vShield's slot, in policy order.
+    pub of_shield: Vec<u32>,
+    /// Slots that now belong to a vShield that had none: their counters must
+    /// start from zero.
+    pub fresh: Vec<u32>,
+}
+
+impl Slots {
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
     }
-    Ok((1..=shields.len() as u32).collect())
+
+    /// Slots for `shields` (names are unique). Pure. A vShield that has a
+    /// slot keeps it; a new one gets the lowest slot that no vShield of the
+    /// previous policy had, so a slot is not reused in the reload that freed
+    /// it (events read after the reload still name the right vShield), unless
+    /// there is no other.
+    ///
+    /// # Errors
+    /// More vShields than slots.
+    pub fn assign(&self, shields: &[VShield]) -> Result<Assignment, VShieldError> {
+        if shields.len() > VSHIELD_SLOTS as usize {
+            return Err(VShieldError::TooMany {
+                count: shields.len(),
+            });
+        }
+        let kept: BTreeSet<u32> = shields
+            .iter()
+            .filter_map(|shield| self.get(&shield.name))
+            .collect();
+        let previous: BTreeSet<u32> = self.by_name.values().copied().collect();
+        let mut unused = (1..=VSHIELD_SLOTS)
+            .filter(|slot| !previous.contains(slot))
+            .chain(previous.iter().copied().filter(|slot| !kept.contains(slot)));
+        let mut assignment = Assignment {
+            slots: Self::default(),
+            of_shield: Vec::with_capacity(shields.len()),
+            fresh: Vec::new(),
+        };
+        for shield in shields {
+            let slot = if let Some(slot) = self.get(&shield.name) {
+                slot
+            } else {
+                // At most VSHIELD_SLOTS names, each with its own slot.
+                let slot = unused.next().ok_or(VShieldError::TooMany {
+                    count: shields.len(),
+                })?;
+                assignment.fresh.push(slot);
+                slot
+            };
+            assignment.slots.by_name.insert(shield.name.clone(), slot);
+            assignment.of_shield.push(slot);
+        }
+        Ok(assignment)
+    }
 }
 
 /// Compiles resolved vShields into map entries. Pure.
 ///
 /// Where several vShields cover the same file, scope and operation, the
-/// strictest decides: enforce over audit, then the lowest slot (the first
-/// in the policy), so the outcome does not depend on map order.
+/// strictest decides: enforce over audit, then the first in `resolved`
+/// (policy order), so the outcome does not depend on map order or slots.
 pub fn entries(resolved: &[Resolved<'_>]) -> Entries {
     let mut out = Entries::default();
-    for shield in resolved {
+    // The rank of the vShield that set each rule.
+    let mut ranks: BTreeMap<VShieldKey, (bool, usize)> = BTreeMap::new();
+    for (index, shield) in resolved.iter().enumerate() {
         let mode = match shield.shield.mode {
             Mode::Enforce => mode::ENFORCE,
             Mode::Audit => mode::AUDIT,
@@ -115,6 +176,7 @@ pub fn entries(resolved: &[Resolved<'_>]) -> Entries {
             rule: shield.slot,
             mode,
         };
+        let rank = (mode != mode::ENFORCE, index);
         for file in &shield.files {
             for op in [vshield_op::EXEC, vshield_op::OPEN, vshield_op::LOAD] {
                 if shield.shield.ops & op == 0 {
@@ -126,23 +188,15 @@ pub fn entries(resolved: &[Resolved<'_>]) -> Entries {
                     scope: shield.shield.scope.code(),
                     op,
                 };
-                out.rules
-                    .entry(key)
-                    .and_modify(|current| {
-                        if stricter(rule, *current) {
-                            *current = rule;
-                        }
-                    })
-                    .or_insert(rule);
+                let current = ranks.entry(key).or_insert(rank);
+                if rank <= *current {
+                    *current = rank;
+                    out.rules.insert(key, rule);
+                }
             }
         }
     }
     out
-}
-
-fn stricter(candidate: VShieldRule, current: VShieldRule) -> bool {
-    let rank = |rule: VShieldRule| (rule.mode != mode::ENFORCE, rule.rule);
-    rank(candidate) < rank(current)
 }
 
 /// What changes between two sets of entries.
@@ -299,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn enforce_wins_over_audit_then_the_first_vshield() {
+    fn enforce_wins_over_audit_then_the_first_vshield_in_the_policy() {
         let audit = shield("a", Mode::Audit, vshield_op::EXEC, Scope::Containers);
         let enforce = shield("b", Mode::Enforce, vshield_op::EXEC, Scope::Containers);
         let enforce_too = shield("c", Mode::Enforce, vshield_op::EXEC, Scope::Containers);
@@ -333,7 +387,8 @@ mod tests {
             scope,
             op: vshield_op::EXEC,
         };
-        assert_eq!(entries.rules[&key(scope::CONTAINERS)].rule, 2);
+        // `c` (slot 3) comes before `b` (slot 2) in the policy.
+        assert_eq!(entries.rules[&key(scope::CONTAINERS)].rule, 3);
         assert_eq!(entries.rules[&key(scope::HOST)].rule, 4);
         assert_eq!(entries.rules.len(), 2);
     }
@@ -361,9 +416,32 @@ mod tests {
 
     #[test]
     fn slots_are_bounded() {
-        let many = vec![shield("x", Mode::Audit, vshield_op::EXEC, Scope::Host); 3];
-        assert_eq!(slots(&many).unwrap(), [1, 2, 3]);
+        let many: Vec<_> = (0..3)
+            .map(|n| shield(&format!("x{n}"), Mode::Audit, vshield_op::EXEC, Scope::Host))
+            .collect();
+        let assignment = Slots::default().assign(&many).unwrap();
+        assert_eq!(assignment.of_shield, [1, 2, 3]);
+        assert_eq!(assignment.fresh, [1, 2, 3]);
         let too_many = vec![many[0].clone(); VSHIELD_SLOTS as usize + 1];
-        assert!(slots(&too_many).is_err());
+        assert!(Slots::default().assign(&too_many).is_err());
+    }
+
+    #[test]
+    fn a_vshield_keeps_its_slot_across_reloads_and_freed_slots_wait_one_reload() {
+        let named = |names: &[&str]| -> Vec<VShield> {
+            names
+                .iter()
+                .map(|name| shield(name, Mode::Enforce, vshield_op::EXEC, Scope::Containers))
+                .collect()
+        };
+        let first = Slots::default().assign(&named(&["a", "b", "c"])).unwrap();
+        // `b` goes, `d` comes, `a` moves to the end of the policy.
+        let second = first.slots.assign(&named(&["c", "d", "a"])).unwrap();
+        assert_eq!(second.of_shield, [3, 4, 1]);
+        assert_eq!(second.fresh, [4]);
+        // Slot 2 (b's) is free again one reload later.
+        let third = second.slots.assign(&named(&["c", "d", "a", "e"])).unwrap();
+        assert_eq!(third.of_shield, [3, 4, 1, 2]);
+        assert_eq!(third.fresh, [2]);
     }
 }

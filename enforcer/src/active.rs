@@ -1,0 +1,450 @@
+//! The vShields in force in the running agent: their files resolved, their
+//! entries in the kernel maps, their programs attached. A new policy
+//! replaces them by diff ([`ActiveVShields::apply`]), at start and on every
+//! reload.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    sync::PoisonError,
+    time::Instant,
+};
+
+use aya::{
+    Ebpf,
+    maps::{PerCpuArray, PerCpuValues},
+};
+use enforcer_common::{FileId, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, vshield_op};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    audit::enrich::{PolicyNames, PolicyTable},
+    backend::{self, BackendKind, VShieldRoutes},
+    kernel::host::HostIdentity,
+    maps::{self, MapAccessError},
+    policy::vshield::{self as vshields, Applied, Resolved, Scope, Slots, VShield, VShieldError},
+    resolve::{self, Identities, ResolveError, Root},
+};
+
+/// Policies with more vShields get a summary line instead of one line each.
+const LOGGED_ONE_BY_ONE: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActiveError {
+    #[error(transparent)]
+    Slots(#[from] VShieldError),
+    #[error("resolving the files of the vShields: {0}")]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error(transparent)]
+    Map(#[from] MapAccessError),
+    #[error(
+        "the vShields need {need} {map} entries while the old policy's are replaced, more than the {max} the map holds"
+    )]
+    Full {
+        map: &'static str,
+        need: usize,
+        max: u32,
+    },
+}
+
+/// One vShield in force, as `enforcer vshield list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    pub name: String,
+    pub vulnerability: String,
+    pub mode: String,
+    pub operations: Vec<String>,
+    pub scope: String,
+    /// Files (identities) it shields.
+    pub files: usize,
+    /// Its slot: the rule id in kernel events.
+    pub slot: u32,
+    /// Uses it decided since it came into force (every CPU).
+    pub hits: u64,
+}
+
+/// What a change did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub vshields: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub changed: usize,
+    pub entries_written: usize,
+    pub entries_removed: usize,
+}
+
+/// Where the files of vShields are looked up.
+#[derive(Clone, Copy, Debug)]
+pub struct Roots<'a> {
+    pub host: &'a HostIdentity,
+    pub image_stores: &'a [String],
+}
+
+#[derive(Debug)]
+pub struct ActiveVShields {
+    names: PolicyTable,
+    slots: Slots,
+    applied: Applied,
+    routes: VShieldRoutes,
+    /// Known once the backend is attached; until then `apply` only writes
+    /// maps (the programs are attached after the first policy is in).
+    kind: Option<BackendKind>,
+    shields: Vec<VShield>,
+    listed: Vec<Listed>,
+}
+
+impl ActiveVShields {
+    /// No vShields yet; events are named from `names`.
+    pub fn new(names: PolicyTable) -> Self {
+        Self {
+            names,
+            slots: Slots::default(),
+            applied: Applied::default(),
+            routes: VShieldRoutes::default(),
+            kind: None,
+            shields: Vec::new(),
+            listed: Vec::new(),
+        }
+    }
+
+    /// Makes the kernel enforce `shields` instead of the vShields in force.
+    ///
+    /// Everything that can fail on the policy's account (too many vShields,
+    /// too many entries) fails before the first map write, leaving the
+    /// previous vShields in force. The writes themselves keep every rule
+    /// that stays in force present throughout (see [`Applied::update`]).
+    pub fn apply(
+        &mut self,
+        ebpf: &mut Ebpf,
+        shields: &[VShield],
+        ruleset: &str,
+        roots: Roots<'_>,
+    ) -> Result<Change, ActiveError> {
+        let assignment = self.slots.assign(shields)?;
+        let mut change = self.compare(shields);
+        let mut names = PolicyNames {
+            ruleset: ruleset.to_owned(),
+            ..PolicyNames::default()
+        };
+        let mut listed = Vec::with_capacity(shields.len());
+        if !shields.is_empty() {
+            backend::load_identity(ebpf)?;
+        }
+        // From here on is what applying vShields costs (`cargo xtask bench`
+        // holds it to a target); loading the resolver is a one-time cost.
+        let started = Instant::now();
+        let entries = if shields.is_empty() {
+            vshields::Entries::default()
+        } else {
+            let resolved = resolve_files(ebpf, shields, &assignment.of_shield, roots)?;
+            for item in &resolved {
+                names.rules.insert(
+                    item.slot,
+                    (item.shield.name.clone(), item.shield.vulnerability.clone()),
+                );
+                listed.push(Listed {
+                    name: item.shield.name.clone(),
+                    vulnerability: item.shield.vulnerability.clone(),
+                    mode: item.shield.mode.to_string(),
+                    operations: item
+                        .shield
+                        .operations()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                    scope: item.shield.scope.as_str().to_owned(),
+                    files: item.files.len(),
+                    slot: item.slot,
+                    hits: 0,
+                });
+            }
+            for (id, path) in resolved.iter().flat_map(|item| &item.paths) {
+                names.paths.entry(*id).or_insert_with(|| path.clone());
+            }
+            let plain: Vec<Resolved<'_>> = resolved.into_iter().map(|item| item.resolved).collect();
+            vshields::entries(&plain)
+        };
+        check_capacity(self.applied.entries(), &entries)?;
+
+        // From here on the kernel changes.
+        if let Some(kind) = self.kind {
+            self.attach_routes(ebpf, kind, shields)?;
+        }
+        zero_hits(ebpf, &assignment.fresh)?;
+        // Events may name old or new vShields while the maps change.
+        self.set_names(self.current_names().merged(&names));
+        let diff = self.applied.update(ebpf, entries)?;
+        self.set_names(names);
+        self.slots = assignment.slots;
+        self.shields = shields.to_vec();
+        self.listed = listed;
+        change.entries_written = diff.set_rules.len() + diff.set_files.len();
+        change.entries_removed = diff.remove_rules.len() + diff.remove_files.len();
+        if shields.is_empty() && change.entries_removed == 0 {
+            return Ok(change);
+        }
+        tracing::info!(
+            vshields = shields.len(),
+            files = self.applied.entries().files.len(),
+            rules = self.applied.entries().rules.len(),
+            entries_written = change.entries_written,
+            entries_removed = change.entries_removed,
+            apply_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "vShields applied: files resolved and kernel maps written"
+        );
+        Ok(change)
+    }
+
+    /// Attaches the programs the vShields in force need, once the backend is
+    /// known; later changes attach what new operations need.
+    pub fn attach(&mut self, ebpf: &mut Ebpf, kind: BackendKind) -> Result<(), ActiveError> {
+        self.kind = Some(kind);
+        let shields = self.shields.clone();
+        self.attach_routes(ebpf, kind, &shields)
+    }
+
+    /// The vShields in force with their hit counts.
+    pub fn list(&self, ebpf: &Ebpf) -> Result<Vec<Listed>, MapAccessError> {
+        let hits: PerCpuArray<_, u64> = maps::borrow(ebpf, maps::VSHIELD_HITS)?;
+        let mut listed = self.listed.clone();
+        for item in &mut listed {
+            let values = hits
+                .get(&item.slot, 0)
+                .map_err(|source| MapAccessError::Map {
+                    map: maps::VSHIELD_HITS,
+                    source,
+                })?;
+            item.hits = values.iter().sum();
+        }
+        Ok(listed)
+    }
+
+    /// The vShield operations the attached programs decide.
+    pub fn decided(&self) -> Vec<String> {
+        [
+            (vshield_op::EXEC, "exec"),
+            (vshield_op::OPEN, "open"),
+            (vshield_op::LOAD, "load"),
+        ]
+        .into_iter()
+        .filter(|(op, _)| self.routes.attached & op != 0)
+        .map(|(_, name)| name.to_owned())
+        .collect()
+    }
+
+    /// Adds, removes and changes, by name.
+    fn compare(&self, shields: &[VShield]) -> Change {
+        let old: BTreeMap<&str, &VShield> = self
+            .shields
+            .iter()
+            .map(|shield| (shield.name.as_str(), shield))
+            .collect();
+        let new: BTreeSet<&str> = shields.iter().map(|shield| shield.name.as_str()).collect();
+        let mut change = Change {
+            vshields: shields.len(),
+            removed: old.keys().filter(|name| !new.contains(*name)).count(),
+            ..Change::default()
+        };
+        for shield in shields {
+            match old.get(shield.name.as_str()) {
+                None => change.added += 1,
+                Some(previous) if *previous != shield => change.changed += 1,
+                Some(_) => {}
+            }
+        }
+        change
+    }
+
+    fn attach_routes(
+        &mut self,
+        ebpf: &mut Ebpf,
+        kind: BackendKind,
+        shields: &[VShield],
+    ) -> Result<(), ActiveError> {
+        let ops = shields.iter().fold(0, |ops, shield| ops | shield.ops);
+        let before = self.routes.attached;
+        backend::attach_vshields(ebpf, kind, &mut self.routes, ops)?;
+        if ops & !before != 0 {
+            log_routes(kind, ops, &self.routes);
+        }
+        Ok(())
+    }
+
+    fn current_names(&self) -> PolicyNames {
+        self.names
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_names(&self, names: PolicyNames) {
+        *self.names.write().unwrap_or_else(PoisonError::into_inner) = names;
+    }
+}
+
+/// A vShield with its files and the paths they were found at.
+struct Found<'a> {
+    resolved: Resolved<'a>,
+    paths: BTreeMap<FileId, String>,
+}
+
+impl<'a> std::ops::Deref for Found<'a> {
+    type Target = Resolved<'a>;
+
+    fn deref(&self) -> &Resolved<'a> {
+        &self.resolved
+    }
+}
+
+/// Resolves the vShields' files in the roots of their scopes.
+fn resolve_files<'a>(
+    ebpf: &mut Ebpf,
+    shields: &'a [VShield],
+    slots: &[u32],
+    roots: Roots<'_>,
+) -> Result<Vec<Found<'a>>, ActiveError> {
+    let started = Instant::now();
+    let mut host_roots = Vec::new();
+    let mut container_roots = Vec::new();
+    if shields.iter().any(|shield| shield.scope == Scope::Host) {
+        match Root::open(Path::new("/")) {
+            Ok(root) => host_roots.push(root),
+            Err(error) => tracing::error!(%error, "cannot open the host's root directory"),
+        }
+    }
+    if shields
+        .iter()
+        .any(|shield| shield.scope == Scope::Containers)
+    {
+        container_roots = resolve::image_layers(roots.image_stores);
+        let layers = container_roots.len();
+        container_roots.extend(resolve::running_containers(roots.host));
+        tracing::info!(
+            image_layers = layers,
+            running_containers = container_roots.len() - layers,
+            stores = ?roots.image_stores,
+            "container vShields: looking up their files in image layers and running containers"
+        );
+    }
+    let identities = Identities::new(ebpf)?;
+    let mut out = Vec::with_capacity(shields.len());
+    for (shield, slot) in shields.iter().zip(slots) {
+        let search = match shield.scope {
+            Scope::Host => &host_roots,
+            Scope::Containers => &container_roots,
+        };
+        let mut paths = BTreeMap::new();
+        for root in search {
+            identities.resolve(root, &shield.files, &mut paths)?;
+        }
+        log_found(shield, paths.len(), shields.len());
+        out.push(Found {
+            resolved: Resolved {
+                slot: *slot,
+                shield,
+                files: paths.keys().copied().collect(),
+            },
+            paths,
+        });
+    }
+    tracing::info!(
+        vshields = shields.len(),
+        resolve_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "vShield files resolved"
+    );
+    Ok(out)
+}
+
+fn log_found(shield: &VShield, files: usize, total: usize) {
+    if files == 0 {
+        tracing::warn!(
+            vshield = %shield.name,
+            files = ?shield.files,
+            scope = shield.scope.as_str(),
+            "vShield matches no file yet: it shields nothing until its files exist in a root searched when the \
+             policy is applied (at start-up, on reload and on SIGHUP)"
+        );
+    } else if total <= LOGGED_ONE_BY_ONE {
+        tracing::info!(
+            vshield = %shield.name,
+            vulnerability = %shield.vulnerability,
+            mode = %shield.mode,
+            operations = ?shield.operations(),
+            scope = shield.scope.as_str(),
+            files,
+            "vShield in force"
+        );
+    }
+}
+
+/// The maps hold the old and the new entries while one replaces the other.
+fn check_capacity(old: &vshields::Entries, new: &vshields::Entries) -> Result<(), ActiveError> {
+    let files = old.files.len()
+        + new
+            .files
+            .keys()
+            .filter(|k| !old.files.contains_key(k))
+            .count();
+    if files > VSHIELD_FILES_MAX as usize {
+        return Err(ActiveError::Full {
+            map: maps::VSHIELD_FILES,
+            need: files,
+            max: VSHIELD_FILES_MAX,
+        });
+    }
+    let rules = old.rules.len()
+        + new
+            .rules
+            .keys()
+            .filter(|k| !old.rules.contains_key(k))
+            .count();
+    if rules > VSHIELD_RULES_MAX as usize {
+        return Err(ActiveError::Full {
+            map: maps::VSHIELD_RULES,
+            need: rules,
+            max: VSHIELD_RULES_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// A slot given to a new vShield counts from zero.
+fn zero_hits(ebpf: &mut Ebpf, slots: &[u32]) -> Result<(), MapAccessError> {
+    if slots.is_empty() {
+        return Ok(());
+    }
+    let io_error = |source| MapAccessError::Io {
+        map: maps::VSHIELD_HITS,
+        source,
+    };
+    let mut hits: PerCpuArray<_, u64> = maps::borrow_mut(ebpf, maps::VSHIELD_HITS)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, source)| io_error(source))?;
+    for slot in slots {
+        let zeros = PerCpuValues::try_from(vec![0_u64; cpus]).map_err(io_error)?;
+        hits.set(*slot, zeros, 0)
+            .map_err(|source| MapAccessError::Map {
+                map: maps::VSHIELD_HITS,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Says which vShield operations the backend decides.
+fn log_routes(kind: BackendKind, wanted: u32, routes: &VShieldRoutes) {
+    if wanted & !routes.attached == 0 {
+        tracing::info!(
+            backend = %kind,
+            "vShields: every operation they name is decided before it happens"
+        );
+    } else {
+        tracing::warn!(
+            backend = %kind,
+            "vShields: the signal backend decides execs only (SIGKILL before the first instruction); opens and \
+             library loads of shielded files are NOT decided on this kernel: it needs BPF LSM for them"
+        );
+    }
+}

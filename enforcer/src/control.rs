@@ -1,0 +1,254 @@
+//! The running agent's local control socket: a Unix socket, owner-only,
+//! one JSON request line and one JSON reply line per connection. The agent's
+//! main loop answers ([`Query`]), since it owns the kernel object; the socket
+//! tasks only carry bytes.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+use crate::active::Listed;
+
+/// Where `enforcer run` listens and the other commands ask by default.
+pub const DEFAULT_SOCKET: &str = "/run/enforcer/control.sock";
+
+/// A request longer than this is refused.
+const MAX_REQUEST: u64 = 4096;
+/// A client that sends nothing for this long is dropped; the client gives
+/// up on an agent that does not answer within it.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    /// The vShields in force, with their hit counts.
+    #[serde(rename = "vshields")]
+    VShields,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reply {
+    #[serde(rename = "vshields")]
+    VShields(VShieldsReply),
+    Error(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VShieldsReply {
+    /// `rule.ruleset` of the policy in force.
+    pub policy: String,
+    pub generation: u64,
+    /// `lsm` or `signal`.
+    pub backend: String,
+    /// vShield operations the backend decides (`exec`, `open`, `load`).
+    pub decided: Vec<String>,
+    pub vshields: Vec<Listed>,
+}
+
+/// A request for the main loop, with where its answer goes.
+#[derive(Debug)]
+pub struct Query {
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: another agent answers there")]
+    InUse { path: PathBuf },
+    #[error("control socket {path}: {what}")]
+    Protocol { path: PathBuf, what: String },
+}
+
+/// The listening socket; the file is removed when it is dropped.
+#[derive(Debug)]
+pub struct ControlSocket {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlSocket {
+    /// Listens at `path` (creating its directory, owner-only) and returns
+    /// the queries for the main loop. A stale socket file left by an agent
+    /// that died is replaced; a live one is an error.
+    pub fn bind(path: &Path) -> Result<(Self, mpsc::Receiver<Query>), ControlError> {
+        let io = |source| ControlError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent).map_err(io)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        if let Ok(metadata) = std::fs::symlink_metadata(path) {
+            if !metadata.file_type().is_socket() {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket",
+                )));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            std::fs::remove_file(path).map_err(io)?;
+        }
+        let listener = UnixListener::bind(path).map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        let (queries, receiver) = mpsc::channel(8);
+        let task = tokio::spawn(accept_loop(listener, queries));
+        Ok((
+            Self {
+                path: path.to_owned(),
+                task,
+            },
+            receiver,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Gone already is fine: nothing to clean up.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn accept_loop(listener: UnixListener, queries: mpsc::Sender<Query>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, queries.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "control socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: UnixStream, queries: mpsc::Sender<Query>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut limited = tokio::io::BufReader::new(read.take(MAX_REQUEST));
+    let reply = match tokio::time::timeout(TIMEOUT, limited.read_line(&mut line)).await {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim_end()) {
+            Ok(request) => ask_main_loop(request, &queries).await,
+            Err(error) => Reply::Error(format!("invalid request {:?}: {error}", line.trim_end())),
+        },
+        Ok(Err(error)) => Reply::Error(format!("reading the request: {error}")),
+        Err(_) => Reply::Error("no request within 5 s".to_owned()),
+    };
+    let Ok(mut text) = serde_json::to_vec(&reply) else {
+        return;
+    };
+    text.push(b'\n');
+    // A client that went away does not need its answer.
+    let _ = write.write_all(&text).await;
+}
+
+async fn ask_main_loop(request: Request, queries: &mpsc::Sender<Query>) -> Reply {
+    let (reply, answer) = oneshot::channel();
+    if queries.send(Query { request, reply }).await.is_err() {
+        return Reply::Error("the agent is shutting down".to_owned());
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Reply::Error("the agent is shutting down".to_owned()))
+}
+
+/// Asks the agent listening at `path`.
+pub fn ask(path: &Path, request: Request) -> Result<Reply, ControlError> {
+    let io = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    let mut text = serde_json::to_vec(&request).map_err(|error| ControlError::Protocol {
+        path: path.to_owned(),
+        what: error.to_string(),
+    })?;
+    text.push(b'\n');
+    stream.write_all(&text).map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).map_err(io)?;
+    serde_json::from_str(&line).map_err(|error| ControlError::Protocol {
+        path: path.to_owned(),
+        what: format!("unreadable reply {:?}: {error}", line.trim_end()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_have_a_stable_wire_form() {
+        assert_eq!(
+            serde_json::to_string(&Request::VShields).unwrap(),
+            r#"{"request":"vshields"}"#
+        );
+        let reply = Reply::Error("x".to_owned());
+        assert_eq!(serde_json::to_string(&reply).unwrap(), r#"{"error":"x"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_query_is_answered_by_the_main_loop_and_the_socket_file_is_removed() {
+        let dir = std::env::temp_dir().join(format!("enforcer-control-{}", std::process::id()));
+        let path = dir.join("control.sock");
+        let (socket, mut queries) = ControlSocket::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            ControlSocket::bind(&path),
+            Err(ControlError::InUse { .. })
+        ));
+        let main_loop = tokio::spawn(async move {
+            let query = queries.recv().await.unwrap();
+            assert_eq!(query.request, Request::VShields);
+            query
+                .reply
+                .send(Reply::Error("answered".to_owned()))
+                .unwrap();
+        });
+        let client_path = path.clone();
+        let reply = tokio::task::spawn_blocking(move || ask(&client_path, Request::VShields))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, Reply::Error("answered".to_owned()));
+        main_loop.await.unwrap();
+        drop(socket);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
