@@ -3,7 +3,8 @@
 use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::InodeStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
@@ -78,6 +79,34 @@ pub(crate) static VSHIELD_RULES: HashMap<VShieldKey, VShieldRule> =
 #[map]
 pub(crate) static VSHIELD_HITS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(VSHIELD_SLOTS + 1, 0);
+
+/// What the open hook remembers about an overlay inode ([`OVERLAY_FILES`]).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(crate) struct OverlayEntry {
+    /// The inode's identity; `ino` 0: not known yet (a new entry is zeroed).
+    pub(crate) id: FileId,
+    /// `generation << 32 | operations`: the vShield operations on `id` in
+    /// [`VSHIELD_GENERATION`] `generation`; 0 when not looked up yet. One
+    /// 64-bit word, written and read whole, so that a racing open never
+    /// pairs one generation with another's answer.
+    pub(crate) shielded: u64,
+}
+
+/// The identity of each overlay inode an open has seen, and whether the
+/// vShields in force shield it, kept with the inode and freed with it. An
+/// overlay inode's identity (its lower inode, or its upper one when it has
+/// none) is fixed for its lifetime, and the answer holds until the agent
+/// changes the vShields, so a repeated open of a container file costs one
+/// lookup here instead of the walk through the overlay stack and the
+/// vShield lookup.
+#[btf_map]
+pub(crate) static OVERLAY_FILES: InodeStorage<OverlayEntry> = InodeStorage::new();
+
+/// The vShield generation: the agent adds one after every change to
+/// [`VSHIELD_FILES`], which makes every [`OVERLAY_FILES`] answer stale.
+#[map]
+pub(crate) static VSHIELD_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Where `vshield_identity` leaves the identity it resolved for the agent.
 #[map]

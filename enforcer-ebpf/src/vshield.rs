@@ -21,8 +21,8 @@ use crate::{
     drift, events, exec,
     kernel::{self, FileFacts, KERNEL_SPACE, ReadError},
     maps::{
-        CONFIG, MMAP_OFFSETS, OVERLAY_LOWER, RESOLVED_ID, VSHIELD_FILES, VSHIELD_HITS,
-        VSHIELD_RULES, count, lower_offset, offset,
+        CONFIG, MMAP_OFFSETS, OVERLAY_FILES, OVERLAY_LOWER, RESOLVED_ID, VSHIELD_FILES,
+        VSHIELD_GENERATION, VSHIELD_HITS, VSHIELD_RULES, count, lower_offset, offset,
     },
 };
 
@@ -406,6 +406,17 @@ fn on_open(file: u64, offsets: &KernelOffsets) -> Result<Option<Hit>, ReadError>
     if flags & O_FMODE_EXEC != 0 || inode.is_null() {
         return Ok(None);
     }
+    // Up to 6.5 overlayfs opens the layer's file under the overlay's path:
+    // its path's inode is not its `f_inode`. That open is overlayfs' own
+    // (the user's open of the overlay file is decided), left here before
+    // any lookup.
+    let (dentry_at, d_inode_at) = (offset!(file_path_dentry), offset!(dentry_inode));
+    // SAFETY: as above; `f_path.dentry` of the hook's file.
+    let dentry = unsafe { load::<*const u8>(typed, dentry_at) };
+    // SAFETY: as above; `dentry` was loaded as `file.f_path.dentry`.
+    if !dentry.is_null() && unsafe { load::<*const u8>(dentry, d_inode_at) } != inode {
+        return Ok(None);
+    }
     // SAFETY: as above; `inode` was loaded as `file.f_inode`.
     let (sb, ino) = unsafe { (load::<*const u8>(inode, sb_at), load::<u64>(inode, ino_at)) };
     if sb.is_null() {
@@ -414,11 +425,69 @@ fn on_open(file: u64, offsets: &KernelOffsets) -> Result<Option<Hit>, ReadError>
     // SAFETY: as above; `sb` was loaded as `inode.i_sb`.
     let (magic, dev) = unsafe { (load::<u64>(sb, magic_at), load::<u32>(sb, dev_at)) };
     let id = if magic == OVERLAYFS_SUPER_MAGIC {
-        identity(inode as u64, offsets)?
+        match overlay_open(inode, offsets)? {
+            Some(id) => id,
+            None => return Ok(None),
+        }
     } else {
         FileId { ino, dev, pad: 0 }
     };
     check_id(file, inode as u64, id, vshield_op::OPEN, via::OPEN, offsets)
+}
+
+/// The identity of an overlay inode, and whether a vShield stops opens of
+/// it (`None` when none does), remembered in the inode's storage.
+#[inline(always)]
+fn overlay_open(inode: *const u8, offsets: &KernelOffsets) -> Result<Option<FileId>, ReadError> {
+    // Read before the vShield lookup: an answer computed while the agent
+    // changes the maps is stored under the old generation, and so is stale
+    // once the agent has added one.
+    let generation = u64::from(VSHIELD_GENERATION.get(0).copied().unwrap_or(0));
+    // SAFETY: `inode` is a BTF-typed `struct inode *` (loaded as
+    // `file.f_inode`), which is what the helper takes; the entry is this
+    // inode's and lives as long as it does.
+    let entry = unsafe { OVERLAY_FILES.get_or_insert_ptr_mut(inode.cast_mut().cast(), None) };
+    if entry.is_null() {
+        // No memory for the entry: decide without it.
+        let id = identity(inode as u64, offsets)?;
+        return Ok(shields_open(id).then_some(id));
+    }
+    // SAFETY: this inode's entry. Racing opens of the same inode write the
+    // same identity, and `shielded` is one word (see `OverlayEntry`).
+    let (known, shielded) = unsafe {
+        (
+            (*entry).id,
+            core::ptr::read_volatile(&raw const (*entry).shielded),
+        )
+    };
+    let id = if known.ino == 0 {
+        let id = identity(inode as u64, offsets)?;
+        // SAFETY: as above.
+        unsafe { (*entry).id = id };
+        id
+    } else {
+        known
+    };
+    if shielded >> 32 == generation && shielded != 0 {
+        return Ok((shielded & u64::from(vshield_op::OPEN) != 0).then_some(id));
+    }
+    // SAFETY: a plain u32 read once; the agent replaces entries whole.
+    let ops = unsafe { VSHIELD_FILES.get(id) }.copied().unwrap_or(0);
+    // SAFETY: as above; one aligned 64-bit store.
+    unsafe {
+        core::ptr::write_volatile(
+            &raw mut (*entry).shielded,
+            generation << 32 | u64::from(ops),
+        );
+    }
+    Ok((ops & vshield_op::OPEN != 0).then_some(id))
+}
+
+/// Whether a vShield stops opens of `id` (in some scope).
+#[inline(always)]
+fn shields_open(id: FileId) -> bool {
+    // SAFETY: a plain u32 read once.
+    unsafe { VSHIELD_FILES.get(id) }.is_some_and(|ops| ops & vshield_op::OPEN != 0)
 }
 
 /// Resolves the identity of the agent's descriptor `args[0]` into

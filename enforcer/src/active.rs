@@ -12,7 +12,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{PerCpuArray, PerCpuValues},
+    maps::{Array, PerCpuArray, PerCpuValues},
 };
 use enforcer_common::{FileId, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, vshield_op};
 use serde::{Deserialize, Serialize};
@@ -177,6 +177,9 @@ impl ActiveVShields {
         // Events may name old or new vShields while the maps change.
         self.set_names(self.current_names().merged(&names));
         let diff = self.applied.update(ebpf, entries)?;
+        if !diff.set_files.is_empty() || !diff.remove_files.is_empty() {
+            next_generation(ebpf)?;
+        }
         self.set_names(names);
         self.slots = assignment.slots;
         self.shields = shields.to_vec();
@@ -409,6 +412,21 @@ fn check_capacity(old: &vshields::Entries, new: &vshields::Entries) -> Result<()
         });
     }
     Ok(())
+}
+
+/// Makes the open hook's remembered answers stale (see the kernel's
+/// `OVERLAY_FILES`): after the file entries changed, not before, so that an
+/// answer computed during the change is not kept.
+fn next_generation(ebpf: &mut Ebpf) -> Result<(), MapAccessError> {
+    let map_error = |source| MapAccessError::Map {
+        map: maps::VSHIELD_GENERATION,
+        source,
+    };
+    let mut generation: Array<_, u32> = maps::borrow_mut(ebpf, maps::VSHIELD_GENERATION)?;
+    let current = generation.get(&0, 0).map_err(map_error)?;
+    // 0 means "not looked up" in the kernel's entries: skipped on wrapping.
+    let next = current.checked_add(1).unwrap_or(1);
+    generation.set(0, next, 0).map_err(map_error)
 }
 
 /// A slot given to a new vShield counts from zero.

@@ -22,6 +22,10 @@ pub const VSHIELD_FILES: &str = "VSHIELD_FILES";
 pub const VSHIELD_RULES: &str = "VSHIELD_RULES";
 /// Per-CPU hit counters, indexed by vShield slot.
 pub const VSHIELD_HITS: &str = "VSHIELD_HITS";
+/// The vShield generation (array of one u32): one more after every change
+/// to `VSHIELD_FILES`, which tells the open hook its remembered answers are
+/// stale.
+pub const VSHIELD_GENERATION: &str = "VSHIELD_GENERATION";
 /// Where the identity program leaves its answer (array of one `FileId`).
 pub const RESOLVED_ID: &str = "RESOLVED_ID";
 
