@@ -21,6 +21,7 @@ use crate::{
         sink::{JsonLines, Sink},
     },
     backend::{self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes},
+    container::{self, CgroupIndex},
     control::{ControlSocket, Query, Reply, Request, VShieldsReply},
     kernel::{
         features,
@@ -215,6 +216,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         clock: BootClock::now(),
         hostname: hostname(),
         policy: names,
+        cgroups: std::sync::Arc::new(std::sync::Mutex::new(cgroup_index())),
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
     let (pipeline, mut notices) =
@@ -302,6 +304,23 @@ async fn shut_down(
         events_lost = final_health.kernel.events_lost + final_stats.dropped,
         "stopped"
     );
+}
+
+/// Where events' cgroup ids are looked up (see [`crate::container`]).
+fn cgroup_index() -> CgroupIndex {
+    let mount = container::cgroup2_mount();
+    if let Some(mount) = &mount {
+        tracing::info!(
+            cgroup2 = %mount.display(),
+            "containers are named from their cgroups (containerd, CRI-O, Docker, Podman); the agent must \
+             see the host's cgroup tree (host cgroup namespace)"
+        );
+    } else {
+        tracing::warn!(
+            "cgroup v2 is not mounted here: events carry cgroup ids but no container ids"
+        );
+    }
+    CgroupIndex::new(mount)
 }
 
 fn warn_fallback(attached: &Attached) {

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod audit;
 pub mod backend;
 pub mod cli;
+pub mod container;
 pub mod control;
 pub mod kernel;
 pub mod maps;

@@ -135,10 +135,15 @@ pub struct Volume {
     pub read_only: bool,
 }
 
-/// A cgroup v2 group for one container, removed on drop.
+/// A cgroup v2 group for one container, named the way Podman names its
+/// containers' groups (`libpod-<ID>.scope`, here under a parent group of the
+/// test run), removed on drop.
 #[derive(Debug)]
 pub struct Cgroup {
+    parent: PathBuf,
     path: PathBuf,
+    /// The container id the group's name carries.
+    pub container_id: String,
 }
 
 impl Cgroup {
@@ -148,9 +153,18 @@ impl Cgroup {
             return Ok(None);
         };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let path = mount.join(format!("enforcer-test-{}-{id}", std::process::id()));
-        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        Ok(Some(Self { path }))
+        let parent = mount.join(format!("enforcer-test-{}-{id}", std::process::id()));
+        let container_id = format!(
+            "{:064x}",
+            u128::from(std::process::id()) << 64 | u128::from(id)
+        );
+        let path = parent.join(format!("libpod-{container_id}.scope"));
+        fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Some(Self {
+            parent,
+            path,
+            container_id,
+        }))
     }
 
     /// The id `bpf_get_current_cgroup_id` reports: the group's inode number.
@@ -162,6 +176,7 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         let _ = fs::remove_dir(&self.path);
+        let _ = fs::remove_dir(&self.parent);
     }
 }
 
@@ -185,6 +200,9 @@ pub struct Run {
     pub stderr: String,
     /// The container's cgroup id, when cgroup v2 is mounted.
     pub cgroup_id: Option<u64>,
+    /// The container id its cgroup's name carries, when cgroup v2 is
+    /// mounted.
+    pub container_id: Option<String>,
 }
 
 impl Run {
@@ -443,6 +461,7 @@ pub fn run_in(root: &Root<'_>, volumes: &[Volume], script: &str) -> anyhow::Resu
     let state = Scratch::new("container")?;
     let cgroup = Cgroup::create()?;
     let cgroup_id = cgroup.as_ref().map(Cgroup::id).transpose()?;
+    let container_id = cgroup.as_ref().map(|cgroup| cgroup.container_id.clone());
     let setup = Setup::new(state.path(), root, cgroup.as_ref(), volumes)?;
 
     let mut command = Command::new("/bin/sh");
@@ -466,6 +485,7 @@ pub fn run_in(root: &Root<'_>, volumes: &[Volume], script: &str) -> anyhow::Resu
         stdout,
         stderr,
         cgroup_id,
+        container_id,
     })
 }
 

@@ -99,6 +99,11 @@ fn assert_event_describes_the_drift(event: &Value, run: &Run) {
     if let Some(cgroup_id) = run.cgroup_id {
         assert_eq!(event["enforcer"]["cgroup_id"], cgroup_id, "{event:#}");
     }
+    // The harness names the container's group as Podman does.
+    if let Some(container_id) = &run.container_id {
+        assert_eq!(event["container"]["id"], *container_id, "{event:#}");
+        assert_eq!(event["container"]["runtime"], "podman", "{event:#}");
+    }
 }
 
 /// What the one drift event of a scenario run must say.

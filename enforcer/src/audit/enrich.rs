@@ -3,17 +3,20 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError, RwLock},
 };
 
 use enforcer_common::{DecisionEvent, FileId, backend, decision, event_flags, layer, reason, via};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
+use crate::container::CgroupIndex;
+
 use super::{
     decode::AuditEvent,
     record::{
-        Agent, AuditRecord, Enforcer, ErrorField, Event, File, Host, Id, ParentPid, PolicyChange,
-        PolicyRecord, PolicyState, Process, Record, Rule, RuleSet, ThreadId, Vulnerability,
+        Agent, AuditRecord, Container, Enforcer, ErrorField, Event, File, Host, Id, Kubernetes,
+        ParentPid, Pod, PolicyChange, PolicyRecord, PolicyState, Process, Record, Rule, RuleSet,
+        ThreadId, Vulnerability,
     },
 };
 
@@ -94,6 +97,8 @@ pub struct Enricher {
     pub clock: BootClock,
     pub hostname: String,
     pub policy: PolicyTable,
+    /// Cgroup ids to containers; the writer thread is its only user.
+    pub cgroups: Arc<Mutex<CgroupIndex>>,
 }
 
 impl Enricher {
@@ -177,6 +182,11 @@ impl Enricher {
             reason: reason_text,
             path,
         } = self.rule_context(e, path);
+        let container = self
+            .cgroups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .container(e.cgroup_id);
         AuditRecord {
             timestamp: self
                 .clock
@@ -195,6 +205,13 @@ impl Enricher {
             },
             rule,
             vulnerability,
+            container: container.as_ref().map(|container| Container {
+                id: container.id.clone(),
+                runtime: container.runtime.as_str(),
+            }),
+            kubernetes: container
+                .and_then(|container| container.pod_uid)
+                .map(|uid| Kubernetes { pod: Pod { uid } }),
             process: Process {
                 pid: e.tgid,
                 thread: ThreadId { id: e.pid },
@@ -406,6 +423,7 @@ mod tests {
                 ruleset: "builtin-default".to_owned(),
                 ..PolicyNames::default()
             })),
+            cgroups: Arc::new(Mutex::new(CgroupIndex::new(None))),
         }
     }
 

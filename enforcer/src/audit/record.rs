@@ -27,6 +27,12 @@ pub struct AuditRecord {
     /// The vulnerability a vShield stands for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vulnerability: Option<Vulnerability>,
+    /// The container the process runs in, as its cgroup names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    /// The Kubernetes pod, when the container's cgroup is a pod's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Kubernetes>,
     pub process: Process,
     pub file: File,
     pub user: Id,
@@ -82,6 +88,24 @@ pub struct Process {
     /// The path given to exec (absent for mappings).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Container {
+    /// The runtime's container id (64 hex digits).
+    pub id: String,
+    /// `containerd`, `cri-o`, `docker` or `podman`.
+    pub runtime: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Kubernetes {
+    pub pod: Pod,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pod {
+    pub uid: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -77,6 +77,9 @@ mod tests {
             clock: BootClock::now(),
             hostname: "h".to_owned(),
             policy: PolicyTable::default(),
+            cgroups: std::sync::Arc::new(std::sync::Mutex::new(
+                crate::container::CgroupIndex::new(None),
+            )),
         };
         let mut sink = JsonLines::new("test", Vec::new());
         for path in ["/a", "/b\nwith newline"] {

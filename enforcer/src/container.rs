@@ -1,0 +1,311 @@
+//! Which container a process runs in, from the kernel's view: the cgroup v2
+//! group of the task (its id is in every event) and the names container
+//! runtimes give those groups.
+//!
+//! The naming schemes ([`from_cgroup_path`], pure):
+//! - containerd (CRI, systemd driver): `.../kubepods-<qos>-pod<UID>.slice/cri-containerd-<ID>.scope`
+//! - containerd (cgroupfs driver): `/kubepods/<qos>/pod<UID>/<ID>`
+//! - CRI-O: `.../crio-<ID>.scope` (`crio-conmon-<ID>.scope` is its monitor, not the container)
+//! - Docker: `/system.slice/docker-<ID>.scope`, `/docker/<ID>`
+//! - Podman: `/machine.slice/libpod-<ID>.scope` (also rootless, under `user@UID.service`, and
+//!   with a nested `container` group), `/libpod_parent/libpod-<ID>`
+//!
+//! [`CgroupIndex`] maps cgroup ids to paths by reading the cgroup v2 tree,
+//! where a group's id is its directory's inode number.
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// The container runtime that named a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    Containerd,
+    CriO,
+    Docker,
+    Podman,
+}
+
+impl Runtime {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Containerd => "containerd",
+            Self::CriO => "cri-o",
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+        }
+    }
+}
+
+/// A container as its cgroup names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupContainer {
+    /// The runtime's container id (64 hex digits).
+    pub id: String,
+    pub runtime: Runtime,
+    /// The Kubernetes pod's UID, when the group is under `kubepods`.
+    pub pod_uid: Option<String>,
+}
+
+fn is_container_id(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// The container a cgroup v2 path (as in `/proc/PID/cgroup`, starting at
+/// the hierarchy's root) belongs to, if a runtime named it. Pure.
+pub fn from_cgroup_path(path: &str) -> Option<CgroupContainer> {
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let kubernetes = components
+        .first()
+        .is_some_and(|c| c.starts_with("kubepods"));
+    // The innermost component that names a container: runtimes may nest
+    // groups of their own under it (Podman's `container`, `init.scope`).
+    let (index, id, runtime) =
+        components
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(index, component)| {
+                let (id, runtime) = container_component(component, kubernetes)?;
+                Some((index, id, runtime))
+            })?;
+    let pod_uid = components[..index].iter().rev().find_map(|c| pod_uid(c));
+    Some(CgroupContainer {
+        id: id.to_owned(),
+        runtime,
+        pod_uid,
+    })
+}
+
+fn container_component(component: &str, kubernetes: bool) -> Option<(&str, Runtime)> {
+    let scoped = |prefix: &str| {
+        component
+            .strip_prefix(prefix)
+            .map(|rest| rest.strip_suffix(".scope").unwrap_or(rest))
+            .filter(|id| is_container_id(id))
+    };
+    if component.starts_with("crio-conmon-") {
+        return None;
+    }
+    for (prefix, runtime) in [
+        ("cri-containerd-", Runtime::Containerd),
+        ("crio-", Runtime::CriO),
+        ("docker-", Runtime::Docker),
+        ("libpod-", Runtime::Podman),
+    ] {
+        if let Some(id) = scoped(prefix) {
+            return Some((id, runtime));
+        }
+    }
+    // cgroupfs drivers name the group by the bare id: containerd under
+    // kubepods, Docker under /docker.
+    if is_container_id(component) {
+        let runtime = if kubernetes {
+            Runtime::Containerd
+        } else {
+            Runtime::Docker
+        };
+        return Some((component, runtime));
+    }
+    None
+}
+
+/// `pod<UID>` (cgroupfs) or `kubepods-<qos>-pod<UID>.slice` (systemd, with
+/// `_` for `-`).
+fn pod_uid(component: &str) -> Option<String> {
+    let name = component.strip_suffix(".slice").unwrap_or(component);
+    let (_, uid) = name.rsplit_once("pod")?;
+    let uid = uid.replace('_', "-");
+    let valid = uid.len() == 36
+        && uid.bytes().enumerate().all(|(i, byte)| {
+            matches!(i, 8 | 13 | 18 | 23) == (byte == b'-')
+                && (byte == b'-' || byte.is_ascii_hexdigit())
+        });
+    valid.then_some(uid)
+}
+
+/// Groups the index holds before it starts over.
+const INDEX_MAX: usize = 1 << 16;
+
+/// Rescans of the cgroup tree for an unknown id are at most this frequent.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Cgroup ids to the containers their groups name, read from the cgroup v2
+/// tree and refreshed when an unknown id shows up.
+#[derive(Debug)]
+pub struct CgroupIndex {
+    mount: Option<PathBuf>,
+    paths: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+}
+
+impl CgroupIndex {
+    /// The index of the cgroup v2 tree mounted at `mount` (none: every
+    /// lookup answers `None`).
+    pub fn new(mount: Option<PathBuf>) -> Self {
+        Self {
+            mount,
+            paths: HashMap::new(),
+            last_scan: None,
+        }
+    }
+
+    /// The container of group `id`, if a runtime named the group. A group
+    /// created since the last scan is found by a new scan; one removed before
+    /// its events are read is not found.
+    pub fn container(&mut self, id: u64) -> Option<CgroupContainer> {
+        if id == 0 {
+            return None;
+        }
+        if !self.paths.contains_key(&id)
+            && self
+                .last_scan
+                .is_none_or(|last| last.elapsed() >= RESCAN_INTERVAL)
+        {
+            self.scan();
+        }
+        self.paths.get(&id).and_then(|path| from_cgroup_path(path))
+    }
+
+    fn scan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        let Some(mount) = self.mount.clone() else {
+            return;
+        };
+        // Groups removed since stay known, so that the events of a container
+        // that has exited still name it (cgroup v2 ids are not reused while
+        // the machine runs); the index is bounded all the same.
+        if self.paths.len() > INDEX_MAX {
+            self.paths.clear();
+        }
+        let mut pending = vec![mount.clone()];
+        while let Some(dir) = pending.pop() {
+            let Ok(metadata) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            let relative = dir.strip_prefix(&mount).unwrap_or(Path::new(""));
+            self.paths
+                .insert(metadata.ino(), format!("/{}", relative.display()));
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            pending.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+                    .map(|entry| entry.path()),
+            );
+        }
+    }
+}
+
+/// Where cgroup v2 is mounted, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Fields: id parent maj:min root mountpoint options ... - fstype source superopts
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        if after.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        before.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1c9e0d2b4a59687c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b";
+
+    fn parse(path: &str) -> Option<(String, Runtime, Option<String>)> {
+        from_cgroup_path(path).map(|c| (c.id, c.runtime, c.pod_uid))
+    }
+
+    #[test]
+    fn every_runtime_naming_scheme_names_its_container() {
+        let uid = "0d1f2e3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let systemd_uid = uid.replace('-', "_");
+        let cases = [
+            (
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{systemd_uid}.slice/cri-containerd-{ID}.scope"
+                ),
+                Runtime::Containerd,
+                Some(uid),
+            ),
+            (
+                format!("/kubepods/besteffort/pod{uid}/{ID}"),
+                Runtime::Containerd,
+                Some(uid),
+            ),
+            (
+                format!("/kubepods.slice/kubepods-pod{systemd_uid}.slice/crio-{ID}.scope"),
+                Runtime::CriO,
+                Some(uid),
+            ),
+            (
+                format!("/system.slice/docker-{ID}.scope"),
+                Runtime::Docker,
+                None,
+            ),
+            (format!("/docker/{ID}"), Runtime::Docker, None),
+            (
+                format!("/machine.slice/libpod-{ID}.scope"),
+                Runtime::Podman,
+                None,
+            ),
+            (
+                format!("/machine.slice/libpod-{ID}.scope/container"),
+                Runtime::Podman,
+                None,
+            ),
+            (
+                format!(
+                    "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"
+                ),
+                Runtime::Podman,
+                None,
+            ),
+            (format!("/libpod_parent/libpod-{ID}"), Runtime::Podman, None),
+        ];
+        for (path, runtime, pod) in cases {
+            assert_eq!(
+                parse(&path),
+                Some((ID.to_owned(), runtime, pod.map(str::to_owned))),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn groups_that_are_not_containers_name_none() {
+        for path in [
+            "/",
+            "/system.slice/sshd.service",
+            "/user.slice/user-1000.slice/session-3.scope",
+            &format!("/system.slice/crio-conmon-{ID}.scope"),
+            "/machine.slice/libpod-conmon-abc.scope",
+            "/docker/not-an-id",
+        ] {
+            assert_eq!(parse(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_index_finds_groups_by_inode_number() {
+        let root = std::env::temp_dir().join(format!("enforcer-cgroups-{}", std::process::id()));
+        let group = root.join(format!("machine.slice/libpod-{ID}.scope"));
+        std::fs::create_dir_all(&group).unwrap();
+        let id = std::fs::metadata(&group).unwrap().ino();
+        let mut index = CgroupIndex::new(Some(root.clone()));
+        let container = index.container(id).unwrap();
+        assert_eq!(container.id, ID);
+        assert_eq!(container.runtime, Runtime::Podman);
+        assert_eq!(index.container(0), None);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
