@@ -73,6 +73,14 @@ pub enum ControlError {
     },
     #[error("control socket {path}: another agent answers there")]
     InUse { path: PathBuf },
+    #[error(
+        "control socket {path}: {source} (is `enforcer run` running, with this --control-socket?)"
+    )]
+    NoAgent {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("control socket {path}: {what}")]
     Protocol { path: PathBuf, what: String },
 }
@@ -190,7 +198,11 @@ pub fn ask(path: &Path, request: Request) -> Result<Reply, ControlError> {
         path: path.to_owned(),
         source,
     };
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(path).map_err(|source| ControlError::NoAgent {
+            path: path.to_owned(),
+            source,
+        })?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
     let mut text = serde_json::to_vec(&request).map_err(|error| ControlError::Protocol {
