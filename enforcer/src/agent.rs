@@ -31,7 +31,7 @@ use crate::{
     },
     maps::{self, MapAccessError},
     policy::{self, DriftRule, Policy},
-    reload::{InForce, PolicyWatch, Trigger},
+    reload::{Changed, InForce, Trigger, Watches},
     stats::{self, KernelCounters},
     tracking::{State as TrackingState, Tracker, WriteTracking},
 };
@@ -233,7 +233,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
     log_drift_methods(&attached, tracker.state(), &in_force.policy.drift);
     active.attach(&mut ebpf, attached.kind)?;
-    let mut watch = watch_policy(&in_force.paths);
+    let mut watches = Watches::new(&in_force.paths, &options.image_stores);
     let (_control, mut queries) = listen(&options.control_socket);
     tracing::info!(
         backend = %attached.kind,
@@ -251,7 +251,10 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sighup.recv() => Some(Trigger::Sighup),
-            () = changed(watch.as_mut()) => Some(Trigger::Watch),
+            changed = watches.next() => Some(match changed {
+                Changed::Policy => Trigger::Watch,
+                Changed::ImageStores => Trigger::ImageStores,
+            }),
             Some(query) = queries.recv() => {
                 let reply = answer(query.request, &ebpf, &active, &in_force, attached.kind);
                 // The client may have gone; it does not need the answer then.
@@ -333,30 +336,6 @@ fn warn_fallback(attached: &Attached) {
     }
 }
 
-/// Watches the policy files, when there are any; SIGHUP works either way.
-fn watch_policy(paths: &[PathBuf]) -> Option<PolicyWatch> {
-    if paths.is_empty() {
-        return None;
-    }
-    match PolicyWatch::new(paths) {
-        Ok(watch) => {
-            tracing::info!(
-                directories = ?watch.directories,
-                "policy files watched: a valid change is put in force by diff, an invalid one is refused \
-                 (SIGHUP reloads too)"
-            );
-            Some(watch)
-        }
-        Err(error) => {
-            tracing::warn!(
-                error = %crate::error_chain(&error),
-                "policy files are NOT watched: changes need SIGHUP"
-            );
-            None
-        }
-    }
-}
-
 /// The control socket, or a warning and a channel that stays empty.
 fn listen(path: &std::path::Path) -> (Option<ControlSocket>, mpsc::Receiver<Query>) {
     match ControlSocket::bind(path) {
@@ -394,13 +373,6 @@ fn answer(
             }),
             Err(error) => Reply::Error(crate::error_chain(&error)),
         },
-    }
-}
-
-async fn changed(watch: Option<&mut PolicyWatch>) {
-    match watch {
-        Some(watch) => watch.changed().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -188,7 +188,9 @@ pub struct RunArgs {
     /// layer root directories (repeatable; replaces the defaults). The files
     /// of container vShields are looked up in every layer found here and in
     /// the root of every running container, so that a vShield also covers
-    /// containers started later from those images.
+    /// containers started later from those images. The directory before each
+    /// glob's first wildcard is watched: files in layers that appear later
+    /// are looked up too.
     #[arg(
         long,
         value_name = "GLOB",

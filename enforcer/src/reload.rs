@@ -1,7 +1,8 @@
 //! Policy hot reload. The policy files are watched: a change (written in
 //! place, replaced by rename, the symlink swap of a Kubernetes config map)
 //! becomes one reload request once the files have been quiet for a moment;
-//! SIGHUP asks for one too. [`InForce::reload`] applies a valid policy by diff and
+//! SIGHUP asks for one too. The image stores are watched as well: a new
+//! layer makes the agent look the vShields' files up again. [`InForce::reload`] applies a valid policy by diff and
 //! refuses an invalid one, leaving the policy in force untouched.
 
 use std::{
@@ -21,36 +22,49 @@ use crate::{
     policy::{Policy, load::agent_policy_at},
 };
 
-/// How long the files must be quiet before a change is read: editors and
+/// How long policy files must be quiet before a change is read: editors and
 /// `kubectl` write a file in several steps.
-const QUIET: Duration = Duration::from_millis(150);
+const POLICY_QUIET: Duration = Duration::from_millis(150);
 
 /// At most this long after the first event, the change is read even if
 /// writes go on, so that a change is in force within a second.
-const LONGEST_WAIT: Duration = Duration::from_millis(600);
+const POLICY_LONGEST_WAIT: Duration = Duration::from_millis(600);
+
+/// A new layer directory in an image store is filled after it is created:
+/// its files are looked up once the store has been quiet this long, and
+/// again [`LAYER_SECOND_LOOK`] later for a layer still being unpacked.
+const STORE_QUIET: Duration = Duration::from_secs(2);
+const STORE_LONGEST_WAIT: Duration = Duration::from_secs(10);
+pub const LAYER_SECOND_LOOK: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
-#[error("watching {path} for policy changes: {source}")]
+#[error("watching {path}: {source}")]
 pub struct WatchError {
     path: PathBuf,
     #[source]
     source: notify::Error,
 }
 
-/// The directories that hold the policy paths, watched with inotify.
+/// Directories watched with inotify (not their subdirectories), reported
+/// as one change once they have been quiet for a moment.
 #[derive(Debug)]
-pub struct PolicyWatch {
+pub struct DirWatch {
     _watcher: notify::RecommendedWatcher,
     events: mpsc::Receiver<()>,
+    quiet: Duration,
+    longest_wait: Duration,
+    /// The first and the last event of a change not reported yet.
+    pending: Option<(tokio::time::Instant, tokio::time::Instant)>,
     /// What is watched, for the log.
     pub directories: Vec<PathBuf>,
 }
 
-impl PolicyWatch {
-    /// Watches `paths` (policy files and directories). A file is watched
-    /// through its directory: replacing it by rename, as editors and
-    /// config map updates do, would end a watch on the file itself.
-    pub fn new(paths: &[PathBuf]) -> Result<Self, WatchError> {
+impl DirWatch {
+    fn new(
+        directories: BTreeSet<PathBuf>,
+        quiet: Duration,
+        longest_wait: Duration,
+    ) -> Result<Self, WatchError> {
         let (sender, events) = mpsc::channel(1);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -69,7 +83,6 @@ impl PolicyWatch {
                 path: PathBuf::new(),
                 source,
             })?;
-        let directories: BTreeSet<PathBuf> = paths.iter().map(|path| directory_of(path)).collect();
         for directory in &directories {
             watcher
                 .watch(directory, RecursiveMode::NonRecursive)
@@ -81,25 +94,171 @@ impl PolicyWatch {
         Ok(Self {
             _watcher: watcher,
             events,
+            quiet,
+            longest_wait,
+            pending: None,
             directories: directories.into_iter().collect(),
         })
     }
 
-    /// Waits for a change, then for the files to be quiet.
-    pub async fn changed(&mut self) {
-        if self.events.recv().await.is_none() {
-            // The watcher is gone: nothing will change any more.
-            std::future::pending::<()>().await;
+    /// Watches `paths` (policy files and directories). A file is watched
+    /// through its directory: replacing it by rename, as editors and
+    /// config map updates do, would end a watch on the file itself.
+    pub fn policy(paths: &[PathBuf]) -> Result<Self, WatchError> {
+        let directories = paths.iter().map(|path| directory_of(path)).collect();
+        Self::new(directories, POLICY_QUIET, POLICY_LONGEST_WAIT)
+    }
+
+    /// Watches the directories image layers appear in: for each store glob
+    /// (`/var/lib/containers/storage/overlay/*/diff`), the directory before
+    /// its first wildcard, where it exists. `None` when none does.
+    pub fn image_stores(globs: &[String]) -> Result<Option<Self>, WatchError> {
+        let directories: BTreeSet<PathBuf> = globs
+            .iter()
+            .map(|glob| fixed_prefix(glob))
+            .filter(|directory| directory.is_dir())
+            .collect();
+        if directories.is_empty() {
+            return Ok(None);
         }
-        let deadline = tokio::time::Instant::now() + LONGEST_WAIT;
+        Self::new(directories, STORE_QUIET, STORE_LONGEST_WAIT).map(Some)
+    }
+
+    /// Waits for a change, then for the directories to be quiet.
+    /// Cancel-safe: the main loop's `select!` drops this future whenever
+    /// something else happens first, and a change seen by a dropped future is
+    /// still pending for the next call.
+    pub async fn changed(&mut self) {
         loop {
-            let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
+            let Some((first, last)) = self.pending else {
+                if self.events.recv().await.is_none() {
+                    // The watcher is gone: nothing will change any more.
+                    std::future::pending::<()>().await;
+                }
+                let now = tokio::time::Instant::now();
+                self.pending = Some((now, now));
+                continue;
+            };
+            let deadline = first + self.longest_wait;
+            let quiet_until = (last + self.quiet).min(deadline);
             match tokio::time::timeout_at(quiet_until, self.events.recv()).await {
-                Ok(Some(())) if tokio::time::Instant::now() < deadline => {}
-                _ => return,
+                Ok(Some(())) if tokio::time::Instant::now() < deadline => {
+                    self.pending = Some((first, tokio::time::Instant::now()));
+                }
+                _ => {
+                    self.pending = None;
+                    return;
+                }
             }
         }
     }
+}
+
+/// The policy files and the image stores, watched.
+#[derive(Debug)]
+pub struct Watches {
+    policy: Option<DirWatch>,
+    stores: Option<DirWatch>,
+    /// When to look at the stores once more after a change.
+    second_look: Option<tokio::time::Instant>,
+}
+
+/// What changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    Policy,
+    ImageStores,
+}
+
+impl Watches {
+    /// Watches `policy_paths` (none for the built-in policy) and the
+    /// directories of `store_globs`, and says what it watches.
+    pub fn new(policy_paths: &[PathBuf], store_globs: &[String]) -> Self {
+        let policy = (!policy_paths.is_empty())
+            .then(|| DirWatch::policy(policy_paths))
+            .and_then(|watch| match watch {
+                Ok(watch) => {
+                    tracing::info!(
+                        directories = ?watch.directories,
+                        "policy files watched: a valid change is put in force by diff, an invalid one is refused \
+                         (SIGHUP reloads too)"
+                    );
+                    Some(watch)
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = %crate::error_chain(&error),
+                        "policy files are NOT watched: changes need SIGHUP"
+                    );
+                    None
+                }
+            });
+        let stores = match DirWatch::image_stores(store_globs) {
+            Ok(Some(watch)) => {
+                tracing::info!(
+                    directories = ?watch.directories,
+                    "image stores watched: the files of vShields are looked up in new layers"
+                );
+                Some(watch)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(
+                    error = %crate::error_chain(&error),
+                    "image stores are NOT watched: vShield files in images pulled from now on are looked up on \
+                     SIGHUP only"
+                );
+                None
+            }
+        };
+        Self {
+            policy,
+            stores,
+            second_look: None,
+        }
+    }
+
+    /// The next change. Cancel-safe (see [`DirWatch::changed`]).
+    pub async fn next(&mut self) -> Changed {
+        let second_look = self.second_look;
+        tokio::select! {
+            () = changed(self.policy.as_mut()) => Changed::Policy,
+            () = changed(self.stores.as_mut()) => {
+                self.second_look = Some(tokio::time::Instant::now() + LAYER_SECOND_LOOK);
+                Changed::ImageStores
+            }
+            () = at(second_look) => {
+                self.second_look = None;
+                Changed::ImageStores
+            }
+        }
+    }
+}
+
+async fn changed(watch: Option<&mut DirWatch>) {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn at(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The directory of `glob` before its first component with a wildcard.
+fn fixed_prefix(glob: &str) -> PathBuf {
+    let mut prefix = PathBuf::from("/");
+    for component in glob.split('/').filter(|c| !c.is_empty()) {
+        if component.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        prefix.push(component);
+    }
+    prefix
 }
 
 fn directory_of(path: &Path) -> PathBuf {
@@ -119,6 +278,9 @@ pub enum Trigger {
     /// A policy file changed.
     Watch,
     Sighup,
+    /// A new layer in an image store: the vShields' files are looked up
+    /// again, the policy files are not read.
+    ImageStores,
 }
 
 impl Trigger {
@@ -127,6 +289,7 @@ impl Trigger {
             Self::Start => "start",
             Self::Watch => "watch",
             Self::Sighup => "sighup",
+            Self::ImageStores => "image-stores",
         }
     }
 }
@@ -155,6 +318,10 @@ impl InForce {
         trigger: Trigger,
     ) -> Option<PolicyChange> {
         let started = Instant::now();
+        if trigger == Trigger::ImageStores {
+            self.refresh(ebpf, active, roots);
+            return None;
+        }
         if self.paths.is_empty() {
             tracing::warn!(
                 trigger = trigger.as_str(),
@@ -180,6 +347,26 @@ impl InForce {
                 Some(self.applied(trigger, change, started))
             }
             Err(error) => Some(self.refused(trigger, vec![error], started)),
+        }
+    }
+
+    /// Looks the files of the vShields in force up again (new image layers
+    /// and containers), without reading the policy files.
+    fn refresh(&self, ebpf: &mut Ebpf, active: &mut ActiveVShields, roots: Roots<'_>) {
+        if self.policy.vshields.is_empty() {
+            return;
+        }
+        match active.apply(ebpf, &self.policy.vshields, &self.policy.name, roots) {
+            Ok(change) => tracing::info!(
+                generation = self.generation,
+                entries_written = change.entries_written,
+                entries_removed = change.entries_removed,
+                "vShield files looked up again: the image stores changed"
+            ),
+            Err(error) => tracing::error!(
+                error = %crate::error_chain(&error),
+                "looking the vShield files up again failed; the entries in force stay"
+            ),
         }
     }
 
@@ -265,4 +452,44 @@ fn apply(
         )
     })?;
     Ok(change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_are_watched_where_their_globs_stop_being_fixed() {
+        assert_eq!(
+            fixed_prefix("/var/lib/containers/storage/overlay/*/diff"),
+            Path::new("/var/lib/containers/storage/overlay")
+        );
+        assert_eq!(
+            fixed_prefix("/srv/images/{a,b}/root"),
+            Path::new("/srv/images")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_seen_by_a_cancelled_wait_is_reported_by_the_next() {
+        let dir = std::env::temp_dir().join(format!("enforcer-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut watch = DirWatch::new(
+            [dir.clone()].into(),
+            Duration::from_millis(300),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        std::fs::write(dir.join("policy.yaml"), "x").unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Dropped in its quiet period, as the main loop's select! does.
+        let cancelled = tokio::time::timeout(Duration::from_millis(100), watch.changed()).await;
+        assert!(cancelled.is_err());
+        assert!(watch.pending.is_some());
+        tokio::time::timeout(Duration::from_secs(2), watch.changed())
+            .await
+            .expect("the change is still reported");
+        assert!(watch.pending.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -27,6 +27,9 @@ use serde_json::Value;
 /// tests is several times slower than hardware.
 const IN_FORCE_WITHIN: Duration = Duration::from_secs(10);
 
+/// The agent's log line after it looked vShield files up in new layers.
+const LOOKED_UP: &str = "vShield files looked up again";
+
 fn vshield(name: &str, mode: &str, file: &str) -> String {
     format!(
         "apiVersion: enforcer.dev/v1alpha1
@@ -241,4 +244,49 @@ fn assert_decisions(stopped: &Stopped) {
         "{:#?}",
         stopped.events
     );
+}
+
+#[test]
+fn vshields_cover_images_that_appear_after_the_agent_started() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let scratch = Scratch::new("late-image").expect("scratch");
+    let policy = scratch.path().join("policy.yaml");
+    fs::write(&policy, vshield("late", "enforce", "/opt/late/busybox"))
+        .expect("writing the policy");
+    // Where the harness builds images (see `Scratch`), as an image store.
+    let store = std::env::temp_dir()
+        .join(format!("enforcer-test-{}-image-*", std::process::id()))
+        .display()
+        .to_string();
+    let agent = start(&[
+        "--policy",
+        &policy.display().to_string(),
+        "--image-store",
+        &store,
+    ]);
+    assert!(
+        agent.log().contains("vShield matches no file yet"),
+        "{}",
+        agent.log()
+    );
+    let before = agent.log().matches(LOOKED_UP).count();
+    // An image pulled after the agent started.
+    let image = Image::busybox().expect("building the image");
+    let dir = image.root().join("opt/late");
+    fs::create_dir_all(&dir).expect("creating /opt/late");
+    fs::copy(image.root().join("bin/busybox"), dir.join("busybox")).expect("adding the program");
+    wait(&agent, LOOKED_UP, before + 1);
+    let run = container::run(&image, "/opt/late/busybox echo late-ran; true")
+        .expect("running the container");
+    let stopped = agent.stop().expect("stopping the agent");
+    assert!(!run.stdout.contains("late-ran"), "{}", stopped.stderr);
+    let names: Vec<&str> = stopped
+        .events
+        .iter()
+        .filter_map(|event| event["rule"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["late"], "{:#?}", stopped.events);
 }
