@@ -14,7 +14,7 @@ use aya::{
     Ebpf,
     maps::{Array, PerCpuArray, PerCpuValues},
 };
-use enforcer_common::{FileId, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, vshield_op};
+use enforcer_common::{FileId, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -227,15 +227,10 @@ impl ActiveVShields {
 
     /// The vShield operations the attached programs decide.
     pub fn decided(&self) -> Vec<String> {
-        [
-            (vshield_op::EXEC, "exec"),
-            (vshield_op::OPEN, "open"),
-            (vshield_op::LOAD, "load"),
-        ]
-        .into_iter()
-        .filter(|(op, _)| self.routes.attached & op != 0)
-        .map(|(_, name)| name.to_owned())
-        .collect()
+        vshields::operation_names(self.routes.attached)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Adds, removes and changes, by name.
@@ -385,31 +380,30 @@ fn log_found(shield: &VShield, files: usize, total: usize) {
 
 /// The maps hold the old and the new entries while one replaces the other.
 fn check_capacity(old: &vshields::Entries, new: &vshields::Entries) -> Result<(), ActiveError> {
-    let files = old.files.len()
-        + new
-            .files
-            .keys()
-            .filter(|k| !old.files.contains_key(k))
-            .count();
-    if files > VSHIELD_FILES_MAX as usize {
-        return Err(ActiveError::Full {
-            map: maps::VSHIELD_FILES,
-            need: files,
-            max: VSHIELD_FILES_MAX,
-        });
-    }
-    let rules = old.rules.len()
-        + new
-            .rules
-            .keys()
-            .filter(|k| !old.rules.contains_key(k))
-            .count();
-    if rules > VSHIELD_RULES_MAX as usize {
-        return Err(ActiveError::Full {
-            map: maps::VSHIELD_RULES,
-            need: rules,
-            max: VSHIELD_RULES_MAX,
-        });
+    room(
+        maps::VSHIELD_FILES,
+        &old.files,
+        &new.files,
+        VSHIELD_FILES_MAX,
+    )?;
+    room(
+        maps::VSHIELD_RULES,
+        &old.rules,
+        &new.rules,
+        VSHIELD_RULES_MAX,
+    )
+}
+
+/// Whether map `map` of `max` entries holds `old` and `new` at once.
+fn room<K: Ord, V>(
+    map: &'static str,
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    max: u32,
+) -> Result<(), ActiveError> {
+    let need = old.len() + new.keys().filter(|key| !old.contains_key(key)).count();
+    if need > max as usize {
+        return Err(ActiveError::Full { map, need, max });
     }
     Ok(())
 }

@@ -55,16 +55,21 @@ pub struct VShield {
 impl VShield {
     /// The names of the operations it stops.
     pub fn operations(&self) -> Vec<&'static str> {
-        [
-            (vshield_op::EXEC, "exec"),
-            (vshield_op::OPEN, "open"),
-            (vshield_op::LOAD, "load"),
-        ]
-        .into_iter()
-        .filter(|(op, _)| self.ops & op != 0)
-        .map(|(_, name)| name)
-        .collect()
+        operation_names(self.ops)
     }
+}
+
+/// The names of the operations in `ops` (bits of `vshield_op`).
+pub fn operation_names(ops: u32) -> Vec<&'static str> {
+    [
+        (vshield_op::EXEC, "exec"),
+        (vshield_op::OPEN, "open"),
+        (vshield_op::LOAD, "load"),
+    ]
+    .into_iter()
+    .filter(|(op, _)| ops & op != 0)
+    .map(|(_, name)| name)
+    .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
