@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -426,12 +426,28 @@ pub mod vshield_op {
 }
 
 /// Whom a vShield rule applies to ([`VShieldKey::scope`]).
+///
+/// A container process looks its rules up under its container's scope
+/// (`CONTAINER_SCOPES`, by cgroup id), and under [`CONTAINERS`] when that
+/// finds nothing: the rules of a selected scope already hold the decision
+/// of every vShield for all containers on the same file.
 pub mod scope {
     /// The host's own processes.
     pub const HOST: u32 = 0;
-    /// Every container process.
+    /// Every container process; also the scope of a known container that no
+    /// vShield with a selector selects.
     pub const CONTAINERS: u32 = 1;
+    /// A container the agent does not know yet (its group is not in
+    /// `CONTAINER_SCOPES`): every vShield with a selector applies, so a
+    /// container is never less shielded before the agent knows its image.
+    pub const UNKNOWN: u32 = 2;
+    /// The first scope of a set of vShields with selectors that select the
+    /// same containers.
+    pub const FIRST_SELECTED: u32 = 3;
 }
+
+/// Entries of `CONTAINER_SCOPES`: cgroups of known containers.
+pub const CONTAINER_SCOPES_MAX: u32 = 65_536;
 
 /// How overlayfs keeps the lower inode of one of its inodes
 /// ([`OverlayLower::kind`]), by kernel version.

@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AgentConfig, DriftSettings, FileId, KernelOffsets, MmapOffsets, OverlayLower, PATH_BUF_LEN,
-    PathDfaBank, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, VSHIELD_SLOTS, VShieldKey, VShieldRule,
-    WRITTEN_FILES_MAX, counter,
+    AgentConfig, CONTAINER_SCOPES_MAX, DriftSettings, FileId, KernelOffsets, MmapOffsets,
+    OverlayLower, PATH_BUF_LEN, PathDfaBank, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, VSHIELD_SLOTS,
+    VShieldKey, VShieldRule, WRITTEN_FILES_MAX, counter,
 };
 
 /// Kernel structure offsets, overridden by the agent at load time.
@@ -74,6 +74,13 @@ pub(crate) static VSHIELD_FILES: HashMap<FileId, u32> =
 #[map]
 pub(crate) static VSHIELD_RULES: HashMap<VShieldKey, VShieldRule> =
     HashMap::with_max_entries(VSHIELD_RULES_MAX, BPF_F_NO_PREALLOC);
+
+/// The vShield scope ([`enforcer_common::scope`]) of each cgroup of the
+/// containers the agent knows, by cgroup id; written before a container's
+/// first exec when the runtime runs the agent's OCI hook.
+#[map]
+pub(crate) static CONTAINER_SCOPES: HashMap<u64, u32> =
+    HashMap::with_max_entries(CONTAINER_SCOPES_MAX, BPF_F_NO_PREALLOC);
 
 /// Uses each vShield decided, indexed by its slot.
 #[map]

@@ -8,6 +8,7 @@
 //! never disagree about what a file is.
 
 use aya_ebpf::{
+    helpers::bpf_get_current_cgroup_id,
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
@@ -21,8 +22,9 @@ use crate::{
     drift, events, exec,
     kernel::{self, FileFacts, KERNEL_SPACE, ReadError},
     maps::{
-        CONFIG, MMAP_OFFSETS, OVERLAY_FILES, OVERLAY_LOWER, RESOLVED_ID, VSHIELD_FILES,
-        VSHIELD_GENERATION, VSHIELD_HITS, VSHIELD_RULES, count, lower_offset, offset,
+        CONFIG, CONTAINER_SCOPES, MMAP_OFFSETS, OVERLAY_FILES, OVERLAY_LOWER, RESOLVED_ID,
+        VSHIELD_FILES, VSHIELD_GENERATION, VSHIELD_HITS, VSHIELD_RULES, count, lower_offset,
+        offset,
     },
 };
 
@@ -156,17 +158,7 @@ fn check_id(
         return Err(ReadError);
     }
     let container = kernel::current_container(offsets, &config)?;
-    let key = VShieldKey {
-        file: id,
-        scope: if container.is_some() {
-            scope::CONTAINERS
-        } else {
-            scope::HOST
-        },
-        op,
-    };
-    // SAFETY: as above; the value is copied out at once.
-    let Some(rule) = (unsafe { VSHIELD_RULES.get(key) }).copied() else {
+    let Some(rule) = rule_for(id, op, container.is_some()) else {
         return Ok(None);
     };
     let facts = kernel::file_facts(file, offsets)?;
@@ -193,6 +185,47 @@ fn check_id(
         file: facts,
         via: how,
     }))
+}
+
+/// The vShield that decides `op` on `id` for the current task: for a
+/// container, its container's scope first, then the rules for every
+/// container.
+#[inline(always)]
+fn rule_for(id: FileId, op: u32, in_container: bool) -> Option<VShieldRule> {
+    if !in_container {
+        let key = VShieldKey {
+            file: id,
+            scope: scope::HOST,
+            op,
+        };
+        // SAFETY: the value is copied out at once; the agent replaces
+        // entries whole.
+        return unsafe { VSHIELD_RULES.get(key) }.copied();
+    }
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: as above.
+    let selected = unsafe { CONTAINER_SCOPES.get(cgroup) }
+        .copied()
+        .unwrap_or(scope::UNKNOWN);
+    if selected != scope::CONTAINERS {
+        let key = VShieldKey {
+            file: id,
+            scope: selected,
+            op,
+        };
+        // SAFETY: as above.
+        if let Some(rule) = unsafe { VSHIELD_RULES.get(key) } {
+            return Some(*rule);
+        }
+    }
+    let key = VShieldKey {
+        file: id,
+        scope: scope::CONTAINERS,
+        op,
+    };
+    // SAFETY: as above.
+    unsafe { VSHIELD_RULES.get(key) }.copied()
 }
 
 /// [`check`] for an exec of `file` (`bprm->file`, the file exec opened).

@@ -14,16 +14,20 @@ use aya::{
     Ebpf,
     maps::{Array, PerCpuArray, PerCpuValues},
 };
-use enforcer_common::{FileId, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX};
+use enforcer_common::{CONTAINER_SCOPES_MAX, FileId, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     audit::enrich::{PolicyNames, PolicyTable},
     backend::{self, BackendKind, VShieldRoutes},
+    container::{ImageGlobs, registry::Known},
     kernel::host::HostIdentity,
     maps::{self, MapAccessError},
-    policy::vshield::{self as vshields, Applied, Resolved, Scope, Slots, VShield, VShieldError},
+    policy::vshield::{
+        self as vshields, Applied, Entries, Resolved, Scope, Selected, Slots, VShield, VShieldError,
+    },
     resolve::{self, Identities, ResolveError, Root},
+    scopes::{ImageSelector, Placement, Scopes},
 };
 
 /// Policies with more vShields get a summary line instead of one line each.
@@ -39,6 +43,12 @@ pub enum ActiveError {
     Backend(#[from] backend::BackendError),
     #[error(transparent)]
     Map(#[from] MapAccessError),
+    #[error("vShield {vshield}: image glob {glob:?}: {reason}")]
+    ImageGlob {
+        vshield: String,
+        glob: String,
+        reason: String,
+    },
     #[error(
         "the vShields need {need} {map} entries while the old policy's are replaced, more than the {max} the map holds"
     )]
@@ -93,7 +103,16 @@ pub struct ActiveVShields {
     /// maps (the programs are attached after the first policy is in).
     kind: Option<BackendKind>,
     shields: Vec<VShield>,
+    /// The slot and resolved files of each vShield of `shields`.
+    slots_of: Vec<u32>,
+    files_of: Vec<BTreeSet<FileId>>,
+    selectors: Vec<ImageSelector>,
     listed: Vec<Listed>,
+    /// Known containers, by id, and the scope of each of their groups.
+    containers: BTreeMap<String, Known>,
+    scopes: Scopes,
+    selected: Selected,
+    container_scopes: BTreeMap<u64, u32>,
 }
 
 impl ActiveVShields {
@@ -106,7 +125,14 @@ impl ActiveVShields {
             routes: VShieldRoutes::default(),
             kind: None,
             shields: Vec::new(),
+            slots_of: Vec::new(),
+            files_of: Vec::new(),
+            selectors: Vec::new(),
             listed: Vec::new(),
+            containers: BTreeMap::new(),
+            scopes: Scopes::default(),
+            selected: Selected::new(),
+            container_scopes: BTreeMap::new(),
         }
     }
 
@@ -136,8 +162,13 @@ impl ActiveVShields {
         // From here on is what applying vShields costs (`cargo xtask bench`
         // holds it to a target); loading the resolver is a one-time cost.
         let started = Instant::now();
+        let selectors = image_selectors(shields, &assignment.of_shield)?;
+        let placement = self
+            .scopes
+            .place(&selectors, self.containers.values(), false);
+        let mut files_of = Vec::with_capacity(shields.len());
         let entries = if shields.is_empty() {
-            vshields::Entries::default()
+            Entries::default()
         } else {
             let resolved = resolve_files(ebpf, shields, &assignment.of_shield, roots)?;
             for item in &resolved {
@@ -155,7 +186,7 @@ impl ActiveVShields {
                         .into_iter()
                         .map(str::to_owned)
                         .collect(),
-                    scope: item.shield.scope.as_str().to_owned(),
+                    scope: item.shield.scope.describe(),
                     files: item.files.len(),
                     slot: item.slot,
                     hits: 0,
@@ -165,7 +196,8 @@ impl ActiveVShields {
                 names.paths.entry(*id).or_insert_with(|| path.clone());
             }
             let plain: Vec<Resolved<'_>> = resolved.into_iter().map(|item| item.resolved).collect();
-            vshields::entries(&plain)
+            files_of.extend(plain.iter().map(|item| item.files.clone()));
+            vshields::entries(&plain, &placement.selected)
         };
         check_capacity(self.applied.entries(), &entries)?;
 
@@ -176,16 +208,16 @@ impl ActiveVShields {
         zero_hits(ebpf, &assignment.fresh)?;
         // Events may name old or new vShields while the maps change.
         self.set_names(self.current_names().merged(&names));
-        let diff = self.applied.update(ebpf, entries)?;
-        if !diff.set_files.is_empty() || !diff.remove_files.is_empty() {
-            next_generation(ebpf)?;
-        }
+        let (written, removed) = self.write(ebpf, entries, placement)?;
         self.set_names(names);
         self.slots = assignment.slots;
         self.shields = shields.to_vec();
+        self.slots_of = assignment.of_shield;
+        self.files_of = files_of;
+        self.selectors = selectors;
         self.listed = listed;
-        change.entries_written = diff.set_rules.len() + diff.set_files.len();
-        change.entries_removed = diff.remove_rules.len() + diff.remove_files.len();
+        change.entries_written = written;
+        change.entries_removed = removed;
         if shields.is_empty() && change.entries_removed == 0 {
             return Ok(change);
         }
@@ -203,6 +235,118 @@ impl ActiveVShields {
 
     /// Attaches the programs the vShields in force need, once the backend is
     /// known; later changes attach what new operations need.
+    /// Makes the kernel hold `entries` and `placement` instead of what it
+    /// holds: first the union of old and new rules, then the containers'
+    /// scopes, then without the old rules, so that no container ever points
+    /// at a scope whose rules are gone. Returns the entries written and
+    /// removed.
+    fn write(
+        &mut self,
+        ebpf: &mut Ebpf,
+        entries: Entries,
+        placement: Placement,
+    ) -> Result<(usize, usize), ActiveError> {
+        let union = self.applied.entries().union(&entries);
+        let adding = self.applied.update(ebpf, union)?;
+        let scopes = write_container_scopes(ebpf, &self.container_scopes, &placement.by_cgroup)?;
+        let removing = self.applied.update(ebpf, entries)?;
+        if !adding.set_files.is_empty()
+            || !removing.set_files.is_empty()
+            || !removing.remove_files.is_empty()
+        {
+            next_generation(ebpf)?;
+        }
+        self.container_scopes = placement.by_cgroup;
+        self.scopes = placement.scopes;
+        self.selected = placement.selected;
+        Ok((
+            adding.set_rules.len() + adding.set_files.len() + removing.set_files.len() + scopes.0,
+            removing.remove_rules.len() + removing.remove_files.len() + scopes.1,
+        ))
+    }
+
+    /// Puts containers in their vShield scope: new containers, new groups
+    /// of known ones, and containers whose image became known. A set of
+    /// vShields no container was in before gets its rules first.
+    pub fn place(&mut self, ebpf: &mut Ebpf, known: Vec<Known>) -> Result<(), ActiveError> {
+        if known.is_empty() {
+            return Ok(());
+        }
+        for item in known {
+            let cgroups = self
+                .containers
+                .get(&item.info.id)
+                .map(|old| old.cgroups.clone())
+                .unwrap_or_default();
+            let mut item = item;
+            item.cgroups.extend(cgroups);
+            self.containers.insert(item.info.id.clone(), item);
+        }
+        if self.containers.len() > CONTAINER_SCOPES_MAX as usize {
+            tracing::warn!(
+                containers = self.containers.len(),
+                max = CONTAINER_SCOPES_MAX,
+                "more containers than the kernel's scope map holds: the newest are left unknown"
+            );
+        }
+        let placement = self
+            .scopes
+            .place(&self.selectors, self.containers.values(), true);
+        let entries = if placement.selected == self.selected {
+            self.applied.entries().clone()
+        } else {
+            self.entries(&placement.selected)
+        };
+        check_capacity(self.applied.entries(), &entries)?;
+        self.write(ebpf, entries, placement)?;
+        Ok(())
+    }
+
+    /// Groups that no longer exist leave the kernel's scope map.
+    pub fn forget(&mut self, ebpf: &mut Ebpf, cgroups: &[u64]) -> Result<(), ActiveError> {
+        if cgroups.is_empty() {
+            return Ok(());
+        }
+        for known in self.containers.values_mut() {
+            for cgroup in cgroups {
+                known.cgroups.remove(cgroup);
+            }
+        }
+        self.containers.retain(|_, known| !known.cgroups.is_empty());
+        let mut by_cgroup = self.container_scopes.clone();
+        for cgroup in cgroups {
+            by_cgroup.remove(cgroup);
+        }
+        write_container_scopes(ebpf, &self.container_scopes, &by_cgroup)?;
+        self.container_scopes = by_cgroup;
+        Ok(())
+    }
+
+    /// The scope code a container's groups are in, if it is placed.
+    pub fn scope_of(&self, id: &str) -> Option<u32> {
+        let known = self.containers.get(id)?;
+        known
+            .cgroups
+            .iter()
+            .find_map(|cgroup| self.container_scopes.get(cgroup).copied())
+    }
+
+    /// The entries of the vShields in force for `selected`.
+    fn entries(&self, selected: &Selected) -> Entries {
+        let resolved: Vec<Resolved<'_>> = self
+            .shields
+            .iter()
+            .zip(&self.slots_of)
+            .zip(&self.files_of)
+            .map(|((shield, slot), files)| Resolved {
+                slot: *slot,
+                shield,
+                files: files.clone(),
+            })
+            .collect();
+        vshields::entries(&resolved, selected)
+    }
+
     pub fn attach(&mut self, ebpf: &mut Ebpf, kind: BackendKind) -> Result<(), ActiveError> {
         self.kind = Some(kind);
         let shields = self.shields.clone();
@@ -307,16 +451,13 @@ fn resolve_files<'a>(
     let started = Instant::now();
     let mut host_roots = Vec::new();
     let mut container_roots = Vec::new();
-    if shields.iter().any(|shield| shield.scope == Scope::Host) {
+    if shields.iter().any(|shield| !shield.scope.is_containers()) {
         match Root::open(Path::new("/")) {
             Ok(root) => host_roots.push(root),
             Err(error) => tracing::error!(%error, "cannot open the host's root directory"),
         }
     }
-    if shields
-        .iter()
-        .any(|shield| shield.scope == Scope::Containers)
-    {
+    if shields.iter().any(|shield| shield.scope.is_containers()) {
         container_roots = resolve::image_layers(roots.image_stores);
         let layers = container_roots.len();
         container_roots.extend(resolve::running_containers(roots.host));
@@ -330,9 +471,10 @@ fn resolve_files<'a>(
     let identities = Identities::new(ebpf)?;
     let mut out = Vec::with_capacity(shields.len());
     for (shield, slot) in shields.iter().zip(slots) {
-        let search = match shield.scope {
-            Scope::Host => &host_roots,
-            Scope::Containers => &container_roots,
+        let search = if shield.scope.is_containers() {
+            &container_roots
+        } else {
+            &host_roots
         };
         let mut paths = BTreeMap::new();
         for root in search {
@@ -361,7 +503,7 @@ fn log_found(shield: &VShield, files: usize, total: usize) {
         tracing::warn!(
             vshield = %shield.name,
             files = ?shield.files,
-            scope = shield.scope.as_str(),
+            scope = %shield.scope.describe(),
             "vShield matches no file yet: it shields nothing until its files exist in a root searched when the \
              policy is applied (at start-up, on reload and on SIGHUP)"
         );
@@ -371,15 +513,68 @@ fn log_found(shield: &VShield, files: usize, total: usize) {
             vulnerability = %shield.vulnerability,
             mode = %shield.mode,
             operations = ?shield.operations(),
-            scope = shield.scope.as_str(),
+            scope = %shield.scope.describe(),
             files,
             "vShield in force"
         );
     }
 }
 
+/// The image selectors of `shields` (with their slots).
+fn image_selectors(shields: &[VShield], slots: &[u32]) -> Result<Vec<ImageSelector>, ActiveError> {
+    shields
+        .iter()
+        .zip(slots)
+        .filter_map(|(shield, slot)| match &shield.scope {
+            Scope::Images(globs) => Some(
+                ImageGlobs::new(globs)
+                    .map(|globs| ImageSelector { slot: *slot, globs })
+                    .map_err(|(glob, reason)| ActiveError::ImageGlob {
+                        vshield: shield.name.clone(),
+                        glob,
+                        reason,
+                    }),
+            ),
+            Scope::Host | Scope::Containers => None,
+        })
+        .collect()
+}
+
+/// Writes the difference between two contents of `CONTAINER_SCOPES`;
+/// returns the entries written and removed.
+fn write_container_scopes(
+    ebpf: &mut Ebpf,
+    old: &BTreeMap<u64, u32>,
+    new: &BTreeMap<u64, u32>,
+) -> Result<(usize, usize), MapAccessError> {
+    let map_error = |source| MapAccessError::Map {
+        map: maps::CONTAINER_SCOPES,
+        source,
+    };
+    let mut map: aya::maps::HashMap<_, u64, u32> = maps::borrow_mut(ebpf, maps::CONTAINER_SCOPES)?;
+    let mut counts = (0, 0);
+    for (cgroup, code) in new {
+        if old.get(cgroup) != Some(code) {
+            match map.insert(cgroup, code, 0) {
+                Ok(()) => counts.0 += 1,
+                // A full map leaves the group unknown: every vShield with a
+                // selector applies to it, never fewer.
+                Err(error) => tracing::warn!(cgroup, %error, "container scope not written"),
+            }
+        }
+    }
+    for cgroup in old.keys().filter(|cgroup| !new.contains_key(cgroup)) {
+        match map.remove(cgroup) {
+            Ok(()) => counts.1 += 1,
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_error(source)),
+        }
+    }
+    Ok(counts)
+}
+
 /// The maps hold the old and the new entries while one replaces the other.
-fn check_capacity(old: &vshields::Entries, new: &vshields::Entries) -> Result<(), ActiveError> {
+fn check_capacity(old: &Entries, new: &Entries) -> Result<(), ActiveError> {
     room(
         maps::VSHIELD_FILES,
         &old.files,

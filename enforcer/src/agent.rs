@@ -3,6 +3,7 @@
 
 use std::{
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -21,8 +22,12 @@ use crate::{
         sink::{JsonLines, Sink},
     },
     backend::{self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes},
-    container::{self, CgroupIndex},
-    control::{ControlSocket, Query, Reply, Request, VShieldsReply},
+    container::{
+        self, CgroupIndex,
+        podman::PodmanStore,
+        registry::{Catalog, HookState, Registry},
+    },
+    control::{ControlSocket, PlacedReply, Query, Reply, Request, VShieldsReply},
     kernel::{
         features,
         host::{HostError, HostIdentity, host_identity},
@@ -38,6 +43,8 @@ use crate::{
 
 /// How often lost events and kernel read errors are checked for.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the cgroup tree is read for containers no hook announced.
+const CONTAINERS_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -52,8 +59,10 @@ pub struct RunOptions {
     pub btf: Option<PathBuf>,
     /// Globs of image layer directories (see `--image-store`).
     pub image_stores: Vec<String>,
-    /// Where to answer `enforcer vshield list`.
+    /// Where to answer `enforcer vshield list` and OCI hooks.
     pub control_socket: PathBuf,
+    /// Podman's storage root.
+    pub podman_storage: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,20 +184,9 @@ fn host(pid: u32) -> Result<HostIdentity, AgentError> {
 
 pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     // A bad policy is refused before anything else is done.
+    let compiled = policy::compile(&options.policy)?;
+    let (layout, checks, host, mut ebpf) = load(&options)?;
     let policy = options.policy;
-    let compiled = policy::compile(&policy)?;
-    let layout = kernel_layout(options.btf.as_deref())?;
-    let offsets = layout.offsets;
-    let script_check = script_check(&layout);
-    let checks = signal_routes(&layout, &script_check, options.signal_mmap_check);
-    let host = host(options.host_pid)?;
-    let config = agent_config(&host, &checks, script_check.unwrap_or(0));
-    let mut ebpf = backend::load_object(
-        &offsets,
-        &layout.mmap_offsets,
-        &layout.overlay_lower,
-        &config,
-    )?;
     let roots = Roots {
         host: &host,
         image_stores: &options.image_stores,
@@ -199,6 +197,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     policy::apply(&mut ebpf, &compiled)?;
     let names = PolicyTable::default();
     let mut active = ActiveVShields::new(names.clone());
+    let (mut registry, cgroups) = containers(&mut ebpf, &mut active, &options.podman_storage)?;
     // Also without vShields now: a reload may bring some.
     warn_without_overlay_lower(&layout);
     let change = active.apply(&mut ebpf, &policy.vshields, &policy.name, roots)?;
@@ -216,7 +215,9 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         clock: BootClock::now(),
         hostname: hostname(),
         policy: names,
-        cgroups: std::sync::Arc::new(std::sync::Mutex::new(cgroup_index())),
+        cgroups,
+        containers: registry.catalog().clone(),
+        proc_lineage: true,
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
     let (pipeline, mut notices) =
@@ -243,7 +244,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     );
     pipeline.report(start_record);
 
-    let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    let (mut health, mut rediscover) = (ticker(HEALTH_INTERVAL), ticker(CONTAINERS_INTERVAL));
     let mut last = Health::default();
     let pipeline_counters = pipeline.counters();
     let signal_name = loop {
@@ -256,7 +257,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
                 Changed::ImageStores => Trigger::ImageStores,
             }),
             Some(query) = queries.recv() => {
-                let reply = answer(query.request, &ebpf, &active, &in_force, attached.kind);
+                let reply = answer(query.request, &mut ebpf, &mut registry, &mut active, &in_force, attached.kind);
                 // The client may have gone; it does not need the answer then.
                 let _ = query.reply.send(reply);
                 None
@@ -265,6 +266,10 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
                 if let Err(error) = tracker.on_notice(&mut ebpf, &notice) {
                     tracing::error!(error = %crate::error_chain(&error), "updating the tracking state failed");
                 }
+                None
+            }
+            _ = rediscover.tick() => {
+                registry.discover().place_or_log(&mut ebpf, &mut active);
                 None
             }
             _ = health.tick() => {
@@ -354,15 +359,93 @@ fn listen(path: &std::path::Path) -> (Option<ControlSocket>, mpsc::Receiver<Quer
     }
 }
 
+/// The kernel's layout, the signal backend's checks, the host's identity,
+/// and the kernel object loaded for them (nothing attached yet).
+fn load(
+    options: &RunOptions,
+) -> Result<(Layout, SignalRoutes, HostIdentity, aya::Ebpf), AgentError> {
+    let layout = kernel_layout(options.btf.as_deref())?;
+    let script_check = script_check(&layout);
+    let checks = signal_routes(&layout, &script_check, options.signal_mmap_check);
+    let host = host(options.host_pid)?;
+    let config = agent_config(&host, &checks, script_check.unwrap_or(0));
+    let ebpf = backend::load_object(
+        &layout.offsets,
+        &layout.mmap_offsets,
+        &layout.overlay_lower,
+        &config,
+    )?;
+    Ok((layout, checks, host, ebpf))
+}
+
+/// The container registry, with the containers running now placed (before
+/// the first policy is applied, which places them in its scopes).
+fn containers(
+    ebpf: &mut aya::Ebpf,
+    active: &mut ActiveVShields,
+    podman_storage: &std::path::Path,
+) -> Result<(Registry, Arc<Mutex<CgroupIndex>>), ActiveError> {
+    let cgroups = Arc::new(Mutex::new(cgroup_index()));
+    let mut registry = Registry::new(
+        cgroups.clone(),
+        Catalog::default(),
+        PodmanStore::new(podman_storage),
+    );
+    let discovery = registry.discover();
+    tracing::info!(
+        containers = discovery.found.len(),
+        podman_storage = %podman_storage.display(),
+        "containers found from their cgroups"
+    );
+    discovery.place(ebpf, active)?;
+    Ok((registry, cgroups))
+}
+
+/// Places a container its runtime's OCI hook announced, before the hook
+/// returns (and the container's program runs).
+fn starting(
+    ebpf: &mut aya::Ebpf,
+    registry: &mut Registry,
+    active: &mut ActiveVShields,
+    state: &HookState,
+) -> Reply {
+    let known = match registry.starting(state) {
+        Ok(known) => known,
+        Err(error) => return Reply::Error(crate::error_chain(&error)),
+    };
+    let image = known.info.image.as_ref().map(ToString::to_string);
+    let id = known.info.id.clone();
+    if let Err(error) = active.place(ebpf, vec![known]) {
+        return Reply::Error(crate::error_chain(&error));
+    }
+    let scope = active.scope_of(&id);
+    tracing::info!(
+        container.id = %id,
+        container.image = image.as_deref().unwrap_or("unknown"),
+        scope,
+        "container announced by its OCI hook: placed before its first exec"
+    );
+    Reply::ContainerPlaced(PlacedReply { id, image, scope })
+}
+
+/// A tick every `period`; late ticks are not made up for.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
 /// The main loop's answer to a control request.
 fn answer(
     request: Request,
-    ebpf: &aya::Ebpf,
-    active: &ActiveVShields,
+    ebpf: &mut aya::Ebpf,
+    registry: &mut Registry,
+    active: &mut ActiveVShields,
     in_force: &InForce,
     kind: BackendKind,
 ) -> Reply {
     match request {
+        Request::ContainerStarting(state) => starting(ebpf, registry, active, &state),
         Request::VShields => match active.list(ebpf) {
             Ok(vshields) => Reply::VShields(VShieldsReply {
                 policy: in_force.policy.name.clone(),

@@ -42,6 +42,42 @@ pub enum Command {
     /// Work with the vShields of the running agent.
     #[command(subcommand, name = "vshield")]
     VShield(VShieldCommand),
+    /// OCI runtime hooks: put a container's policy in the kernel before its
+    /// first exec.
+    #[command(subcommand)]
+    Hook(HookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// The hook itself, run by the OCI runtime (crun, runc) at the
+    /// `createRuntime` stage, with the container's state on stdin: tells the
+    /// running agent that the container is about to start and waits until
+    /// the agent has placed it (its image known, its vShields' scope in the
+    /// kernel), so the policy decides its very first exec. Without an answer
+    /// (no agent, 5 s timeout) the container starts anyway, with every
+    /// image-selected vShield applying to it until the agent finds it, unless
+    /// --fail-closed.
+    Oci {
+        /// The agent's control socket (see `run --control-socket`).
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Refuse to start the container (exit 1) when the agent cannot
+        /// place it.
+        #[arg(long)]
+        fail_closed: bool,
+    },
+    /// Print the hook's configuration for Podman and CRI-O
+    /// (`/usr/share/containers/oci/hooks.d/enforcer.json`, or a directory given
+    /// with `--hooks-dir`), running this binary.
+    OciConfig {
+        /// The agent's control socket the hook asks.
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Let the hook refuse containers the agent cannot place.
+        #[arg(long)]
+        fail_closed: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,8 +97,9 @@ pub enum VShieldCommand {
     /// Turn a Trivy JSON report (`trivy image --format json`) into vShield
     /// policy YAML: one vShield per vulnerability and package, naming the
     /// package's files. OS packages' files are read from the package
-    /// database in the image's root directory (--root; dpkg and apk; rpm
-    /// databases are reported as not read); language packages name their
+    /// database in the image's root directory (--root; dpkg, apk, and rpm's
+    /// rpmdb.sqlite; rpm's older Berkeley DB is reported as not read);
+    /// language packages name their
     /// file in the report (jars, Go and Rust binaries, Node package
     /// directories, Python distributions through their RECORD). Findings that
     /// cannot become a vShield are listed on stderr with the reason.
@@ -78,8 +115,7 @@ pub enum VShieldCommand {
         /// them. Review what audit reports before enforcing.
         #[arg(long, value_enum, default_value_t = Mode::Audit)]
         mode: Mode,
-        /// Select every container instead of the report's image (the
-        /// agent does not enforce image selectors yet).
+        /// Select every container instead of the report's image.
         #[arg(long)]
         every_container: bool,
         /// Write the policy here instead of stdout.
@@ -119,8 +155,12 @@ pub struct RunArgs {
     /// SIGHUP reloads them too, and also looks the vShields' files up again
     /// in image layers and containers that appeared since. For now `run` enforces one
     /// `DriftPolicy` for every container (empty selector), and vShields for
-    /// every container or for the host (`selector: {host: true}`); it refuses
-    /// selectors by image, namespace or pod label rather than ignore them.
+    /// every container, for containers by image (`selector: {images: [...]}`)
+    /// or for the host (`selector: {host: true}`); it refuses selectors by
+    /// namespace or pod label rather than ignore them. A container's image is
+    /// known once the runtime's OCI hook announced it (`enforcer hook oci`) or
+    /// the agent found its cgroup (within a second); until then every vShield
+    /// with an image selector applies to it.
     #[arg(
         long,
         value_name = "PATH",
@@ -203,6 +243,11 @@ pub struct RunArgs {
     /// listen there.
     #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,
+
+    /// Podman's storage root (`graphroot`), where container and image
+    /// records name each Podman container's image.
+    #[arg(long, value_name = "DIR", default_value = crate::container::podman::DEFAULT_STORAGE)]
+    pub podman_storage: PathBuf,
 
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from

@@ -17,23 +17,27 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::active::Listed;
+use crate::{active::Listed, container::registry::HookState};
 
 /// Where `enforcer run` listens and the other commands ask by default.
 pub const DEFAULT_SOCKET: &str = "/run/enforcer/control.sock";
 
-/// A request longer than this is refused.
-const MAX_REQUEST: u64 = 4096;
+/// A request longer than this is refused (an OCI hook's request carries
+/// the container's annotations).
+const MAX_REQUEST: u64 = 256 * 1024;
 /// A client that sends nothing for this long is dropped; the client gives
 /// up on an agent that does not answer within it.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
     /// The vShields in force, with their hit counts.
     #[serde(rename = "vshields")]
     VShields,
+    /// A container runtime's OCI hook: this container is about to start;
+    /// the answer comes once its policy is in the kernel.
+    ContainerStarting(HookState),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +45,18 @@ pub enum Request {
 pub enum Reply {
     #[serde(rename = "vshields")]
     VShields(VShieldsReply),
+    ContainerPlaced(PlacedReply),
     Error(String),
+}
+
+/// The answer to [`Request::ContainerStarting`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedReply {
+    pub id: String,
+    /// `name:tag@digest`, when known.
+    pub image: Option<String>,
+    /// Its vShield scope code (see `enforcer_common::scope`).
+    pub scope: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,7 +208,7 @@ async fn ask_main_loop(request: Request, queries: &mpsc::Sender<Query>) -> Reply
 }
 
 /// Asks the agent listening at `path`.
-pub fn ask(path: &Path, request: Request) -> Result<Reply, ControlError> {
+pub fn ask(path: &Path, request: &Request) -> Result<Reply, ControlError> {
     let io = |source| ControlError::Io {
         path: path.to_owned(),
         source,
@@ -205,7 +220,7 @@ pub fn ask(path: &Path, request: Request) -> Result<Reply, ControlError> {
         })?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
-    let mut text = serde_json::to_vec(&request).map_err(|error| ControlError::Protocol {
+    let mut text = serde_json::to_vec(request).map_err(|error| ControlError::Protocol {
         path: path.to_owned(),
         what: error.to_string(),
     })?;
@@ -231,6 +246,15 @@ mod tests {
         );
         let reply = Reply::Error("x".to_owned());
         assert_eq!(serde_json::to_string(&reply).unwrap(), r#"{"error":"x"}"#);
+        let starting = Request::ContainerStarting(HookState {
+            id: "c1".to_owned(),
+            pid: 42,
+            annotations: [("a".to_owned(), "b".to_owned())].into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&starting).unwrap(),
+            r#"{"request":"container-starting","id":"c1","pid":42,"annotations":{"a":"b"}}"#
+        );
     }
 
     #[tokio::test]
@@ -253,7 +277,7 @@ mod tests {
                 .unwrap();
         });
         let client_path = path.clone();
-        let reply = tokio::task::spawn_blocking(move || ask(&client_path, Request::VShields))
+        let reply = tokio::task::spawn_blocking(move || ask(&client_path, &Request::VShields))
             .await
             .unwrap()
             .unwrap();

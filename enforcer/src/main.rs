@@ -1,13 +1,17 @@
 //! The `enforcer` command.
 
-use std::{io::IsTerminal as _, path::Path};
+use std::{
+    io::{IsTerminal as _, Read as _},
+    path::Path,
+};
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use enforcer::{
     agent,
-    cli::{Cli, Command, PolicyCommand, VShieldCommand},
+    cli::{Cli, Command, HookCommand, PolicyCommand, VShieldCommand},
     control::{self, Reply, Request, VShieldsReply},
+    hook,
     policy::{DriftRule, Mode, Policy, document::Document, load},
     resolve::Root,
     trivy,
@@ -77,6 +81,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 btf: args.btf,
                 image_stores: args.image_store,
                 control_socket: args.control_socket,
+                podman_storage: args.podman_storage,
             }))?;
             Ok(())
         }
@@ -97,12 +102,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         },
         Command::VShield(VShieldCommand::List { socket, json }) => {
-            match control::ask(&socket, Request::VShields)? {
+            match control::ask(&socket, &Request::VShields)? {
                 Reply::VShields(reply) if json => {
                     println!("{}", serde_json::to_string_pretty(&reply)?);
                 }
                 Reply::VShields(reply) => print!("{}", vshield_table(&reply)),
                 Reply::Error(error) => anyhow::bail!("the agent answered: {error}"),
+                other @ Reply::ContainerPlaced(_) => {
+                    anyhow::bail!("the agent answered something else: {other:?}")
+                }
             }
             Ok(())
         }
@@ -119,9 +127,47 @@ fn run(command: Command) -> anyhow::Result<()> {
             every_container,
             output.as_deref(),
         ),
+        Command::Hook(command) => run_hook(command),
         Command::Policy(PolicyCommand::Schema) => {
             let schema = schemars::schema_for!(Document);
             println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(())
+        }
+    }
+}
+
+fn run_hook(command: HookCommand) -> anyhow::Result<()> {
+    match command {
+        HookCommand::Oci {
+            socket,
+            fail_closed,
+        } => {
+            let mut state = String::new();
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_string(&mut state)
+                .context("reading the container's state from stdin")?;
+            match hook::announce(&socket, &state) {
+                Ok(_) => Ok(()),
+                Err(error) if fail_closed => Err(error.into()),
+                Err(error) => {
+                    // The runtime shows a hook's stderr; the container starts.
+                    tracing::warn!(
+                        error = %enforcer::error_chain(&error),
+                        "the container starts unannounced: every vShield with an image selector applies \
+                         to it until the agent finds it"
+                    );
+                    Ok(())
+                }
+            }
+        }
+        HookCommand::OciConfig {
+            socket,
+            fail_closed,
+        } => {
+            let binary = std::env::current_exe().context("finding this program's path")?;
+            let config = hook::config(&binary, &socket, fail_closed);
+            println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(())
         }
     }

@@ -28,6 +28,8 @@ pub const VSHIELD_HITS: &str = "VSHIELD_HITS";
 pub const VSHIELD_GENERATION: &str = "VSHIELD_GENERATION";
 /// Where the identity program leaves its answer (array of one `FileId`).
 pub const RESOLVED_ID: &str = "RESOLVED_ID";
+/// Cgroup id of a known container -> its vShield scope.
+pub const CONTAINER_SCOPES: &str = "CONTAINER_SCOPES";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapAccessError {

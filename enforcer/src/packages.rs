@@ -1,7 +1,10 @@
 //! The files of installed packages, read from the package database inside
-//! an image's root directory: dpkg (`/var/lib/dpkg/info/PKG.list`) and apk
-//! (`/lib/apk/db/installed`). rpm databases are recognised and reported as
-//! not read.
+//! an image's root directory: dpkg (`/var/lib/dpkg/info/PKG.list`), apk
+//! (`/lib/apk/db/installed`) and rpm's `SQLite` database ([`rpm`]). rpm's
+//! older Berkeley DB and NDB databases are recognised and reported as not
+//! read.
+
+pub mod rpm;
 
 use std::collections::BTreeMap;
 
@@ -27,8 +30,10 @@ pub enum Database {
     Dpkg,
     /// Package name -> the files it installed.
     Apk(BTreeMap<String, Vec<String>>),
-    /// Found at this path, not read (see the module docs).
-    Rpm(&'static str),
+    /// Package name -> its regular files, documentation left out.
+    Rpm(BTreeMap<String, Vec<String>>),
+    /// Berkeley DB or NDB, found at this path, not read.
+    RpmUnread(&'static str),
     /// Distroless images keep dpkg's status without file lists.
     DpkgWithoutFileLists,
     None,
@@ -39,7 +44,7 @@ impl Database {
         match self {
             Self::Dpkg | Self::DpkgWithoutFileLists => "dpkg",
             Self::Apk(_) => "apk",
-            Self::Rpm(_) => "rpm",
+            Self::Rpm(_) | Self::RpmUnread(_) => "rpm",
             Self::None => "none",
         }
     }
@@ -64,15 +69,23 @@ impl<'a> Packages<'a> {
                 .map_err(|error| format!("reading /lib/apk/db/installed: {error}"))?;
             Database::Apk(parse_apk(&String::from_utf8_lossy(&text)))
         } else if let Some(path) = [
-            "/var/lib/rpm/rpmdb.sqlite",
             "/usr/lib/sysimage/rpm/rpmdb.sqlite",
-            "/var/lib/rpm/Packages",
-            "/var/lib/rpm/Packages.db",
+            "/var/lib/rpm/rpmdb.sqlite",
         ]
         .into_iter()
         .find(|path| root.exists(path))
         {
-            Database::Rpm(path)
+            let file = root
+                .open_file(path)
+                .map_err(|error| format!("opening {path}: {error}"))?;
+            Database::Rpm(
+                rpm::read_sqlite(&file).map_err(|error| format!("reading {path}: {error}"))?,
+            )
+        } else if let Some(path) = ["/var/lib/rpm/Packages", "/var/lib/rpm/Packages.db"]
+            .into_iter()
+            .find(|path| root.exists(path))
+        {
+            Database::RpmUnread(path)
         } else if root.exists("/var/lib/dpkg/status.d") {
             Database::DpkgWithoutFileLists
         } else {
@@ -90,9 +103,14 @@ impl<'a> Packages<'a> {
                 .get(package)
                 .cloned()
                 .ok_or_else(|| format!("{package} is not in the apk database"))?,
-            Database::Rpm(path) => {
+            Database::Rpm(packages) => packages
+                .get(package)
+                .cloned()
+                .ok_or_else(|| format!("{package} is not in the rpm database"))?,
+            Database::RpmUnread(path) => {
                 return Err(format!(
-                    "the image has an rpm database ({path}), which this version does not read"
+                    "the image has an rpm Berkeley DB or NDB database ({path}), which this version does \
+                     not read (rpm's SQLite database is read)"
                 ));
             }
             Database::DpkgWithoutFileLists => {
@@ -100,7 +118,9 @@ impl<'a> Packages<'a> {
                     "the image's dpkg database has no file lists (a distroless image)".to_owned(),
                 );
             }
-            Database::None => return Err("the image has no dpkg or apk database".to_owned()),
+            Database::None => {
+                return Err("the image has no dpkg, apk or rpm database".to_owned());
+            }
         };
         let mut files: Vec<String> = listed
             .into_iter()

@@ -150,6 +150,12 @@ impl Root {
         Ok(contents)
     }
 
+    /// Opens `path` (absolute, in this root) for reading.
+    pub fn open_file(&self, path: &str) -> io::Result<fs::File> {
+        let relative = Path::new(path.trim_start_matches('/'));
+        Ok(fs::File::from(self.open_in(relative, libc::O_RDONLY)?))
+    }
+
     /// Whether `path` (absolute, in this root) exists.
     pub fn exists(&self, path: &str) -> bool {
         self.open_in(Path::new(path.trim_start_matches('/')), libc::O_PATH)

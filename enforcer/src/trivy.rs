@@ -284,10 +284,15 @@ pub fn render(report: &Report, conversion: &Conversion, options: &Options, sourc
             format!("fixed in {}", shield.fixed)
         };
         let title = shield.title.replace(['\n', '\r'], " ");
+        let title = if title.trim().is_empty() {
+            String::new()
+        } else {
+            format!(": {title}")
+        };
         // Writing to a String cannot fail.
         let _ = write!(
             out,
-            "---\n# {} in {} {} ({fixed}), {}: {title}\n\
+            "---\n# {} in {} {} ({fixed}), {}{title}\n\
              apiVersion: enforcer.dev/v1alpha1\nkind: VShield\nmetadata:\n  name: {}\nspec:\n  \
              vulnerability: {}\n  mode: {}\n  selector: {selector}\n  operations: [exec, open, load]\n  files:\n",
             shield.vulnerability,

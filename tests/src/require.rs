@@ -16,6 +16,8 @@ pub enum Requirement {
     /// `--backend lsm`: listing `bpf` as an active LSM is not enough, kernels
     /// can still refuse the program.
     Lsm,
+    /// Podman runs containers (installed, cgroup v2).
+    Podman,
 }
 
 impl Requirement {
@@ -23,6 +25,7 @@ impl Requirement {
         match self {
             Self::Root => "root",
             Self::Lsm => "lsm",
+            Self::Podman => "podman",
         }
     }
 

@@ -165,12 +165,12 @@ fn run_refuses_what_it_cannot_enforce_with_the_place() {
         &file,
         VALID.replace(
             "  files:",
-            "  selector: {images: [\"docker.io/library/tomcat:*\"]}\n  files:",
+            "  selector: {namespaces: [\"shop-*\"]}\n  files:",
         ),
     )
     .expect("writing the policy");
-    // Selecting by image needs container context the agent does not have
-    // yet: it does not start rather than shield nothing.
+    // Selecting by namespace needs Kubernetes metadata the agent does not
+    // read yet: it does not start rather than shield nothing.
     let failure = Agent::start(&["--policy", &file.display().to_string()])
         .expect_err("the agent refuses the selector");
     assert!(

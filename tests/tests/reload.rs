@@ -279,6 +279,14 @@ fn vshields_cover_images_that_appear_after_the_agent_started() {
     fs::create_dir_all(&dir).expect("creating /opt/late");
     fs::copy(image.root().join("bin/busybox"), dir.join("busybox")).expect("adding the program");
     wait(&agent, LOOKED_UP, before + 1);
+    // The store is watched, not each layer: on a loaded machine the program
+    // may land after the first look, and the second look (30 s later) finds
+    // it.
+    assert!(
+        agent.wait_for_log("vShield in force", 1, Duration::from_secs(45)),
+        "the late image's program was not found; log:\n{}",
+        agent.log()
+    );
     let run = container::run(&image, "/opt/late/busybox echo late-ran; true")
         .expect("running the container");
     let stopped = agent.stop().expect("stopping the agent");

@@ -400,3 +400,102 @@ fn a_trivy_report_becomes_a_policy_that_shields_the_vulnerable_packages_files() 
     assert_eq!(events[0]["rule"]["name"], "cve-2099-3001-vulnpkg");
     assert_eq!(events[0]["vulnerability"]["id"], "CVE-2099-3001");
 }
+
+/// An rpm package with a program, a library, a symlink and a `%doc` file.
+const RPM_SPEC: &str = "Name: vulnpkg
+Version: 1.2.3
+Release: 1
+Summary: a package with a vulnerability
+License: MIT
+BuildArch: noarch
+%description
+A package with a vulnerability.
+%install
+mkdir -p %{buildroot}/usr/bin %{buildroot}/usr/share/doc/vulnpkg %{buildroot}/usr/lib/vulnpkg
+printf '#!/bin/sh\\necho vuln\\n' > %{buildroot}/usr/bin/vulnprog
+chmod 755 %{buildroot}/usr/bin/vulnprog
+echo library > %{buildroot}/usr/lib/vulnpkg/libvuln.so
+ln -s ../lib/vulnpkg/libvuln.so %{buildroot}/usr/bin/vulnlink
+echo readme > %{buildroot}/usr/share/doc/vulnpkg/README
+%files
+/usr/bin/vulnprog
+/usr/bin/vulnlink
+/usr/lib/vulnpkg
+%doc /usr/share/doc/vulnpkg/README
+";
+
+const RPM_REPORT: &str = r#"{
+  "SchemaVersion": 2,
+  "ArtifactName": "localhost/rocky-app:1",
+  "ArtifactType": "container_image",
+  "Results": [
+    {"Target": "localhost/rocky-app:1 (rocky 9.3)", "Class": "os-pkgs", "Type": "rocky",
+     "Vulnerabilities": [
+       {"VulnerabilityID": "CVE-2099-4001", "PkgName": "vulnpkg", "InstalledVersion": "1.2.3-1",
+        "FixedVersion": "1.2.4-1", "Severity": "HIGH"}
+     ]}
+  ]
+}"#;
+
+#[test]
+fn an_rpm_database_names_the_files_of_the_vulnerable_package() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let rpmbuild = require::program("/usr/bin/rpmbuild", "rpm");
+    let dir = Scratch::new("vshield-rpm").expect("scratch");
+    let spec = dir.path().join("vulnpkg.spec");
+    fs::write(&spec, RPM_SPEC).expect("writing the spec");
+    let top = dir.path().join("top");
+    let built = Command::new(rpmbuild)
+        .arg("--define")
+        .arg(format!("_topdir {}", top.display()))
+        .arg("-bb")
+        .arg(&spec)
+        .output()
+        .expect("running rpmbuild");
+    assert!(built.status.success(), "rpmbuild: {built:?}");
+    // Installed into an image root as a Rocky or Fedora image has it: rpm's
+    // SQLite database in /var/lib/rpm.
+    let root = dir.path().join("root");
+    fs::create_dir_all(&root).expect("creating the image root");
+    let installed = Command::new("rpm")
+        .arg("--root")
+        .arg(&root)
+        .args([
+            "--dbpath",
+            "/var/lib/rpm",
+            "--install",
+            "--nodeps",
+            "--noscripts",
+        ])
+        .arg(top.join("RPMS/noarch/vulnpkg-1.2.3-1.noarch.rpm"))
+        .output()
+        .expect("running rpm");
+    assert!(installed.status.success(), "rpm: {installed:?}");
+    assert!(root.join("var/lib/rpm/rpmdb.sqlite").exists());
+    let report = dir.path().join("report.json");
+    fs::write(&report, RPM_REPORT).expect("writing the report");
+    let output = Command::new(enforcer_tests::agent::binary())
+        .args(["vshield", "from-trivy", "--root"])
+        .arg(&root)
+        .arg(&report)
+        .output()
+        .expect("running enforcer vshield from-trivy");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(text.contains("localhost/rocky-app:1"), "{text}");
+    for (file, listed) in [
+        ("/usr/bin/vulnprog", true),
+        ("/usr/lib/vulnpkg/libvuln.so", true),
+        ("/usr/bin/vulnlink", false),
+        ("/usr/share/doc/vulnpkg/README", false),
+    ] {
+        assert_eq!(
+            text.contains(&format!("\"{file}\"")),
+            listed,
+            "{file}:\n{text}"
+        );
+    }
+}

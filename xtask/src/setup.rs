@@ -24,8 +24,17 @@ const BUILD_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 /// Debian packages for the tests: QEMU for the kernel VMs, a static busybox
-/// for test container images (and virtme-ng's initramfs), kmod for depmod.
-const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
+/// for test container images (and virtme-ng's initramfs), kmod for depmod,
+/// Podman and crun for real containers in the VMs, rpm (rpmbuild) for an
+/// image with an rpm database.
+const TEST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "podman",
+    "crun",
+    "rpm",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const VIRTME_NG_VERSION: &str = "1.42";

@@ -3,20 +3,22 @@
 
 use std::{
     collections::BTreeMap,
+    path::Path,
     sync::{Arc, Mutex, PoisonError, RwLock},
 };
 
 use enforcer_common::{DecisionEvent, FileId, backend, decision, event_flags, layer, reason, via};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::container::CgroupIndex;
+use crate::container::{CgroupIndex, registry::Catalog};
 
 use super::{
     decode::AuditEvent,
+    lineage,
     record::{
-        Agent, AuditRecord, Container, Enforcer, ErrorField, Event, File, Host, Id, Kubernetes,
-        ParentPid, Pod, PolicyChange, PolicyRecord, PolicyState, Process, Record, Rule, RuleSet,
-        ThreadId, Vulnerability,
+        Agent, AuditRecord, Container, Enforcer, ErrorField, Event, File, Host, Id, Image,
+        ImageHash, Kubernetes, Parent, Pod, PolicyChange, PolicyRecord, PolicyState, Process,
+        Record, Rule, RuleSet, ThreadId, Vulnerability,
     },
 };
 
@@ -97,11 +99,57 @@ pub struct Enricher {
     pub clock: BootClock,
     pub hostname: String,
     pub policy: PolicyTable,
-    /// Cgroup ids to containers; the writer thread is its only user.
+    /// Cgroup ids to containers; shared with the container registry.
     pub cgroups: Arc<Mutex<CgroupIndex>>,
+    /// What the runtimes say of each container (name, image, pod).
+    pub containers: Catalog,
+    /// Whether to read each event's process lineage from `/proc` (not in
+    /// unit tests, whose events name made-up processes).
+    pub proc_lineage: bool,
 }
 
 impl Enricher {
+    /// The container and pod of a cgroup, with what the runtime said of them.
+    fn container(&self, cgroup_id: u64) -> (Option<Container>, Option<Kubernetes>) {
+        let Some(group) = self
+            .cgroups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .container(cgroup_id)
+        else {
+            return (None, None);
+        };
+        let info = self
+            .containers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&group.id)
+            .cloned();
+        let pod = info.as_ref().and_then(|info| info.pod.clone());
+        let uid = group
+            .pod_uid
+            .clone()
+            .or_else(|| pod.as_ref().and_then(|pod| pod.uid.clone()));
+        let kubernetes = (uid.is_some() || pod.is_some()).then(|| Kubernetes {
+            namespace: pod.as_ref().and_then(|pod| pod.namespace.clone()),
+            pod: Pod {
+                name: pod.as_ref().and_then(|pod| pod.name.clone()),
+                uid,
+            },
+        });
+        let container = Container {
+            id: group.id,
+            runtime: group.runtime.as_str(),
+            name: info.as_ref().and_then(|info| info.name.clone()),
+            image: info.and_then(|info| info.image).map(|image| Image {
+                name: image.name,
+                tag: image.tag.into_iter().collect(),
+                hash: image.digest.map(|digest| ImageHash { all: vec![digest] }),
+            }),
+        };
+        (Some(container), kubernetes)
+    }
+
     pub fn record(&self, event: &AuditEvent) -> Record {
         match event {
             AuditEvent::Decision(event) => Record::Decision(self.decision(event)),
@@ -182,11 +230,12 @@ impl Enricher {
             reason: reason_text,
             path,
         } = self.rule_context(e, path);
-        let container = self
-            .cgroups
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .container(e.cgroup_id);
+        let (container, kubernetes) = self.container(e.cgroup_id);
+        let lineage = if self.proc_lineage {
+            lineage::ancestors(Path::new("/proc"), e.ppid, e.mnt_ns)
+        } else {
+            Vec::new()
+        };
         AuditRecord {
             timestamp: self
                 .clock
@@ -205,17 +254,17 @@ impl Enricher {
             },
             rule,
             vulnerability,
-            container: container.as_ref().map(|container| Container {
-                id: container.id.clone(),
-                runtime: container.runtime.as_str(),
-            }),
-            kubernetes: container
-                .and_then(|container| container.pod_uid)
-                .map(|uid| Kubernetes { pod: Pod { uid } }),
+            container,
+            kubernetes,
             process: Process {
                 pid: e.tgid,
                 thread: ThreadId { id: e.pid },
-                parent: ParentPid { pid: e.ppid },
+                parent: Parent {
+                    pid: e.ppid,
+                    name: lineage.first().map(|parent| parent.name.clone()),
+                    executable: lineage.first().and_then(|parent| parent.executable.clone()),
+                },
+                entry_leader: lineage.last().cloned(),
                 name: c_string(&e.comm),
                 executable,
             },
@@ -252,6 +301,7 @@ impl Enricher {
                 layer: layer_name,
                 mount_namespace: e.mnt_ns,
                 cgroup_id: e.cgroup_id,
+                lineage,
                 path_truncated: e.flags & event_flags::PATH_TRUNCATED != 0,
             },
         }
@@ -424,6 +474,8 @@ mod tests {
                 ..PolicyNames::default()
             })),
             cgroups: Arc::new(Mutex::new(CgroupIndex::new(None))),
+            containers: Catalog::default(),
+            proc_lineage: false,
         }
     }
 

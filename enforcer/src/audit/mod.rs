@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod enrich;
+pub mod lineage;
 pub mod pipeline;
 pub mod record;
 pub mod sink;

@@ -4,6 +4,8 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
+pub use super::lineage::Ancestor;
+
 /// One line of the audit stream.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -81,7 +83,11 @@ pub struct Vulnerability {
 pub struct Process {
     pub pid: u32,
     pub thread: ThreadId,
-    pub parent: ParentPid,
+    pub parent: Parent,
+    /// The container's first process (the topmost ancestor in the event's
+    /// mount namespace), when the walk reached it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_leader: Option<Ancestor>,
     /// The task's comm when the decision was made: with the lsm backend the
     /// program that called exec, with signal the new program.
     pub name: String,
@@ -94,18 +100,44 @@ pub struct Process {
 pub struct Container {
     /// The runtime's container id (64 hex digits).
     pub id: String,
-    /// `containerd`, `cri-o`, `docker` or `podman`.
+    /// `containerd`, `cri-o`, `docker`, `podman` (or `unknown`).
     pub runtime: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+}
+
+/// ECS `container.image.*`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Image {
+    pub name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tag: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ImageHash>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageHash {
+    /// The manifest digest (`sha256:...`).
+    pub all: Vec<String>,
+}
+
+/// Beats' `kubernetes.*`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Kubernetes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub pod: Pod,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Pod {
-    pub uid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -114,8 +146,12 @@ pub struct ThreadId {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ParentPid {
+pub struct Parent {
     pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -166,6 +202,10 @@ pub struct Enforcer {
     pub layer: Option<&'static str>,
     pub mount_namespace: u32,
     pub cgroup_id: u64,
+    /// The ancestors in the event's mount namespace, nearest first, as far
+    /// as they still ran when the event was written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<Ancestor>,
     /// Set when the path was longer than the kernel buffer and was cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,

@@ -74,6 +74,8 @@ mod tests {
     #[test]
     fn writes_one_parseable_object_per_line() {
         let enricher = Enricher {
+            containers: crate::container::registry::Catalog::default(),
+            proc_lineage: false,
             clock: BootClock::now(),
             hostname: "h".to_owned(),
             policy: PolicyTable::default(),

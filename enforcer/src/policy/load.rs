@@ -528,18 +528,16 @@ fn agent_vshields(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) -> Vec<VSh
     for (source, document) in &set.vshields {
         let spec = &document.spec;
         let selector = &spec.selector;
-        if !selector.images.is_empty()
-            || !selector.namespaces.is_empty()
-            || !selector.pod_labels.is_empty()
-        {
+        if !selector.namespaces.is_empty() || !selector.pod_labels.is_empty() {
             diagnostics.push(Diagnostic {
                 file: source.file.clone(),
                 line: source.line,
                 column: 1,
                 field: "spec.selector".to_owned(),
                 message:
-                    "vShields select every container (an empty selector) or the host (host: true) so far; \
-                 images, namespaces and pod labels need container context, which the agent does not have yet"
+                    "vShields select every container (an empty selector), containers by image (images) or \
+                 the host (host: true) so far; namespaces and pod labels need the Kubernetes metadata the \
+                 agent does not read yet"
                         .to_owned(),
             });
             continue;
@@ -571,8 +569,16 @@ fn agent_vshields(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) -> Vec<VSh
                 .collect(),
             scope: if selector.host {
                 Scope::Host
-            } else {
+            } else if selector.images.is_empty() {
                 Scope::Containers
+            } else {
+                Scope::Images(
+                    selector
+                        .images
+                        .iter()
+                        .map(|glob| glob.value.clone())
+                        .collect(),
+                )
             },
         });
     }
@@ -942,7 +948,17 @@ spec:
             &VSHIELD.replace("spec:\n", "spec:\n  selector: {images: [nginx:*]}\n"),
         )])
         .expect("valid");
-        assert_eq!(refused(&by_image), ["1: spec.selector"]);
+        assert_eq!(
+            agent_policy(&by_image).expect("enforceable").vshields[0].scope,
+            Scope::Images(vec!["nginx:*".to_owned()])
+        );
+        let by_namespace = load(&[write(
+            &dir,
+            "vn.yaml",
+            &VSHIELD.replace("spec:\n", "spec:\n  selector: {namespaces: [ci-*]}\n"),
+        )])
+        .expect("valid");
+        assert_eq!(refused(&by_namespace), ["1: spec.selector"]);
         let selected = load(&[write(
             &dir,
             "s.yaml",

@@ -14,26 +14,38 @@ use super::Mode;
 use crate::maps::{self, MapAccessError};
 
 /// Whom a vShield applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Scope {
     /// The host's own processes.
     Host,
     /// Every container.
     Containers,
+    /// Containers whose image matches one of these globs (over `name:tag`
+    /// and `name@digest`, see [`crate::container::ImageRef::matches`]).
+    Images(Vec<String>),
 }
 
 impl Scope {
-    const fn code(self) -> u32 {
+    /// The scope code of its rules, for a vShield without a selector.
+    const fn code(&self) -> Option<u32> {
         match self {
-            Self::Host => scope::HOST,
-            Self::Containers => scope::CONTAINERS,
+            Self::Host => Some(scope::HOST),
+            Self::Containers => Some(scope::CONTAINERS),
+            Self::Images(_) => None,
         }
     }
 
-    pub const fn as_str(self) -> &'static str {
+    /// Whether it applies to containers (all or some).
+    pub const fn is_containers(&self) -> bool {
+        !matches!(self, Self::Host)
+    }
+
+    /// For `enforcer vshield list`.
+    pub fn describe(&self) -> String {
         match self {
-            Self::Host => "host",
-            Self::Containers => "containers",
+            Self::Host => "host".to_owned(),
+            Self::Containers => "containers".to_owned(),
+            Self::Images(globs) => format!("images {}", globs.join(",")),
         }
     }
 }
@@ -163,45 +175,98 @@ impl Slots {
     }
 }
 
+/// The vShields with selectors that apply in each selected container scope:
+/// scope code ([`scope::UNKNOWN`], or [`scope::FIRST_SELECTED`] and up) ->
+/// their slots.
+pub type Selected = BTreeMap<u32, BTreeSet<u32>>;
+
 /// Compiles resolved vShields into map entries. Pure.
 ///
 /// Where several vShields cover the same file, scope and operation, the
 /// strictest decides: enforce over audit, then the first in `resolved`
 /// (policy order), so the outcome does not depend on map order or slots.
-pub fn entries(resolved: &[Resolved<'_>]) -> Entries {
+///
+/// A vShield with a selector has rules only in the scopes of `selected`
+/// that hold its slot. Those rules also weigh the vShields for every
+/// container on the same file and operation, since the kernel looks there
+/// only when the container's scope has no rule.
+pub fn entries(resolved: &[Resolved<'_>], selected: &Selected) -> Entries {
     let mut out = Entries::default();
     // The rank of the vShield that set each rule.
     let mut ranks: BTreeMap<VShieldKey, (bool, usize)> = BTreeMap::new();
-    for (index, shield) in resolved.iter().enumerate() {
-        let mode = match shield.shield.mode {
-            Mode::Enforce => mode::ENFORCE,
-            Mode::Audit => mode::AUDIT,
-        };
+    let mut offer = |out: &mut Entries, key: VShieldKey, rank: (bool, usize), rule| {
+        let current = ranks.entry(key).or_insert(rank);
+        if rank <= *current {
+            *current = rank;
+            out.rules.insert(key, rule);
+        }
+    };
+    // Every-container rules first, in full, so that the selected scopes
+    // below can start from them.
+    let mut sorted: Vec<(usize, &Resolved<'_>)> = resolved.iter().enumerate().collect();
+    sorted.sort_by_key(|(_, shield)| shield.shield.scope.code().is_none());
+    let mut everywhere: BTreeMap<(FileId, u32), ((bool, usize), VShieldRule)> = BTreeMap::new();
+    for (index, shield) in sorted {
         let rule = VShieldRule {
             rule: shield.slot,
-            mode,
+            mode: match shield.shield.mode {
+                Mode::Enforce => mode::ENFORCE,
+                Mode::Audit => mode::AUDIT,
+            },
         };
-        let rank = (mode != mode::ENFORCE, index);
+        let rank = (rule.mode != mode::ENFORCE, index);
+        let scopes: Vec<u32> = match shield.shield.scope.code() {
+            Some(code) => vec![code],
+            None => selected
+                .iter()
+                .filter(|(_, slots)| slots.contains(&shield.slot))
+                .map(|(code, _)| *code)
+                .collect(),
+        };
         for file in &shield.files {
             for op in [vshield_op::EXEC, vshield_op::OPEN, vshield_op::LOAD] {
                 if shield.shield.ops & op == 0 {
                     continue;
                 }
                 *out.files.entry(*file).or_default() |= op;
-                let key = VShieldKey {
-                    file: *file,
-                    scope: shield.shield.scope.code(),
-                    op,
-                };
-                let current = ranks.entry(key).or_insert(rank);
-                if rank <= *current {
-                    *current = rank;
-                    out.rules.insert(key, rule);
+                if shield.shield.scope == Scope::Containers {
+                    let best = everywhere.entry((*file, op)).or_insert((rank, rule));
+                    if rank <= best.0 {
+                        *best = (rank, rule);
+                    }
+                }
+                for scope in &scopes {
+                    let key = VShieldKey {
+                        file: *file,
+                        scope: *scope,
+                        op,
+                    };
+                    if *scope >= scope::UNKNOWN
+                        && let Some((rank, rule)) = everywhere.get(&(*file, op))
+                    {
+                        offer(&mut out, key, *rank, *rule);
+                    }
+                    offer(&mut out, key, rank, rule);
                 }
             }
         }
     }
     out
+}
+
+impl Entries {
+    /// Both: the files' operations together, `new`'s rule where both have
+    /// one. Pure.
+    #[must_use]
+    pub fn union(&self, new: &Self) -> Self {
+        let mut out = self.clone();
+        for (file, ops) in &new.files {
+            *out.files.entry(*file).or_default() |= ops;
+        }
+        out.rules
+            .extend(new.rules.iter().map(|(key, rule)| (*key, *rule)));
+        out
+    }
 }
 
 /// What changes between two sets of entries.
@@ -339,7 +404,7 @@ mod tests {
             shield: &log4j,
             files: [id(10), id(11)].into(),
         }];
-        let entries = entries(&resolved);
+        let entries = entries(&resolved, &Selected::new());
         assert_eq!(entries.files.len(), 2);
         assert_eq!(entries.files[&id(10)], vshield_op::OPEN | vshield_op::LOAD);
         assert_eq!(entries.rules.len(), 4);
@@ -386,7 +451,7 @@ mod tests {
                 files,
             },
         ];
-        let entries = entries(&resolved);
+        let entries = entries(&resolved, &Selected::new());
         let key = |scope| VShieldKey {
             file: id(7),
             scope,
@@ -399,18 +464,83 @@ mod tests {
     }
 
     #[test]
+    fn a_vshield_with_a_selector_has_rules_only_in_the_scopes_that_select_it() {
+        let images = |glob: &str| Scope::Images(vec![glob.to_owned()]);
+        let everywhere = shield("all", Mode::Audit, vshield_op::EXEC, Scope::Containers);
+        let one = shield("one", Mode::Enforce, vshield_op::EXEC, images("one:*"));
+        let two = shield("two", Mode::Audit, vshield_op::EXEC, images("two:*"));
+        let resolved = [
+            Resolved {
+                slot: 1,
+                shield: &everywhere,
+                files: [id(1), id(2)].into(),
+            },
+            Resolved {
+                slot: 2,
+                shield: &one,
+                files: [id(2), id(3)].into(),
+            },
+            Resolved {
+                slot: 3,
+                shield: &two,
+                files: [id(2)].into(),
+            },
+        ];
+        let first = scope::FIRST_SELECTED;
+        // Unknown containers: every vShield; `first`: image one's; `first +
+        // 1`: image two's.
+        let selected: Selected = [
+            (scope::UNKNOWN, [2, 3].into()),
+            (first, [2].into()),
+            (first + 1, [3].into()),
+        ]
+        .into();
+        let entries = entries(&resolved, &selected);
+        let rule = |file, scope| {
+            entries
+                .rules
+                .get(&VShieldKey {
+                    file: id(file),
+                    scope,
+                    op: vshield_op::EXEC,
+                })
+                .map(|rule| (rule.rule, rule.mode))
+        };
+        // File 1: only the vShield for every container.
+        assert_eq!(rule(1, scope::CONTAINERS), Some((1, mode::AUDIT)));
+        assert_eq!(rule(1, first), None);
+        // File 2: enforce (one) wins where one applies; where only two does,
+        // the earlier audit vShield for every container wins over two.
+        assert_eq!(rule(2, first), Some((2, mode::ENFORCE)));
+        assert_eq!(rule(2, first + 1), Some((1, mode::AUDIT)));
+        assert_eq!(rule(2, scope::UNKNOWN), Some((2, mode::ENFORCE)));
+        // File 3: one's, in its scopes only.
+        assert_eq!(rule(3, first), Some((2, mode::ENFORCE)));
+        assert_eq!(rule(3, first + 1), None);
+        assert_eq!(rule(3, scope::CONTAINERS), None);
+        assert_eq!(rule(3, scope::UNKNOWN), Some((2, mode::ENFORCE)));
+        assert_eq!(entries.files.len(), 3);
+    }
+
+    #[test]
     fn the_diff_writes_only_what_changed() {
         let one = shield("one", Mode::Enforce, vshield_op::EXEC, Scope::Containers);
-        let old = entries(&[Resolved {
-            slot: 1,
-            shield: &one,
-            files: [id(1), id(2)].into(),
-        }]);
-        let new = entries(&[Resolved {
-            slot: 1,
-            shield: &one,
-            files: [id(2), id(3)].into(),
-        }]);
+        let old = entries(
+            &[Resolved {
+                slot: 1,
+                shield: &one,
+                files: [id(1), id(2)].into(),
+            }],
+            &Selected::new(),
+        );
+        let new = entries(
+            &[Resolved {
+                slot: 1,
+                shield: &one,
+                files: [id(2), id(3)].into(),
+            }],
+            &Selected::new(),
+        );
         let diff = Diff::between(&old, &new);
         assert_eq!(diff.set_files, [(id(3), vshield_op::EXEC)]);
         assert_eq!(diff.remove_files, [id(1)]);

@@ -13,12 +13,18 @@
 //! [`CgroupIndex`] maps cgroup ids to paths by reading the cgroup v2 tree,
 //! where a group's id is its directory's inode number.
 
+pub mod image;
+pub mod podman;
+pub mod registry;
+
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+pub use image::{ImageGlobs, ImageRef};
 
 /// The container runtime that named a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +33,8 @@ pub enum Runtime {
     CriO,
     Docker,
     Podman,
+    /// Started through an OCI hook from a group no naming scheme matches.
+    Unknown,
 }
 
 impl Runtime {
@@ -36,6 +44,7 @@ impl Runtime {
             Self::CriO => "cri-o",
             Self::Docker => "docker",
             Self::Podman => "podman",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -48,6 +57,61 @@ pub struct CgroupContainer {
     pub runtime: Runtime,
     /// The Kubernetes pod's UID, when the group is under `kubepods`.
     pub pod_uid: Option<String>,
+}
+
+/// The Kubernetes pod a container belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub uid: Option<String>,
+}
+
+/// What the agent knows of a container beyond its cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub runtime: Runtime,
+    pub image: Option<ImageRef>,
+    pub pod: Option<PodRef>,
+}
+
+/// What a Kubernetes runtime (containerd's CRI plugin, CRI-O) writes into a
+/// container's OCI annotations, which its OCI hooks receive. `None` when
+/// the annotations name no image (Podman's do not). Pure.
+pub fn from_annotations(
+    id: &str,
+    runtime: Runtime,
+    annotations: &BTreeMap<String, String>,
+) -> Option<ContainerInfo> {
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|key| annotations.get(*key).filter(|value| !value.is_empty()))
+            .cloned()
+    };
+    let image = first(&[
+        "io.kubernetes.cri.image-name",
+        "io.kubernetes.cri-o.ImageName",
+    ])?;
+    let pod = PodRef {
+        namespace: first(&[
+            "io.kubernetes.cri.sandbox-namespace",
+            "io.kubernetes.pod.namespace",
+        ]),
+        name: first(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]),
+        uid: first(&["io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"]),
+    };
+    Some(ContainerInfo {
+        id: id.to_owned(),
+        name: first(&[
+            "io.kubernetes.cri.container-name",
+            "io.kubernetes.container.name",
+        ]),
+        runtime,
+        image: ImageRef::parse(&image),
+        pod: (pod != PodRef::default()).then_some(pod),
+    })
 }
 
 fn is_container_id(text: &str) -> bool {
@@ -139,7 +203,10 @@ const RESCAN_INTERVAL: Duration = Duration::from_millis(500);
 pub struct CgroupIndex {
     mount: Option<PathBuf>,
     paths: HashMap<u64, String>,
-    last_scan: Option<Instant>,
+    /// The last scan for an unknown id. The registry's periodic scans do not
+    /// count: a group created just after one must still be found by its
+    /// first event.
+    last_miss_scan: Option<Instant>,
 }
 
 impl CgroupIndex {
@@ -149,7 +216,7 @@ impl CgroupIndex {
         Self {
             mount,
             paths: HashMap::new(),
-            last_scan: None,
+            last_miss_scan: None,
         }
     }
 
@@ -162,18 +229,29 @@ impl CgroupIndex {
         }
         if !self.paths.contains_key(&id)
             && self
-                .last_scan
+                .last_miss_scan
                 .is_none_or(|last| last.elapsed() >= RESCAN_INTERVAL)
         {
+            self.last_miss_scan = Some(Instant::now());
             self.scan();
         }
         self.paths.get(&id).and_then(|path| from_cgroup_path(path))
     }
 
-    fn scan(&mut self) {
-        self.last_scan = Some(Instant::now());
+    /// The cgroup v2 mount the index reads.
+    pub fn mount(&self) -> Option<&Path> {
+        self.mount.as_deref()
+    }
+
+    /// Reads the tree again and returns the groups that exist now, by id.
+    pub fn rescan(&mut self) -> HashMap<u64, String> {
+        self.scan()
+    }
+
+    fn scan(&mut self) -> HashMap<u64, String> {
+        let mut live = HashMap::new();
         let Some(mount) = self.mount.clone() else {
-            return;
+            return live;
         };
         // Groups removed since stay known, so that the events of a container
         // that has exited still name it (cgroup v2 ids are not reused while
@@ -187,8 +265,9 @@ impl CgroupIndex {
                 continue;
             };
             let relative = dir.strip_prefix(&mount).unwrap_or(Path::new(""));
-            self.paths
-                .insert(metadata.ino(), format!("/{}", relative.display()));
+            let path = format!("/{}", relative.display());
+            self.paths.insert(metadata.ino(), path.clone());
+            live.insert(metadata.ino(), path);
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -199,6 +278,7 @@ impl CgroupIndex {
                     .map(|entry| entry.path()),
             );
         }
+        live
     }
 }
 
@@ -223,6 +303,52 @@ mod tests {
 
     fn parse(path: &str) -> Option<(String, Runtime, Option<String>)> {
         from_cgroup_path(path).map(|c| (c.id, c.runtime, c.pod_uid))
+    }
+
+    #[test]
+    fn kubernetes_runtimes_annotations_name_the_image_and_pod() {
+        let containerd: BTreeMap<String, String> = [
+            ("io.kubernetes.cri.container-type", "container"),
+            ("io.kubernetes.cri.container-name", "web"),
+            (
+                "io.kubernetes.cri.image-name",
+                "docker.io/library/nginx:1.25",
+            ),
+            ("io.kubernetes.cri.sandbox-name", "web-7d4b9"),
+            ("io.kubernetes.cri.sandbox-namespace", "shop"),
+            (
+                "io.kubernetes.cri.sandbox-uid",
+                "0d1f2e3c-4b5a-6978-8a9b-0c1d2e3f4a5b",
+            ),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+        let info = from_annotations(ID, Runtime::Containerd, &containerd).unwrap();
+        assert_eq!(info.name.as_deref(), Some("web"));
+        let image = info.image.unwrap();
+        assert_eq!(
+            (image.name.as_str(), image.tag.as_deref()),
+            ("docker.io/library/nginx", Some("1.25"))
+        );
+        let pod = info.pod.unwrap();
+        assert_eq!(pod.namespace.as_deref(), Some("shop"));
+        assert_eq!(pod.name.as_deref(), Some("web-7d4b9"));
+        let crio: BTreeMap<String, String> = [
+            ("io.kubernetes.cri-o.ImageName", "quay.io/app/api:2"),
+            ("io.kubernetes.container.name", "api"),
+            ("io.kubernetes.pod.namespace", "ci"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+        let info = from_annotations(ID, Runtime::CriO, &crio).unwrap();
+        assert_eq!(info.image.unwrap().name, "quay.io/app/api");
+        assert_eq!(info.pod.unwrap().namespace.as_deref(), Some("ci"));
+        // Podman's annotations name no image.
+        let podman: BTreeMap<String, String> =
+            [("io.container.manager".to_owned(), "libpod".to_owned())].into();
+        assert_eq!(from_annotations(ID, Runtime::Podman, &podman), None);
     }
 
     #[test]
@@ -306,6 +432,15 @@ mod tests {
         assert_eq!(container.id, ID);
         assert_eq!(container.runtime, Runtime::Podman);
         assert_eq!(index.container(0), None);
+        // A group made just after a periodic scan is found by its first
+        // event all the same.
+        let mut index = CgroupIndex::new(Some(root.clone()));
+        let live = index.rescan();
+        assert!(live.contains_key(&id));
+        let later = root.join(format!("machine.slice/libpod-{}0.scope", &ID[..63]));
+        std::fs::create_dir_all(&later).unwrap();
+        let later_id = std::fs::metadata(&later).unwrap().ino();
+        assert!(index.container(later_id).is_some());
         let _ = std::fs::remove_dir_all(&root);
     }
 }

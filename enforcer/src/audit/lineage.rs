@@ -1,0 +1,127 @@
+//! A process's ancestors up to its container's first process, read from
+//! `/proc` when its event is written.
+//!
+//! The kernel event carries the parent's pid; the walk goes up from there
+//! while the ancestors share the event's mount namespace, so it ends at the
+//! container's first process (ECS `process.entry_leader`; its parent is the
+//! runtime's monitor, outside the container). It is best effort by nature:
+//! an ancestor that has exited by the time the event is written ends the
+//! walk there (the parent of a refused exec is usually a shell still waiting
+//! for it).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+/// Ancestors listed at most (a fork bomb's depth is not worth reading).
+const DEPTH_MAX: usize = 32;
+
+/// One ancestor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    /// Its comm.
+    pub name: String,
+    /// The program it runs (`/proc/PID/exe`), as the container sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+}
+
+/// The ancestors of a process whose parent is `parent`, nearest first, that
+/// are in mount namespace `mnt_ns`, read from the proc filesystem at `proc`.
+pub fn ancestors(proc: &Path, parent: u32, mnt_ns: u32) -> Vec<Ancestor> {
+    let mut out = Vec::new();
+    let mut pid = parent;
+    while pid != 0 && out.len() < DEPTH_MAX {
+        let dir = proc.join(pid.to_string());
+        let in_namespace = std::fs::read_link(dir.join("ns/mnt"))
+            .ok()
+            .and_then(|link| namespace_inode(&link.to_string_lossy()))
+            == Some(mnt_ns);
+        if !in_namespace {
+            break;
+        }
+        let Some((name, next)) = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|stat| parse_stat(&stat))
+        else {
+            break;
+        };
+        let executable = std::fs::read_link(dir.join("exe"))
+            .ok()
+            .map(|path| path.to_string_lossy().into_owned());
+        out.push(Ancestor {
+            pid,
+            name,
+            executable,
+        });
+        pid = next;
+    }
+    out
+}
+
+/// `mnt:[4026531841]` -> 4026531841.
+fn namespace_inode(link: &str) -> Option<u32> {
+    link.split_once(":[")?.1.strip_suffix(']')?.parse().ok()
+}
+
+/// The comm and parent pid from `/proc/PID/stat`. Pure. The comm is in
+/// parentheses and may itself hold spaces and parentheses: the fields after
+/// it start after the last `)`.
+fn parse_stat(stat: &str) -> Option<(String, u32)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_owned();
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((name, ppid))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        assert_eq!(
+            parse_stat("42 (sh) S 7 42 42 0 -1"),
+            Some(("sh".to_owned(), 7))
+        );
+        assert_eq!(
+            parse_stat("43 (a) b (c)) R 42 1"),
+            Some(("a) b (c)".to_owned(), 42))
+        );
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(namespace_inode("mnt:[4026531841]"), Some(4_026_531_841));
+        assert_eq!(namespace_inode("mnt"), None);
+    }
+
+    #[test]
+    fn the_walk_stops_where_the_mount_namespace_changes() {
+        let proc = std::env::temp_dir().join(format!("enforcer-lineage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&proc);
+        // 30 (sh) -> 20 (sh, the container's first process) -> 10 (conmon,
+        // on the host).
+        for (pid, name, ppid, ns, exe) in [
+            (30, "sh", 20, 7, "/bin/busybox"),
+            (20, "sh", 10, 7, "/bin/busybox"),
+            (10, "conmon", 1, 1, "/usr/bin/conmon"),
+        ] {
+            let dir = proc.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("ns")).unwrap();
+            std::fs::write(dir.join("stat"), format!("{pid} ({name}) S {ppid} 0 0")).unwrap();
+            symlink(format!("mnt:[{ns}]"), dir.join("ns/mnt")).unwrap();
+            symlink(exe, dir.join("exe")).unwrap();
+        }
+        let lineage = ancestors(&proc, 30, 7);
+        let pids: Vec<u32> = lineage.iter().map(|a| a.pid).collect();
+        assert_eq!(pids, [30, 20]);
+        assert_eq!(lineage[1].executable.as_deref(), Some("/bin/busybox"));
+        // A parent that has exited ends the walk.
+        assert!(ancestors(&proc, 99, 7).is_empty());
+        let _ = std::fs::remove_dir_all(&proc);
+    }
+}

@@ -1,0 +1,306 @@
+//! The containers on this node, for policy selection and events: found
+//! from their cgroups ([`Registry::discover`], every second and at start)
+//! or announced by the runtime's OCI hook before their first exec
+//! ([`Registry::starting`]), and named from what the runtime recorded
+//! (Podman's storage, or the OCI annotations Kubernetes runtimes write).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    os::unix::fs::MetadataExt as _,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    CgroupContainer, CgroupIndex, ContainerInfo, Runtime, from_annotations, from_cgroup_path,
+    podman::PodmanStore,
+};
+
+/// Containers by id, shared with the event enricher.
+pub type Catalog = Arc<Mutex<HashMap<String, ContainerInfo>>>;
+
+/// What an OCI runtime hands its hooks on standard input (the runtime
+/// spec's "state"), as far as the agent needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookState {
+    pub id: String,
+    /// The container's first process, in the runtime's (the host's) pid
+    /// namespace.
+    pub pid: u32,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A container to place in a vShield scope: its groups and what is known
+/// of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub info: ContainerInfo,
+    pub cgroups: BTreeSet<u64>,
+}
+
+/// What changed since the last look.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// New containers, new groups of known ones, and containers whose image
+    /// became known: each with all its live groups.
+    pub found: Vec<Known>,
+    /// Groups that no longer exist.
+    pub gone: Vec<u64>,
+}
+
+impl Discovery {
+    /// Hands what changed to the vShields in force.
+    ///
+    /// # Errors
+    /// The kernel maps could not be written.
+    pub fn place(
+        self,
+        ebpf: &mut aya::Ebpf,
+        active: &mut crate::active::ActiveVShields,
+    ) -> Result<(), crate::active::ActiveError> {
+        active.place(ebpf, self.found)?;
+        active.forget(ebpf, &self.gone)
+    }
+
+    /// [`Self::place`], with a failure logged: the next look tries again.
+    pub fn place_or_log(self, ebpf: &mut aya::Ebpf, active: &mut crate::active::ActiveVShields) {
+        if let Err(error) = self.place(ebpf, active) {
+            tracing::error!(error = %crate::error_chain(&error), "placing containers failed");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("container {id}: reading /proc/{pid}/cgroup: {source}")]
+    ProcCgroup {
+        id: String,
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {id}: process {pid} is in no cgroup v2 group ({line:?})")]
+    NoGroup { id: String, pid: u32, line: String },
+    #[error("container {id}: no cgroup v2 tree is mounted where the agent can see it")]
+    NoCgroup2 { id: String },
+    #[error("container {id}: its group {path}: {source}")]
+    Group {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    cgroups: Arc<Mutex<CgroupIndex>>,
+    catalog: Catalog,
+    podman: PodmanStore,
+    /// Live groups already handed out, with their container's id.
+    groups: HashMap<u64, String>,
+    /// Containers handed out without an image, looked up again when
+    /// Podman's storage changes.
+    unnamed: BTreeSet<String>,
+}
+
+impl Registry {
+    pub fn new(cgroups: Arc<Mutex<CgroupIndex>>, catalog: Catalog, podman: PodmanStore) -> Self {
+        Self {
+            cgroups,
+            catalog,
+            podman,
+            groups: HashMap::new(),
+            unnamed: BTreeSet::new(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Reads the cgroup tree and reports what changed.
+    pub fn discover(&mut self) -> Discovery {
+        let live = self
+            .cgroups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rescan();
+        let store_changed = self.podman.changed();
+        let mut by_container: BTreeMap<String, (CgroupContainer, BTreeSet<u64>, bool)> =
+            BTreeMap::new();
+        for (cgroup, path) in &live {
+            let Some(container) = from_cgroup_path(path) else {
+                continue;
+            };
+            let new = !self.groups.contains_key(cgroup);
+            let entry = by_container
+                .entry(container.id.clone())
+                .or_insert_with(|| (container, BTreeSet::new(), false));
+            entry.1.insert(*cgroup);
+            entry.2 |= new;
+        }
+        let mut discovery = Discovery::default();
+        for (id, (container, cgroups, new)) in by_container {
+            if !(new || store_changed && self.unnamed.contains(&id)) {
+                continue;
+            }
+            let info = self.describe(&container);
+            if !new && info.image.is_none() {
+                continue;
+            }
+            discovery.found.push(self.record(info, cgroups));
+        }
+        let gone: Vec<u64> = self
+            .groups
+            .keys()
+            .filter(|cgroup| !live.contains_key(cgroup))
+            .copied()
+            .collect();
+        for cgroup in &gone {
+            self.groups.remove(cgroup);
+        }
+        let ids: BTreeSet<&String> = self.groups.values().collect();
+        self.unnamed.retain(|id| ids.contains(id));
+        discovery.gone = gone;
+        discovery
+    }
+
+    /// A container the runtime is about to start (its OCI hook ran): its
+    /// group, read from its first process, and what is known of it.
+    ///
+    /// # Errors
+    /// The process's group cannot be read.
+    pub fn starting(&mut self, state: &HookState) -> Result<Known, RegistryError> {
+        let id = &state.id;
+        let proc_path = format!("/proc/{}/cgroup", state.pid);
+        let text =
+            std::fs::read_to_string(&proc_path).map_err(|source| RegistryError::ProcCgroup {
+                id: id.clone(),
+                pid: state.pid,
+                source,
+            })?;
+        let path = text
+            .lines()
+            .find_map(|line| line.strip_prefix("0::"))
+            .ok_or_else(|| RegistryError::NoGroup {
+                id: id.clone(),
+                pid: state.pid,
+                line: text.trim().to_owned(),
+            })?;
+        let mount = self
+            .cgroups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mount()
+            .map(PathBuf::from)
+            .ok_or_else(|| RegistryError::NoCgroup2 { id: id.clone() })?;
+        let dir = mount.join(path.trim_start_matches('/'));
+        let cgroup = std::fs::metadata(&dir)
+            .map_err(|source| RegistryError::Group {
+                id: id.clone(),
+                path: dir.clone(),
+                source,
+            })?
+            .ino();
+        let runtime = from_cgroup_path(path).map_or_else(
+            || runtime_of(&state.annotations),
+            |container| container.runtime,
+        );
+        let info = match from_annotations(id, runtime, &state.annotations) {
+            Some(info) => info,
+            None => self.describe(&CgroupContainer {
+                id: id.clone(),
+                runtime,
+                pod_uid: None,
+            }),
+        };
+        let mut cgroups: BTreeSet<u64> = self
+            .groups
+            .iter()
+            .filter(|(_, owner)| *owner == id)
+            .map(|(cgroup, _)| *cgroup)
+            .collect();
+        cgroups.insert(cgroup);
+        Ok(self.record(info, cgroups))
+    }
+
+    fn record(&mut self, info: ContainerInfo, cgroups: BTreeSet<u64>) -> Known {
+        for cgroup in &cgroups {
+            self.groups.insert(*cgroup, info.id.clone());
+        }
+        if info.image.is_none() {
+            if self.unnamed.insert(info.id.clone()) {
+                tracing::warn!(
+                    container.id = %info.id,
+                    container.runtime = info.runtime.as_str(),
+                    "container image not known (no runtime record found): every vShield with an image \
+                     selector applies to it"
+                );
+            }
+        } else {
+            self.unnamed.remove(&info.id);
+        }
+        self.catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(info.id.clone(), info.clone());
+        Known { info, cgroups }
+    }
+
+    /// What the runtime recorded about a container its group names.
+    fn describe(&mut self, container: &CgroupContainer) -> ContainerInfo {
+        let announced = self
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&container.id)
+            .filter(|info| info.image.is_some())
+            .cloned();
+        if let Some(info) = announced {
+            return info;
+        }
+        let stored = match self.podman.get(&container.id) {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "reading Podman's storage");
+                None
+            }
+        };
+        let mut info = stored.unwrap_or_else(|| ContainerInfo {
+            id: container.id.clone(),
+            name: None,
+            runtime: container.runtime,
+            image: None,
+            pod: None,
+        });
+        info.runtime = container.runtime;
+        if let Some(uid) = &container.pod_uid {
+            info.pod.get_or_insert_with(Default::default).uid = Some(uid.clone());
+        }
+        info
+    }
+}
+
+/// The runtime, from annotations, for a group no runtime naming scheme
+/// matches (a custom cgroup parent).
+fn runtime_of(annotations: &BTreeMap<String, String>) -> Runtime {
+    if annotations.get("io.container.manager").map(String::as_str) == Some("libpod") {
+        Runtime::Podman
+    } else if annotations
+        .keys()
+        .any(|key| key.starts_with("io.kubernetes.cri-o."))
+    {
+        Runtime::CriO
+    } else if annotations
+        .keys()
+        .any(|key| key.starts_with("io.kubernetes.cri."))
+    {
+        Runtime::Containerd
+    } else {
+        Runtime::Unknown
+    }
+}

@@ -1,0 +1,174 @@
+//! Real Podman containers: a storage root of its own on a fresh tmpfs
+//! (overlayfs needs an upper layer that is not itself on overlayfs, as the
+//! VMs' /tmp is), images imported from image directories (`podman import`:
+//! no registry), crun with the cgroupfs manager (the VMs run no systemd) and
+//! no network.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    agent,
+    container::{Image, Scratch},
+    require::{self, Requirement},
+};
+
+#[derive(Debug)]
+pub struct Podman {
+    dir: Scratch,
+    mounted: bool,
+}
+
+impl Podman {
+    /// A Podman with storage of its own, or `None` (with the skip said) where
+    /// Podman cannot run containers: not installed, or no cgroup v2.
+    pub fn new() -> anyhow::Result<Option<Self>> {
+        if !Path::new("/usr/bin/podman").exists() {
+            require::unavailable(
+                Requirement::Podman,
+                "/usr/bin/podman is missing (cargo xtask setup installs the Debian package podman)",
+            );
+            return Ok(None);
+        }
+        if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            require::unavailable(
+                Requirement::Podman,
+                "/sys/fs/cgroup is not cgroup v2, which the agent names containers from",
+            );
+            return Ok(None);
+        }
+        let dir = Scratch::new("podman")?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            bail!("mounting a tmpfs at {} failed", dir.path().display());
+        }
+        let podman = Self { dir, mounted: true };
+        fs::create_dir_all(podman.hooks_dir())?;
+        Ok(Some(podman))
+    }
+
+    /// Podman's storage root (`--root`; the agent's `--podman-storage`).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Where image layers are unpacked (the agent's `--image-store`).
+    pub fn layers(&self) -> String {
+        format!("{}/overlay/*/diff", self.storage().display())
+    }
+
+    fn hooks_dir(&self) -> PathBuf {
+        self.dir.path().join("hooks.d")
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        command
+            .arg("--root")
+            .arg(self.storage())
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+                "--runtime",
+                "crun",
+            ])
+            .arg("--hooks-dir")
+            .arg(self.hooks_dir());
+        command
+    }
+
+    /// Imports the image directory as `reference` (`localhost/NAME:TAG`).
+    pub fn import(&self, image: &Image, reference: &str) -> anyhow::Result<()> {
+        let tar = self.dir.path().join("image.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(image.root())
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .context("running tar")?;
+        if !status.success() {
+            bail!("packing {} failed", image.root().display());
+        }
+        let output = self
+            .command()
+            .arg("import")
+            .arg("--quiet")
+            .arg(&tar)
+            .arg(reference)
+            .output()
+            .context("running podman import")?;
+        let _ = fs::remove_file(&tar);
+        if !output.status.success() {
+            bail!(
+                "podman import {reference} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Installs the agent's OCI hook (as `enforcer hook oci-config` writes
+    /// it) for the agent listening at `socket`.
+    pub fn install_hook(&self, socket: &Path) -> anyhow::Result<()> {
+        let output = Command::new(agent::binary())
+            .args(["hook", "oci-config", "--socket"])
+            .arg(socket)
+            .output()
+            .context("running enforcer hook oci-config")?;
+        if !output.status.success() {
+            bail!(
+                "enforcer hook oci-config failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        fs::write(self.hooks_dir().join("enforcer.json"), &output.stdout)?;
+        Ok(())
+    }
+
+    /// `podman run --rm --name NAME IMAGE ARGS...`, to its end.
+    pub fn run(&self, name: &str, image: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.command()
+            .args(["run", "--rm", "--network", "none", "--name", name])
+            .arg(image)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running podman run")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self
+            .command()
+            .args(["rm", "--all", "--force"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if self.mounted {
+            // Podman leaves its storage's own mounts; lazily, all of them.
+            let _ = Command::new("umount")
+                .arg("-R")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
