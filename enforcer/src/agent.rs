@@ -218,6 +218,10 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         cgroups,
         containers: registry.catalog().clone(),
         proc_lineage: true,
+        host_pid_ns: crate::audit::lineage::pid_namespace(
+            std::path::Path::new("/proc"),
+            options.host_pid,
+        ),
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
     let (pipeline, mut notices) =

@@ -118,6 +118,7 @@ mod tests {
                 runtime: Runtime::Podman,
                 image: image.and_then(ImageRef::parse),
                 pod: None,
+                init_pid: None,
             },
             cgroups: cgroups.iter().copied().collect(),
         }

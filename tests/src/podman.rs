@@ -154,6 +154,40 @@ impl Podman {
     }
 }
 
+impl Podman {
+    /// `podman run -d --name NAME IMAGE ARGS...`: a container that keeps
+    /// running (removed with the others on drop).
+    pub fn start(&self, name: &str, image: &str, args: &[&str]) -> anyhow::Result<()> {
+        let output = self
+            .command()
+            .args(["run", "--detach", "--network", "none", "--name", name])
+            .arg(image)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running podman run --detach")?;
+        if !output.status.success() {
+            bail!(
+                "podman run --detach {name} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// `podman exec NAME ARGS...`: a session that enters the running
+    /// container from outside, as `kubectl exec` does.
+    pub fn exec(&self, name: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.command()
+            .arg("exec")
+            .arg(name)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running podman exec")
+    }
+}
+
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self

@@ -1,13 +1,15 @@
 //! Real Podman containers from images built here (no registry), under the
 //! agent with its OCI hook installed: vShields select containers by image
-//! from their first exec, and events name the container and its image.
+//! from their first exec, drift is refused in containers and in exec
+//! sessions, and events name the container, its image, the process lineage
+//! and the session.
 //!
 //! Needs BPF LSM, Podman and cgroup v2: the VMs of `cargo xtask test`.
 
 use std::{fs, process::Output};
 
 use enforcer_tests::{
-    agent::Stopped,
+    agent::{Agent, Stopped},
     container::{Image, Scratch},
     podman::Podman,
     scenario::start_lsm,
@@ -78,37 +80,46 @@ fn assert_names_the_container(event: &Value, name: &str, image: &str) {
     );
 }
 
-#[test]
-fn an_image_vshield_blocks_its_image_from_the_first_exec_and_leaves_other_images_alone() {
-    let _serial = serial();
-    let Some(podman) = Podman::new().expect("preparing Podman") else {
-        return;
-    };
+/// Podman with images one and two, and the agent (lsm) enforcing
+/// [`POLICY`] with Podman's storage and the hook installed; `None` where
+/// that cannot run (skip said).
+fn setup(dir: &Scratch) -> Option<(Podman, Agent)> {
+    let podman = Podman::new().expect("preparing Podman")?;
     podman
         .import(&image("one"), "localhost/one:1")
         .expect("importing image one");
     podman
         .import(&image("two"), "localhost/two:1")
         .expect("importing image two");
-    let dir = Scratch::new("podman-policy").expect("scratch directory");
     let policy = dir.path().join("vshield.yaml");
     fs::write(&policy, POLICY).expect("writing the policy");
     let storage = podman.storage().display().to_string();
     let layers = podman.layers();
-    let Some(agent) = start_lsm(&[
+    let agent = start_lsm(&[
         "--policy",
         &policy.display().to_string(),
         "--podman-storage",
         &storage,
         "--image-store",
         &layers,
-    ]) else {
-        return;
-    };
+    ])?;
     podman
         .install_hook(agent.control_socket())
         .expect("installing the OCI hook");
+    Some((podman, agent))
+}
 
+/// What ran, each container's output.
+struct Runs {
+    one: Output,
+    two: Output,
+    drift: Output,
+    exec: Output,
+}
+
+const DROP_AND_RUN: &str = "cp /bin/busybox /tmp/dropped && /tmp/dropped echo ran; echo status=$?";
+
+fn run_containers(podman: &Podman) -> Runs {
     // Containers started after the agent: the program is each container's
     // first exec. Image one's is refused; image two's runs, which it could
     // not if the agent had not placed the container before that exec (an
@@ -121,73 +132,106 @@ fn an_image_vshield_blocks_its_image_from_the_first_exec_and_leaves_other_images
         .expect("running a container of image two");
     // Drift in a Podman container: a copied program is refused.
     let drift = podman
-        .run(
-            "drifter",
-            "localhost/two:1",
-            &[
-                "sh",
-                "-c",
-                "cp /bin/busybox /tmp/dropped && /tmp/dropped echo ran; echo status=$?",
-            ],
-        )
+        .run("drifter", "localhost/two:1", &["sh", "-c", DROP_AND_RUN])
         .expect("running the drift container");
+    // The same from an exec session into a running container.
+    podman
+        .start(
+            "sleeper",
+            "localhost/two:1",
+            &["/bin/busybox", "sleep", "600"],
+        )
+        .expect("starting a long-running container");
+    let exec = podman
+        .exec("sleeper", &["sh", "-c", DROP_AND_RUN])
+        .expect("running podman exec");
+    Runs {
+        one,
+        two,
+        drift,
+        exec,
+    }
+}
+
+#[test]
+fn image_vshields_decide_from_the_first_exec_and_events_name_container_image_and_session() {
+    let _serial = serial();
+    let dir = Scratch::new("podman-policy").expect("scratch directory");
+    let Some((podman, agent)) = setup(&dir) else {
+        return;
+    };
+    let runs = run_containers(&podman);
     let log = agent.log();
     let stopped = agent.stop().expect("stopping the agent");
     assert!(stopped.status.success(), "agent: {}", stopped.stderr);
 
+    // The image vShield.
     assert!(
-        !one.status.success(),
+        !runs.one.status.success(),
         "image one's program ran: {}",
-        describe(&one)
+        describe(&runs.one)
     );
     assert!(
-        !String::from_utf8_lossy(&one.stdout).contains("ran"),
+        !String::from_utf8_lossy(&runs.one.stdout).contains("ran"),
         "{}",
-        describe(&one)
+        describe(&runs.one)
     );
     assert!(
-        two.status.success(),
+        runs.two.status.success(),
         "image two's program: {}",
-        describe(&two)
+        describe(&runs.two)
     );
-    assert_eq!(String::from_utf8_lossy(&two.stdout).trim(), "ran");
+    assert_eq!(String::from_utf8_lossy(&runs.two.stdout).trim(), "ran");
     assert!(
         log.contains("container announced by its OCI hook"),
         "the hook did not reach the agent:\n{log}"
     );
-
     let blocked = events_of(&stopped, "vulnerable");
     assert_eq!(blocked.len(), 1, "{blocked:#?}\nlog:\n{log}");
-    let event = blocked[0];
-    assert_eq!(event["rule"]["name"], "tool-in-one", "{event:#}");
-    assert_eq!(event["enforcer"]["decision"], "blocked", "{event:#}");
-    assert_names_the_container(event, "vulnerable", "localhost/one");
-    assert!(
-        events_of(&stopped, "unaffected").is_empty(),
-        "{:#?}",
-        events_of(&stopped, "unaffected")
+    assert_eq!(
+        blocked[0]["rule"]["name"], "tool-in-one",
+        "{:#}",
+        blocked[0]
     );
+    assert_eq!(
+        blocked[0]["enforcer"]["decision"], "blocked",
+        "{:#}",
+        blocked[0]
+    );
+    assert_names_the_container(blocked[0], "vulnerable", "localhost/one");
+    let unaffected = events_of(&stopped, "unaffected");
+    assert!(unaffected.is_empty(), "{unaffected:#?}");
 
-    let drift_stdout = String::from_utf8_lossy(&drift.stdout);
-    assert!(
-        drift_stdout.contains("status=126") && !drift_stdout.contains("ran"),
-        "{}",
-        describe(&drift)
-    );
-    let drifted = events_of(&stopped, "drifter");
-    assert_eq!(drifted.len(), 1, "{drifted:#?}");
-    assert_eq!(drifted[0]["rule"]["name"], "drift-prevention");
-    assert_eq!(drifted[0]["file"]["path"], "/tmp/dropped");
-    assert_names_the_container(drifted[0], "drifter", "localhost/two");
-    // Its lineage: the container's shell, which is also its first process
-    // (the shell's parent, Podman's monitor, is outside the container).
-    let process = &drifted[0]["process"];
+    // Drift, with its lineage: the container's shell, which is also its
+    // first process (the shell's parent, Podman's monitor, is outside).
+    check_drift(&runs.drift, &stopped, "drifter", "container");
+    let process = &events_of(&stopped, "drifter")[0]["process"];
     assert_eq!(process["parent"]["name"], "sh", "{process:#}");
-    assert_eq!(process["entry_leader"]["name"], "sh", "{process:#}");
     assert_eq!(
         process["entry_leader"]["pid"], process["parent"]["pid"],
         "{process:#}"
     );
-    let lineage = drifted[0]["enforcer"]["lineage"].as_array();
-    assert_eq!(lineage.map(Vec::len), Some(1), "{:#}", drifted[0]);
+    // Drift in an exec session: refused too, and marked as such.
+    check_drift(&runs.exec, &stopped, "sleeper", "exec");
+}
+
+/// One drift event for `container`'s dropped program, refused, naming the
+/// container and image two, in `session`.
+fn check_drift(output: &Output, stopped: &Stopped, container: &str, session: &str) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("status=126") && !stdout.contains("ran"),
+        "{}",
+        describe(output)
+    );
+    let events = events_of(stopped, container);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = events[0];
+    assert_eq!(event["rule"]["name"], "drift-prevention", "{event:#}");
+    assert_eq!(event["file"]["path"], "/tmp/dropped", "{event:#}");
+    assert_names_the_container(event, container, "localhost/two");
+    assert_eq!(event["enforcer"]["session"], session, "{event:#}");
+    assert_eq!(event["process"]["entry_leader"]["name"], "sh", "{event:#}");
+    let lineage = event["enforcer"]["lineage"].as_array();
+    assert_eq!(lineage.map(Vec::len), Some(1), "{event:#}");
 }

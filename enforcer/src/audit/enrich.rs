@@ -106,18 +106,21 @@ pub struct Enricher {
     /// Whether to read each event's process lineage from `/proc` (not in
     /// unit tests, whose events name made-up processes).
     pub proc_lineage: bool,
+    /// The host's pid namespace, where pid 1 is not a container's.
+    pub host_pid_ns: Option<u32>,
 }
 
 impl Enricher {
     /// The container and pod of a cgroup, with what the runtime said of them.
-    fn container(&self, cgroup_id: u64) -> (Option<Container>, Option<Kubernetes>) {
+    /// The container and pod of a cgroup, and its first process when known.
+    fn container(&self, cgroup_id: u64) -> (Option<Container>, Option<Kubernetes>, Option<u32>) {
         let Some(group) = self
             .cgroups
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .container(cgroup_id)
         else {
-            return (None, None);
+            return (None, None, None);
         };
         let info = self
             .containers
@@ -126,6 +129,7 @@ impl Enricher {
             .get(&group.id)
             .cloned();
         let pod = info.as_ref().and_then(|info| info.pod.clone());
+        let init_pid = info.as_ref().and_then(|info| info.init_pid);
         let uid = group
             .pod_uid
             .clone()
@@ -147,7 +151,7 @@ impl Enricher {
                 hash: image.digest.map(|digest| ImageHash { all: vec![digest] }),
             }),
         };
-        (Some(container), kubernetes)
+        (Some(container), kubernetes, init_pid)
     }
 
     pub fn record(&self, event: &AuditEvent) -> Record {
@@ -230,12 +234,18 @@ impl Enricher {
             reason: reason_text,
             path,
         } = self.rule_context(e, path);
-        let (container, kubernetes) = self.container(e.cgroup_id);
+        let (container, kubernetes, init_pid) = self.container(e.cgroup_id);
+        let proc = Path::new("/proc");
         let lineage = if self.proc_lineage {
-            lineage::ancestors(Path::new("/proc"), e.ppid, e.mnt_ns)
+            lineage::ancestors(proc, e.ppid, e.mnt_ns)
         } else {
             Vec::new()
         };
+        let session = lineage
+            .last()
+            .filter(|_| container.is_some())
+            .and_then(|leader| lineage::session(proc, leader.pid, init_pid, self.host_pid_ns))
+            .map(lineage::Session::as_str);
         AuditRecord {
             timestamp: self
                 .clock
@@ -302,6 +312,7 @@ impl Enricher {
                 mount_namespace: e.mnt_ns,
                 cgroup_id: e.cgroup_id,
                 lineage,
+                session,
                 path_truncated: e.flags & event_flags::PATH_TRUNCATED != 0,
             },
         }
@@ -476,6 +487,7 @@ mod tests {
             cgroups: Arc::new(Mutex::new(CgroupIndex::new(None))),
             containers: Catalog::default(),
             proc_lineage: false,
+            host_pid_ns: None,
         }
     }
 

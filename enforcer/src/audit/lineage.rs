@@ -60,6 +60,72 @@ pub fn ancestors(proc: &Path, parent: u32, mnt_ns: u32) -> Vec<Ancestor> {
     out
 }
 
+/// How the process's session entered its container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Session {
+    /// Under the container's first process (its entrypoint).
+    Container,
+    /// Under a process that entered the running container from outside:
+    /// `kubectl exec`, `podman exec`, `docker exec`, a debug session.
+    Exec,
+}
+
+impl Session {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Exec => "exec",
+        }
+    }
+}
+
+/// The session of a process whose topmost ancestor in its container is
+/// `leader`: the container's own when `leader` is its first process, known
+/// from the OCI hook (`init_pid`) or, without one, being pid 1 of its pid
+/// namespace; an exec session otherwise. `None` when the leader's pid
+/// namespace is the host's (`host_pid_ns`), where pid 1 is not the
+/// container's, or its status cannot be read.
+pub fn session(
+    proc: &Path,
+    leader: u32,
+    init_pid: Option<u32>,
+    host_pid_ns: Option<u32>,
+) -> Option<Session> {
+    if let Some(init) = init_pid {
+        return Some(if init == leader {
+            Session::Container
+        } else {
+            Session::Exec
+        });
+    }
+    let dir = proc.join(leader.to_string());
+    let pid_ns = std::fs::read_link(dir.join("ns/pid"))
+        .ok()
+        .and_then(|link| namespace_inode(&link.to_string_lossy()))?;
+    if Some(pid_ns) == host_pid_ns {
+        return None;
+    }
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    // "NSpid:\t4242\t1": the pid in each nested namespace, innermost last.
+    let innermost = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?;
+    Some(if innermost == "1" {
+        Session::Container
+    } else {
+        Session::Exec
+    })
+}
+
+/// The pid namespace of process `pid` (the host's, for the host pid).
+pub fn pid_namespace(proc: &Path, pid: u32) -> Option<u32> {
+    std::fs::read_link(proc.join(pid.to_string()).join("ns/pid"))
+        .ok()
+        .and_then(|link| namespace_inode(&link.to_string_lossy()))
+}
+
 /// `mnt:[4026531841]` -> 4026531841.
 fn namespace_inode(link: &str) -> Option<u32> {
     link.split_once(":[")?.1.strip_suffix(']')?.parse().ok()
@@ -119,6 +185,21 @@ mod tests {
         let lineage = ancestors(&proc, 30, 7);
         let pids: Vec<u32> = lineage.iter().map(|a| a.pid).collect();
         assert_eq!(pids, [30, 20]);
+        // The hook named the first process: the leader's session is the
+        // container's; another leader's is an exec session.
+        assert_eq!(session(&proc, 20, Some(20), None), Some(Session::Container));
+        assert_eq!(session(&proc, 30, Some(20), None), Some(Session::Exec));
+        // Without a hook, pid 1 of the leader's pid namespace.
+        for (pid, nspid, ns) in [(20, "20\t1", 9), (30, "30\t5", 9), (10, "10", 1)] {
+            let dir = proc.join(pid.to_string());
+            std::fs::write(dir.join("status"), format!("Name:\tx\nNSpid:\t{nspid}\n")).unwrap();
+            symlink(format!("pid:[{ns}]"), dir.join("ns/pid")).unwrap();
+        }
+        assert_eq!(session(&proc, 20, None, Some(1)), Some(Session::Container));
+        assert_eq!(session(&proc, 30, None, Some(1)), Some(Session::Exec));
+        // In the host's pid namespace there is no telling.
+        assert_eq!(session(&proc, 10, None, Some(1)), None);
+        assert_eq!(pid_namespace(&proc, 20), Some(9));
         assert_eq!(lineage[1].executable.as_deref(), Some("/bin/busybox"));
         // A parent that has exited ends the walk.
         assert!(ancestors(&proc, 99, 7).is_empty());

@@ -206,6 +206,11 @@ pub struct Enforcer {
     /// as they still ran when the event was written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lineage: Vec<Ancestor>,
+    /// `container` (under the container's first process) or `exec` (under
+    /// a process that entered the running container: `kubectl exec`, debug
+    /// sessions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<&'static str>,
     /// Set when the path was longer than the kernel buffer and was cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,

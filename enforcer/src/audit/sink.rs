@@ -76,6 +76,7 @@ mod tests {
         let enricher = Enricher {
             containers: crate::container::registry::Catalog::default(),
             proc_lineage: false,
+            host_pid_ns: None,
             clock: BootClock::now(),
             hostname: "h".to_owned(),
             policy: PolicyTable::default(),

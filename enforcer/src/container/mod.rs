@@ -75,6 +75,8 @@ pub struct ContainerInfo {
     pub runtime: Runtime,
     pub image: Option<ImageRef>,
     pub pod: Option<PodRef>,
+    /// The container's first process (host pid), when its OCI hook said.
+    pub init_pid: Option<u32>,
 }
 
 /// What a Kubernetes runtime (containerd's CRI plugin, CRI-O) writes into a
@@ -111,6 +113,7 @@ pub fn from_annotations(
         runtime,
         image: ImageRef::parse(&image),
         pod: (pod != PodRef::default()).then_some(pod),
+        init_pid: None,
     })
 }
 

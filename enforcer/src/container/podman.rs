@@ -106,6 +106,7 @@ pub fn parse(containers: &str, images: &str) -> Result<HashMap<String, Container
                 runtime: Runtime::Podman,
                 image,
                 pod: None,
+                init_pid: None,
             };
             (record.id, info)
         })

@@ -210,7 +210,7 @@ impl Registry {
             || runtime_of(&state.annotations),
             |container| container.runtime,
         );
-        let info = match from_annotations(id, runtime, &state.annotations) {
+        let mut info = match from_annotations(id, runtime, &state.annotations) {
             Some(info) => info,
             None => self.describe(&CgroupContainer {
                 id: id.clone(),
@@ -218,6 +218,7 @@ impl Registry {
                 pod_uid: None,
             }),
         };
+        info.init_pid = Some(state.pid);
         let mut cgroups: BTreeSet<u64> = self
             .groups
             .iter()
@@ -258,10 +259,9 @@ impl Registry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&container.id)
-            .filter(|info| info.image.is_some())
             .cloned();
-        if let Some(info) = announced {
-            return info;
+        if let Some(info) = announced.as_ref().filter(|info| info.image.is_some()) {
+            return info.clone();
         }
         let stored = match self.podman.get(&container.id) {
             Ok(stored) => stored,
@@ -276,8 +276,10 @@ impl Registry {
             runtime: container.runtime,
             image: None,
             pod: None,
+            init_pid: None,
         });
         info.runtime = container.runtime;
+        info.init_pid = announced.and_then(|info| info.init_pid);
         if let Some(uid) = &container.pod_uid {
             info.pod.get_or_insert_with(Default::default).uid = Some(uid.clone());
         }
