@@ -21,6 +21,12 @@ use super::{
 /// Containers by id, shared with the event enricher.
 pub type Catalog = Arc<Mutex<HashMap<String, ContainerInfo>>>;
 
+/// Containers the catalog holds before those that are gone are dropped.
+/// Gone ones are kept until then, so that their late events still name
+/// them; a node that runs many short-lived containers does not grow it
+/// without bound.
+const CATALOG_MAX: usize = 4096;
+
 /// What an OCI runtime hands its hooks on standard input (the runtime
 /// spec's "state"), as far as the agent needs it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +171,11 @@ impl Registry {
         }
         let ids: BTreeSet<&String> = self.groups.values().collect();
         self.unnamed.retain(|id| ids.contains(id));
+        let mut catalog = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
+        if catalog.len() > CATALOG_MAX {
+            catalog.retain(|id, _| ids.contains(id));
+        }
+        drop(catalog);
         discovery.gone = gone;
         discovery
     }
@@ -304,5 +315,52 @@ fn runtime_of(annotations: &BTreeMap<String, String>) -> Runtime {
         Runtime::Containerd
     } else {
         Runtime::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f1c9e0d2b4a59687c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b";
+
+    #[test]
+    fn containers_are_found_gone_and_dropped_from_a_full_catalog() {
+        let root = std::env::temp_dir().join(format!("enforcer-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let group = root.join(format!("machine.slice/libpod-{ID}.scope"));
+        std::fs::create_dir_all(&group).unwrap();
+        let cgroup = std::fs::metadata(&group).unwrap().ino();
+        let index = Arc::new(Mutex::new(CgroupIndex::new(Some(root.clone()))));
+        let catalog = Catalog::default();
+        let mut registry = Registry::new(
+            index,
+            catalog.clone(),
+            PodmanStore::new(&root.join("no-podman-here")),
+        );
+        let found = registry.discover();
+        assert_eq!(found.found.len(), 1);
+        assert_eq!(found.found[0].info.id, ID);
+        assert_eq!(found.found[0].cgroups, [cgroup].into());
+        assert_eq!(found.found[0].info.image, None);
+        // Nothing new the second time.
+        let again = registry.discover();
+        assert!(again.found.is_empty() && again.gone.is_empty());
+        // The container exits: its group is gone, its record stays...
+        std::fs::remove_dir(&group).unwrap();
+        assert_eq!(registry.discover().gone, [cgroup]);
+        assert!(catalog.lock().unwrap().contains_key(ID));
+        // ...until the catalog is full.
+        {
+            let mut full = catalog.lock().unwrap();
+            for n in 0..CATALOG_MAX {
+                let mut info = full[ID].clone();
+                info.id = format!("{n:064x}");
+                full.insert(info.id.clone(), info);
+            }
+        }
+        registry.discover();
+        assert!(catalog.lock().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
