@@ -292,11 +292,16 @@ impl ActiveVShields {
         let placement = self
             .scopes
             .place(&self.selectors, self.containers.values(), true);
-        let entries = if placement.selected == self.selected {
-            self.applied.entries().clone()
-        } else {
-            self.entries(&placement.selected)
-        };
+        if placement.selected == self.selected {
+            // The rules of every scope are in the kernel already (the common
+            // case, and the one an OCI hook waits for): only the containers'
+            // scopes are written.
+            write_container_scopes(ebpf, &self.container_scopes, &placement.by_cgroup)?;
+            self.container_scopes = placement.by_cgroup;
+            self.scopes = placement.scopes;
+            return Ok(());
+        }
+        let entries = self.entries(&placement.selected);
         check_capacity(self.applied.entries(), &entries)?;
         self.write(ebpf, entries, placement)?;
         Ok(())

@@ -99,14 +99,11 @@ impl<'a> Packages<'a> {
     pub fn files(&self, package: &str) -> Result<Vec<String>, String> {
         let listed = match &self.database {
             Database::Dpkg => self.dpkg_list(package)?,
-            Database::Apk(packages) => packages
-                .get(package)
-                .cloned()
-                .ok_or_else(|| format!("{package} is not in the apk database"))?,
-            Database::Rpm(packages) => packages
-                .get(package)
-                .cloned()
-                .ok_or_else(|| format!("{package} is not in the rpm database"))?,
+            Database::Apk(packages) | Database::Rpm(packages) => {
+                packages.get(package).cloned().ok_or_else(|| {
+                    format!("{package} is not in the {} database", self.database.name())
+                })?
+            }
             Database::RpmUnread(path) => {
                 return Err(format!(
                     "the image has an rpm Berkeley DB or NDB database ({path}), which this version does \

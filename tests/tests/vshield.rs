@@ -339,41 +339,28 @@ fn a_trivy_report_becomes_a_policy_that_shields_the_vulnerable_packages_files() 
     let report = dir.path().join("report.json");
     fs::write(&report, TRIVY_REPORT).expect("writing the report");
     let policy = dir.path().join("trivy.yaml");
-    let output = Command::new(enforcer_tests::agent::binary())
-        .args([
-            "vshield",
-            "from-trivy",
-            "--mode",
-            "enforce",
-            "--every-container",
-        ])
-        .arg("--root")
-        .arg(root)
-        .arg("-o")
-        .arg(&policy)
-        .arg(&report)
-        .output()
-        .expect("running enforcer vshield from-trivy");
+    let policy_path = policy.display().to_string();
+    let output = from_trivy(
+        &["--mode", "enforce", "--every-container", "-o", &policy_path],
+        root,
+        &report,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{output:?}");
     assert!(
         stderr.contains("TEMP-0000001-ABCDEF") && stderr.contains("not a CVE or GHSA id"),
         "{stderr}"
     );
     let text = fs::read_to_string(&policy).expect("reading the written policy");
-    for (file, listed) in [
-        ("/opt/vuln/bin/busybox", true),
-        ("/opt/vuln/libvuln.so", true),
-        ("/app/lib/log4j-core-2.14.1.jar", true),
-        ("/opt/vuln/link", false),
-        ("/usr/share/doc/vulnpkg/copyright", false),
-    ] {
-        assert_eq!(
-            text.contains(&format!("\"{file}\"")),
-            listed,
-            "{file}:\n{text}"
-        );
-    }
+    assert_names(
+        &text,
+        &[
+            ("/opt/vuln/bin/busybox", true),
+            ("/opt/vuln/libvuln.so", true),
+            ("/app/lib/log4j-core-2.14.1.jar", true),
+            ("/opt/vuln/link", false),
+            ("/usr/share/doc/vulnpkg/copyright", false),
+        ],
+    );
 
     let store = root.display().to_string();
     let agent = start(&[
@@ -477,25 +464,42 @@ fn an_rpm_database_names_the_files_of_the_vulnerable_package() {
     assert!(root.join("var/lib/rpm/rpmdb.sqlite").exists());
     let report = dir.path().join("report.json");
     fs::write(&report, RPM_REPORT).expect("writing the report");
+    let output = from_trivy(&[], &root, &report);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("localhost/rocky-app:1"), "{text}");
+    assert_names(
+        &text,
+        &[
+            ("/usr/bin/vulnprog", true),
+            ("/usr/lib/vulnpkg/libvuln.so", true),
+            ("/usr/bin/vulnlink", false),
+            ("/usr/share/doc/vulnpkg/README", false),
+        ],
+    );
+}
+
+/// `enforcer vshield from-trivy ARGS --root ROOT REPORT`, checked to
+/// succeed.
+fn from_trivy(args: &[&str], root: &Path, report: &Path) -> std::process::Output {
     let output = Command::new(enforcer_tests::agent::binary())
-        .args(["vshield", "from-trivy", "--root"])
-        .arg(&root)
-        .arg(&report)
+        .args(["vshield", "from-trivy"])
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .arg(report)
         .output()
         .expect("running enforcer vshield from-trivy");
-    let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert!(text.contains("localhost/rocky-app:1"), "{text}");
-    for (file, listed) in [
-        ("/usr/bin/vulnprog", true),
-        ("/usr/lib/vulnpkg/libvuln.so", true),
-        ("/usr/bin/vulnlink", false),
-        ("/usr/share/doc/vulnpkg/README", false),
-    ] {
+    output
+}
+
+/// Whether the generated policy names each file (quoted, as it writes them).
+fn assert_names(policy: &str, files: &[(&str, bool)]) {
+    for (file, listed) in files {
         assert_eq!(
-            text.contains(&format!("\"{file}\"")),
-            listed,
-            "{file}:\n{text}"
+            policy.contains(&format!("\"{file}\"")),
+            *listed,
+            "{file}:\n{policy}"
         );
     }
 }

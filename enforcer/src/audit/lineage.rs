@@ -33,14 +33,10 @@ pub fn ancestors(proc: &Path, parent: u32, mnt_ns: u32) -> Vec<Ancestor> {
     let mut out = Vec::new();
     let mut pid = parent;
     while pid != 0 && out.len() < DEPTH_MAX {
-        let dir = proc.join(pid.to_string());
-        let in_namespace = std::fs::read_link(dir.join("ns/mnt"))
-            .ok()
-            .and_then(|link| namespace_inode(&link.to_string_lossy()))
-            == Some(mnt_ns);
-        if !in_namespace {
+        if namespace(proc, pid, "mnt") != Some(mnt_ns) {
             break;
         }
+        let dir = proc.join(pid.to_string());
         let Some((name, next)) = std::fs::read_to_string(dir.join("stat"))
             .ok()
             .and_then(|stat| parse_stat(&stat))
@@ -98,14 +94,11 @@ pub fn session(
             Session::Exec
         });
     }
-    let dir = proc.join(leader.to_string());
-    let pid_ns = std::fs::read_link(dir.join("ns/pid"))
-        .ok()
-        .and_then(|link| namespace_inode(&link.to_string_lossy()))?;
+    let pid_ns = pid_namespace(proc, leader)?;
     if Some(pid_ns) == host_pid_ns {
         return None;
     }
-    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let status = std::fs::read_to_string(proc.join(leader.to_string()).join("status")).ok()?;
     // "NSpid:\t4242\t1": the pid in each nested namespace, innermost last.
     let innermost = status
         .lines()
@@ -121,7 +114,12 @@ pub fn session(
 
 /// The pid namespace of process `pid` (the host's, for the host pid).
 pub fn pid_namespace(proc: &Path, pid: u32) -> Option<u32> {
-    std::fs::read_link(proc.join(pid.to_string()).join("ns/pid"))
+    namespace(proc, pid, "pid")
+}
+
+/// The inode of process `pid`'s namespace of `kind` (`mnt`, `pid`).
+fn namespace(proc: &Path, pid: u32, kind: &str) -> Option<u32> {
+    std::fs::read_link(proc.join(pid.to_string()).join("ns").join(kind))
         .ok()
         .and_then(|link| namespace_inode(&link.to_string_lossy()))
 }

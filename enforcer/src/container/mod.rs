@@ -236,7 +236,7 @@ impl CgroupIndex {
                 .is_none_or(|last| last.elapsed() >= RESCAN_INTERVAL)
         {
             self.last_miss_scan = Some(Instant::now());
-            self.scan();
+            self.rescan();
         }
         self.paths.get(&id).and_then(|path| from_cgroup_path(path))
     }
@@ -248,10 +248,6 @@ impl CgroupIndex {
 
     /// Reads the tree again and returns the groups that exist now, by id.
     pub fn rescan(&mut self) -> HashMap<u64, String> {
-        self.scan()
-    }
-
-    fn scan(&mut self) -> HashMap<u64, String> {
         let mut live = HashMap::new();
         let Some(mount) = self.mount.clone() else {
             return live;
