@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -55,6 +55,13 @@ pub const NAME_LEN: usize = 256;
 /// Bytes kept of the path passed to `execve`. Longer paths are cut and the
 /// event carries [`event_flags::PATH_TRUNCATED`].
 pub const EXEC_PATH_LEN: usize = 512;
+
+/// Ancestors a decision record names ([`DecisionEvent::ancestor_pids`]).
+pub const LINEAGE_MAX: usize = 8;
+
+/// Ancestors the programs walk at most to find a process's entry leader (a
+/// deeper tree leaves [`DecisionEvent::leader_tgid`] unknown).
+pub const LINEAGE_WALK_MAX: usize = 16;
 
 /// Bytes of a file's path in its container that the programs build to match
 /// allowed paths ([`PathDfaState`]). A longer path is never allowed.
@@ -189,6 +196,9 @@ pub mod event_flags {
     pub const PATH_TRUNCATED: u32 = 1;
     /// There is no path (mappings) or reading it failed; `path` is empty.
     pub const NO_PATH: u32 = 1 << 1;
+    /// The process has more ancestors in its container than
+    /// [`super::LINEAGE_MAX`]: the record names the nearest.
+    pub const ANCESTORS_TRUNCATED: u32 = 1 << 2;
 }
 
 /// Bits of [`DriftSettings::flags`].
@@ -355,6 +365,30 @@ pub struct MmapOffsets {
     pub regs_arg4: u32,
     /// Fifth argument (`fd`): `r8`.
     pub regs_arg5: u32,
+}
+
+/// Offsets the programs read to name a process's ancestors and its entry
+/// leader in decision records, apart from [`KernelOffsets`] for the same
+/// reason as [`MmapOffsets`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.comm`
+    pub task_comm: u32,
+    /// `task_struct.thread_pid`
+    pub task_thread_pid: u32,
+    /// `pid.level`: depth of the task's pid namespace (0: the initial one).
+    pub pid_level: u32,
+    /// `pid.numbers`: one `struct upid` per level, the innermost last.
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`
+    pub upid_size: u32,
+    /// `upid.nr`
+    pub upid_nr: u32,
+    /// `upid.ns`
+    pub upid_ns: u32,
+    /// `pid_namespace.ns.inum`
+    pub pid_namespace_inum: u32,
 }
 
 /// Settings fixed for the lifetime of the loaded programs.
@@ -605,6 +639,23 @@ pub struct DecisionEvent {
     /// The path given to exec (`linux_binprm.filename`), NUL terminated;
     /// empty for mappings and opens.
     pub path: [u8; EXEC_PATH_LEN],
+    /// `comm` of the real parent, NUL padded (zero when unread).
+    pub parent_comm: [u8; COMM_LEN],
+    /// Process ids of the task's ancestors that share its mount namespace
+    /// (its container), nearest first; `ancestors_len` are in use.
+    pub ancestor_pids: [u32; LINEAGE_MAX],
+    /// Their `comm`s, NUL padded.
+    pub ancestor_comms: [[u8; COMM_LEN]; LINEAGE_MAX],
+    pub ancestors_len: u32,
+    /// Process id of the entry leader: the topmost of the task and those
+    /// ancestors (whose parent is outside the mount namespace: the
+    /// container's first process, or the first process of an exec
+    /// session). 0 when not found (a host process, a deeper tree).
+    pub leader_tgid: u32,
+    /// The leader's process id in its own pid namespace.
+    pub leader_nspid: u32,
+    /// Inode number of the leader's pid namespace.
+    pub leader_pid_ns: u32,
 }
 
 /// A container process ran a file from a root filesystem that is not
@@ -629,7 +680,7 @@ pub struct RootNotice {
 mod pod {
     use super::{
         AgentConfig, DriftSettings, FileId, KernelOffsets, MmapOffsets, OverlayLower, PathDfaState,
-        VShieldKey, VShieldRule,
+        TaskOffsets, VShieldKey, VShieldRule,
     };
 
     // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (pinned
@@ -637,6 +688,8 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MmapOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TaskOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AgentConfig {}
     // SAFETY: as above.
@@ -659,7 +712,7 @@ mod tests {
 
     use super::{
         AgentConfig, DecisionEvent, DriftSettings, EventHeader, FileId, KernelOffsets, MmapOffsets,
-        OverlayLower, PathDfaState, RootNotice, VShieldKey, VShieldRule,
+        OverlayLower, PathDfaState, RootNotice, TaskOffsets, VShieldKey, VShieldRule,
     };
 
     #[test]
@@ -695,7 +748,7 @@ mod tests {
 
     #[test]
     fn drift_event_layout() {
-        assert_eq!(size_of::<DecisionEvent>(), 880);
+        assert_eq!(size_of::<DecisionEvent>(), 1072);
         assert_eq!(offset_of!(DecisionEvent, header), 0);
         assert_eq!(offset_of!(DecisionEvent, pid), 16);
         assert_eq!(offset_of!(DecisionEvent, tgid), 20);
@@ -717,9 +770,15 @@ mod tests {
         assert_eq!(offset_of!(DecisionEvent, comm), 96);
         assert_eq!(offset_of!(DecisionEvent, name), 112);
         assert_eq!(offset_of!(DecisionEvent, path), 112 + super::NAME_LEN);
+        assert_eq!(offset_of!(DecisionEvent, parent_comm), 880);
+        assert_eq!(offset_of!(DecisionEvent, ancestor_pids), 896);
+        assert_eq!(offset_of!(DecisionEvent, ancestor_comms), 928);
+        assert_eq!(offset_of!(DecisionEvent, ancestors_len), 1056);
+        assert_eq!(offset_of!(DecisionEvent, leader_tgid), 1060);
+        assert_eq!(offset_of!(DecisionEvent, leader_nspid), 1064);
         // No tail padding: the last field ends the struct.
         assert_eq!(
-            offset_of!(DecisionEvent, path) + super::EXEC_PATH_LEN,
+            offset_of!(DecisionEvent, leader_pid_ns) + 4,
             size_of::<DecisionEvent>()
         );
     }
@@ -728,6 +787,8 @@ mod tests {
     fn kernel_offsets_layout() {
         assert_eq!(size_of::<KernelOffsets>(), 38 * 4);
         assert_eq!(size_of::<MmapOffsets>(), 8 * 4);
+        assert_eq!(size_of::<TaskOffsets>(), 8 * 4);
+        assert_eq!(offset_of!(TaskOffsets, upid_nr), 20);
         assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);
         assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 24);
         assert_eq!(offset_of!(KernelOffsets, mnt_namespace_inum), 44);

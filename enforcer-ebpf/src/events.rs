@@ -5,17 +5,17 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     bpf_ktime_get_boot_ns,
-    generated::{bpf_get_current_comm, bpf_probe_read_kernel_str},
+    generated::{bpf_get_current_comm, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
 };
 use enforcer_common::{
-    COMM_LEN, DecisionEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, NAME_LEN, RootNotice,
-    counter, event_flags, event_kind, reason,
+    COMM_LEN, DecisionEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, LINEAGE_MAX,
+    LINEAGE_WALK_MAX, NAME_LEN, RootNotice, counter, event_flags, event_kind, reason,
 };
 
 use crate::{
     drift::Drift,
     kernel::{self, FileFacts},
-    maps::{EVENTS, count},
+    maps::{EVENTS, count, task_offset},
     vshield::Hit,
 };
 
@@ -38,6 +38,118 @@ unsafe fn read_str(dst: *mut u8, size: usize, src: u64) -> Option<u32> {
         unsafe { *dst = 0 };
         None
     }
+}
+
+/// Copies task `task`'s `comm` into `dst`, zeroed when unreadable.
+///
+/// # Safety
+/// `dst` must point at [`COMM_LEN`] writable bytes.
+#[inline(always)]
+unsafe fn read_comm(dst: *mut [u8; COMM_LEN], task: u64) {
+    let src = task + u64::from(task_offset!(task_comm));
+    // SAFETY: per the contract; the helper validates `src`.
+    let read = unsafe {
+        bpf_probe_read_kernel(dst.cast::<c_void>(), COMM_LEN as u32, src as *const c_void)
+    };
+    if read < 0 {
+        // SAFETY: per the contract.
+        unsafe { *dst = [0; COMM_LEN] };
+    }
+}
+
+/// `task`'s mount namespace (`struct mnt_namespace *`); null for a task
+/// that has exited (its `nsproxy` is gone).
+#[inline(always)]
+fn mnt_ns_of(task: u64, offsets: &KernelOffsets) -> u64 {
+    kernel::read_ptr(task, offsets.task_nsproxy)
+        .and_then(|nsproxy| kernel::read::<u64>(nsproxy, offsets.nsproxy_mnt_ns))
+        .unwrap_or(0)
+}
+
+/// Fills the record's lineage: the parent's name, the ancestors that share
+/// the task's mount namespace and the entry leader, the topmost of them.
+///
+/// Read here, while the task is in its exec or open, because the agent reads
+/// the record later: a refused program's process is often gone by then (a
+/// `kubectl exec` of a dropped binary ends with the refusal), and the walk
+/// through `/proc` would find nothing to tell an exec session by.
+///
+/// # Safety
+/// `event` must point at a reserved record owned by the caller.
+#[inline(always)]
+unsafe fn lineage(event: *mut DecisionEvent, offsets: &KernelOffsets) {
+    let task = kernel::current_task();
+    let mnt_ns = mnt_ns_of(task, offsets);
+    let mut child = task;
+    let mut len = 0usize;
+    let mut leader = 0u64;
+    // SAFETY: per the contract; each place is written through raw pointers.
+    unsafe {
+        (*event).parent_comm = [0; COMM_LEN];
+        if let Ok(parent) = kernel::read_ptr(task, offsets.task_real_parent) {
+            read_comm(&raw mut (*event).parent_comm, parent);
+        }
+    }
+    for _ in 0..LINEAGE_WALK_MAX {
+        let Ok(parent) = kernel::read_ptr(child, offsets.task_real_parent) else {
+            break;
+        };
+        // `init_task` is its own parent.
+        if parent == child || mnt_ns == 0 {
+            break;
+        }
+        if mnt_ns_of(parent, offsets) != mnt_ns {
+            leader = child;
+            break;
+        }
+        if len < LINEAGE_MAX {
+            // SAFETY: `len` is in bounds of both arrays.
+            unsafe {
+                (*event).ancestor_pids[len] = kernel::read(parent, offsets.task_tgid).unwrap_or(0);
+                read_comm(&raw mut (*event).ancestor_comms[len], parent);
+            }
+        } else {
+            // SAFETY: per the contract.
+            unsafe { (*event).flags |= event_flags::ANCESTORS_TRUNCATED };
+        }
+        len += 1;
+        child = parent;
+    }
+    let (leader_tgid, nspid, pid_ns) = if leader == 0 {
+        (0, 0, 0)
+    } else {
+        leader_ids(leader, offsets)
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        (*event).ancestors_len = len.min(LINEAGE_MAX) as u32;
+        (*event).leader_tgid = leader_tgid;
+        (*event).leader_nspid = nspid;
+        (*event).leader_pid_ns = pid_ns;
+    }
+}
+
+/// Task `task`'s process id, its process id in its own pid namespace
+/// (`task->thread_pid->numbers[level].nr`), and that namespace's inode
+/// number.
+#[inline(always)]
+fn leader_ids(task: u64, offsets: &KernelOffsets) -> (u32, u32, u32) {
+    let tgid = kernel::read(task, offsets.task_tgid).unwrap_or(0);
+    let Ok(pid) = kernel::read_ptr(task, task_offset!(task_thread_pid)) else {
+        return (tgid, 0, 0);
+    };
+    let level: u32 = kernel::read(pid, task_offset!(pid_level)).unwrap_or(0);
+    let upid = pid
+        + u64::from(task_offset!(pid_numbers))
+        + u64::from(level) * u64::from(task_offset!(upid_size));
+    let pid_ns = kernel::read_ptr(upid, task_offset!(upid_ns))
+        .and_then(|ns| kernel::read(ns, task_offset!(pid_namespace_inum)))
+        .unwrap_or(0);
+    (
+        tgid,
+        kernel::read(upid, task_offset!(upid_nr)).unwrap_or(0),
+        pid_ns,
+    )
 }
 
 /// What a decision record says, apart from the task's own context.
@@ -125,6 +237,7 @@ fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
             (*event).path_len = 0;
             (*event).flags = event_flags::NO_PATH;
         }
+        lineage(event, offsets);
     }
     entry.submit(0);
 }

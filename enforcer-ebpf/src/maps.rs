@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     AgentConfig, CONTAINER_SCOPES_MAX, DriftSettings, FileId, KernelOffsets, MmapOffsets,
-    OverlayLower, PATH_BUF_LEN, PathDfaBank, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, VSHIELD_SLOTS,
-    VShieldKey, VShieldRule, WRITTEN_FILES_MAX, counter,
+    OverlayLower, PATH_BUF_LEN, PathDfaBank, TaskOffsets, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX,
+    VSHIELD_SLOTS, VShieldKey, VShieldRule, WRITTEN_FILES_MAX, counter,
 };
 
 /// Kernel structure offsets, overridden by the agent at load time.
@@ -28,6 +28,11 @@ pub(crate) static MMAP_OFFSETS: Global<MmapOffsets> = Global::new(unsafe { core:
 #[unsafe(no_mangle)]
 // SAFETY: as above.
 pub(crate) static OVERLAY_LOWER: Global<OverlayLower> = Global::new(unsafe { core::mem::zeroed() });
+
+/// Offsets for the lineage in decision records, overridden at load time.
+#[unsafe(no_mangle)]
+// SAFETY: as above.
+pub(crate) static TASK_OFFSETS: Global<TaskOffsets> = Global::new(unsafe { core::mem::zeroed() });
 
 /// Settings fixed while the programs are loaded, overridden at load time.
 #[unsafe(no_mangle)]
@@ -146,6 +151,17 @@ macro_rules! lower_offset {
     }};
 }
 pub(crate) use lower_offset;
+
+/// [`offset!`] for a field of [`TASK_OFFSETS`].
+macro_rules! task_offset {
+    ($field:ident) => {{
+        let task =
+            core::ptr::from_ref(&$crate::maps::TASK_OFFSETS).cast::<enforcer_common::TaskOffsets>();
+        // SAFETY: `Global<T>` is `repr(transparent)` over an initialised `T`.
+        unsafe { core::ptr::read_volatile(&raw const (*task).$field) }
+    }};
+}
+pub(crate) use task_offset;
 
 #[inline(always)]
 pub(crate) fn count(index: u32) {

@@ -218,10 +218,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         cgroups,
         containers: registry.catalog().clone(),
         proc_lineage: true,
-        host_pid_ns: crate::audit::lineage::pid_namespace(
-            std::path::Path::new("/proc"),
-            options.host_pid,
-        ),
+        host_pid_ns: host.pid_ns,
     };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
     let (pipeline, mut notices) =
@@ -376,6 +373,7 @@ fn load(
     let ebpf = backend::load_object(
         &layout.offsets,
         &layout.mmap_offsets,
+        &layout.task_offsets,
         &layout.overlay_lower,
         &config,
     )?;

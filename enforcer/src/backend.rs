@@ -15,7 +15,9 @@ use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
     programs::{Lsm, ProgramError, ProgramInfo, RawTracePoint},
 };
-use enforcer_common::{AgentConfig, KernelOffsets, MmapOffsets, OverlayLower, vshield_op};
+use enforcer_common::{
+    AgentConfig, KernelOffsets, MmapOffsets, OverlayLower, TaskOffsets, vshield_op,
+};
 
 use crate::{
     error_chain,
@@ -128,6 +130,7 @@ pub enum BackendError {
 pub fn load_object(
     offsets: &KernelOffsets,
     mmap_offsets: &MmapOffsets,
+    task_offsets: &TaskOffsets,
     overlay_lower: &OverlayLower,
     config: &AgentConfig,
 ) -> Result<Ebpf, BackendError> {
@@ -137,6 +140,7 @@ pub fn load_object(
     EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
         .override_global("MMAP_OFFSETS", mmap_offsets, true)
+        .override_global("TASK_OFFSETS", task_offsets, true)
         .override_global("OVERLAY_LOWER", overlay_lower, true)
         .override_global("CONFIG", config, true)
         .load(OBJECT)

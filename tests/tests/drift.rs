@@ -82,6 +82,22 @@ fn assert_event_describes_the_drift(event: &Value, run: &Run) {
             .is_empty(),
         "{event:#}"
     );
+    // The kernel recorded the lineage while the exec was decided: the
+    // script's shell, the first process of the container's mount namespace
+    // (its parent, this test, is outside). The harness shares the host's pid
+    // namespace, where pid 1 is not the container's: no session is claimed.
+    let process = &event["process"];
+    assert_eq!(process["parent"]["name"], "sh", "{event:#}");
+    assert_eq!(
+        process["entry_leader"]["pid"], process["parent"]["pid"],
+        "{event:#}"
+    );
+    assert_eq!(
+        event["enforcer"]["lineage"].as_array().map(Vec::len),
+        Some(1),
+        "{event:#}"
+    );
+    assert!(event["enforcer"]["session"].is_null(), "{event:#}");
     assert!(
         event["@timestamp"]
             .as_str()

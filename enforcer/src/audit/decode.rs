@@ -88,8 +88,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use enforcer_common::{
-        COMM_LEN, DecisionEvent, EXEC_PATH_LEN, EventHeader, NAME_LEN, backend, decision,
-        event_kind, layer, reason, via,
+        COMM_LEN, DecisionEvent, EXEC_PATH_LEN, EventHeader, LINEAGE_MAX, NAME_LEN, backend,
+        decision, event_kind, layer, reason, via,
     };
 
     use super::*;
@@ -123,6 +123,13 @@ pub(crate) mod tests {
             comm: [0; COMM_LEN],
             name: [0; NAME_LEN],
             path: [0; EXEC_PATH_LEN],
+            parent_comm: [0; COMM_LEN],
+            ancestor_pids: [0; LINEAGE_MAX],
+            ancestor_comms: [[0; COMM_LEN]; LINEAGE_MAX],
+            ancestors_len: 0,
+            leader_tgid: 0,
+            leader_nspid: 0,
+            leader_pid_ns: 0,
         };
         event.comm[..2].copy_from_slice(b"sh");
         event.path[..path.len()].copy_from_slice(path.as_bytes());

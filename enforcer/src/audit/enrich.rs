@@ -103,8 +103,8 @@ pub struct Enricher {
     pub cgroups: Arc<Mutex<CgroupIndex>>,
     /// What the runtimes say of each container (name, image, pod).
     pub containers: Catalog,
-    /// Whether to read each event's process lineage from `/proc` (not in
-    /// unit tests, whose events name made-up processes).
+    /// Whether to add to each event's lineage from `/proc` (not in unit
+    /// tests, whose events name made-up processes).
     pub proc_lineage: bool,
     /// The host's pid namespace, where pid 1 is not a container's.
     pub host_pid_ns: Option<u32>,
@@ -235,17 +235,15 @@ impl Enricher {
             path,
         } = self.rule_context(e, path);
         let (container, kubernetes, init_pid) = self.container(e.cgroup_id);
-        let proc = Path::new("/proc");
-        let lineage = if self.proc_lineage {
-            lineage::ancestors(proc, e.ppid, e.mnt_ns)
-        } else {
-            Vec::new()
-        };
-        let session = lineage
-            .last()
-            .filter(|_| container.is_some())
-            .and_then(|leader| lineage::session(proc, leader.pid, init_pid, self.host_pid_ns))
-            .map(lineage::Session::as_str);
+        let lineage = lineage::of_event(
+            e,
+            lineage::Context {
+                proc: self.proc_lineage.then_some(Path::new("/proc")),
+                in_container: container.is_some(),
+                init_pid,
+                host_pid_ns: self.host_pid_ns,
+            },
+        );
         AuditRecord {
             timestamp: self
                 .clock
@@ -271,10 +269,10 @@ impl Enricher {
                 thread: ThreadId { id: e.pid },
                 parent: Parent {
                     pid: e.ppid,
-                    name: lineage.first().map(|parent| parent.name.clone()),
-                    executable: lineage.first().and_then(|parent| parent.executable.clone()),
+                    name: lineage.parent_name,
+                    executable: lineage.parent_executable,
                 },
-                entry_leader: lineage.last().cloned(),
+                entry_leader: lineage.leader,
                 name: c_string(&e.comm),
                 executable,
             },
@@ -311,8 +309,8 @@ impl Enricher {
                 layer: layer_name,
                 mount_namespace: e.mnt_ns,
                 cgroup_id: e.cgroup_id,
-                lineage,
-                session,
+                lineage: lineage.ancestors,
+                session: lineage.session.map(lineage::Session::as_str),
                 path_truncated: e.flags & event_flags::PATH_TRUNCATED != 0,
             },
         }

@@ -1,16 +1,18 @@
-//! A process's ancestors up to its container's first process, read from
-//! `/proc` when its event is written.
+//! A process's ancestors up to its container's first process.
 //!
-//! The kernel event carries the parent's pid; the walk goes up from there
-//! while the ancestors share the event's mount namespace, so it ends at the
-//! container's first process (ECS `process.entry_leader`; its parent is the
-//! runtime's monitor, outside the container). It is best effort by nature:
-//! an ancestor that has exited by the time the event is written ends the
-//! walk there (the parent of a refused exec is usually a shell still waiting
-//! for it).
+//! The kernel programs record them when they decide ([`DecisionEvent`]):
+//! the parent's name, up to [`LINEAGE_MAX`] ancestors that share the task's
+//! mount namespace, and the entry leader, the topmost of them (ECS
+//! `process.entry_leader`: its parent, the runtime's monitor, is outside the
+//! container), with its pid in its own pid namespace. That holds after the
+//! process has exited, which a refused program's process often has by the
+//! time its event is written. `/proc` adds what the kernel does not copy,
+//! best effort: the ancestors' executables while they still run, and the
+//! ancestors beyond the recorded ones.
 
 use std::path::Path;
 
+use enforcer_common::{COMM_LEN, DecisionEvent, LINEAGE_MAX, event_flags};
 use serde::Serialize;
 
 /// Ancestors listed at most (a fork bomb's depth is not worth reading).
@@ -20,40 +22,12 @@ const DEPTH_MAX: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Ancestor {
     pub pid: u32,
-    /// Its comm.
+    /// Its comm (empty when unknown).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// The program it runs (`/proc/PID/exe`), as the container sees it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub executable: Option<String>,
-}
-
-/// The ancestors of a process whose parent is `parent`, nearest first, that
-/// are in mount namespace `mnt_ns`, read from the proc filesystem at `proc`.
-pub fn ancestors(proc: &Path, parent: u32, mnt_ns: u32) -> Vec<Ancestor> {
-    let mut out = Vec::new();
-    let mut pid = parent;
-    while pid != 0 && out.len() < DEPTH_MAX {
-        if namespace(proc, pid, "mnt") != Some(mnt_ns) {
-            break;
-        }
-        let dir = proc.join(pid.to_string());
-        let Some((name, next)) = std::fs::read_to_string(dir.join("stat"))
-            .ok()
-            .and_then(|stat| parse_stat(&stat))
-        else {
-            break;
-        };
-        let executable = std::fs::read_link(dir.join("exe"))
-            .ok()
-            .map(|path| path.to_string_lossy().into_owned());
-        out.push(Ancestor {
-            pid,
-            name,
-            executable,
-        });
-        pid = next;
-    }
-    out
 }
 
 /// How the process's session entered its container.
@@ -75,46 +49,161 @@ impl Session {
     }
 }
 
-/// The session of a process whose topmost ancestor in its container is
-/// `leader`: the container's own when `leader` is its first process, known
-/// from the OCI hook (`init_pid`) or, without one, being pid 1 of its pid
-/// namespace; an exec session otherwise. `None` when the leader's pid
-/// namespace is the host's (`host_pid_ns`), where pid 1 is not the
-/// container's, or its status cannot be read.
-pub fn session(
-    proc: &Path,
-    leader: u32,
-    init_pid: Option<u32>,
-    host_pid_ns: Option<u32>,
-) -> Option<Session> {
-    if let Some(init) = init_pid {
-        return Some(if init == leader {
-            Session::Container
+/// What an event says of a process's ancestry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lineage {
+    /// The parent's comm, wherever it runs.
+    pub parent_name: Option<String>,
+    /// The parent's program, when it is in the container and still runs.
+    pub parent_executable: Option<String>,
+    /// Ancestors in the process's mount namespace, nearest first.
+    pub ancestors: Vec<Ancestor>,
+    /// The topmost of the process and those ancestors, when found.
+    pub leader: Option<Ancestor>,
+    /// For a container process whose leader was found.
+    pub session: Option<Session>,
+}
+
+/// Where a lineage comes from besides the event.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// The proc filesystem, for executables and ancestors the record does
+    /// not hold; `None` to use the record alone.
+    pub proc: Option<&'a Path>,
+    /// Whether the process is in a container (sessions are a container's).
+    pub in_container: bool,
+    /// The container's first process as its OCI hook reported it.
+    pub init_pid: Option<u32>,
+    /// The host's pid namespace, where pid 1 is not a container's.
+    pub host_pid_ns: Option<u32>,
+}
+
+/// The lineage of event `e`'s process.
+pub fn of_event(e: &DecisionEvent, context: Context<'_>) -> Lineage {
+    let recorded = (e.ancestors_len as usize).min(LINEAGE_MAX);
+    let mut ancestors: Vec<Ancestor> = e.ancestor_pids[..recorded]
+        .iter()
+        .zip(&e.ancestor_comms)
+        .map(|(&pid, comm)| Ancestor {
+            pid,
+            name: comm_string(comm),
+            executable: context.proc.and_then(|proc| executable(proc, pid, comm)),
+        })
+        .collect();
+    if let (Some(proc), Some(last)) = (context.proc, ancestors.last())
+        && e.flags & event_flags::ANCESTORS_TRUNCATED != 0
+        && let Some((_, next)) = stat(proc, last.pid)
+    {
+        let more = ancestors_in(proc, next, e.mnt_ns, DEPTH_MAX - ancestors.len());
+        ancestors.extend(more);
+    }
+    let leader = (e.leader_tgid != 0).then(|| {
+        if e.leader_tgid == e.tgid {
+            Ancestor {
+                pid: e.tgid,
+                name: comm_string(&e.comm),
+                executable: context
+                    .proc
+                    .and_then(|proc| executable(proc, e.tgid, &e.comm)),
+            }
         } else {
-            Session::Exec
-        });
+            ancestors
+                .iter()
+                .find(|ancestor| ancestor.pid == e.leader_tgid)
+                .cloned()
+                .unwrap_or(Ancestor {
+                    pid: e.leader_tgid,
+                    name: String::new(),
+                    executable: None,
+                })
+        }
+    });
+    let session = (context.in_container && e.leader_tgid != 0)
+        .then(|| session(e, context.init_pid, context.host_pid_ns))
+        .flatten();
+    Lineage {
+        parent_name: Some(comm_string(&e.parent_comm)).filter(|name| !name.is_empty()),
+        parent_executable: ancestors
+            .first()
+            .filter(|parent| parent.pid == e.ppid)
+            .and_then(|parent| parent.executable.clone()),
+        ancestors,
+        leader,
+        session,
     }
-    let pid_ns = pid_namespace(proc, leader)?;
-    if Some(pid_ns) == host_pid_ns {
-        return None;
-    }
-    let status = std::fs::read_to_string(proc.join(leader.to_string()).join("status")).ok()?;
-    // "NSpid:\t4242\t1": the pid in each nested namespace, innermost last.
-    let innermost = status
-        .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))?
-        .split_whitespace()
-        .last()?;
-    Some(if innermost == "1" {
+}
+
+/// The session of a container process whose entry leader the kernel found:
+/// the container's own when the leader is its first process, known from the
+/// OCI hook (`init_pid`) or, without one, being pid 1 of its pid namespace;
+/// an exec session otherwise. `None` when the leader's pid namespace is the
+/// host's, where pid 1 is not the container's.
+///
+/// A process orphaned by an exec session is adopted by the container's
+/// first process (the reaper of its pid namespace) and counts as the
+/// container's from then on, as it would in `/proc`.
+fn session(e: &DecisionEvent, init_pid: Option<u32>, host_pid_ns: Option<u32>) -> Option<Session> {
+    let first = match init_pid {
+        Some(init) => init == e.leader_tgid,
+        None if e.leader_pid_ns == 0 || Some(e.leader_pid_ns) == host_pid_ns => return None,
+        None => e.leader_nspid == 1,
+    };
+    Some(if first {
         Session::Container
     } else {
         Session::Exec
     })
 }
 
-/// The pid namespace of process `pid` (the host's, for the host pid).
-pub fn pid_namespace(proc: &Path, pid: u32) -> Option<u32> {
-    namespace(proc, pid, "pid")
+/// A NUL-padded comm as text.
+fn comm_string(comm: &[u8; COMM_LEN]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
+/// The program process `pid` runs, if it still runs as `comm` (a pid
+/// reused since is another process).
+fn executable(proc: &Path, pid: u32, comm: &[u8; COMM_LEN]) -> Option<String> {
+    let (name, _) = stat(proc, pid)?;
+    if name != comm_string(comm) {
+        return None;
+    }
+    std::fs::read_link(proc.join(pid.to_string()).join("exe"))
+        .ok()
+        .map(|path| path.to_string_lossy().into_owned())
+}
+
+/// Process `pid`'s comm and parent, from `/proc/PID/stat`.
+fn stat(proc: &Path, pid: u32) -> Option<(String, u32)> {
+    std::fs::read_to_string(proc.join(pid.to_string()).join("stat"))
+        .ok()
+        .and_then(|stat| parse_stat(&stat))
+}
+
+/// Up to `max` ancestors from `parent` up, nearest first, that are in mount
+/// namespace `mnt_ns`, read from the proc filesystem at `proc`; an ancestor
+/// that has exited ends the walk.
+fn ancestors_in(proc: &Path, parent: u32, mnt_ns: u32, max: usize) -> Vec<Ancestor> {
+    let mut out = Vec::new();
+    let mut pid = parent;
+    while pid != 0 && out.len() < max {
+        if namespace(proc, pid, "mnt") != Some(mnt_ns) {
+            break;
+        }
+        let Some((name, next)) = stat(proc, pid) else {
+            break;
+        };
+        let executable = std::fs::read_link(proc.join(pid.to_string()).join("exe"))
+            .ok()
+            .map(|path| path.to_string_lossy().into_owned());
+        out.push(Ancestor {
+            pid,
+            name,
+            executable,
+        });
+        pid = next;
+    }
+    out
 }
 
 /// The inode of process `pid`'s namespace of `kind` (`mnt`, `pid`).
@@ -147,6 +236,143 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
+    use crate::audit::decode::tests::drift_event;
+
+    fn comm(name: &str) -> [u8; COMM_LEN] {
+        let mut comm = [0; COMM_LEN];
+        comm[..name.len()].copy_from_slice(name.as_bytes());
+        comm
+    }
+
+    /// A drift event of process 30 (`sh`) under `ancestors` (pid, comm),
+    /// nearest first, the last of them the leader.
+    fn event(ancestors: &[(u32, &str)], nspid: u32, pid_ns: u32) -> DecisionEvent {
+        let mut e = drift_event("/tmp/dropped");
+        e.tgid = 30;
+        e.pid = 30;
+        e.mnt_ns = 7;
+        e.ppid = ancestors.first().map_or(10, |(pid, _)| *pid);
+        e.parent_comm = comm(ancestors.first().map_or("conmon", |(_, name)| name));
+        for (i, (pid, name)) in ancestors.iter().enumerate() {
+            e.ancestor_pids[i] = *pid;
+            e.ancestor_comms[i] = comm(name);
+        }
+        e.ancestors_len = ancestors.len() as u32;
+        e.leader_tgid = ancestors.last().map_or(30, |(pid, _)| *pid);
+        e.leader_nspid = nspid;
+        e.leader_pid_ns = pid_ns;
+        e
+    }
+
+    const RECORD_ONLY: Context<'static> = Context {
+        proc: None,
+        in_container: true,
+        init_pid: None,
+        host_pid_ns: Some(HOST_PID_NS),
+    };
+    const HOST_PID_NS: u32 = 4_026_531_836;
+
+    #[test]
+    fn the_record_alone_names_ancestors_leader_and_session() {
+        // 30 under 20, pid 1 of its pid namespace: the container's session.
+        let e = event(&[(20, "sh")], 1, 1);
+        let lineage = of_event(&e, RECORD_ONLY);
+        assert_eq!(lineage.parent_name.as_deref(), Some("sh"));
+        assert_eq!(lineage.ancestors.len(), 1);
+        assert_eq!(lineage.leader.as_ref().map(|a| a.pid), Some(20));
+        assert_eq!(lineage.session, Some(Session::Container));
+        // A leader that is not pid 1: an exec session.
+        let e = event(&[(25, "sh"), (22, "sh")], 7, 1);
+        let lineage = of_event(&e, RECORD_ONLY);
+        assert_eq!(
+            lineage.leader.map(|a| (a.pid, a.name)),
+            Some((22, "sh".to_owned()))
+        );
+        assert_eq!(lineage.session, Some(Session::Exec));
+        // The hook named the container's first process: that decides.
+        let hooked = |init| Context {
+            init_pid: Some(init),
+            ..RECORD_ONLY
+        };
+        assert_eq!(of_event(&e, hooked(22)).session, Some(Session::Container));
+        assert_eq!(of_event(&e, hooked(5)).session, Some(Session::Exec));
+        // The process is its own leader (`kubectl exec POD -- /tmp/x`): its
+        // parent runs outside the container.
+        let e = event(&[], 9, 1);
+        let lineage = of_event(&e, RECORD_ONLY);
+        assert!(lineage.ancestors.is_empty());
+        assert_eq!(lineage.parent_name.as_deref(), Some("conmon"));
+        assert_eq!(
+            lineage.leader.map(|a| (a.pid, a.name)),
+            Some((30, "sh".to_owned()))
+        );
+        assert_eq!(lineage.session, Some(Session::Exec));
+        // In the host's pid namespace there is no telling; nor for a host
+        // process, nor without a leader.
+        assert_eq!(
+            of_event(&event(&[(20, "sh")], 20, HOST_PID_NS), RECORD_ONLY).session,
+            None
+        );
+        let host = Context {
+            in_container: false,
+            ..RECORD_ONLY
+        };
+        assert_eq!(of_event(&event(&[(20, "sh")], 1, 1), host).session, None);
+        let mut e = event(&[(20, "sh")], 1, 1);
+        e.leader_tgid = 0;
+        let lineage = of_event(&e, RECORD_ONLY);
+        assert_eq!((lineage.leader, lineage.session), (None, None));
+    }
+
+    #[test]
+    fn proc_adds_executables_and_the_ancestors_beyond_the_record() {
+        let proc = std::env::temp_dir().join(format!("enforcer-lineage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&proc);
+        // 30 (sh) -> 20 (sh) -> 15 (sh) -> 12 (sh, the container's first
+        // process) -> 10 (conmon, on the host). 20 has been replaced by
+        // another process of the same pid.
+        for (pid, name, ppid, ns, exe) in [
+            (20, "other", 15, 7, "/bin/other"),
+            (15, "sh", 12, 7, "/bin/busybox"),
+            (12, "sh", 10, 7, "/bin/busybox"),
+            (10, "conmon", 1, 1, "/usr/bin/conmon"),
+        ] {
+            let dir = proc.join(pid.to_string());
+            std::fs::create_dir_all(dir.join("ns")).unwrap();
+            std::fs::write(dir.join("stat"), format!("{pid} ({name}) S {ppid} 0 0")).unwrap();
+            symlink(format!("mnt:[{ns}]"), dir.join("ns/mnt")).unwrap();
+            symlink(exe, dir.join("exe")).unwrap();
+        }
+        let context = Context {
+            proc: Some(&proc),
+            ..RECORD_ONLY
+        };
+        let e = event(&[(20, "sh"), (15, "sh"), (12, "sh")], 1, 1);
+        let lineage = of_event(&e, context);
+        let executables: Vec<_> = lineage
+            .ancestors
+            .iter()
+            .map(|a| a.executable.as_deref())
+            .collect();
+        assert_eq!(
+            executables,
+            [None, Some("/bin/busybox"), Some("/bin/busybox")]
+        );
+        assert_eq!(
+            lineage.leader.and_then(|a| a.executable).as_deref(),
+            Some("/bin/busybox")
+        );
+        // The record names 20 alone and says there is more: the walk
+        // through /proc goes on from 20's parent to the namespace's edge.
+        let mut e = event(&[(20, "other")], 1, 1);
+        e.flags |= event_flags::ANCESTORS_TRUNCATED;
+        e.leader_tgid = 12;
+        let lineage = of_event(&e, context);
+        let pids: Vec<u32> = lineage.ancestors.iter().map(|a| a.pid).collect();
+        assert_eq!(pids, [20, 15, 12]);
+        assert_eq!(lineage.leader.map(|a| a.name).as_deref(), Some("sh"));
+        let _ = std::fs::remove_dir_all(&proc);
+    }
 
     #[test]
     fn stat_lines_with_odd_names_parse() {
@@ -161,46 +387,5 @@ mod tests {
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(namespace_inode("mnt:[4026531841]"), Some(4_026_531_841));
         assert_eq!(namespace_inode("mnt"), None);
-    }
-
-    #[test]
-    fn the_walk_stops_where_the_mount_namespace_changes() {
-        let proc = std::env::temp_dir().join(format!("enforcer-lineage-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&proc);
-        // 30 (sh) -> 20 (sh, the container's first process) -> 10 (conmon,
-        // on the host).
-        for (pid, name, ppid, ns, exe) in [
-            (30, "sh", 20, 7, "/bin/busybox"),
-            (20, "sh", 10, 7, "/bin/busybox"),
-            (10, "conmon", 1, 1, "/usr/bin/conmon"),
-        ] {
-            let dir = proc.join(pid.to_string());
-            std::fs::create_dir_all(dir.join("ns")).unwrap();
-            std::fs::write(dir.join("stat"), format!("{pid} ({name}) S {ppid} 0 0")).unwrap();
-            symlink(format!("mnt:[{ns}]"), dir.join("ns/mnt")).unwrap();
-            symlink(exe, dir.join("exe")).unwrap();
-        }
-        let lineage = ancestors(&proc, 30, 7);
-        let pids: Vec<u32> = lineage.iter().map(|a| a.pid).collect();
-        assert_eq!(pids, [30, 20]);
-        // The hook named the first process: the leader's session is the
-        // container's; another leader's is an exec session.
-        assert_eq!(session(&proc, 20, Some(20), None), Some(Session::Container));
-        assert_eq!(session(&proc, 30, Some(20), None), Some(Session::Exec));
-        // Without a hook, pid 1 of the leader's pid namespace.
-        for (pid, nspid, ns) in [(20, "20\t1", 9), (30, "30\t5", 9), (10, "10", 1)] {
-            let dir = proc.join(pid.to_string());
-            std::fs::write(dir.join("status"), format!("Name:\tx\nNSpid:\t{nspid}\n")).unwrap();
-            symlink(format!("pid:[{ns}]"), dir.join("ns/pid")).unwrap();
-        }
-        assert_eq!(session(&proc, 20, None, Some(1)), Some(Session::Container));
-        assert_eq!(session(&proc, 30, None, Some(1)), Some(Session::Exec));
-        // In the host's pid namespace there is no telling.
-        assert_eq!(session(&proc, 10, None, Some(1)), None);
-        assert_eq!(pid_namespace(&proc, 20), Some(9));
-        assert_eq!(lineage[1].executable.as_deref(), Some("/bin/busybox"));
-        // A parent that has exited ends the walk.
-        assert!(ancestors(&proc, 99, 7).is_empty());
-        let _ = std::fs::remove_dir_all(&proc);
     }
 }

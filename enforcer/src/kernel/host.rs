@@ -34,6 +34,9 @@ pub struct HostIdentity {
     pub root_dev: u32,
     /// Root directory's inode number.
     pub root_ino: u64,
+    /// Pid namespace inode number, where known: pid 1 there is not a
+    /// container's.
+    pub pid_ns: Option<u32>,
     /// The `/proc/PID` directory this was read from.
     pub source: PathBuf,
     /// Set when the host PID's entries could not be read and the agent used
@@ -124,6 +127,9 @@ fn read_identity(proc_dir: &Path) -> Result<HostIdentity, HostError> {
         mnt_ns,
         root_dev: kernel_dev(root.dev()),
         root_ino: root.ino(),
+        pid_ns: metadata(&proc_dir.join("ns/pid"))
+            .ok()
+            .and_then(|ns| u32::try_from(ns.ino()).ok()),
         source: proc_dir.to_owned(),
         fallback: None,
     })

@@ -14,7 +14,7 @@ use std::{
 use std::os::fd::FromRawFd as _;
 
 use btf_rs::{Btf, Type};
-use enforcer_common::{KernelOffsets, MmapOffsets, OverlayLower, overlay_lower};
+use enforcer_common::{KernelOffsets, MmapOffsets, OverlayLower, TaskOffsets, overlay_lower};
 
 /// BTF of the kernel image.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -120,6 +120,13 @@ const OVL_PATH_DENTRY: Field = field("ovl_path", "dentry", Width::Pointer);
 const OVL_ENTRY_NUMLOWER: Field = field("ovl_entry", "__numlower", Width::Bytes(4));
 const OVL_ENTRY_LOWERSTACK: Field = field("ovl_entry", "__lowerstack", Width::Bytes(0));
 const FILE_INODE: Field = field("file", "f_inode", Width::Pointer);
+const TASK_COMM: Field = field("task_struct", "comm", Width::Bytes(0));
+const TASK_THREAD_PID: Field = field("task_struct", "thread_pid", Width::Pointer);
+const PID_LEVEL: Field = field("pid", "level", Width::Bytes(4));
+const PID_NUMBERS: Field = field("pid", "numbers", Width::Bytes(0));
+const UPID_NR: Field = field("upid", "nr", Width::Bytes(4));
+const UPID_NS: Field = field("upid", "ns", Width::Pointer);
+const PID_NAMESPACE_INUM: Field = field("pid_namespace", "ns.inum", Width::Bytes(4));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -213,6 +220,8 @@ pub struct Layout {
     pub overlay_lower: OverlayLower,
     /// How [`Self::overlay_lower`] was found, or why it is unknown.
     pub overlay_lower_source: Result<String, String>,
+    /// What decision records read to name a process's ancestors.
+    pub task_offsets: TaskOffsets,
 }
 
 /// Parsed vmlinux BTF plus, where present, the path of the overlay module's
@@ -306,8 +315,6 @@ impl KernelBtf {
         let binprm_filename = core(BINPRM_FILENAME)?;
         let inode_sb = core(INODE_SB)?;
         let inode_ino = core(INODE_INO)?;
-        let sb_magic = core(SB_MAGIC)?;
-        let sb_dev = core(SB_DEV)?;
         let task_real_parent = core(TASK_REAL_PARENT)?;
         let task_tgid = core(TASK_TGID)?;
         let task_nsproxy = core(TASK_NSPROXY)?;
@@ -361,8 +368,8 @@ impl KernelBtf {
             binprm_filename,
             inode_sb,
             inode_ino,
-            sb_magic,
-            sb_dev,
+            sb_magic: core(SB_MAGIC)?,
+            sb_dev: core(SB_DEV)?,
             ovl_inode_upperdentry,
             task_real_parent,
             task_tgid,
@@ -405,6 +412,7 @@ impl KernelBtf {
             syscall_mmap,
             overlay_lower,
             overlay_lower_source,
+            task_offsets: self.task_offsets()?,
         })
     }
 
@@ -486,6 +494,36 @@ impl KernelBtf {
 
     /// What the signal backend's `mmap` check reads: the descriptor table
     /// and the system call argument registers. Optional.
+    fn task_offsets(&self) -> Result<TaskOffsets, LayoutError> {
+        let core = |field| self.core(field);
+        let (btf, searched) = self.vmlinux_types();
+        let upid = find_struct(btf, "upid")
+            .map_err(|source| LayoutError::Malformed {
+                strukt: "upid",
+                path: "",
+                source,
+            })?
+            .ok_or(LayoutError::MissingStruct {
+                strukt: "upid",
+                searched,
+            })?;
+        Ok(TaskOffsets {
+            task_comm: core(TASK_COMM)?,
+            task_thread_pid: core(TASK_THREAD_PID)?,
+            pid_level: core(PID_LEVEL)?,
+            pid_numbers: core(PID_NUMBERS)?,
+            upid_size: u32::try_from(upid.size()).map_err(|_| LayoutError::UnexpectedWidth {
+                strukt: "upid",
+                path: "",
+                expected: "under 4 GiB".to_owned(),
+                found: upid.size().to_string(),
+            })?,
+            upid_nr: core(UPID_NR)?,
+            upid_ns: core(UPID_NS)?,
+            pid_namespace_inum: core(PID_NAMESPACE_INUM)?,
+        })
+    }
+
     fn mmap_offsets(&self) -> Result<MmapOffsets, LayoutError> {
         let core = |field| self.core(field);
         let [arg1, arg3, arg4, arg5] = REGS_SYSCALL_ARGS;
@@ -807,6 +845,25 @@ mod tests {
             return None;
         }
         Some(KernelBtf::load(None).expect("host BTF parses"))
+    }
+
+    #[test]
+    fn resolves_the_lineage_offsets_from_host_btf() {
+        let Some(btf) = host_btf() else { return };
+        let task = btf.offsets().expect("all offsets resolve").task_offsets;
+        // Fields that cannot be first in their struct on any kernel.
+        for (name, value) in [
+            ("task_struct.comm", task.task_comm),
+            ("task_struct.thread_pid", task.task_thread_pid),
+            ("pid.level", task.pid_level),
+            ("pid.numbers", task.pid_numbers),
+            ("upid.ns", task.upid_ns),
+            ("pid_namespace.ns.inum", task.pid_namespace_inum),
+        ] {
+            assert_ne!(value, 0, "{name}");
+        }
+        // `struct upid { int nr; struct pid_namespace *ns; }`.
+        assert_eq!((task.upid_size, task.upid_nr), (16, 0));
     }
 
     #[test]
