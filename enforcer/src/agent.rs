@@ -27,7 +27,7 @@ use crate::{
         podman::PodmanStore,
         registry::{Catalog, HookState, Registry},
     },
-    control::{ControlSocket, PlacedReply, Query, Reply, Request, VShieldsReply},
+    control::{ControlSocket, FlushedReply, PlacedReply, Query, Reply, Request, VShieldsReply},
     kernel::{
         features,
         host::{HostError, HostIdentity, host_identity},
@@ -258,9 +258,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
                 Changed::ImageStores => Trigger::ImageStores,
             }),
             Some(query) = queries.recv() => {
-                let reply = answer(query.request, &mut ebpf, &mut registry, &mut active, &in_force, attached.kind);
-                // The client may have gone; it does not need the answer then.
-                let _ = query.reply.send(reply);
+                answer(query, &mut ebpf, &mut registry, &mut active, &in_force, attached.kind, &pipeline);
                 None
             }
             Some(notice) = notices.recv() => {
@@ -437,16 +435,34 @@ fn ticker(period: Duration) -> tokio::time::Interval {
     ticker
 }
 
+/// Answers a flush request once the pipeline has written everything the
+/// kernel recorded so far, without holding up the main loop.
+fn flush(pipeline: &Pipeline, reply: tokio::sync::oneshot::Sender<Reply>) {
+    let flushed = pipeline.flush();
+    let counters = pipeline.counters();
+    tokio::spawn(async move {
+        let answer = match flushed.await {
+            Ok(()) => Reply::Flushed(FlushedReply {
+                written: counters.written.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+            Err(_) => Reply::Error("the audit pipeline is stopping or busy".to_owned()),
+        };
+        let _ = reply.send(answer);
+    });
+}
+
 /// The main loop's answer to a control request.
 fn answer(
-    request: Request,
+    query: Query,
     ebpf: &mut aya::Ebpf,
     registry: &mut Registry,
     active: &mut ActiveVShields,
     in_force: &InForce,
     kind: BackendKind,
-) -> Reply {
-    match request {
+    pipeline: &Pipeline,
+) {
+    let reply = match query.request {
+        Request::Flush => return flush(pipeline, query.reply),
         Request::ContainerStarting(state) => starting(ebpf, registry, active, &state),
         Request::VShields => match active.list(ebpf) {
             Ok(vshields) => Reply::VShields(VShieldsReply {
@@ -458,7 +474,9 @@ fn answer(
             }),
             Err(error) => Reply::Error(crate::error_chain(&error)),
         },
-    }
+    };
+    // The client may have gone; it does not need the answer then.
+    let _ = query.reply.send(reply);
 }
 
 fn warn_without_overlay_lower(layout: &Layout) {

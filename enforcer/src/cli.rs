@@ -46,6 +46,15 @@ pub enum Command {
     /// first exec.
     #[command(subcommand)]
     Hook(HookCommand),
+    /// Wait until the running agent has written every audit event the
+    /// kernel recorded before this command asked (over the control socket),
+    /// e.g. before reading or rotating its output; print how many records
+    /// the agent has written since it started.
+    Flush {
+        /// The agent's control socket (see `run --control-socket`).
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

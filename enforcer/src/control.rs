@@ -38,6 +38,9 @@ pub enum Request {
     /// A container runtime's OCI hook: this container is about to start;
     /// the answer comes once its policy is in the kernel.
     ContainerStarting(HookState),
+    /// The answer comes once every event the kernel recorded before the
+    /// request is written to the sinks.
+    Flush,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +49,16 @@ pub enum Reply {
     #[serde(rename = "vshields")]
     VShields(VShieldsReply),
     ContainerPlaced(PlacedReply),
+    Flushed(FlushedReply),
     Error(String),
+}
+
+/// The answer to [`Request::Flush`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushedReply {
+    /// Audit records written since the agent started (each one JSON line
+    /// on stdout), the flushed ones included.
+    pub written: u64,
 }
 
 /// The answer to [`Request::ContainerStarting`].
@@ -246,6 +258,15 @@ mod tests {
         );
         let reply = Reply::Error("x".to_owned());
         assert_eq!(serde_json::to_string(&reply).unwrap(), r#"{"error":"x"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Flush).unwrap(),
+            r#"{"request":"flush"}"#
+        );
+        let reply = Reply::Flushed(FlushedReply { written: 7 });
+        assert_eq!(
+            serde_json::to_string(&reply).unwrap(),
+            r#"{"flushed":{"written":7}}"#
+        );
         let starting = Request::ContainerStarting(HookState {
             id: "c1".to_owned(),
             pid: 42,

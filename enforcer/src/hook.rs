@@ -38,7 +38,7 @@ pub fn announce(socket: &Path, state: &str) -> Result<PlacedReply, HookError> {
     match control::ask(socket, &Request::ContainerStarting(state))? {
         Reply::ContainerPlaced(placed) => Ok(placed),
         Reply::Error(reason) => Err(HookError::Refused { id, reason }),
-        other @ Reply::VShields(_) => Err(HookError::Refused {
+        other @ (Reply::VShields(_) | Reply::Flushed(_)) => Err(HookError::Refused {
             id,
             reason: format!("unexpected answer {other:?}"),
         }),

@@ -108,12 +108,20 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 Reply::VShields(reply) => print!("{}", vshield_table(&reply)),
                 Reply::Error(error) => anyhow::bail!("the agent answered: {error}"),
-                other @ Reply::ContainerPlaced(_) => {
+                other @ (Reply::ContainerPlaced(_) | Reply::Flushed(_)) => {
                     anyhow::bail!("the agent answered something else: {other:?}")
                 }
             }
             Ok(())
         }
+        Command::Flush { socket } => match control::ask(&socket, &Request::Flush)? {
+            Reply::Flushed(flushed) => {
+                println!("{} audit records written", flushed.written);
+                Ok(())
+            }
+            Reply::Error(error) => anyhow::bail!("the agent answered: {error}"),
+            other => anyhow::bail!("the agent answered something else: {other:?}"),
+        },
         Command::VShield(VShieldCommand::FromTrivy {
             report,
             root,

@@ -1,10 +1,11 @@
 //! Drives the real `enforcer` binary.
 
 use std::{
-    io::{BufRead as _, BufReader, Read},
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -40,15 +41,71 @@ const READY: &str = "enforcer ready";
 /// software emulation.
 const READY_TIMEOUT: Duration = Duration::from_mins(1);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the harness waits for the records a flush counted to reach it.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
     child: Child,
     control_socket: PathBuf,
-    stdout: Option<thread::JoinHandle<String>>,
+    /// The stdout lines read so far, live.
+    stdout: Arc<Mutex<Vec<String>>>,
+    stdout_reader: Option<thread::JoinHandle<()>>,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<thread::JoinHandle<()>>,
+}
+
+/// A command for [`spawn`]'s thread, and where the child goes.
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `command` from a thread that lasts as long as the test process,
+/// with the kernel set to kill the child when that thread ends: an agent
+/// the test process leaves behind (a shared one, or one of a test that
+/// panicked or was killed) dies with it, and its programs are detached.
+/// (`PR_SET_PDEATHSIG` fires when the spawning *thread* exits, so it cannot
+/// be a test's own thread.)
+fn spawn(mut command: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+        thread::spawn(move || {
+            for (mut command, reply) in incoming {
+                let _ = reply.send(command.spawn());
+            }
+        });
+        Mutex::new(requests)
+    });
+    // SAFETY: prctl(2) only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let (reply, child) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .send((command, reply))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    child
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
+/// Lines that are JSON records, parsed; any other line is an error.
+fn parse_records(lines: &[String]) -> anyhow::Result<Vec<Value>> {
+    lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line)
+                .with_context(|| format!("agent stdout line is not JSON: {line:?}"))
+        })
+        .collect()
 }
 
 /// What a stopped agent left behind.
@@ -81,10 +138,14 @@ impl std::fmt::Display for StartFailure {
 }
 
 impl Agent {
-    /// Runs `enforcer run ARGS` and waits until it reports ready. Each agent
+    /// Runs `enforcer run ARGS` and waits until it reports ready, after
+    /// stopping the shared agent ([`crate::scenario::shared`]). Each agent
     /// gets a control socket of its own unless ARGS name one.
     pub fn start(args: &[&str]) -> Result<Self, StartFailure> {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        // One agent at a time: a shared one would decide this one's
+        // containers too.
+        crate::scenario::release_shared();
         let control_socket = std::env::temp_dir().join(format!(
             "enforcer-test-{}-{}.sock",
             std::process::id(),
@@ -95,22 +156,23 @@ impl Agent {
         if !args.contains(&"--control-socket") {
             command.arg("--control-socket").arg(&control_socket);
         }
-        let mut child = command
+        command
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|error| StartFailure {
-                status: None,
-                stderr: format!("spawning {}: {error}", binary().display()),
-            })?;
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let stdout = thread::spawn(move || {
-            let mut out = String::new();
-            // A read error ends the capture; the assertions on events will show it.
-            let _ = stdout.read_to_string(&mut out);
-            out
+            .stderr(Stdio::piped());
+        let mut child = spawn(command).map_err(|error| StartFailure {
+            status: None,
+            stderr: format!("spawning {}: {error}", binary().display()),
+        })?;
+        let stdout_pipe = child.stdout.take().expect("piped stdout");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stdout_sink = Arc::clone(&stdout);
+        // A read error ends the capture; the assertions on events show it.
+        let stdout_reader = thread::spawn(move || {
+            for line in BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+                stdout_sink.lock().expect("stdout lock").push(line);
+            }
         });
         let stderr_pipe = child.stderr.take().expect("piped stderr");
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -125,7 +187,8 @@ impl Agent {
         let mut agent = Self {
             child,
             control_socket,
-            stdout: Some(stdout),
+            stdout,
+            stdout_reader: Some(stdout_reader),
             stderr,
             stderr_reader: Some(stderr_reader),
         };
@@ -187,6 +250,52 @@ impl Agent {
         self.stderr_text()
     }
 
+    /// Waits until the agent has written every record of what the kernel
+    /// decided so far (`enforcer flush`) and the harness has read them;
+    /// returns how many stdout lines that is, a mark for
+    /// [`Self::events_since`].
+    pub fn flush(&self) -> anyhow::Result<usize> {
+        let output = Command::new(binary())
+            .arg("flush")
+            .arg("--socket")
+            .arg(&self.control_socket)
+            .output()
+            .context("running enforcer flush")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!(
+                "enforcer flush: {}{stdout}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // "N audit records written"
+        let written: usize = stdout
+            .split_whitespace()
+            .next()
+            .and_then(|count| count.parse().ok())
+            .with_context(|| format!("enforcer flush printed {stdout:?}"))?;
+        let started = Instant::now();
+        while self.stdout.lock().expect("stdout lock").len() < written {
+            if started.elapsed() > FLUSH_TIMEOUT {
+                bail!("the agent wrote {written} records; fewer reached the harness");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(written)
+    }
+
+    /// The records other than policy changes among the stdout lines after
+    /// `mark` (from [`Self::flush`]).
+    pub fn events_since(&self, mark: usize) -> anyhow::Result<Vec<Value>> {
+        let lines = self.stdout.lock().expect("stdout lock");
+        let records = parse_records(lines.get(mark..).unwrap_or_default())?;
+        Ok(records
+            .into_iter()
+            .filter(|record| record["event"]["dataset"] != "enforcer.policy")
+            .collect())
+    }
+
     /// Sends SIGTERM and collects what the agent wrote.
     pub fn stop(self) -> anyhow::Result<Stopped> {
         self.stop_with(libc::SIGTERM)
@@ -213,21 +322,14 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(50));
         };
-        let stdout = self
-            .stdout
+        self.stdout_reader
             .take()
             .expect("stdout reader present until stop")
             .join()
             .map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
         self.join_stderr();
         let stderr = self.stderr_text();
-        let records: Vec<Value> = stdout
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line)
-                    .with_context(|| format!("agent stdout line is not JSON: {line:?}"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let records = parse_records(&self.stdout.lock().expect("stdout lock"))?;
         let (policy_events, events) = records
             .into_iter()
             .partition(|record| record["event"]["dataset"] == "enforcer.policy");

@@ -1,5 +1,7 @@
 //! What the drift tests share: starting agents, reading their events.
 
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
 use serde_json::Value;
 
 use crate::{
@@ -7,6 +9,125 @@ use crate::{
     container::{self, Image, Run, Volume},
     require::{self, Requirement},
 };
+
+/// The agent kept running between the tests of a test binary that ask for
+/// it with the same arguments ([`shared`]). Starting one costs seconds under
+/// emulation; one test after another with the same agent costs nothing.
+/// Only one agent runs at a time: asking for other arguments, or starting
+/// an agent of one's own ([`Agent::start`]), stops it.
+static SHARED: Mutex<Option<(Vec<String>, Arc<Agent>)>> = Mutex::new(None);
+
+/// Why this kernel refuses BPF LSM programs, once an agent said so.
+static LSM_UNAVAILABLE: OnceLock<String> = OnceLock::new();
+
+/// Stops the shared agent, if any (its programs are detached when it is
+/// gone). Called before any other agent starts.
+pub fn release_shared() {
+    let released = SHARED.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let Some((_, agent)) = released
+        && let Ok(agent) = Arc::try_unwrap(agent)
+    {
+        let _ = agent.stop();
+    }
+}
+
+/// The shared agent running `enforcer run ARGS` (started if need be); a
+/// failure to start fails the test. `None` when ARGS ask for the lsm backend
+/// and this kernel refuses BPF LSM programs (said, or failed, as
+/// [`start_lsm`] does).
+pub fn shared(args: &[&str]) -> Option<Arc<Agent>> {
+    let key: Vec<String> = args.iter().map(|&arg| arg.to_owned()).collect();
+    if let Some((running, agent)) = &*SHARED.lock().unwrap_or_else(PoisonError::into_inner)
+        && *running == key
+    {
+        return Some(Arc::clone(agent));
+    }
+    let lsm = args.windows(2).any(|pair| pair == ["--backend", "lsm"]);
+    if lsm && let Some(reason) = LSM_UNAVAILABLE.get() {
+        require::unavailable(Requirement::Lsm, reason);
+        return None;
+    }
+    release_shared();
+    let agent = Arc::new(match Agent::start(args) {
+        Ok(agent) => agent,
+        Err(failure) if lsm && failure.stderr.contains(LSM_REFUSED) => {
+            let reason = lsm_refusal(&failure.stderr);
+            require::unavailable(Requirement::Lsm, &reason);
+            let _ = LSM_UNAVAILABLE.set(reason);
+            return None;
+        }
+        Err(failure) => panic!("{failure}"),
+    });
+    *SHARED.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, Arc::clone(&agent)));
+    Some(agent)
+}
+
+/// [`shared`] with `--backend lsm` and `args`.
+pub fn shared_lsm(args: &[&str]) -> Option<Arc<Agent>> {
+    let mut all = vec!["--backend", "lsm"];
+    all.extend(args);
+    shared(&all)
+}
+
+/// [`shared`] with `--backend signal` and `args`, which every kernel here
+/// supports.
+pub fn shared_signal(args: &[&str]) -> Arc<Agent> {
+    let mut all = vec!["--backend", "signal"];
+    all.extend(args);
+    shared(&all).expect("the signal backend has no requirement")
+}
+
+/// What a running agent reported while a scenario ran.
+#[derive(Debug)]
+pub struct Observed {
+    /// The decisions of the scenario's container (of anything, for a
+    /// scenario without a container group to tell them by).
+    pub events: Vec<Value>,
+    /// The agent's log so far.
+    pub log: String,
+}
+
+/// Runs `scenario` while `agent` runs, and returns what it returned and the
+/// records the agent wrote meanwhile (every one, by the flush barriers
+/// before and after), those of cgroup `cgroup_id(&output)` alone when that
+/// is known.
+pub fn observe<T>(
+    agent: &Agent,
+    scenario: impl FnOnce() -> T,
+    cgroup_id: impl FnOnce(&T) -> Option<u64>,
+) -> (T, Observed) {
+    let mark = agent
+        .flush()
+        .expect("flushing the agent before the scenario");
+    let output = scenario();
+    agent
+        .flush()
+        .expect("flushing the agent after the scenario");
+    let group = cgroup_id(&output);
+    let events = agent
+        .events_since(mark)
+        .expect("reading the agent's records")
+        .into_iter()
+        .filter(|event| group.is_none_or(|id| event["enforcer"]["cgroup_id"] == id))
+        .collect();
+    let log = agent.log();
+    (output, Observed { events, log })
+}
+
+/// Runs `script` in a container of `image` with `volumes` while the running
+/// `agent` watches; returns the run and the decisions on its container.
+pub fn run_observed(
+    agent: &Agent,
+    image: &Image,
+    volumes: &[Volume],
+    script: &str,
+) -> (Run, Observed) {
+    observe(
+        agent,
+        || container::run_with(image, volumes, script).expect("running the container"),
+        |run| run.cgroup_id,
+    )
+}
 
 /// Runs `script` in a container of `image` with `volumes` while `agent`
 /// runs, then stops the agent.
@@ -29,18 +150,23 @@ pub fn start_lsm(args: &[&str]) -> Option<Agent> {
     all.extend(args);
     match Agent::start(&all) {
         Ok(agent) => Some(agent),
-        Err(failure) if failure.stderr.contains("BPF LSM is not usable") => {
-            let reason = failure
-                .stderr
-                .lines()
-                .find(|line| line.contains("BPF LSM is not usable"))
-                .unwrap_or_default()
-                .to_owned();
-            require::unavailable(Requirement::Lsm, &reason);
+        Err(failure) if failure.stderr.contains(LSM_REFUSED) => {
+            require::unavailable(Requirement::Lsm, &lsm_refusal(&failure.stderr));
             None
         }
         Err(failure) => panic!("{failure}"),
     }
+}
+
+/// What the agent says when the kernel refuses BPF LSM programs.
+const LSM_REFUSED: &str = "BPF LSM is not usable";
+
+/// The line of `log` that says why BPF LSM is refused.
+fn lsm_refusal(log: &str) -> String {
+    log.lines()
+        .find(|line| line.contains(LSM_REFUSED))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The drift events among the agent's output.

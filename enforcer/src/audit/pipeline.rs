@@ -5,6 +5,10 @@
 //! The channel is bounded and filled with `try_send`: a slow sink never
 //! backs up into the ring buffer reader. What does not fit is counted, and
 //! the counts are reported; nothing is dropped silently.
+//!
+//! [`Pipeline::flush`] is a barrier through both stages: the reader drains
+//! the ring buffer and queues the barrier behind what it read; the writer
+//! answers once everything before it is written and the sinks are flushed.
 
 use std::{
     sync::{
@@ -17,7 +21,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
@@ -32,6 +36,21 @@ use super::{
 
 /// Queue between the ring buffer reader and the writer.
 pub const CHANNEL_CAPACITY: usize = 8192;
+
+/// Flush requests waiting for the reader.
+const FLUSH_CAPACITY: usize = 16;
+
+/// What the writer is handed.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "an item moves once, through the channel; boxing would allocate per event"
+)]
+enum Item {
+    Audit(AuditEvent),
+    /// Answered once everything queued before it is written and flushed.
+    Barrier(oneshot::Sender<()>),
+}
 
 /// Queue of notices for the agent. The kernel repeats a notice until the
 /// agent has acted on it, so one that does not fit is not lost.
@@ -79,7 +98,9 @@ impl PipelineCounters {
 pub struct Pipeline {
     stop: watch::Sender<bool>,
     /// For the agent's own records (policy changes).
-    agent: mpsc::Sender<AuditEvent>,
+    agent: mpsc::Sender<Item>,
+    /// Barriers for the reader to queue behind what the kernel wrote.
+    flush: mpsc::Sender<oneshot::Sender<()>>,
     reader: JoinHandle<()>,
     writer: thread::JoinHandle<()>,
     counters: Arc<PipelineCounters>,
@@ -87,7 +108,7 @@ pub struct Pipeline {
 
 /// Where the reader sends what it decoded.
 struct Outputs {
-    audit: mpsc::Sender<AuditEvent>,
+    audit: mpsc::Sender<Item>,
     notices: mpsc::Sender<RootNotice>,
 }
 
@@ -105,11 +126,18 @@ impl Pipeline {
         let agent = audit.clone();
         let outputs = Outputs { audit, notices };
         let (stop, stop_rx) = watch::channel(false);
+        let (flush, flush_rx) = mpsc::channel(FLUSH_CAPACITY);
         // SAFETY: the RingBuf owns its map fd, which stays open and the same
         // until the RingBuf (owned by the AsyncFd from here on) is dropped.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(std::io::Error::from)?;
-        let reader = tokio::spawn(read_loop(ring, outputs, Arc::clone(&counters), stop_rx));
+        let reader = tokio::spawn(read_loop(
+            ring,
+            outputs,
+            Arc::clone(&counters),
+            stop_rx,
+            flush_rx,
+        ));
         let writer_counters = Arc::clone(&counters);
         let writer = thread::Builder::new()
             .name("audit-writer".to_owned())
@@ -117,6 +145,7 @@ impl Pipeline {
         let pipeline = Self {
             stop,
             agent,
+            flush,
             reader,
             writer,
             counters,
@@ -133,11 +162,22 @@ impl Pipeline {
     pub fn report(&self, change: PolicyChange) {
         if self
             .agent
-            .try_send(AuditEvent::Policy(Box::new(change)))
+            .try_send(Item::Audit(AuditEvent::Policy(Box::new(change))))
             .is_err()
         {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A barrier: the answer comes once every record the kernel had written
+    /// when this was called is written to the sinks and they are flushed
+    /// (then [`PipelineCounters::written`] counts them). The sender is
+    /// dropped unanswered when the pipeline is stopping or already has
+    /// [`FLUSH_CAPACITY`] barriers waiting.
+    pub fn flush(&self) -> oneshot::Receiver<()> {
+        let (done, answer) = oneshot::channel();
+        let _ = self.flush.try_send(done);
+        answer
     }
 
     /// Reads what is left in the ring buffer, writes it, flushes the sinks
@@ -169,9 +209,17 @@ async fn read_loop(
     outputs: Outputs,
     counters: Arc<PipelineCounters>,
     mut stop: watch::Receiver<bool>,
+    mut flush: mpsc::Receiver<oneshot::Sender<()>>,
 ) {
     loop {
         tokio::select! {
+            Some(done) = flush.recv() => {
+                drain_nonblocking(ring.get_mut(), &outputs, &counters);
+                // Waits for room: a barrier is not dropped.
+                if outputs.audit.send(Item::Barrier(done)).await.is_err() {
+                    return;
+                }
+            }
             ready = ring.readable_mut() => match ready {
                 Ok(mut guard) => {
                     drain_nonblocking(guard.get_inner_mut(), &outputs, &counters);
@@ -197,7 +245,7 @@ async fn read_loop(
         };
         match event {
             Ok(KernelEvent::Audit(event)) => {
-                if outputs.audit.send(event).await.is_err() {
+                if outputs.audit.send(Item::Audit(event)).await.is_err() {
                     break;
                 }
             }
@@ -213,7 +261,7 @@ fn drain_nonblocking(ring: &mut RingBuf<MapData>, outputs: &Outputs, counters: &
         counters.received.fetch_add(1, Ordering::Relaxed);
         match decode(&item) {
             Ok(KernelEvent::Audit(event)) => {
-                if outputs.audit.try_send(event).is_err() {
+                if outputs.audit.try_send(Item::Audit(event)).is_err() {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -233,22 +281,29 @@ fn report_decode_error(counters: &PipelineCounters, error: &super::decode::Decod
 }
 
 fn write_loop(
-    mut rx: mpsc::Receiver<AuditEvent>,
+    mut rx: mpsc::Receiver<Item>,
     enricher: &Enricher,
     mut sinks: Vec<Box<dyn Sink>>,
     counters: &PipelineCounters,
 ) {
-    while let Some(event) = rx.blocking_recv() {
-        write_one(&event, enricher, &mut sinks, counters);
+    let mut barriers = Vec::new();
+    while let Some(item) = rx.blocking_recv() {
         // Batch whatever else is queued before flushing.
-        while let Ok(event) = rx.try_recv() {
-            write_one(&event, enricher, &mut sinks, counters);
+        for item in std::iter::once(item).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match item {
+                Item::Audit(event) => write_one(&event, enricher, &mut sinks, counters),
+                Item::Barrier(done) => barriers.push(done),
+            }
         }
         for sink in &mut sinks {
             if let Err(error) = sink.flush() {
                 counters.sink_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(%error, "audit sink flush failed");
             }
+        }
+        for done in barriers.drain(..) {
+            // The asker may have given up.
+            let _ = done.send(());
         }
     }
 }
