@@ -168,6 +168,11 @@ fn executable(proc: &Path, pid: u32, comm: &[u8; COMM_LEN]) -> Option<String> {
     if name != comm_string(comm) {
         return None;
     }
+    exe(proc, pid)
+}
+
+/// The target of `/proc/PID/exe`: the program process `pid` runs.
+fn exe(proc: &Path, pid: u32) -> Option<String> {
     std::fs::read_link(proc.join(pid.to_string()).join("exe"))
         .ok()
         .map(|path| path.to_string_lossy().into_owned())
@@ -193,13 +198,10 @@ fn ancestors_in(proc: &Path, parent: u32, mnt_ns: u32, max: usize) -> Vec<Ancest
         let Some((name, next)) = stat(proc, pid) else {
             break;
         };
-        let executable = std::fs::read_link(proc.join(pid.to_string()).join("exe"))
-            .ok()
-            .map(|path| path.to_string_lossy().into_owned());
         out.push(Ancestor {
             pid,
             name,
-            executable,
+            executable: exe(proc, pid),
         });
         pid = next;
     }
