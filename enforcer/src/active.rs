@@ -20,14 +20,14 @@ use serde::{Deserialize, Serialize};
 use crate::{
     audit::enrich::{PolicyNames, PolicyTable},
     backend::{self, BackendKind, VShieldRoutes},
-    container::{ImageGlobs, registry::Known},
+    container::registry::Known,
     kernel::host::HostIdentity,
     maps::{self, MapAccessError},
     policy::vshield::{
         self as vshields, Applied, Entries, Resolved, Scope, Selected, Slots, VShield, VShieldError,
     },
     resolve::{self, Identities, ResolveError, Root},
-    scopes::{ImageSelector, Placement, Scopes},
+    scopes::{Placement, Scopes, Selector},
 };
 
 /// Policies with more vShields get a summary line instead of one line each.
@@ -43,8 +43,8 @@ pub enum ActiveError {
     Backend(#[from] backend::BackendError),
     #[error(transparent)]
     Map(#[from] MapAccessError),
-    #[error("vShield {vshield}: image glob {glob:?}: {reason}")]
-    ImageGlob {
+    #[error("vShield {vshield}: selector glob {glob:?}: {reason}")]
+    Glob {
         vshield: String,
         glob: String,
         reason: String,
@@ -106,7 +106,7 @@ pub struct ActiveVShields {
     /// The slot and resolved files of each vShield of `shields`.
     slots_of: Vec<u32>,
     files_of: Vec<BTreeSet<FileId>>,
-    selectors: Vec<ImageSelector>,
+    selectors: Vec<Selector>,
     listed: Vec<Listed>,
     /// Known containers, by id, and the scope of each of their groups.
     containers: BTreeMap<String, Known>,
@@ -162,7 +162,7 @@ impl ActiveVShields {
         // From here on is what applying vShields costs (`cargo xtask bench`
         // holds it to a target); loading the resolver is a one-time cost.
         let started = Instant::now();
-        let selectors = image_selectors(shields, &assignment.of_shield)?;
+        let selectors = selectors(shields, &assignment.of_shield)?;
         let placement = self
             .scopes
             .place(&selectors, self.containers.values(), false);
@@ -525,21 +525,19 @@ fn log_found(shield: &VShield, files: usize, total: usize) {
     }
 }
 
-/// The image selectors of `shields` (with their slots).
-fn image_selectors(shields: &[VShield], slots: &[u32]) -> Result<Vec<ImageSelector>, ActiveError> {
+/// The selectors of `shields` (with their slots).
+fn selectors(shields: &[VShield], slots: &[u32]) -> Result<Vec<Selector>, ActiveError> {
     shields
         .iter()
         .zip(slots)
         .filter_map(|(shield, slot)| match &shield.scope {
-            Scope::Images(globs) => Some(
-                ImageGlobs::new(globs)
-                    .map(|globs| ImageSelector { slot: *slot, globs })
-                    .map_err(|(glob, reason)| ActiveError::ImageGlob {
-                        vshield: shield.name.clone(),
-                        glob,
-                        reason,
-                    }),
-            ),
+            Scope::Selected(selector) => Some(Selector::new(*slot, selector).map_err(
+                |(glob, reason)| ActiveError::Glob {
+                    vshield: shield.name.clone(),
+                    glob,
+                    reason,
+                },
+            )),
             Scope::Host | Scope::Containers => None,
         })
         .collect()

@@ -2,6 +2,7 @@
 //! apply the policy, and run the audit pipeline until SIGTERM/SIGINT.
 
 use std::{
+    collections::BTreeSet,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -24,6 +25,7 @@ use crate::{
     backend::{self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes},
     container::{
         self, CgroupIndex,
+        kubernetes::{self, KubernetesError, SharedPods},
         podman::PodmanStore,
         registry::{Catalog, HookState, Registry},
     },
@@ -63,6 +65,14 @@ pub struct RunOptions {
     pub control_socket: PathBuf,
     /// Podman's storage root.
     pub podman_storage: PathBuf,
+    /// Watch this node's pods in the Kubernetes API.
+    pub kubernetes: Option<KubernetesOptions>,
+}
+
+#[derive(Clone, Debug)]
+pub struct KubernetesOptions {
+    pub node: String,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +87,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Host(#[from] HostError),
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesError),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
@@ -197,7 +209,14 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     policy::apply(&mut ebpf, &compiled)?;
     let names = PolicyTable::default();
     let mut active = ActiveVShields::new(names.clone());
-    let (mut registry, cgroups) = containers(&mut ebpf, &mut active, &options.podman_storage)?;
+    let (mut registry, cgroups, mut pod_changes) = containers(
+        &mut ebpf,
+        &mut active,
+        &options.podman_storage,
+        options.kubernetes.as_ref(),
+        policy.selects_pod_labels(),
+    )
+    .await?;
     // Also without vShields now: a reload may bring some.
     warn_without_overlay_lower(&layout);
     let change = active.apply(&mut ebpf, &policy.vshields, &policy.name, roots)?;
@@ -211,15 +230,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let ring: RingBuf<MapData> = maps::take(&mut ebpf, maps::EVENTS)?;
     let counters: PerCpuArray<MapData, u64> = maps::take(&mut ebpf, maps::COUNTERS)?;
 
-    let enricher = Enricher {
-        clock: BootClock::now(),
-        hostname: hostname(),
-        policy: names,
-        cgroups,
-        containers: registry.catalog().clone(),
-        proc_lineage: true,
-        host_pid_ns: host.pid_ns,
-    };
+    let enricher = enricher(names, cgroups, &registry, &host);
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
     let (pipeline, mut notices) =
         Pipeline::start(ring, enricher, sinks).map_err(AgentError::Pipeline)?;
@@ -267,6 +278,10 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
                 }
                 None
             }
+            Some(uids) = pod_changes.recv() => {
+                registry.pods_changed(&uids).place_or_log(&mut ebpf, &mut active);
+                None
+            }
             _ = rediscover.tick() => {
                 registry.discover().place_or_log(&mut ebpf, &mut active);
                 None
@@ -287,6 +302,25 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     tracing::info!(signal = signal_name, "shutting down: detaching programs");
     shut_down(ebpf, pipeline, &counters, &last).await;
     Ok(())
+}
+
+/// What adds context to the kernel's records: the containers the registry
+/// knows, and what the agent knows of the host.
+fn enricher(
+    policy: PolicyTable,
+    cgroups: Arc<Mutex<CgroupIndex>>,
+    registry: &Registry,
+    host: &HostIdentity,
+) -> Enricher {
+    Enricher {
+        clock: BootClock::now(),
+        hostname: hostname(),
+        policy,
+        cgroups,
+        containers: registry.catalog().clone(),
+        proc_lineage: true,
+        host_pid_ns: host.pid_ns,
+    }
 }
 
 /// Detaches the programs, writes what is left of the audit stream, and says
@@ -380,17 +414,23 @@ fn load(
 
 /// The container registry, with the containers running now placed (before
 /// the first policy is applied, which places them in its scopes).
-fn containers(
+async fn containers(
     ebpf: &mut aya::Ebpf,
     active: &mut ActiveVShields,
     podman_storage: &std::path::Path,
-) -> Result<(Registry, Arc<Mutex<CgroupIndex>>), ActiveError> {
+    kubernetes: Option<&KubernetesOptions>,
+    labels_selected: bool,
+) -> Result<(Registry, Arc<Mutex<CgroupIndex>>, PodChanges), AgentError> {
+    let (pods, pod_changes) = watch_pods(kubernetes, labels_selected).await?;
     let cgroups = Arc::new(Mutex::new(cgroup_index()));
     let mut registry = Registry::new(
         cgroups.clone(),
         Catalog::default(),
         PodmanStore::new(podman_storage),
     );
+    if let Some(pods) = pods {
+        registry = registry.with_pods(pods);
+    }
     let discovery = registry.discover();
     tracing::info!(
         containers = discovery.found.len(),
@@ -398,7 +438,51 @@ fn containers(
         "containers found from their cgroups"
     );
     discovery.place(ebpf, active)?;
-    Ok((registry, cgroups))
+    Ok((registry, cgroups, pod_changes))
+}
+
+/// The UIDs of pods the Kubernetes API reported changes of.
+type PodChanges = mpsc::UnboundedReceiver<BTreeSet<String>>;
+
+/// Starts the watch of this node's pods, when asked for: the pods it keeps,
+/// and the UIDs of those that change. Without it, the receiver never
+/// yields.
+async fn watch_pods(
+    options: Option<&KubernetesOptions>,
+    labels_selected: bool,
+) -> Result<(Option<SharedPods>, PodChanges), AgentError> {
+    let (sender, changes) = mpsc::unbounded_channel();
+    let Some(options) = options else {
+        if labels_selected {
+            tracing::warn!(
+                "a vShield selects pod labels but the agent does not watch the Kubernetes API \
+                 (--kubernetes-node): pod labels are never known, so those vShields apply to every pod's \
+                 containers (as to unknown containers) and to no container outside a pod"
+            );
+        }
+        if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+            tracing::warn!(
+                "running in a Kubernetes pod without --kubernetes-node (NODE_NAME): pods are named from their \
+                 runtime's OCI annotations only, without labels; vShields that select pod labels apply to \
+                 every pod's containers"
+            );
+        }
+        // Kept by the task so that the receiver stays open and quiet.
+        tokio::spawn(async move {
+            sender.closed().await;
+        });
+        return Ok((None, changes));
+    };
+    let client = kubernetes::client(options.kubeconfig.as_deref()).await?;
+    let pods = SharedPods::default();
+    tracing::info!(node = %options.node, "Kubernetes: watching the node's pods");
+    tokio::spawn(kubernetes::watch(
+        client,
+        options.node.clone(),
+        pods.clone(),
+        sender,
+    ));
+    Ok((Some(pods), changes))
 }
 
 /// Places a container its runtime's OCI hook announced, before the hook

@@ -164,12 +164,14 @@ pub struct RunArgs {
     /// SIGHUP reloads them too, and also looks the vShields' files up again
     /// in image layers and containers that appeared since. For now `run` enforces one
     /// `DriftPolicy` for every container (empty selector), and vShields for
-    /// every container, for containers by image (`selector: {images: [...]}`)
-    /// or for the host (`selector: {host: true}`); it refuses selectors by
-    /// namespace or pod label rather than ignore them. A container's image is
-    /// known once the runtime's OCI hook announced it (`enforcer hook oci`) or
-    /// the agent found its cgroup (within a second); until then every vShield
-    /// with an image selector applies to it.
+    /// every container, for the host (`selector: {host: true}`), or for the
+    /// containers a selector picks by image, Kubernetes namespace and pod
+    /// labels (`images`, `namespaces`, `podLabels`; pod labels need
+    /// --kubernetes-node). A container's image is known once the runtime's
+    /// OCI hook announced it (`enforcer hook oci`) or the agent found its
+    /// cgroup (within a second), its pod's labels once the Kubernetes API
+    /// reported the pod; until a selector can tell, every vShield with a
+    /// selector applies to the container.
     #[arg(
         long,
         value_name = "PATH",
@@ -257,6 +259,23 @@ pub struct RunArgs {
     /// records name each Podman container's image.
     #[arg(long, value_name = "DIR", default_value = crate::container::podman::DEFAULT_STORAGE)]
     pub podman_storage: PathBuf,
+
+    /// This node's name, as Kubernetes knows it: the agent then watches the
+    /// pods the API server schedules here (field selector
+    /// `spec.nodeName=NODE`) for their namespaces, labels, container names
+    /// and image digests, which select vShields (`namespaces`, `podLabels`)
+    /// and fill the events' `kubernetes.*` fields. In a `DaemonSet`, set
+    /// `NODE_NAME` from the downward API (`fieldRef: spec.nodeName`). Without
+    /// it, pods are named from their runtime's OCI annotations only (no
+    /// labels).
+    #[arg(long, value_name = "NODE", env = "NODE_NAME")]
+    pub kubernetes_node: Option<String>,
+
+    /// The kubeconfig for the Kubernetes API (with --kubernetes-node).
+    /// Default: the pod's service account in a cluster, else $KUBECONFIG
+    /// or ~/.kube/config.
+    #[arg(long, value_name = "PATH", requires = "kubernetes_node")]
+    pub kubeconfig: Option<PathBuf>,
 
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use enforcer::{
     agent,
-    cli::{Cli, Command, HookCommand, PolicyCommand, VShieldCommand},
+    cli::{Cli, Command, HookCommand, PolicyCommand, RunArgs, VShieldCommand},
     control::{self, Reply, Request, VShieldsReply},
     hook,
     policy::{DriftRule, Mode, Policy, document::Document, load},
@@ -43,48 +43,55 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `enforcer run`.
+fn run_agent(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let policy = if args.policy.is_empty() {
+        Policy::builtin(DriftRule {
+            mode: args.mode,
+            allow_memfd: args.allow_memfd,
+            allow_writable_mounts: args.allow_writable_mounts,
+            allowed_paths: args.allow_path,
+        })
+    } else {
+        match load::agent_policy_at(&args.policy) {
+            Ok(policy) => policy,
+            Err(diagnostics) => {
+                for diagnostic in &diagnostics {
+                    tracing::error!("{diagnostic}");
+                }
+                anyhow::bail!(
+                    "invalid policy: {} problems in the policy files",
+                    diagnostics.len()
+                );
+            }
+        }
+    };
+    runtime.block_on(agent::run(agent::RunOptions {
+        backend: args.backend,
+        policy,
+        policy_paths: args.policy,
+        track_writes: args.track_writes,
+        signal_mmap_check: args.signal_mmap_check,
+        host_pid: args.host_pid,
+        btf: args.btf,
+        image_stores: args.image_store,
+        control_socket: args.control_socket,
+        podman_storage: args.podman_storage,
+        kubernetes: args.kubernetes_node.map(|node| agent::KubernetesOptions {
+            node,
+            kubeconfig: args.kubeconfig,
+        }),
+    }))?;
+    Ok(())
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            let policy = if args.policy.is_empty() {
-                Policy::builtin(DriftRule {
-                    mode: args.mode,
-                    allow_memfd: args.allow_memfd,
-                    allow_writable_mounts: args.allow_writable_mounts,
-                    allowed_paths: args.allow_path,
-                })
-            } else {
-                match load::agent_policy_at(&args.policy) {
-                    Ok(policy) => policy,
-                    Err(diagnostics) => {
-                        for diagnostic in &diagnostics {
-                            tracing::error!("{diagnostic}");
-                        }
-                        anyhow::bail!(
-                            "invalid policy: {} problems in the policy files",
-                            diagnostics.len()
-                        );
-                    }
-                }
-            };
-            runtime.block_on(agent::run(agent::RunOptions {
-                backend: args.backend,
-                policy,
-                policy_paths: args.policy,
-                track_writes: args.track_writes,
-                signal_mmap_check: args.signal_mmap_check,
-                host_pid: args.host_pid,
-                btf: args.btf,
-                image_stores: args.image_store,
-                control_socket: args.control_socket,
-                podman_storage: args.podman_storage,
-            }))?;
-            Ok(())
-        }
+        Command::Run(args) => run_agent(args),
         Command::Policy(PolicyCommand::Check { paths }) => match load::load(&paths) {
             Ok(set) => {
                 println!(

@@ -1,26 +1,97 @@
-//! Which vShields with image selectors apply to each known container, as
-//! the kernel's scope codes.
+//! Which vShields with selectors (images, namespaces, pod labels) apply to
+//! each known container, as the kernel's scope codes.
 //!
 //! Containers that the same vShields select share one scope: its code is
 //! what `CONTAINER_SCOPES` holds for their groups, and the vShield rules of
 //! that code are compiled for exactly those vShields. A container no such
-//! vShield selects is in [`scope::CONTAINERS`]; one whose image is not known
-//! yet has no entry and is in [`scope::UNKNOWN`], where all of them apply.
+//! vShield selects is in [`scope::CONTAINERS`]; one a selector cannot
+//! decide on yet (its image, or its pod's labels, not known) has no entry
+//! and is in [`scope::UNKNOWN`], where all of them apply.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use enforcer_common::scope;
+use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::{
-    container::{ImageGlobs, registry::Known},
-    policy::vshield::Selected,
+    container::{ContainerInfo, ImageGlobs, registry::Known},
+    policy::vshield::{ContainerSelector, Selected},
 };
 
-/// A vShield with an image selector, by slot.
+/// A vShield with a selector, by slot, compiled.
 #[derive(Clone, Debug)]
-pub struct ImageSelector {
+pub struct Selector {
     pub slot: u32,
-    pub globs: ImageGlobs,
+    images: Option<ImageGlobs>,
+    namespaces: Option<GlobSet>,
+    pod_labels: BTreeMap<String, String>,
+}
+
+impl Selector {
+    /// Compiles `selector`.
+    ///
+    /// # Errors
+    /// The first glob that does not compile, with the reason.
+    pub fn new(slot: u32, selector: &ContainerSelector) -> Result<Self, (String, String)> {
+        let images = (!selector.images.is_empty())
+            .then(|| ImageGlobs::new(&selector.images))
+            .transpose()?;
+        let namespaces = if selector.namespaces.is_empty() {
+            None
+        } else {
+            let mut set = GlobSetBuilder::new();
+            for glob in &selector.namespaces {
+                set.add(Glob::new(glob).map_err(|error| (glob.clone(), error.kind().to_string()))?);
+            }
+            Some(
+                set.build()
+                    .map_err(|error| (selector.namespaces.join(","), error.to_string()))?,
+            )
+        };
+        Ok(Self {
+            slot,
+            images,
+            namespaces,
+            pod_labels: selector.pod_labels.clone(),
+        })
+    }
+
+    /// Whether it selects `info`'s container; `None` while what it selects
+    /// on is not known (the image not named yet, a pod the Kubernetes API
+    /// has not reported). A container outside any pod has no namespace or
+    /// labels: a selector that asks for them does not select it. Pure.
+    pub fn selects(&self, info: &ContainerInfo) -> Option<bool> {
+        let image = self
+            .images
+            .as_ref()
+            .map(|globs| info.image.as_ref().map(|image| globs.matches(image)));
+        let pod_wanted = self.namespaces.is_some() || !self.pod_labels.is_empty();
+        let pod = info.pod.as_ref().filter(|_| pod_wanted);
+        let namespace = self.namespaces.as_ref().map(|globs| match pod {
+            None => Some(false),
+            Some(pod) => pod
+                .namespace
+                .as_ref()
+                .map(|namespace| globs.is_match(namespace)),
+        });
+        let labels = (!self.pod_labels.is_empty()).then(|| match pod {
+            None => Some(false),
+            Some(pod) => pod.labels.as_ref().map(|labels| {
+                self.pod_labels
+                    .iter()
+                    .all(|(key, value)| labels.get(key) == Some(value))
+            }),
+        });
+        let parts = [image, namespace, labels];
+        let parts = parts.iter().flatten();
+        if parts.clone().any(|part| *part == Some(false)) {
+            Some(false)
+        } else if parts.clone().any(Option::is_none) {
+            None
+        } else {
+            Some(true)
+        }
+    }
 }
 
 /// The scope codes in use, by the slots of the vShields they stand for.
@@ -49,7 +120,7 @@ impl Scopes {
     /// policy) they are dropped.
     pub fn place<'a>(
         &self,
-        selectors: &[ImageSelector],
+        selectors: &[Selector],
         containers: impl IntoIterator<Item = &'a Known>,
         keep_unused: bool,
     ) -> Placement {
@@ -60,14 +131,18 @@ impl Scopes {
         };
         let mut by_cgroup = BTreeMap::new();
         for known in containers {
-            let Some(image) = &known.info.image else {
+            let Some(members) = selectors
+                .iter()
+                .filter_map(|selector| match selector.selects(&known.info) {
+                    // Undecided: the whole container is.
+                    None => Some(None),
+                    Some(false) => None,
+                    Some(true) => Some(Some(selector.slot)),
+                })
+                .collect::<Option<BTreeSet<u32>>>()
+            else {
                 continue;
             };
-            let members: BTreeSet<u32> = selectors
-                .iter()
-                .filter(|selector| selector.globs.matches(image))
-                .map(|selector| selector.slot)
-                .collect();
             let code = if members.is_empty() {
                 scope::CONTAINERS
             } else if let Some(code) = codes.get(&members) {
@@ -108,7 +183,7 @@ impl Scopes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::{ContainerInfo, ImageRef, Runtime};
+    use crate::container::{ImageRef, PodRef, Runtime};
 
     fn container(id: &str, image: Option<&str>, cgroups: &[u64]) -> Known {
         Known {
@@ -124,11 +199,62 @@ mod tests {
         }
     }
 
-    fn selector(slot: u32, glob: &str) -> ImageSelector {
-        ImageSelector {
-            slot,
-            globs: ImageGlobs::new(&[glob.to_owned()]).unwrap(),
-        }
+    fn selector(slot: u32, glob: &str) -> Selector {
+        Selector::new(slot, &ContainerSelector::images(&[glob])).unwrap()
+    }
+
+    #[test]
+    fn namespaces_and_pod_labels_select_pods_and_wait_for_what_is_not_known() {
+        let wanted = Selector::new(
+            1,
+            &ContainerSelector {
+                images: Vec::new(),
+                namespaces: vec!["ci-*".to_owned()],
+                pod_labels: [("app".to_owned(), "runner".to_owned())].into(),
+            },
+        )
+        .unwrap();
+        let in_pod = |namespace: Option<&str>, labels: Option<&[(&str, &str)]>| {
+            let mut known = container("a", Some("localhost/one:1"), &[1]);
+            known.info.pod = Some(PodRef {
+                namespace: namespace.map(str::to_owned),
+                labels: labels.map(|labels| {
+                    labels
+                        .iter()
+                        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                        .collect()
+                }),
+                ..PodRef::default()
+            });
+            known.info
+        };
+        let runner = [("app", "runner"), ("team", "x")];
+        assert_eq!(
+            wanted.selects(&in_pod(Some("ci-a"), Some(&runner))),
+            Some(true)
+        );
+        assert_eq!(
+            wanted.selects(&in_pod(Some("shop"), Some(&runner))),
+            Some(false)
+        );
+        assert_eq!(
+            wanted.selects(&in_pod(Some("ci-a"), Some(&[("app", "web")]))),
+            Some(false)
+        );
+        // The pod's labels are not known yet (only its annotations were read).
+        assert_eq!(wanted.selects(&in_pod(Some("ci-a"), None)), None);
+        // A namespace that does not match decides without the labels.
+        assert_eq!(wanted.selects(&in_pod(Some("shop"), None)), Some(false));
+        // Not a pod's container.
+        assert_eq!(
+            wanted.selects(&container("b", Some("x:1"), &[2]).info),
+            Some(false)
+        );
+        // Undecided containers stay in the unknown scope.
+        let mut undecided = container("c", Some("x:1"), &[3]);
+        undecided.info = in_pod(Some("ci-a"), None);
+        let placement = Scopes::default().place(&[wanted], [&undecided], false);
+        assert!(placement.by_cgroup.is_empty());
     }
 
     #[test]

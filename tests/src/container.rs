@@ -136,19 +136,32 @@ pub struct Volume {
 }
 
 /// A cgroup v2 group for one container, named the way Podman names its
-/// containers' groups (`libpod-<ID>.scope`, here under a parent group of the
-/// test run), removed on drop.
+/// containers' groups (`libpod-<ID>.scope`) or, in a Kubernetes pod, the
+/// way containerd's CRI plugin does with the systemd driver
+/// (`kubepods-besteffort-pod<UID>.slice/cri-containerd-<ID>.scope`); under a
+/// parent group of the test run, removed on drop.
 #[derive(Debug)]
 pub struct Cgroup {
-    parent: PathBuf,
+    /// The directories made, innermost first.
+    made: Vec<PathBuf>,
     path: PathBuf,
     /// The container id the group's name carries.
     pub container_id: String,
 }
 
 impl Cgroup {
-    /// Creates a group under the cgroup v2 mount, if there is one.
+    /// Creates a Podman-named group under the cgroup v2 mount, if there is one.
     pub fn create() -> anyhow::Result<Option<Self>> {
+        Self::named(|id| format!("libpod-{id}.scope"))
+    }
+
+    /// Creates the group of a container of the Kubernetes pod `uid`.
+    pub fn in_pod(uid: &str) -> anyhow::Result<Option<Self>> {
+        let slice = format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"));
+        Self::named(|id| format!("{slice}/cri-containerd-{id}.scope"))
+    }
+
+    fn named(name: impl Fn(&str) -> String) -> anyhow::Result<Option<Self>> {
         let Some(mount) = cgroup2_mount()? else {
             return Ok(None);
         };
@@ -158,10 +171,15 @@ impl Cgroup {
             "{:064x}",
             u128::from(std::process::id()) << 64 | u128::from(id)
         );
-        let path = parent.join(format!("libpod-{container_id}.scope"));
+        let path = parent.join(name(&container_id));
         fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        let made = path
+            .ancestors()
+            .take_while(|dir| dir.starts_with(&parent))
+            .map(Path::to_path_buf)
+            .collect();
         Ok(Some(Self {
-            parent,
+            made,
             path,
             container_id,
         }))
@@ -175,8 +193,9 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        let _ = fs::remove_dir(&self.path);
-        let _ = fs::remove_dir(&self.parent);
+        for dir in &self.made {
+            let _ = fs::remove_dir(dir);
+        }
     }
 }
 
@@ -458,11 +477,21 @@ pub fn run_with(image: &Image, volumes: &[Volume], script: &str) -> anyhow::Resu
 
 /// Runs `script` as the first process of a container with `root`.
 pub fn run_in(root: &Root<'_>, volumes: &[Volume], script: &str) -> anyhow::Result<Run> {
+    run_in_group(root, Cgroup::create()?.as_ref(), volumes, script)
+}
+
+/// [`run_in`], in `cgroup` (made beforehand, so that the agent can find the
+/// container before its first process runs).
+pub fn run_in_group(
+    root: &Root<'_>,
+    cgroup: Option<&Cgroup>,
+    volumes: &[Volume],
+    script: &str,
+) -> anyhow::Result<Run> {
     let state = Scratch::new("container")?;
-    let cgroup = Cgroup::create()?;
-    let cgroup_id = cgroup.as_ref().map(Cgroup::id).transpose()?;
-    let container_id = cgroup.as_ref().map(|cgroup| cgroup.container_id.clone());
-    let setup = Setup::new(state.path(), root, cgroup.as_ref(), volumes)?;
+    let cgroup_id = cgroup.map(Cgroup::id).transpose()?;
+    let container_id = cgroup.map(|cgroup| cgroup.container_id.clone());
+    let setup = Setup::new(state.path(), root, cgroup, volumes)?;
 
     let mut command = Command::new("/bin/sh");
     command

@@ -18,6 +18,8 @@ pub enum Requirement {
     Lsm,
     /// Podman runs containers (installed, cgroup v2).
     Podman,
+    /// A cgroup v2 hierarchy is mounted (containers in named groups).
+    Cgroup2,
 }
 
 impl Requirement {
@@ -26,6 +28,7 @@ impl Requirement {
             Self::Root => "root",
             Self::Lsm => "lsm",
             Self::Podman => "podman",
+            Self::Cgroup2 => "cgroup2",
         }
     }
 

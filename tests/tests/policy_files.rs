@@ -164,18 +164,18 @@ fn run_refuses_what_it_cannot_enforce_with_the_place() {
     fs::write(
         &file,
         VALID.replace(
-            "  files:",
-            "  selector: {namespaces: [\"shop-*\"]}\n  files:",
+            "  mode: audit",
+            "  selector: {namespaces: [\"shop-*\"]}\n  mode: audit",
         ),
     )
     .expect("writing the policy");
-    // Selecting by namespace needs Kubernetes metadata the agent does not
-    // read yet: it does not start rather than shield nothing.
+    // A DriftPolicy for some containers is not enforced yet: the agent
+    // does not start rather than leave those containers unexempted.
     let failure = Agent::start(&["--policy", &file.display().to_string()])
         .expect_err("the agent refuses the selector");
     assert!(
         failure.stderr.contains(&format!(
-            "{}:9:1: spec.selector: vShields select every container",
+            "{}:1:1: spec.selector: only DriftPolicies for every container",
             file.display()
         )),
         "{}",

@@ -215,7 +215,10 @@ fn test(workspace: &Path, kernels: &[&KernelSpec], vm_jobs: usize) -> anyhow::Re
     let work_dir = target_dir(workspace)?.join("vm");
     let env = [
         ("ENFORCER_BIN", agent.display().to_string()),
-        ("ENFORCER_TEST_REQUIRE", "root,lsm,podman".to_owned()),
+        (
+            "ENFORCER_TEST_REQUIRE",
+            "root,lsm,podman,cgroup2".to_owned(),
+        ),
         ("RUST_BACKTRACE", "1".to_owned()),
     ];
     let vm = vm::VmRun {

@@ -17,8 +17,8 @@ use super::{
     lineage,
     record::{
         Agent, AuditRecord, Container, Enforcer, ErrorField, Event, File, Host, Id, Image,
-        ImageHash, Kubernetes, Parent, Pod, PolicyChange, PolicyRecord, PolicyState, Process,
-        Record, Rule, RuleSet, ThreadId, Vulnerability,
+        ImageHash, Kubernetes, KubernetesContainer, Parent, Pod, PolicyChange, PolicyRecord,
+        PolicyState, Process, Record, Rule, RuleSet, ThreadId, Vulnerability,
     },
 };
 
@@ -140,6 +140,13 @@ impl Enricher {
                 name: pod.as_ref().and_then(|pod| pod.name.clone()),
                 uid,
             },
+            labels: pod.as_ref().and_then(|pod| pod.labels.clone()),
+            container: pod
+                .as_ref()
+                .and_then(|pod| pod.kind)
+                .map(|kind| KubernetesContainer {
+                    kind: kind.as_str(),
+                }),
         });
         let container = Container {
             id: group.id,

@@ -1,6 +1,8 @@
 //! Audit records in Elastic Common Schema field names, one JSON object per
 //! line. Fields without an ECS equivalent live under `enforcer.*`.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -130,6 +132,20 @@ pub struct Kubernetes {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub pod: Pod,
+    /// The pod's labels, as the Kubernetes API reports them (absent until
+    /// it has).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `init` or `ephemeral` (`kubectl debug`) for containers that are not
+    /// one of the pod's regular containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<KubernetesContainer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KubernetesContainer {
+    /// `regular`, `init` or `ephemeral`.
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

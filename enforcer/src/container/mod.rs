@@ -14,6 +14,7 @@
 //! where a group's id is its directory's inode number.
 
 pub mod image;
+pub mod kubernetes;
 pub mod podman;
 pub mod registry;
 
@@ -65,6 +66,11 @@ pub struct PodRef {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub uid: Option<String>,
+    /// The pod's labels, once the Kubernetes API reported the pod (OCI
+    /// annotations do not carry them).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// How the container came to be in the pod (from the API).
+    pub kind: Option<kubernetes::ContainerKind>,
 }
 
 /// What the agent knows of a container beyond its cgroup.
@@ -103,6 +109,8 @@ pub fn from_annotations(
         ]),
         name: first(&["io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"]),
         uid: first(&["io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"]),
+        labels: None,
+        kind: None,
     };
     Some(ContainerInfo {
         id: id.to_owned(),

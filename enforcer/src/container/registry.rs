@@ -2,7 +2,8 @@
 //! from their cgroups ([`Registry::discover`], every second and at start)
 //! or announced by the runtime's OCI hook before their first exec
 //! ([`Registry::starting`]), and named from what the runtime recorded
-//! (Podman's storage, or the OCI annotations Kubernetes runtimes write).
+//! (Podman's storage, or the OCI annotations Kubernetes runtimes write) and
+//! what the Kubernetes API says of their pods ([`Registry::pods_changed`]).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -14,8 +15,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CgroupContainer, CgroupIndex, ContainerInfo, Runtime, from_annotations, from_cgroup_path,
-    podman::PodmanStore,
+    CgroupContainer, CgroupIndex, ContainerInfo, PodRef, Runtime, from_annotations,
+    from_cgroup_path, kubernetes::SharedPods, podman::PodmanStore,
 };
 
 /// Containers by id, shared with the event enricher.
@@ -58,7 +59,8 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Hands what changed to the vShields in force.
+    /// Hands what changed to the vShields in force; logs each container
+    /// placed with the scope it is in.
     ///
     /// # Errors
     /// The kernel maps could not be written.
@@ -67,8 +69,23 @@ impl Discovery {
         ebpf: &mut aya::Ebpf,
         active: &mut crate::active::ActiveVShields,
     ) -> Result<(), crate::active::ActiveError> {
+        let placed: Vec<ContainerInfo> =
+            self.found.iter().map(|known| known.info.clone()).collect();
         active.place(ebpf, self.found)?;
-        active.forget(ebpf, &self.gone)
+        active.forget(ebpf, &self.gone)?;
+        for info in placed {
+            let pod = info.pod.as_ref();
+            let scope = active.scope_of(&info.id);
+            tracing::info!(
+                container.id = %info.id,
+                container.image = %info.image.as_ref().map_or_else(|| "unknown".to_owned(), ToString::to_string),
+                kubernetes.namespace = %pod.and_then(|pod| pod.namespace.as_deref()).unwrap_or(""),
+                kubernetes.pod = %pod.and_then(|pod| pod.name.as_deref()).unwrap_or(""),
+                scope = %scope.map_or_else(|| "unknown".to_owned(), |scope| scope.to_string()),
+                "container placed"
+            );
+        }
+        Ok(())
     }
 
     /// [`Self::place`], with a failure logged: the next look tries again.
@@ -111,6 +128,8 @@ pub struct Registry {
     /// Containers handed out without an image, looked up again when
     /// Podman's storage changes.
     unnamed: BTreeSet<String>,
+    /// The node's pods, when the agent watches the Kubernetes API.
+    pods: Option<SharedPods>,
 }
 
 impl Registry {
@@ -121,7 +140,60 @@ impl Registry {
             podman,
             groups: HashMap::new(),
             unnamed: BTreeSet::new(),
+            pods: None,
         }
+    }
+
+    /// Names containers from the pods the Kubernetes API reports as well.
+    #[must_use]
+    pub fn with_pods(mut self, pods: SharedPods) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// The Kubernetes API reported changes to the pods `uids` (added,
+    /// relabelled, a container started, deleted): their running containers,
+    /// described again, with all their live groups.
+    pub fn pods_changed(&mut self, uids: &BTreeSet<String>) -> Discovery {
+        let mut live: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for (cgroup, id) in &self.groups {
+            live.entry(id.clone()).or_default().insert(*cgroup);
+        }
+        let affected: Vec<(CgroupContainer, BTreeSet<u64>)> = {
+            let catalog = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
+            let pods = self
+                .pods
+                .as_ref()
+                .map(|pods| pods.lock().unwrap_or_else(PoisonError::into_inner));
+            live.into_iter()
+                .filter_map(|(id, cgroups)| {
+                    let info = catalog.get(&id)?;
+                    let pod_uid = info.pod.as_ref().and_then(|pod| pod.uid.clone());
+                    let reported = pods
+                        .as_ref()
+                        .and_then(|pods| pods.of_container(&id))
+                        .map(|(pod, _)| pod.uid.clone());
+                    let affected = [&pod_uid, &reported]
+                        .into_iter()
+                        .flatten()
+                        .any(|uid| uids.contains(uid));
+                    affected.then(|| {
+                        let container = CgroupContainer {
+                            id,
+                            runtime: info.runtime,
+                            pod_uid,
+                        };
+                        (container, cgroups)
+                    })
+                })
+                .collect()
+        };
+        let mut discovery = Discovery::default();
+        for (container, cgroups) in affected {
+            let info = self.describe(&container);
+            discovery.found.push(self.record(info, cgroups));
+        }
+        discovery
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -230,6 +302,7 @@ impl Registry {
             }),
         };
         info.init_pid = Some(state.pid);
+        self.add_pod(&mut info);
         let mut cgroups: BTreeSet<u64> = self
             .groups
             .iter()
@@ -263,8 +336,55 @@ impl Registry {
         Known { info, cgroups }
     }
 
-    /// What the runtime recorded about a container its group names.
+    /// What the runtime recorded about a container its group names, and
+    /// what the Kubernetes API says of its pod.
     fn describe(&mut self, container: &CgroupContainer) -> ContainerInfo {
+        let mut info = self.recorded(container);
+        self.add_pod(&mut info);
+        info
+    }
+
+    /// What the Kubernetes API says of the pod of `info`'s container (found
+    /// by the container's id in the pod's status, or by the pod UID of its
+    /// cgroup or annotations) overrides the annotations. The labels are
+    /// only kept while the API reports the pod: a deleted pod's containers
+    /// are no longer selected by them.
+    fn add_pod(&self, info: &mut ContainerInfo) {
+        let Some(pods) = &self.pods else {
+            return;
+        };
+        let pods = pods.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(pod) = info.pod.as_mut() {
+            pod.labels = None;
+            pod.kind = None;
+        }
+        if let Some((pod, container)) = pods.of_container(&info.id) {
+            info.pod = Some(pod_ref(pod, Some(container.kind)));
+            info.name = Some(container.name.clone());
+            match (&mut info.image, &container.image) {
+                (None, reported) => info.image.clone_from(reported),
+                (Some(known), Some(reported)) => {
+                    if known.digest.is_none() {
+                        known.digest.clone_from(&reported.digest);
+                    }
+                    if known.id.is_none() {
+                        known.id.clone_from(&reported.id);
+                    }
+                }
+                (Some(_), None) => {}
+            }
+        } else if let Some(pod) = info
+            .pod
+            .as_ref()
+            .and_then(|pod| pod.uid.as_deref())
+            .and_then(|uid| pods.get(uid))
+        {
+            info.pod = Some(pod_ref(pod, None));
+        }
+    }
+
+    /// What the runtime recorded about a container its group names.
+    fn recorded(&mut self, container: &CgroupContainer) -> ContainerInfo {
         let announced = self
             .catalog
             .lock()
@@ -295,6 +415,19 @@ impl Registry {
             info.pod.get_or_insert_with(Default::default).uid = Some(uid.clone());
         }
         info
+    }
+}
+
+fn pod_ref(
+    pod: &super::kubernetes::PodMeta,
+    kind: Option<super::kubernetes::ContainerKind>,
+) -> PodRef {
+    PodRef {
+        namespace: Some(pod.namespace.clone()),
+        name: Some(pod.name.clone()),
+        uid: Some(pod.uid.clone()),
+        labels: Some(pod.labels.clone()),
+        kind,
     }
 }
 

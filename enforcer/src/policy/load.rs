@@ -19,7 +19,7 @@ use super::{
         VShieldDocument,
     },
     paths,
-    vshield::{Scope, VShield},
+    vshield::{ContainerSelector, Scope, VShield},
 };
 use enforcer_common::vshield_op;
 
@@ -522,26 +522,12 @@ fn check_unique_names(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) {
     );
 }
 
-/// The vShields `enforcer run` enforces; those it cannot are diagnosed.
-fn agent_vshields(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) -> Vec<VShield> {
+/// The vShields `enforcer run` enforces.
+fn agent_vshields(set: &PolicySet) -> Vec<VShield> {
     let mut vshields = Vec::new();
-    for (source, document) in &set.vshields {
+    for document in set.vshields.iter().map(|(_, document)| document) {
         let spec = &document.spec;
         let selector = &spec.selector;
-        if !selector.namespaces.is_empty() || !selector.pod_labels.is_empty() {
-            diagnostics.push(Diagnostic {
-                file: source.file.clone(),
-                line: source.line,
-                column: 1,
-                field: "spec.selector".to_owned(),
-                message:
-                    "vShields select every container (an empty selector), containers by image (images) or \
-                 the host (host: true) so far; namespaces and pod labels need the Kubernetes metadata the \
-                 agent does not read yet"
-                        .to_owned(),
-            });
-            continue;
-        }
         let ops = if spec.operations.is_empty() {
             vshield_op::EXEC | vshield_op::OPEN | vshield_op::LOAD
         } else {
@@ -569,16 +555,20 @@ fn agent_vshields(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) -> Vec<VSh
                 .collect(),
             scope: if selector.host {
                 Scope::Host
-            } else if selector.images.is_empty() {
+            } else if selector.images.is_empty()
+                && selector.namespaces.is_empty()
+                && selector.pod_labels.is_empty()
+            {
                 Scope::Containers
             } else {
-                Scope::Images(
-                    selector
-                        .images
-                        .iter()
-                        .map(|glob| glob.value.clone())
-                        .collect(),
-                )
+                let globs = |globs: &[Spanned<String>]| -> Vec<String> {
+                    globs.iter().map(|glob| glob.value.clone()).collect()
+                };
+                Scope::Selected(ContainerSelector {
+                    images: globs(&selector.images),
+                    namespaces: globs(&selector.namespaces),
+                    pod_labels: selector.pod_labels.clone(),
+                })
             },
         });
     }
@@ -613,7 +603,7 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
         field: field.to_owned(),
         message,
     };
-    let vshields = agent_vshields(set, &mut diagnostics);
+    let vshields = agent_vshields(set);
     let mut every_container: Option<(&Source, &DriftPolicyDocument)> = None;
     for (source, document) in &set.drift {
         let selector = &document.spec.selector;
@@ -950,15 +940,25 @@ spec:
         .expect("valid");
         assert_eq!(
             agent_policy(&by_image).expect("enforceable").vshields[0].scope,
-            Scope::Images(vec!["nginx:*".to_owned()])
+            Scope::Selected(ContainerSelector::images(&["nginx:*"]))
         );
         let by_namespace = load(&[write(
             &dir,
             "vn.yaml",
-            &VSHIELD.replace("spec:\n", "spec:\n  selector: {namespaces: [ci-*]}\n"),
+            &VSHIELD.replace(
+                "spec:\n",
+                "spec:\n  selector: {namespaces: [ci-*], podLabels: {app: web}}\n",
+            ),
         )])
         .expect("valid");
-        assert_eq!(refused(&by_namespace), ["1: spec.selector"]);
+        assert_eq!(
+            agent_policy(&by_namespace).expect("enforceable").vshields[0].scope,
+            Scope::Selected(ContainerSelector {
+                namespaces: vec!["ci-*".to_owned()],
+                pod_labels: [("app".to_owned(), "web".to_owned())].into(),
+                ..ContainerSelector::default()
+            })
+        );
         let selected = load(&[write(
             &dir,
             "s.yaml",

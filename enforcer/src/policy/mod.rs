@@ -93,6 +93,13 @@ impl Policy {
             vshields: Vec::new(),
         }
     }
+
+    /// Whether a vShield selects containers by their pods' labels.
+    pub fn selects_pod_labels(&self) -> bool {
+        self.vshields.iter().any(|shield| {
+            matches!(&shield.scope, vshield::Scope::Selected(selector) if !selector.pod_labels.is_empty())
+        })
+    }
 }
 
 /// Kernel map entries for a policy.

@@ -20,9 +20,49 @@ pub enum Scope {
     Host,
     /// Every container.
     Containers,
-    /// Containers whose image matches one of these globs (over `name:tag`
-    /// and `name@digest`, see [`crate::container::ImageRef::matches`]).
-    Images(Vec<String>),
+    /// The containers a selector picks.
+    Selected(ContainerSelector),
+}
+
+/// Which containers a vShield applies to: each part given must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerSelector {
+    /// Globs over the image's `name:tag` and `name@digest` (any may match;
+    /// see [`crate::container::ImageGlobs`]).
+    pub images: Vec<String>,
+    /// Globs over the pod's namespace (any may match).
+    pub namespaces: Vec<String>,
+    /// Labels the pod must all carry with these values.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl ContainerSelector {
+    /// Containers whose image matches one of `globs`.
+    pub fn images(globs: &[&str]) -> Self {
+        Self {
+            images: globs.iter().map(|glob| (*glob).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.images.is_empty() {
+            parts.push(format!("images {}", self.images.join(",")));
+        }
+        if !self.namespaces.is_empty() {
+            parts.push(format!("namespaces {}", self.namespaces.join(",")));
+        }
+        if !self.pod_labels.is_empty() {
+            let labels: Vec<String> = self
+                .pod_labels
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            parts.push(format!("podLabels {}", labels.join(",")));
+        }
+        parts.join("; ")
+    }
 }
 
 impl Scope {
@@ -31,7 +71,7 @@ impl Scope {
         match self {
             Self::Host => Some(scope::HOST),
             Self::Containers => Some(scope::CONTAINERS),
-            Self::Images(_) => None,
+            Self::Selected(_) => None,
         }
     }
 
@@ -45,7 +85,7 @@ impl Scope {
         match self {
             Self::Host => "host".to_owned(),
             Self::Containers => "containers".to_owned(),
-            Self::Images(globs) => format!("images {}", globs.join(",")),
+            Self::Selected(selector) => selector.describe(),
         }
     }
 }
@@ -465,7 +505,7 @@ mod tests {
 
     #[test]
     fn a_vshield_with_a_selector_has_rules_only_in_the_scopes_that_select_it() {
-        let images = |glob: &str| Scope::Images(vec![glob.to_owned()]);
+        let images = |glob: &str| Scope::Selected(ContainerSelector::images(&[glob]));
         let everywhere = shield("all", Mode::Audit, vshield_op::EXEC, Scope::Containers);
         let one = shield("one", Mode::Enforce, vshield_op::EXEC, images("one:*"));
         let two = shield("two", Mode::Audit, vshield_op::EXEC, images("two:*"));

@@ -1,0 +1,162 @@
+//! The agent with the Kubernetes API: it watches this node's pods (a fake
+//! API server answers with two pods) and a vShield selected by namespace
+//! and pod labels applies to the containers of the pod it selects only;
+//! the events carry the pod's namespace, name and labels.
+//!
+//! Needs BPF LSM and cgroup v2 (the VMs of `cargo xtask test`): the
+//! containers' groups are named the way containerd names a pod's.
+
+use std::{fs, path::Path, time::Duration};
+
+use enforcer_tests::{
+    agent::Agent,
+    container::{Cgroup, Image, Root, Scratch, run_in_group},
+    kubernetes::{FakeApi, pod},
+    require::{self, Requirement},
+    scenario::start_lsm,
+    serial,
+};
+use serde_json::json;
+
+const RUNNER_POD: &str = "6f0c2b8e-1d3a-4c5b-9e7f-0a1b2c3d4e5f";
+const WEB_POD: &str = "7a1d3c9f-2e4b-4d6c-8f8a-1b2c3d4e5f60";
+
+/// A vShield for the CI runner pods in `ci-*` namespaces.
+const POLICY: &str = "apiVersion: enforcer.dev/v1alpha1
+kind: VShield
+metadata:
+  name: runner-tool
+spec:
+  vulnerability: CVE-2099-4242
+  mode: enforce
+  selector:
+    namespaces: [ci-*]
+    podLabels: {app: runner}
+  files: [/opt/vuln/bin/busybox]
+  operations: [exec]
+";
+
+const SCRIPT: &str = "/opt/vuln/bin/busybox echo exec-ran; echo after";
+
+/// Busybox with a vulnerable program.
+fn image() -> Image {
+    let image = Image::busybox().expect("building the image");
+    let root = image.root();
+    fs::create_dir_all(root.join("opt/vuln/bin")).expect("creating /opt/vuln/bin");
+    fs::copy(root.join("bin/busybox"), root.join("opt/vuln/bin/busybox"))
+        .expect("adding the program");
+    image
+}
+
+/// Waits until the agent has placed `group`'s container with its pod's
+/// namespace and name, which only the API reports (the group's name only
+/// carries the pod's UID).
+fn wait_placed(agent: &Agent, group: &Cgroup, namespace: &str, pod: &str) {
+    let placed = format!(
+        "container.id={} container.image=unknown kubernetes.namespace={namespace} kubernetes.pod={pod}",
+        group.container_id
+    );
+    assert!(
+        agent.wait_for_log(&placed, 1, Duration::from_secs(30)),
+        "container {} was not placed in its pod:\n{}",
+        group.container_id,
+        agent.log()
+    );
+}
+
+#[test]
+fn pod_labels_and_namespaces_select_vshields_and_name_the_pod_in_events() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let runner_group = Cgroup::in_pod(RUNNER_POD).expect("creating a cgroup");
+    let web_group = Cgroup::in_pod(WEB_POD).expect("creating a cgroup");
+    let (Some(runner_group), Some(web_group)) = (runner_group, web_group) else {
+        require::unavailable(Requirement::Cgroup2, "no cgroup v2 hierarchy is mounted");
+        return;
+    };
+    let image = image();
+    let root = image.root();
+    let dir = Scratch::new("kubernetes").expect("scratch");
+    let api = FakeApi::start(
+        &[
+            pod(
+                RUNNER_POD,
+                "ci-main",
+                "runner-0",
+                &json!({"app": "runner"}),
+                "node-1",
+            ),
+            pod(WEB_POD, "shop", "web-0", &json!({"app": "web"}), "node-1"),
+        ],
+        dir.path(),
+    )
+    .expect("starting the fake API server");
+    let policy = dir.path().join("policy.yaml");
+    fs::write(&policy, POLICY).expect("writing the policy");
+    let path = |path: &Path| path.display().to_string();
+    let Some(agent) = start_lsm(&[
+        "--policy",
+        &path(&policy),
+        "--image-store",
+        &path(root),
+        "--kubernetes-node",
+        "node-1",
+        "--kubeconfig",
+        &path(api.kubeconfig()),
+    ]) else {
+        return;
+    };
+    assert!(
+        agent.wait_for_log("the node's pods are listed", 1, Duration::from_mins(1)),
+        "the agent did not list the pods:\n{}",
+        agent.log()
+    );
+    // Each container's group exists before its first process: the agent
+    // places it again once the pod list names its pod (namespace and
+    // labels), before it runs anything.
+    wait_placed(&agent, &runner_group, "ci-main", "runner-0");
+    wait_placed(&agent, &web_group, "shop", "web-0");
+    let runner_id = runner_group.id().expect("the runner's cgroup id");
+    let web_id = web_group.id().expect("the web cgroup id");
+    let runner = run_in_group(&Root::Overlay(&image), Some(&runner_group), &[], SCRIPT)
+        .expect("running the runner container");
+    let web = run_in_group(&Root::Overlay(&image), Some(&web_group), &[], SCRIPT)
+        .expect("running the web container");
+    let stopped = agent.stop().expect("stopping the agent");
+    assert!(stopped.status.success(), "agent log:\n{}", stopped.stderr);
+
+    assert!(!runner.stdout.contains("exec-ran"), "{runner:?}");
+    assert!(runner.stdout.contains("after"), "{runner:?}");
+    assert!(
+        web.stdout.contains("exec-ran"),
+        "{web:?}\n{}",
+        stopped.stderr
+    );
+    let shielded: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|event| event["rule"]["name"] == "runner-tool")
+        .collect();
+    assert_eq!(shielded.len(), 1, "{shielded:#?}\n{}", stopped.stderr);
+    let event = shielded[0];
+    assert_eq!(event["enforcer"]["cgroup_id"], runner_id);
+    assert_ne!(event["enforcer"]["cgroup_id"], web_id);
+    assert_eq!(event["enforcer"]["decision"], "blocked");
+    assert_eq!(event["kubernetes"]["namespace"], "ci-main");
+    assert_eq!(event["kubernetes"]["pod"]["name"], "runner-0");
+    assert_eq!(event["kubernetes"]["pod"]["uid"], RUNNER_POD);
+    assert_eq!(event["kubernetes"]["labels"]["app"], "runner");
+    assert_eq!(event["container"]["runtime"], "containerd");
+    // The watch asked for this node's pods only.
+    let requests = api.requests();
+    assert!(requests.len() >= 2, "{requests:?}");
+    for request in &requests {
+        assert!(request.starts_with("/api/v1/pods "), "{request}");
+        assert!(
+            request.contains("fieldSelector=spec.nodeName%3Dnode-1"),
+            "{request}"
+        );
+    }
+}
