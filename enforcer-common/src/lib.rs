@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -422,8 +422,8 @@ pub struct AgentConfig {
 }
 
 /// Drift prevention settings, the value of the `DRIFT_POLICY` array map
-/// (index 0: every container). A map rather than a global so that the mode
-/// can change while the programs stay attached.
+/// (indices: [`drift_policy`]). A map rather than a global so that the
+/// settings can change while the programs stay attached.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriftSettings {
@@ -434,9 +434,36 @@ pub struct DriftSettings {
     /// Index in the `PATH_DFA` map of the allowed-path automaton in force,
     /// 0 or 1 (used with [`drift_flags::ALLOW_PATHS`]).
     pub path_dfa_bank: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// The bits of [`PathDfaState::accept`] a path's last state must all
+    /// have for the path to be allowed (with [`drift_flags::ALLOW_PATHS`]):
+    /// one automaton serves every `DriftPolicy`, each with its own bit.
+    pub path_mask: u32,
 }
+
+/// Indices of the `DRIFT_POLICY` map. A container's index is in
+/// `CONTAINER_DRIFT` (by cgroup id); a container not there is unknown.
+pub mod drift_policy {
+    /// The `DriftPolicy` for every container (or the built-in one): for known
+    /// containers no selected `DriftPolicy` selects.
+    pub const ALL_CONTAINERS: u32 = 0;
+    /// Containers the agent has not placed yet (or cannot tell yet which
+    /// `DriftPolicy` selects): the strictest of all `DriftPolicies` in force
+    /// (enforce if any enforces; an allowance only if all allow it).
+    pub const UNKNOWN: u32 = 1;
+    /// The first selected `DriftPolicy`. Two banks of
+    /// [`DRIFT_SELECTED_MAX`](super::DRIFT_SELECTED_MAX): a new policy is written
+    /// into the bank no container points at, then containers are pointed at
+    /// it, so that each container is under the old or the new policy,
+    /// never a mix or a gap.
+    pub const FIRST_SELECTED: u32 = 2;
+}
+
+/// `DriftPolicies` with a selector one policy can hold (per bank).
+pub const DRIFT_SELECTED_MAX: u32 = 31;
+
+/// Entries of `DRIFT_POLICY`: every container, unknown, and two banks of
+/// selected `DriftPolicies`.
+pub const DRIFT_POLICIES_MAX: u32 = drift_policy::FIRST_SELECTED + 2 * DRIFT_SELECTED_MAX;
 
 /// Files the vShields of a policy shield (entries of `VSHIELD_FILES`).
 pub const VSHIELD_FILES_MAX: u32 = 262_144;
@@ -480,7 +507,8 @@ pub mod scope {
     pub const FIRST_SELECTED: u32 = 3;
 }
 
-/// Entries of `CONTAINER_SCOPES`: cgroups of known containers.
+/// Entries of `CONTAINER_SCOPES` and `CONTAINER_DRIFT`: cgroups of known
+/// containers.
 pub const CONTAINER_SCOPES_MAX: u32 = 65_536;
 
 /// How overlayfs keeps the lower inode of one of its inodes
@@ -565,7 +593,8 @@ pub struct VShieldRule {
 pub struct PathDfaState {
     /// The next state for each byte: an index in the same bank.
     pub next: [u16; 256],
-    /// Nonzero when a path that ends in this state is allowed.
+    /// The `DriftPolicy`s that allow a path that ends in this state: bit `i`
+    /// for the policy whose [`DriftSettings::path_mask`] is `1 << i`.
     pub accept: u32,
 }
 
@@ -628,7 +657,7 @@ pub struct DecisionEvent {
     /// Bits of [`event_flags`].
     pub flags: u32,
     /// The vShield's slot ([`VShieldRule::rule`]) for [`reason::VSHIELD`];
-    /// 0 for drift.
+    /// the `DRIFT_POLICY` index ([`drift_policy`]) for [`reason::DRIFT`].
     pub rule: u32,
     /// Reserved, zero.
     pub pad: u32,
@@ -813,6 +842,7 @@ mod tests {
         assert_eq!(offset_of!(DriftSettings, mode), 0);
         assert_eq!(offset_of!(DriftSettings, flags), 4);
         assert_eq!(offset_of!(DriftSettings, path_dfa_bank), 8);
+        assert_eq!(offset_of!(DriftSettings, path_mask), 12);
     }
 
     #[test]

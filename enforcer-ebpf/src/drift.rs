@@ -1,16 +1,17 @@
 //! The drift decision: is a container process about to run a file that is
 //! not part of its image?
 
+use aya_ebpf::helpers::bpf_get_current_cgroup_id;
 use enforcer_common::{
     ABI_VERSION, AgentConfig, DriftSettings, HUGETLBFS_MAGIC, KernelOffsets, MNT_READONLY,
-    OVERLAYFS_SUPER_MAGIC, SB_KERNMOUNT, SB_RDONLY, TMPFS_MAGIC, drift_flags, layer, mode,
-    tracking, via,
+    OVERLAYFS_SUPER_MAGIC, SB_KERNMOUNT, SB_RDONLY, TMPFS_MAGIC, counter, drift_flags,
+    drift_policy, layer, mode, tracking, via,
 };
 
 use crate::{
     events,
     kernel::{self, Container, FileFacts, ReadError},
-    maps::{CONFIG, DRIFT_POLICY, OFFSETS, TRACKING, WRITTEN_FILES},
+    maps::{CONFIG, CONTAINER_DRIFT, DRIFT_POLICY, OFFSETS, TRACKING, WRITTEN_FILES, count},
     path,
 };
 
@@ -25,6 +26,8 @@ pub(crate) struct Drift {
     pub(crate) layer: u32,
     /// One of `via::*`.
     pub(crate) via: u32,
+    /// The `DRIFT_POLICY` index that decided.
+    pub(crate) policy: u32,
 }
 
 pub(crate) enum Verdict {
@@ -50,7 +53,15 @@ pub(crate) fn check_file(
     if config.abi_version != ABI_VERSION {
         return Err(ReadError);
     }
-    let settings: DriftSettings = match DRIFT_POLICY.get(0) {
+    // SAFETY: the value is a plain u32, copied out at once.
+    let policy = unsafe { CONTAINER_DRIFT.get(bpf_get_current_cgroup_id()) }
+        .copied()
+        .unwrap_or(drift_policy::UNKNOWN);
+    // A constant on a miss and a map value on a hit would be two verifier
+    // states through everything below, the path walk included (a program
+    // too complex to load); made opaque, they are one.
+    let policy = path::opaque(policy);
+    let settings: DriftSettings = match DRIFT_POLICY.get(policy) {
         Some(settings) => *settings,
         None => return Err(ReadError),
     };
@@ -77,17 +88,21 @@ pub(crate) fn check_file(
     // verifier through the path walk (three times the load time).
     let layer = path::opaque(layer);
     // memfds have no path; --allow-memfd is their knob.
-    if settings.flags & drift_flags::ALLOW_PATHS != 0
-        && layer != layer::MEMFD
-        && path::allowed(
+    if settings.flags & drift_flags::ALLOW_PATHS != 0 && layer != layer::MEMFD {
+        let accepted = path::accepted(
             facts.mnt,
             facts.dentry,
             container.mnt_ns_ptr,
             settings.path_dfa_bank,
             offsets,
-        )?
-    {
-        return Ok(Verdict::Allow);
+        )?;
+        // Every bit of the mask: the strictest policy (unknown containers)
+        // has one bit per policy, and allows only what all of them allow.
+        let mask = settings.path_mask;
+        if mask != 0 && accepted & mask == mask {
+            count(counter::DRIFT_ALLOWED_BY_PATH);
+            return Ok(Verdict::Allow);
+        }
     }
     Ok(Verdict::Drift(Drift {
         mode: settings.mode,
@@ -95,6 +110,7 @@ pub(crate) fn check_file(
         file: facts,
         layer,
         via,
+        policy,
     }))
 }
 

@@ -260,7 +260,7 @@ fn drift(
             reason: reason::DRIFT,
             layer: drift.layer,
             via: drift.via,
-            rule: 0,
+            rule: drift.policy,
             decision,
             backend,
         },

@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AgentConfig, CONTAINER_SCOPES_MAX, DriftSettings, FileId, KernelOffsets, MmapOffsets,
-    OverlayLower, PATH_BUF_LEN, PathDfaBank, TaskOffsets, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX,
-    VSHIELD_SLOTS, VShieldKey, VShieldRule, WRITTEN_FILES_MAX, counter,
+    AgentConfig, CONTAINER_SCOPES_MAX, DRIFT_POLICIES_MAX, DriftSettings, FileId, KernelOffsets,
+    MmapOffsets, OverlayLower, PATH_BUF_LEN, PathDfaBank, TaskOffsets, VSHIELD_FILES_MAX,
+    VSHIELD_RULES_MAX, VSHIELD_SLOTS, VShieldKey, VShieldRule, WRITTEN_FILES_MAX, counter,
 };
 
 /// Kernel structure offsets, overridden by the agent at load time.
@@ -59,9 +59,17 @@ pub(crate) static WRITTEN_FILES: HashMap<u64, u32> =
 #[map]
 pub(crate) static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Drift settings; index 0 applies to every container.
+/// Drift settings, by [`enforcer_common::drift_policy`] index.
 #[map]
-pub(crate) static DRIFT_POLICY: Array<DriftSettings> = Array::with_max_entries(1, 0);
+pub(crate) static DRIFT_POLICY: Array<DriftSettings> =
+    Array::with_max_entries(DRIFT_POLICIES_MAX, 0);
+
+/// The `DRIFT_POLICY` index of each cgroup of the containers the agent
+/// knows, by cgroup id; a container not here is under
+/// [`enforcer_common::drift_policy::UNKNOWN`].
+#[map]
+pub(crate) static CONTAINER_DRIFT: HashMap<u64, u32> =
+    HashMap::with_max_entries(CONTAINER_SCOPES_MAX, BPF_F_NO_PREALLOC);
 
 /// Allowed-path automata: two banks; [`DriftSettings::path_dfa_bank`] says
 /// which one is in force.

@@ -24,33 +24,35 @@ const _: () = assert!(PATH_DFA_STATES_MAX.is_power_of_two());
 /// Longest name a dentry can have (`NAME_MAX`).
 const NAME_MAX: u32 = 255;
 
-/// Whether the file at `mnt` (`struct vfsmount *`) and `dentry` has a path
-/// in the mount namespace `mnt_ns` (`struct mnt_namespace *`) that the
-/// automaton in `bank` accepts. A path that cannot be built is not allowed.
+/// The policy bits of [`PathDfaState::accept`](enforcer_common::PathDfaState)
+/// for the path of the file at `mnt` (`struct vfsmount *`) and `dentry` in
+/// the mount namespace `mnt_ns` (`struct mnt_namespace *`), run through the
+/// automaton in `bank`: which `DriftPolicy`s allow it. A path that cannot
+/// be built is allowed by none.
+///
+/// The caller compares the bits with its policy's mask: a mask passed in
+/// here would be one more live value through the byte loop, which made the
+/// exec program too complex for the verifier.
 #[inline(always)]
-pub(crate) fn allowed(
+pub(crate) fn accepted(
     mnt: u64,
     dentry: u64,
     mnt_ns: u64,
     bank: u32,
     offsets: &KernelOffsets,
-) -> Result<bool, ReadError> {
+) -> Result<u32, ReadError> {
     let Some(buf) = PATH_BUF.get_ptr_mut(0) else {
         return Err(ReadError);
     };
     let buf = buf.cast::<u8>();
     let Some(start) = build(mnt, dentry, mnt_ns, offsets, buf)? else {
         count(counter::PATH_UNRESOLVED);
-        return Ok(false);
+        return Ok(0);
     };
     let Some(dfa) = PATH_DFA.get(bank) else {
         return Err(ReadError);
     };
-    let allowed = accepts(dfa, buf, start);
-    if allowed {
-        count(counter::DRIFT_ALLOWED_BY_PATH);
-    }
-    Ok(allowed)
+    Ok(accepts(dfa, buf, start))
 }
 
 /// Builds the path right to left so that it ends at `PATH_MAX_LEN` in `buf`;
@@ -120,9 +122,10 @@ fn build(
     Ok(None)
 }
 
-/// Runs the path `buf[start..PATH_MAX_LEN]` through the automaton `dfa`.
+/// Runs the path `buf[start..PATH_MAX_LEN]` through the automaton `dfa`;
+/// returns the accept bits of its last state (0 when it dies on the way).
 #[inline(always)]
-fn accepts(dfa: &PathDfaBank, buf: *const u8, start: u32) -> bool {
+fn accepts(dfa: &PathDfaBank, buf: *const u8, start: u32) -> u32 {
     // Every way through `build` reaches here with another range for
     // `start`; laundered (and re-bounded), they all look alike to the
     // verifier, which then checks this loop once instead of once per way.
@@ -139,10 +142,10 @@ fn accepts(dfa: &PathDfaBank, buf: *const u8, start: u32) -> bool {
         // says so to the verifier (and to LLVM, which drops its bounds check).
         state = usize::from(dfa[state & STATE_MASK].next[usize::from(byte)]);
         if state == usize::from(path_dfa::DEAD) {
-            return false;
+            return 0;
         }
     }
-    dfa[state & STATE_MASK].accept != 0
+    dfa[state & STATE_MASK].accept
 }
 
 /// `value`, made opaque to the verifier (see [`launder`]). A caller whose

@@ -23,11 +23,15 @@ use crate::{
     container::registry::Known,
     kernel::host::HostIdentity,
     maps::{self, MapAccessError},
-    policy::vshield::{
-        self as vshields, Applied, Entries, Resolved, Scope, Selected, Slots, VShield, VShieldError,
+    policy::{
+        SelectedDrift,
+        vshield::{
+            self as vshields, Applied, Entries, Resolved, Scope, Selected, Slots, VShield,
+            VShieldError,
+        },
     },
     resolve::{self, Identities, ResolveError, Root},
-    scopes::{Placement, Scopes, Selector},
+    scopes::{Placement, Scopes, Selector, drift_placement},
 };
 
 /// Policies with more vShields get a summary line instead of one line each.
@@ -43,9 +47,9 @@ pub enum ActiveError {
     Backend(#[from] backend::BackendError),
     #[error(transparent)]
     Map(#[from] MapAccessError),
-    #[error("vShield {vshield}: selector glob {glob:?}: {reason}")]
+    #[error("policy {policy}: selector glob {glob:?}: {reason}")]
     Glob {
-        vshield: String,
+        policy: String,
         glob: String,
         reason: String,
     },
@@ -113,6 +117,11 @@ pub struct ActiveVShields {
     scopes: Scopes,
     selected: Selected,
     container_scopes: BTreeMap<u64, u32>,
+    /// The selected `DriftPolicy`s, in policy order (slot: their
+    /// `DRIFT_POLICY` index).
+    drift_selectors: Vec<Selector>,
+    /// `CONTAINER_DRIFT`: cgroup id -> `DRIFT_POLICY` index.
+    container_drift: BTreeMap<u64, u32>,
 }
 
 impl ActiveVShields {
@@ -133,7 +142,58 @@ impl ActiveVShields {
             scopes: Scopes::default(),
             selected: Selected::new(),
             container_scopes: BTreeMap::new(),
+            drift_selectors: Vec::new(),
+            container_drift: BTreeMap::new(),
         }
+    }
+
+    /// Puts the selected `DriftPolicy`s `selected` in force for the known
+    /// containers: [`crate::policy::apply`] wrote their settings from index
+    /// `base`, into indices no container points at; here each container's
+    /// groups are pointed at the settings that now apply to it, so that a
+    /// container is under its old or its new `DriftPolicy`, never neither.
+    /// `names` are the policies' names by index, for events.
+    pub fn set_drift(
+        &mut self,
+        ebpf: &mut Ebpf,
+        selected: &[SelectedDrift],
+        base: u32,
+        names: BTreeMap<u32, String>,
+    ) -> Result<(), ActiveError> {
+        let selectors = selected
+            .iter()
+            .zip(base..)
+            .map(|(policy, index)| {
+                Selector::new(index, &policy.selector).map_err(|(glob, reason)| ActiveError::Glob {
+                    policy: policy.name.clone(),
+                    glob,
+                    reason,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Events may name old or new indices while the map changes.
+        let mut merged = self.current_names();
+        merged.drift.extend(names.clone());
+        self.set_names(merged);
+        self.drift_selectors = selectors;
+        self.write_drift(ebpf)?;
+        let mut current = self.current_names();
+        current.drift = names;
+        self.set_names(current);
+        Ok(())
+    }
+
+    /// Points each known container's groups at its `DriftPolicy`.
+    fn write_drift(&mut self, ebpf: &mut Ebpf) -> Result<(), MapAccessError> {
+        let placement = drift_placement(&self.drift_selectors, self.containers.values());
+        write_by_cgroup(
+            ebpf,
+            maps::CONTAINER_DRIFT,
+            &self.container_drift,
+            &placement,
+        )?;
+        self.container_drift = placement;
+        Ok(())
     }
 
     /// Makes the kernel enforce `shields` instead of the vShields in force.
@@ -153,6 +213,8 @@ impl ActiveVShields {
         let mut change = self.compare(shields);
         let mut names = PolicyNames {
             ruleset: ruleset.to_owned(),
+            // Set by `set_drift`.
+            drift: self.current_names().drift,
             ..PolicyNames::default()
         };
         let mut listed = Vec::with_capacity(shields.len());
@@ -289,6 +351,7 @@ impl ActiveVShields {
                 "more containers than the kernel's scope map holds: the newest are left unknown"
             );
         }
+        self.write_drift(ebpf)?;
         let placement = self
             .scopes
             .place(&self.selectors, self.containers.values(), true);
@@ -318,6 +381,7 @@ impl ActiveVShields {
             }
         }
         self.containers.retain(|_, known| !known.cgroups.is_empty());
+        self.write_drift(ebpf)?;
         let mut by_cgroup = self.container_scopes.clone();
         for cgroup in cgroups {
             by_cgroup.remove(cgroup);
@@ -533,7 +597,7 @@ fn selectors(shields: &[VShield], slots: &[u32]) -> Result<Vec<Selector>, Active
         .filter_map(|(shield, slot)| match &shield.scope {
             Scope::Selected(selector) => Some(Selector::new(*slot, selector).map_err(
                 |(glob, reason)| ActiveError::Glob {
-                    vshield: shield.name.clone(),
+                    policy: shield.name.clone(),
                     glob,
                     reason,
                 },
@@ -550,19 +614,29 @@ fn write_container_scopes(
     old: &BTreeMap<u64, u32>,
     new: &BTreeMap<u64, u32>,
 ) -> Result<(usize, usize), MapAccessError> {
-    let map_error = |source| MapAccessError::Map {
-        map: maps::CONTAINER_SCOPES,
-        source,
-    };
-    let mut map: aya::maps::HashMap<_, u64, u32> = maps::borrow_mut(ebpf, maps::CONTAINER_SCOPES)?;
+    write_by_cgroup(ebpf, maps::CONTAINER_SCOPES, old, new)
+}
+
+/// Writes the difference between two contents of a map by cgroup id
+/// (`CONTAINER_SCOPES`, `CONTAINER_DRIFT`); returns the entries written and
+/// removed. A full map leaves a group out: unknown, under the strictest
+/// policy, never a weaker one.
+fn write_by_cgroup(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    old: &BTreeMap<u64, u32>,
+    new: &BTreeMap<u64, u32>,
+) -> Result<(usize, usize), MapAccessError> {
+    let map_error = |source| MapAccessError::Map { map: name, source };
+    let mut map: aya::maps::HashMap<_, u64, u32> = maps::borrow_mut(ebpf, name)?;
     let mut counts = (0, 0);
     for (cgroup, code) in new {
         if old.get(cgroup) != Some(code) {
             match map.insert(cgroup, code, 0) {
                 Ok(()) => counts.0 += 1,
-                // A full map leaves the group unknown: every vShield with a
-                // selector applies to it, never fewer.
-                Err(error) => tracing::warn!(cgroup, %error, "container scope not written"),
+                Err(error) => {
+                    tracing::warn!(cgroup, map = name, %error, "container entry not written");
+                }
             }
         }
     }

@@ -206,9 +206,9 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     // The maps are filled before any program is attached, so the first exec
     // the programs see is already decided by the policy.
     let started = Instant::now();
-    policy::apply(&mut ebpf, &compiled)?;
     let names = PolicyTable::default();
     let mut active = ActiveVShields::new(names.clone());
+    apply_drift(&mut ebpf, &compiled, &policy, &mut active)?;
     let (mut registry, cgroups, mut pod_changes) = containers(
         &mut ebpf,
         &mut active,
@@ -301,6 +301,24 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     };
     tracing::info!(signal = signal_name, "shutting down: detaching programs");
     shut_down(ebpf, pipeline, &counters, &last).await;
+    Ok(())
+}
+
+/// Writes the drift settings of `policy` and points the containers the
+/// agent knows at theirs.
+fn apply_drift(
+    ebpf: &mut aya::Ebpf,
+    compiled: &policy::Compiled,
+    policy: &Policy,
+    active: &mut ActiveVShields,
+) -> Result<(), AgentError> {
+    let base = policy::apply(ebpf, compiled)?;
+    active.set_drift(
+        ebpf,
+        &policy.selected_drift,
+        base,
+        policy::drift_indices(policy, base),
+    )?;
     Ok(())
 }
 

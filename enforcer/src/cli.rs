@@ -162,16 +162,19 @@ pub struct RunArgs {
     /// kernel map entries that differ; an invalid one is refused with an
     /// error (log and audit record) and the policy in force stays in force.
     /// SIGHUP reloads them too, and also looks the vShields' files up again
-    /// in image layers and containers that appeared since. For now `run` enforces one
-    /// `DriftPolicy` for every container (empty selector), and vShields for
-    /// every container, for the host (`selector: {host: true}`), or for the
-    /// containers a selector picks by image, Kubernetes namespace and pod
-    /// labels (`images`, `namespaces`, `podLabels`; pod labels need
+    /// in image layers and containers that appeared since. `DriftPolicy`s: one
+    /// for every container (empty selector) and up to 31 that select
+    /// containers; the first in policy order that selects a container
+    /// applies to it. vShields: for every container, for the host
+    /// (`selector: {host: true}`), or for the containers a selector picks.
+    /// Selectors pick by image, Kubernetes namespace and pod labels
+    /// (`images`, `namespaces`, `podLabels`; pod labels need
     /// --kubernetes-node). A container's image is known once the runtime's
     /// OCI hook announced it (`enforcer hook oci`) or the agent found its
     /// cgroup (within a second), its pod's labels once the Kubernetes API
     /// reported the pod; until a selector can tell, every vShield with a
-    /// selector applies to the container.
+    /// selector applies to the container, and the strictest of all
+    /// `DriftPolicy`s.
     #[arg(
         long,
         value_name = "PATH",

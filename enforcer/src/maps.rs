@@ -30,6 +30,7 @@ pub const VSHIELD_GENERATION: &str = "VSHIELD_GENERATION";
 pub const RESOLVED_ID: &str = "RESOLVED_ID";
 /// Cgroup id of a known container -> its vShield scope.
 pub const CONTAINER_SCOPES: &str = "CONTAINER_SCOPES";
+pub const CONTAINER_DRIFT: &str = "CONTAINER_DRIFT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapAccessError {

@@ -444,13 +444,29 @@ fn apply(
     let change = active
         .apply(ebpf, &policy.vshields, &policy.name, roots)
         .map_err(|error| crate::error_chain(&error))?;
-    // One atomic switch of the drift settings (see `policy::apply`).
-    crate::policy::apply(ebpf, &compiled).map_err(|error| {
+    // One atomic switch of the drift settings for every container and for
+    // unknown ones, then each container pointed at its new DriftPolicy (see
+    // `policy::apply`).
+    let base = crate::policy::apply(ebpf, &compiled).map_err(|error| {
         format!(
             "the vShields of the new policy are in force, its drift settings are not: {}",
             crate::error_chain(&error)
         )
     })?;
+    active
+        .set_drift(
+            ebpf,
+            &policy.selected_drift,
+            base,
+            crate::policy::drift_indices(policy, base),
+        )
+        .map_err(|error| {
+            format!(
+                "the new policy's settings are in force, but containers may still be under the \
+                 DriftPolicies with selectors of the previous one: {}",
+                crate::error_chain(&error)
+            )
+        })?;
     Ok(change)
 }
 

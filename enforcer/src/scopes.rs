@@ -10,12 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use enforcer_common::scope;
+use enforcer_common::{drift_policy, scope};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::{
     container::{ContainerInfo, ImageGlobs, registry::Known},
-    policy::vshield::{ContainerSelector, Selected},
+    policy::{ContainerSelector, vshield::Selected},
 };
 
 /// A vShield with a selector, by slot, compiled.
@@ -180,6 +180,36 @@ impl Scopes {
     }
 }
 
+/// The `DRIFT_POLICY` index of each group of `containers` under the
+/// selected `DriftPolicy`s `selectors` (in policy order; each selector's
+/// slot is its index): the first that selects a container applies; a
+/// container none selects is under the policy for every container; one a
+/// selector before the first that selects it cannot decide on yet has no
+/// entry (unknown: the strictest of all applies). Pure.
+pub fn drift_placement<'a>(
+    selectors: &[Selector],
+    containers: impl IntoIterator<Item = &'a Known>,
+) -> BTreeMap<u64, u32> {
+    let mut by_cgroup = BTreeMap::new();
+    'containers: for known in containers {
+        let mut index = drift_policy::ALL_CONTAINERS;
+        for selector in selectors {
+            match selector.selects(&known.info) {
+                Some(true) => {
+                    index = selector.slot;
+                    break;
+                }
+                Some(false) => {}
+                None => continue 'containers,
+            }
+        }
+        for cgroup in &known.cgroups {
+            by_cgroup.insert(*cgroup, index);
+        }
+    }
+    by_cgroup
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +231,48 @@ mod tests {
 
     fn selector(slot: u32, glob: &str) -> Selector {
         Selector::new(slot, &ContainerSelector::images(&[glob])).unwrap()
+    }
+
+    #[test]
+    fn the_first_drift_policy_that_selects_a_container_applies() {
+        let ci = Selector::new(
+            40,
+            &ContainerSelector {
+                namespaces: vec!["ci-*".to_owned()],
+                ..ContainerSelector::default()
+            },
+        )
+        .unwrap();
+        let tools = selector(41, "localhost/tools:*");
+        let in_namespace = |id: &str, image: &str, namespace: Option<&str>, cgroup: u64| {
+            let mut known = container(id, Some(image), &[cgroup]);
+            known.info.pod = namespace.map(|namespace| PodRef {
+                namespace: Some(namespace.to_owned()),
+                ..PodRef::default()
+            });
+            known
+        };
+        let containers = [
+            // Both select it: the first in policy order wins.
+            in_namespace("a", "localhost/tools:1", Some("ci-main"), 1),
+            in_namespace("b", "localhost/tools:1", None, 2),
+            in_namespace("c", "localhost/web:1", Some("shop"), 3),
+            // Its namespace is not known yet: undecided, even though the
+            // second selector would select it.
+            in_namespace("d", "localhost/tools:1", Some("x"), 4),
+        ];
+        let mut undecided = containers[3].clone();
+        if let Some(pod) = undecided.info.pod.as_mut() {
+            pod.namespace = None;
+        }
+        let placement = drift_placement(
+            &[ci, tools],
+            [&containers[0], &containers[1], &containers[2], &undecided],
+        );
+        assert_eq!(
+            placement,
+            [(1, 40), (2, 41), (3, drift_policy::ALL_CONTAINERS)].into()
+        );
     }
 
     #[test]

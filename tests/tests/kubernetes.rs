@@ -1,7 +1,9 @@
 //! The agent with the Kubernetes API: it watches this node's pods (a fake
-//! API server answers with two pods) and a vShield selected by namespace
-//! and pod labels applies to the containers of the pod it selects only;
-//! the events carry the pod's namespace, name and labels.
+//! API server answers with two pods); a vShield selected by namespace and
+//! pod labels applies to the containers of the pod it selects only, and a
+//! `DriftPolicy` for the CI namespaces only audits drift there while it is
+//! blocked elsewhere; the events carry the pod's namespace, name and labels
+//! and the `DriftPolicy` that decided.
 //!
 //! Needs BPF LSM and cgroup v2 (the VMs of `cargo xtask test`): the
 //! containers' groups are named the way containerd names a pod's.
@@ -9,7 +11,7 @@
 use std::{fs, path::Path, time::Duration};
 
 use enforcer_tests::{
-    agent::Agent,
+    agent::{Agent, Stopped},
     container::{Cgroup, Image, Root, Scratch, run_in_group},
     kubernetes::{FakeApi, pod},
     require::{self, Requirement},
@@ -21,7 +23,9 @@ use serde_json::json;
 const RUNNER_POD: &str = "6f0c2b8e-1d3a-4c5b-9e7f-0a1b2c3d4e5f";
 const WEB_POD: &str = "7a1d3c9f-2e4b-4d6c-8f8a-1b2c3d4e5f60";
 
-/// A vShield for the CI runner pods in `ci-*` namespaces.
+/// A vShield for the CI runner pods in `ci-*` namespaces, and a
+/// `DriftPolicy` that only audits drift in those namespaces (CI jobs build
+/// and run code); elsewhere the built-in policy blocks it.
 const POLICY: &str = "apiVersion: enforcer.dev/v1alpha1
 kind: VShield
 metadata:
@@ -34,9 +38,19 @@ spec:
     podLabels: {app: runner}
   files: [/opt/vuln/bin/busybox]
   operations: [exec]
+---
+apiVersion: enforcer.dev/v1alpha1
+kind: DriftPolicy
+metadata:
+  name: ci-runners
+spec:
+  selector:
+    namespaces: [ci-*]
+  mode: audit
 ";
 
-const SCRIPT: &str = "/opt/vuln/bin/busybox echo exec-ran; echo after";
+const SCRIPT: &str = "/opt/vuln/bin/busybox echo exec-ran; echo after
+    cp /bin/busybox /tmp/echo && /tmp/echo drift-ran";
 
 /// Busybox with a vulnerable program.
 fn image() -> Image {
@@ -64,8 +78,27 @@ fn wait_placed(agent: &Agent, group: &Cgroup, namespace: &str, pod: &str) {
     );
 }
 
+/// One drift event per container, decided by the `DriftPolicy` selected.
+fn check_drift_events(stopped: &Stopped, runner_id: u64, web_id: u64) {
+    let drift: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|event| event["rule"]["name"] == "drift-prevention")
+        .collect();
+    assert_eq!(drift.len(), 2, "{drift:#?}\n{}", stopped.stderr);
+    for (event, cgroup, decision, ruleset) in [
+        (drift[0], runner_id, "audit", "ci-runners"),
+        (drift[1], web_id, "blocked", "builtin-default"),
+    ] {
+        assert_eq!(event["enforcer"]["cgroup_id"], cgroup, "{event:#}");
+        assert_eq!(event["enforcer"]["decision"], decision, "{event:#}");
+        assert_eq!(event["rule"]["ruleset"], ruleset, "{event:#}");
+        assert_eq!(event["file"]["path"], "/tmp/echo", "{event:#}");
+    }
+}
+
 #[test]
-fn pod_labels_and_namespaces_select_vshields_and_name_the_pod_in_events() {
+fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
     let _serial = serial();
     if !require::root() {
         return;
@@ -149,6 +182,11 @@ fn pod_labels_and_namespaces_select_vshields_and_name_the_pod_in_events() {
     assert_eq!(event["kubernetes"]["pod"]["uid"], RUNNER_POD);
     assert_eq!(event["kubernetes"]["labels"]["app"], "runner");
     assert_eq!(event["container"]["runtime"], "containerd");
+    // Drift: audited under the CI namespaces' DriftPolicy, blocked under
+    // the built-in one elsewhere.
+    assert!(runner.stdout.contains("drift-ran"), "{runner:?}");
+    assert!(!web.stdout.contains("drift-ran"), "{web:?}");
+    check_drift_events(&stopped, runner_id, web_id);
     // The watch asked for this node's pods only.
     let requests = api.requests();
     assert!(requests.len() >= 2, "{requests:?}");

@@ -163,19 +163,16 @@ fn run_refuses_what_it_cannot_enforce_with_the_place() {
     let file = dir.join("p.yaml");
     fs::write(
         &file,
-        VALID.replace(
-            "  mode: audit",
-            "  selector: {namespaces: [\"shop-*\"]}\n  mode: audit",
-        ),
+        VALID.replace("  mode: audit", "  selector: {host: true}\n  mode: audit"),
     )
     .expect("writing the policy");
-    // A DriftPolicy for some containers is not enforced yet: the agent
-    // does not start rather than leave those containers unexempted.
+    // Drift rules never apply to the host: the agent does not start rather
+    // than pretend they do.
     let failure = Agent::start(&["--policy", &file.display().to_string()])
         .expect_err("the agent refuses the selector");
     assert!(
         failure.stderr.contains(&format!(
-            "{}:1:1: spec.selector: only DriftPolicies for every container",
+            "{}:1:1: spec.selector.host: drift rules never apply to the host",
             file.display()
         )),
         "{}",

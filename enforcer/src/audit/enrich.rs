@@ -70,6 +70,9 @@ pub struct PolicyNames {
     pub rules: BTreeMap<u32, (String, String)>,
     /// A path each shielded file was found at.
     pub paths: BTreeMap<FileId, String>,
+    /// `DRIFT_POLICY` index -> the `DriftPolicy`'s name (`rule.ruleset` of
+    /// drift events).
+    pub drift: BTreeMap<u32, String>,
 }
 
 impl PolicyNames {
@@ -86,6 +89,9 @@ impl PolicyNames {
         merged
             .paths
             .extend(newer.paths.iter().map(|(k, v)| (*k, v.clone())));
+        merged
+            .drift
+            .extend(newer.drift.iter().map(|(k, v)| (*k, v.clone())));
         merged
     }
 }
@@ -323,12 +329,10 @@ impl Enricher {
         }
     }
 
-    fn ruleset(&self) -> String {
-        self.policy
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ruleset
-            .clone()
+    /// The name of the `DriftPolicy` at `DRIFT_POLICY` index `index`.
+    fn drift_ruleset(&self, index: u32) -> String {
+        let names = self.policy.read().unwrap_or_else(PoisonError::into_inner);
+        names.drift.get(&index).unwrap_or(&names.ruleset).clone()
     }
 
     /// What the rule that decided says about the event. `path` is the path
@@ -340,7 +344,7 @@ impl Enricher {
                 rule: Rule {
                     name: "drift-prevention".to_owned(),
                     category: "drift",
-                    ruleset: self.ruleset(),
+                    ruleset: self.drift_ruleset(e.rule),
                 },
                 vulnerability: None,
                 layer: Some(layer_name),

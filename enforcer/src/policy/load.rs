@@ -13,15 +13,15 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::{Location, Spanned};
 
 use super::{
-    DriftRule, Mode, Policy,
+    ContainerSelector, DriftRule, Mode, Policy, SelectedDrift,
     document::{
-        API_VERSION, DocumentMode, DriftPolicyDocument, Header, Metadata, Operation, Selector,
-        VShieldDocument,
+        API_VERSION, DocumentMode, DriftPolicyDocument, DriftPolicySpec, Header, Metadata,
+        Operation, Selector, VShieldDocument,
     },
     paths,
-    vshield::{ContainerSelector, Scope, VShield},
+    vshield::{Scope, VShield},
 };
-use enforcer_common::vshield_op;
+use enforcer_common::{DRIFT_SELECTED_MAX, vshield_op};
 
 /// Larger policy files are refused before they are parsed.
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
@@ -381,6 +381,13 @@ fn check_selector(selector: &Selector, at: &mut Place<'_>) {
 fn check_drift(document: &DriftPolicyDocument, at: &mut Place<'_>) {
     check_metadata(&document.metadata, at);
     check_selector(&document.spec.selector, at);
+    if document.spec.selector.host {
+        at.error_at_start(
+            "spec.selector.host",
+            "drift rules never apply to the host's own processes: a DriftPolicy selects containers"
+                .to_owned(),
+        );
+    }
     for (index, glob) in document.spec.allowed_paths.iter().enumerate() {
         // The same compiler the agent runs, one glob at a time, so that the
         // error points at the glob.
@@ -522,6 +529,22 @@ fn check_unique_names(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) {
     );
 }
 
+fn drift_rule(spec: &DriftPolicySpec) -> DriftRule {
+    DriftRule {
+        mode: match spec.mode {
+            Some(DocumentMode::Audit) => Mode::Audit,
+            Some(DocumentMode::Enforce) | None => Mode::Enforce,
+        },
+        allow_memfd: spec.allow_memfd,
+        allow_writable_mounts: spec.allow_writable_mounts,
+        allowed_paths: spec
+            .allowed_paths
+            .iter()
+            .map(|glob| glob.value.clone())
+            .collect(),
+    }
+}
+
 /// The vShields `enforcer run` enforces.
 fn agent_vshields(set: &PolicySet) -> Vec<VShield> {
     let mut vshields = Vec::new();
@@ -605,19 +628,34 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
     };
     let vshields = agent_vshields(set);
     let mut every_container: Option<(&Source, &DriftPolicyDocument)> = None;
+    let mut selected_drift = Vec::new();
     for (source, document) in &set.drift {
         let selector = &document.spec.selector;
-        if selector.host
-            || !selector.images.is_empty()
+        if !selector.images.is_empty()
             || !selector.namespaces.is_empty()
             || !selector.pod_labels.is_empty()
         {
-            diagnostics.push(at(
-                source,
-                "spec.selector",
-                "only DriftPolicies for every container (an empty selector) are enforced yet"
-                    .to_owned(),
-            ));
+            if selected_drift.len() == DRIFT_SELECTED_MAX as usize {
+                diagnostics.push(at(
+                    source,
+                    "spec.selector",
+                    format!(
+                        "more than {DRIFT_SELECTED_MAX} DriftPolicies with a selector (the kernel map's room)"
+                    ),
+                ));
+            }
+            let globs = |globs: &[Spanned<String>]| -> Vec<String> {
+                globs.iter().map(|glob| glob.value.clone()).collect()
+            };
+            selected_drift.push(SelectedDrift {
+                name: document.metadata.name.value.clone(),
+                selector: ContainerSelector {
+                    images: globs(&selector.images),
+                    namespaces: globs(&selector.namespaces),
+                    pod_labels: selector.pod_labels.clone(),
+                },
+                rule: drift_rule(&document.spec),
+            });
         } else if let Some((first, _)) = every_container {
             diagnostics.push(at(
                 source,
@@ -637,27 +675,14 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
     }
     let mut policy = match every_container {
         None => Policy::builtin(DriftRule::strict(Mode::Enforce)),
-        Some((_, document)) => {
-            let spec = &document.spec;
-            Policy {
-                name: document.metadata.name.value.clone(),
-                drift: DriftRule {
-                    mode: match spec.mode {
-                        Some(DocumentMode::Audit) => Mode::Audit,
-                        Some(DocumentMode::Enforce) | None => Mode::Enforce,
-                    },
-                    allow_memfd: spec.allow_memfd,
-                    allow_writable_mounts: spec.allow_writable_mounts,
-                    allowed_paths: spec
-                        .allowed_paths
-                        .iter()
-                        .map(|glob| glob.value.clone())
-                        .collect(),
-                },
-                vshields: Vec::new(),
-            }
-        }
+        Some((_, document)) => Policy {
+            name: document.metadata.name.value.clone(),
+            drift: drift_rule(&document.spec),
+            selected_drift: Vec::new(),
+            vshields: Vec::new(),
+        },
     };
+    policy.selected_drift = selected_drift;
     policy.vshields = vshields;
     Ok(policy)
 }
@@ -970,7 +995,14 @@ spec:
             ),
         )])
         .expect("valid");
-        assert_eq!(refused(&selected), ["8: spec.selector"]);
+        let policy = agent_policy(&selected).expect("enforceable");
+        assert_eq!(policy.name, "default");
+        assert_eq!(policy.selected_drift.len(), 1);
+        assert_eq!(policy.selected_drift[0].name, "second");
+        assert_eq!(
+            policy.selected_drift[0].selector,
+            ContainerSelector::images(&["nginx:*"])
+        );
         let twice = load(&[write(
             &dir,
             "t.yaml",

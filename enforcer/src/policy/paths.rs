@@ -33,6 +33,8 @@ pub enum PathGlobError {
     TooManyStates,
     #[error("compiling the allowed paths into an automaton: {0}")]
     Build(String),
+    #[error("{sets} DriftPolicies with allowed paths: at most 32 share the kernel's automaton")]
+    TooManySets { sets: usize },
 }
 
 /// Compiles `globs` into automaton states: index [`path_dfa::DEAD`] rejects
@@ -42,46 +44,86 @@ pub enum PathGlobError {
 /// A glob that is invalid, relative or too long, or globs that together
 /// need more states than the kernel map holds.
 pub fn compile(globs: &[String]) -> Result<Vec<PathDfaState>, PathGlobError> {
-    // One pattern, not one per glob: the states of different patterns are
-    // never merged (their matches carry different pattern ids), and the
-    // kernel only needs to know whether any glob matched.
-    let regex = globs
-        .iter()
-        .map(|glob| glob_regex(glob).map(|regex| format!("(?:{regex})")))
-        .collect::<Result<Vec<_>, _>>()?
-        .join("|");
+    compile_sets(&[globs])
+}
+
+/// Compiles several sets of globs into one automaton whose accepting states
+/// say which sets accept: bit `i` of [`PathDfaState::accept`] for `sets[i]`
+/// (at most 32 sets; an empty set accepts nothing). Pure.
+///
+/// # Errors
+/// As [`compile`]; more than 32 sets.
+pub fn compile_sets(sets: &[&[String]]) -> Result<Vec<PathDfaState>, PathGlobError> {
+    if sets.len() > 32 {
+        return Err(PathGlobError::TooManySets { sets: sets.len() });
+    }
+    // One pattern per set, not one per glob: the states of different
+    // patterns are never merged (their matches carry different pattern
+    // ids), and the kernel only needs to know whether any glob of a set
+    // matched.
+    let mut patterns = Vec::new();
+    let mut bits = Vec::new();
+    for (bit, globs) in sets.iter().enumerate() {
+        if globs.is_empty() {
+            continue;
+        }
+        let regex = globs
+            .iter()
+            .map(|glob| glob_regex(glob).map(|regex| format!("(?:{regex})")))
+            .collect::<Result<Vec<_>, _>>()?
+            .join("|");
+        patterns.push(regex);
+        bits.push(1u32 << bit);
+    }
+    if patterns.is_empty() {
+        return Ok(Vec::new());
+    }
     let dfa = dense::Builder::new()
         .configure(
             dense::Config::new()
                 .start_kind(StartKind::Anchored)
                 // Every glob is anchored at both ends; `All` keeps every
-                // path that a glob could still match alive.
+                // path that a glob could still match alive, and reports
+                // every pattern that matched.
                 .match_kind(MatchKind::All)
                 .minimize(true),
         )
         // Paths are bytes, not necessarily UTF-8.
         .syntax(syntax::Config::new().unicode(false).utf8(false))
         .thompson(thompson::Config::new().utf8(false))
-        .build(&regex)
+        .build_many(&patterns)
         .map_err(|error| PathGlobError::Build(error.to_string()))?;
     let start = dfa
         .start_state(&start::Config::new().anchored(Anchored::Yes))
         .map_err(|error| PathGlobError::Build(error.to_string()))?;
-    table(&dfa, start)
+    table(&dfa, start, &bits)
 }
 
 /// Renumbers the DFA's states reachable from `start` densely, dead first.
-fn table(dfa: &dense::DFA<Vec<u32>>, start: StateID) -> Result<Vec<PathDfaState>, PathGlobError> {
+/// `bits[p]` is the accept bit of pattern `p`.
+fn table(
+    dfa: &dense::DFA<Vec<u32>>,
+    start: StateID,
+    bits: &[u32],
+) -> Result<Vec<PathDfaState>, PathGlobError> {
     let mut index: HashMap<StateID, u16> = HashMap::new();
     index.insert(start, path_dfa::START);
     let mut queue = VecDeque::from([start]);
     let mut states = vec![PathDfaState::default(); 2];
     while let Some(id) = queue.pop_front() {
+        // A match state means "the input up to the previous byte matched":
+        // whether a path ending here is allowed is decided by the
+        // end-of-input transition.
+        let eoi = dfa.next_eoi_state(id);
+        let accept = if dfa.is_match_state(eoi) {
+            (0..dfa.match_len(eoi))
+                .map(|index| bits[dfa.match_pattern(eoi, index).as_usize()])
+                .fold(0, |accept, bit| accept | bit)
+        } else {
+            0
+        };
         let mut state = PathDfaState {
-            // A match state means "the input up to the previous byte
-            // matched": whether a path ending here is allowed is decided by
-            // the end-of-input transition.
-            accept: u32::from(dfa.is_match_state(dfa.next_eoi_state(id))),
+            accept,
             ..PathDfaState::default()
         };
         for byte in 0..=u8::MAX {
@@ -135,9 +177,10 @@ fn glob_regex(glob: &str) -> Result<String, PathGlobError> {
 
 /// Runs `path` through `states` exactly as the kernel programs do
 /// (`enforcer-ebpf/src/path.rs`): byte by byte from [`path_dfa::START`],
-/// stopping at [`path_dfa::DEAD`], accepting by the last state's flag.
-pub fn accepts(states: &[PathDfaState], path: &[u8]) -> bool {
-    if path.len() > PATH_MAX_LEN {
+/// stopping at [`path_dfa::DEAD`], accepting when the last state's accept
+/// bits include all of `mask`.
+pub fn accepts_for(states: &[PathDfaState], path: &[u8], mask: u32) -> bool {
+    if path.len() > PATH_MAX_LEN || mask == 0 {
         return false;
     }
     let mut state = path_dfa::START;
@@ -152,7 +195,12 @@ pub fn accepts(states: &[PathDfaState], path: &[u8]) -> bool {
     }
     states
         .get(usize::from(state))
-        .is_some_and(|row| row.accept != 0)
+        .is_some_and(|row| row.accept & mask == mask)
+}
+
+/// [`accepts_for`] the automaton of a single set of globs.
+pub fn accepts(states: &[PathDfaState], path: &[u8]) -> bool {
+    accepts_for(states, path, 1)
 }
 
 #[cfg(test)]
@@ -161,6 +209,33 @@ mod tests {
 
     fn compiled(globs: &[&str]) -> Vec<PathDfaState> {
         compile(&globs.iter().map(|&g| g.to_owned()).collect::<Vec<_>>()).expect("globs compile")
+    }
+
+    #[test]
+    fn sets_share_one_automaton_with_a_bit_each() {
+        let ci = vec!["/workspace/**".to_owned(), "/tmp/build-*".to_owned()];
+        let plugins = vec![
+            "/opt/app/plugins/*.so".to_owned(),
+            "/workspace/tools/*".to_owned(),
+        ];
+        let none: Vec<String> = Vec::new();
+        let states = compile_sets(&[&ci, &none, &plugins]).unwrap();
+        assert!(accepts_for(&states, b"/workspace/a/b", 0b001));
+        assert!(!accepts_for(&states, b"/workspace/a/b", 0b100));
+        assert!(accepts_for(&states, b"/opt/app/plugins/x.so", 0b100));
+        assert!(!accepts_for(&states, b"/opt/app/plugins/x.so", 0b001));
+        // Both sets allow it: allowed for each, and for both together (the
+        // strictest combination asks all of them).
+        assert!(accepts_for(&states, b"/workspace/tools/t", 0b101));
+        assert!(!accepts_for(&states, b"/workspace/a/b", 0b101));
+        // The empty set's bit is never set; no mask allows nothing.
+        assert!(!accepts_for(&states, b"/workspace/a/b", 0b010));
+        assert!(!accepts_for(&states, b"/workspace/a/b", 0));
+        let many: Vec<&[String]> = (0..33).map(|_| ci.as_slice()).collect();
+        assert!(matches!(
+            compile_sets(&many),
+            Err(PathGlobError::TooManySets { sets: 33 })
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aya::{Ebpf, maps::HashMap as BpfHashMap};
 use enforcer_common::{FileId, VSHIELD_SLOTS, VShieldKey, VShieldRule, mode, scope, vshield_op};
 
-use super::Mode;
+use super::{ContainerSelector, Mode};
 use crate::maps::{self, MapAccessError};
 
 /// Whom a vShield applies to.
@@ -22,47 +22,6 @@ pub enum Scope {
     Containers,
     /// The containers a selector picks.
     Selected(ContainerSelector),
-}
-
-/// Which containers a vShield applies to: each part given must match.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ContainerSelector {
-    /// Globs over the image's `name:tag` and `name@digest` (any may match;
-    /// see [`crate::container::ImageGlobs`]).
-    pub images: Vec<String>,
-    /// Globs over the pod's namespace (any may match).
-    pub namespaces: Vec<String>,
-    /// Labels the pod must all carry with these values.
-    pub pod_labels: BTreeMap<String, String>,
-}
-
-impl ContainerSelector {
-    /// Containers whose image matches one of `globs`.
-    pub fn images(globs: &[&str]) -> Self {
-        Self {
-            images: globs.iter().map(|glob| (*glob).to_owned()).collect(),
-            ..Self::default()
-        }
-    }
-
-    fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if !self.images.is_empty() {
-            parts.push(format!("images {}", self.images.join(",")));
-        }
-        if !self.namespaces.is_empty() {
-            parts.push(format!("namespaces {}", self.namespaces.join(",")));
-        }
-        if !self.pod_labels.is_empty() {
-            let labels: Vec<String> = self
-                .pod_labels
-                .iter()
-                .map(|(key, value)| format!("{key}={value}"))
-                .collect();
-            parts.push(format!("podLabels {}", labels.join(",")));
-        }
-        parts.join("; ")
-    }
 }
 
 impl Scope {

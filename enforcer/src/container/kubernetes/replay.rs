@@ -30,7 +30,7 @@ use crate::{
         podman::PodmanStore,
         registry::{Catalog, Known, Registry},
     },
-    policy::vshield::ContainerSelector,
+    policy::ContainerSelector,
     scopes::{Scopes, Selector},
 };
 
