@@ -89,6 +89,12 @@ impl VmRun<'_> {
         let mut log = fs::File::create(&log_path)?;
 
         let mut command = Command::new(self.vng);
+        // vng runs its companion programs (virtme-run) by name: they sit
+        // beside it in the private virtualenv, which is not on the PATH.
+        if let Some(bin) = self.vng.parent() {
+            let path = std::env::var("PATH").unwrap_or_default();
+            command.env("PATH", format!("{}:{path}", bin.display()));
+        }
         command
             .arg("-v")
             .arg("-r")

@@ -258,9 +258,17 @@ pub fn compile(policy: &Policy) -> Result<Compiled, PathGlobError> {
 /// The `DRIFT_POLICY` index of each `DriftPolicy` once [`apply`] wrote them
 /// into `base`: every container's, then the selected ones' in order.
 pub fn drift_indices(policy: &Policy, base: u32) -> BTreeMap<u32, String> {
+    // Without selected DriftPolicies the strictest of all is the one for
+    // every container (and containers the agent cannot place, as on hosts
+    // without cgroup v2, are under it by its name).
+    let unknown = if policy.selected_drift.is_empty() {
+        policy.name.clone()
+    } else {
+        UNKNOWN_CONTAINER_RULESET.to_owned()
+    };
     let mut names = BTreeMap::from([
         (drift_policy::ALL_CONTAINERS, policy.name.clone()),
-        (drift_policy::UNKNOWN, UNKNOWN_CONTAINER_RULESET.to_owned()),
+        (drift_policy::UNKNOWN, unknown),
     ]);
     names.extend(
         policy
@@ -456,6 +464,8 @@ mod tests {
         assert_eq!(names[&33], "ci-runners");
         assert_eq!(names[&34], "tools");
         assert_eq!(names[&drift_policy::UNKNOWN], UNKNOWN_CONTAINER_RULESET);
+        let alone = drift_indices(&Policy::builtin(DriftRule::strict(Mode::Enforce)), 2);
+        assert_eq!(alone[&drift_policy::UNKNOWN], "builtin-default");
     }
 
     #[test]
