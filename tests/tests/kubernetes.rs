@@ -18,7 +18,7 @@ use enforcer_tests::{
     scenario::start_lsm,
     serial,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 const RUNNER_POD: &str = "6f0c2b8e-1d3a-4c5b-9e7f-0a1b2c3d4e5f";
 const WEB_POD: &str = "7a1d3c9f-2e4b-4d6c-8f8a-1b2c3d4e5f60";
@@ -78,13 +78,18 @@ fn wait_placed(agent: &Agent, group: &Cgroup, namespace: &str, pod: &str) {
     );
 }
 
-/// One drift event per container, decided by the `DriftPolicy` selected.
-fn check_drift_events(stopped: &Stopped, runner_id: u64, web_id: u64) {
-    let drift: Vec<_> = stopped
+/// The events of the rule named `name`.
+fn by_rule<'a>(stopped: &'a Stopped, name: &str) -> Vec<&'a Value> {
+    stopped
         .events
         .iter()
-        .filter(|event| event["rule"]["name"] == "drift-prevention")
-        .collect();
+        .filter(|event| event["rule"]["name"] == name)
+        .collect()
+}
+
+/// One drift event per container, decided by the `DriftPolicy` selected.
+fn check_drift_events(stopped: &Stopped, runner_id: u64, web_id: u64) {
+    let drift = by_rule(stopped, "drift-prevention");
     assert_eq!(drift.len(), 2, "{drift:#?}\n{}", stopped.stderr);
     for (event, cgroup, decision, ruleset) in [
         (drift[0], runner_id, "audit", "ci-runners"),
@@ -167,11 +172,7 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
         "{web:?}\n{}",
         stopped.stderr
     );
-    let shielded: Vec<_> = stopped
-        .events
-        .iter()
-        .filter(|event| event["rule"]["name"] == "runner-tool")
-        .collect();
+    let shielded = by_rule(&stopped, "runner-tool");
     assert_eq!(shielded.len(), 1, "{shielded:#?}\n{}", stopped.stderr);
     let event = shielded[0];
     assert_eq!(event["enforcer"]["cgroup_id"], runner_id);
