@@ -2,8 +2,9 @@
 //! API server answers with two pods); a vShield selected by namespace and
 //! pod labels applies to the containers of the pod it selects only, and a
 //! `DriftPolicy` for the CI namespaces only audits drift there while it is
-//! blocked elsewhere; the events carry the pod's namespace, name and labels
-//! and the `DriftPolicy` that decided.
+//! blocked elsewhere, and there too once a reload removes that policy; the
+//! events carry the pod's namespace, name and labels and the `DriftPolicy`
+//! that decided.
 //!
 //! Needs BPF LSM and cgroup v2 (the VMs of `cargo xtask test`): the
 //! containers' groups are named the way containerd names a pod's.
@@ -12,7 +13,7 @@ use std::{fs, path::Path, time::Duration};
 
 use enforcer_tests::{
     agent::{Agent, Stopped},
-    container::{Cgroup, Image, Root, Scratch, run_in_group},
+    container::{Cgroup, Image, Root, Run, Scratch, run_in_group},
     kubernetes::{FakeApi, pod},
     require::{self, Requirement},
     scenario::start_lsm,
@@ -52,6 +53,9 @@ spec:
 const SCRIPT: &str = "/opt/vuln/bin/busybox echo exec-ran; echo after
     cp /bin/busybox /tmp/echo && /tmp/echo drift-ran";
 
+/// The drift part of [`SCRIPT`].
+const DRIFT: &str = "cp /bin/busybox /tmp/echo && /tmp/echo drift-ran";
+
 /// Busybox with a vulnerable program.
 fn image() -> Image {
     let image = Image::busybox().expect("building the image");
@@ -87,13 +91,29 @@ fn by_rule<'a>(stopped: &'a Stopped, name: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// One drift event per container, decided by the `DriftPolicy` selected.
+/// Drops the CI namespaces' `DriftPolicy` from the policy file and, once
+/// the reload is in force (the runner's group pointed at the settings that
+/// now apply to it), runs the drift part of the script in `group` again.
+fn reload_without_ci_policy(agent: &Agent, policy: &Path, image: &Image, group: &Cgroup) -> Run {
+    let vshield_only = POLICY.split("---\n").next().expect("the vShield document");
+    fs::write(policy, vshield_only).expect("rewriting the policy");
+    assert!(
+        agent.wait_for_log("trigger=\"watch\"", 1, Duration::from_secs(30)),
+        "the changed policy was not put in force:\n{}",
+        agent.log()
+    );
+    run_in_group(&Root::Overlay(image), Some(group), &[], DRIFT).expect("running the runner again")
+}
+
+/// One drift event per run, decided by the `DriftPolicy` selected.
 fn check_drift_events(stopped: &Stopped, runner_id: u64, web_id: u64) {
     let drift = by_rule(stopped, "drift-prevention");
-    assert_eq!(drift.len(), 2, "{drift:#?}\n{}", stopped.stderr);
+    assert_eq!(drift.len(), 3, "{drift:#?}\n{}", stopped.stderr);
     for (event, cgroup, decision, ruleset) in [
         (drift[0], runner_id, "audit", "ci-runners"),
         (drift[1], web_id, "blocked", "builtin-default"),
+        // After the reload that removed the CI namespaces' DriftPolicy.
+        (drift[2], runner_id, "blocked", "builtin-default"),
     ] {
         assert_eq!(event["enforcer"]["cgroup_id"], cgroup, "{event:#}");
         assert_eq!(event["enforcer"]["decision"], decision, "{event:#}");
@@ -162,6 +182,8 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
         .expect("running the runner container");
     let web = run_in_group(&Root::Overlay(&image), Some(&web_group), &[], SCRIPT)
         .expect("running the web container");
+    let again = reload_without_ci_policy(&agent, &policy, &image, &runner_group);
+    assert!(!again.stdout.contains("drift-ran"), "{again:?}");
     let stopped = agent.stop().expect("stopping the agent");
     assert!(stopped.status.success(), "agent log:\n{}", stopped.stderr);
 
