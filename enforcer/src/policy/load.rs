@@ -376,6 +376,59 @@ fn check_selector(selector: &Selector, at: &mut Place<'_>) {
             }
         }
     }
+    for (key, value) in &selector.pod_labels {
+        if let Err(reason) = check_label(key, value) {
+            // A label the API server would refuse never matches a pod.
+            at.error_at_start(&format!("spec.selector.podLabels.{key}"), reason);
+        }
+    }
+}
+
+/// A Kubernetes label name: at most 63 characters, alphanumeric at both
+/// ends, `-`, `_` and `.` between. Empty is allowed for values only.
+fn label_name_ok(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    name.len() <= 63
+        && bytes
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
+        && bytes.first().is_none_or(u8::is_ascii_alphanumeric)
+        && bytes.last().is_none_or(u8::is_ascii_alphanumeric)
+}
+
+/// Kubernetes' rules for a label (`[PREFIX/]NAME: VALUE`, the prefix a DNS
+/// subdomain of at most 253 characters).
+fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|prefix| {
+        !prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part.bytes().all(|byte| {
+                        byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-'
+                    })
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    });
+    if !prefix_ok || name.is_empty() || !label_name_ok(name) {
+        return Err(format!(
+            "{key:?} is not a Kubernetes label key: an optional DNS subdomain prefix and '/', then at most 63 \
+             letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    if !label_name_ok(value) {
+        return Err(format!(
+            "{value:?} is not a Kubernetes label value: at most 63 letters, digits, '-', '_' or '.', starting \
+             and ending with a letter or digit (or empty)"
+        ));
+    }
+    Ok(())
 }
 
 fn check_drift(document: &DriftPolicyDocument, at: &mut Place<'_>) {
@@ -739,6 +792,46 @@ spec:
   files: [/app/lib/log4j-core-2.14.1.jar]
   operations: [open, load]
 ";
+
+    #[test]
+    fn pod_label_selectors_follow_kubernetes_label_syntax() {
+        for (key, value) in [
+            ("app", "web"),
+            ("app.kubernetes.io/name", "shop-api"),
+            ("example.com/tier", ""),
+            ("a", "1.2_3-x"),
+        ] {
+            assert_eq!(check_label(key, value), Ok(()), "{key}: {value}");
+        }
+        let dir = scratch("labels");
+        let bad = load(&[write(
+            &dir,
+            "l.yaml",
+            &VSHIELD.replace(
+                "spec:\n",
+                "spec:\n  selector: {podLabels: {app: \"-web\"}}\n",
+            ),
+        )])
+        .expect_err("a bad label value");
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert_eq!(bad[0].field, "spec.selector.podLabels.app");
+        assert!(
+            bad[0].message.contains("not a Kubernetes label value"),
+            "{bad:?}"
+        );
+        for (key, value) in [
+            ("", "x"),
+            ("-app", "x"),
+            ("app/", "x"),
+            ("Example.com/app", "x"),
+            (&"k".repeat(64), "x"),
+            ("app", "has space"),
+            ("app", "-x"),
+            ("app", &"v".repeat(64)),
+        ] {
+            assert!(check_label(key, value).is_err(), "{key}: {value}");
+        }
+    }
 
     #[test]
     fn reads_several_documents_per_file_and_directories() {
