@@ -24,7 +24,7 @@ use crate::{
     kernel::host::HostIdentity,
     maps::{self, MapAccessError},
     policy::{
-        SelectedDrift,
+        ContainerSelector, SelectedDrift,
         vshield::{
             self as vshields, Applied, Entries, Resolved, Scope, Selected, Slots, VShield,
             VShieldError,
@@ -163,13 +163,7 @@ impl ActiveVShields {
         let selectors = selected
             .iter()
             .zip(base..)
-            .map(|(policy, index)| {
-                Selector::new(index, &policy.selector).map_err(|(glob, reason)| ActiveError::Glob {
-                    policy: policy.name.clone(),
-                    glob,
-                    reason,
-                })
-            })
+            .map(|(policy, index)| compile_selector(index, &policy.name, &policy.selector))
             .collect::<Result<Vec<_>, _>>()?;
         // Events may name old or new indices while the map changes.
         let mut merged = self.current_names();
@@ -310,7 +304,12 @@ impl ActiveVShields {
     ) -> Result<(usize, usize), ActiveError> {
         let union = self.applied.entries().union(&entries);
         let adding = self.applied.update(ebpf, union)?;
-        let scopes = write_container_scopes(ebpf, &self.container_scopes, &placement.by_cgroup)?;
+        let scopes = write_by_cgroup(
+            ebpf,
+            maps::CONTAINER_SCOPES,
+            &self.container_scopes,
+            &placement.by_cgroup,
+        )?;
         let removing = self.applied.update(ebpf, entries)?;
         if !adding.set_files.is_empty()
             || !removing.set_files.is_empty()
@@ -359,7 +358,12 @@ impl ActiveVShields {
             // The rules of every scope are in the kernel already (the common
             // case, and the one an OCI hook waits for): only the containers'
             // scopes are written.
-            write_container_scopes(ebpf, &self.container_scopes, &placement.by_cgroup)?;
+            write_by_cgroup(
+                ebpf,
+                maps::CONTAINER_SCOPES,
+                &self.container_scopes,
+                &placement.by_cgroup,
+            )?;
             self.container_scopes = placement.by_cgroup;
             self.scopes = placement.scopes;
             return Ok(());
@@ -386,7 +390,12 @@ impl ActiveVShields {
         for cgroup in cgroups {
             by_cgroup.remove(cgroup);
         }
-        write_container_scopes(ebpf, &self.container_scopes, &by_cgroup)?;
+        write_by_cgroup(
+            ebpf,
+            maps::CONTAINER_SCOPES,
+            &self.container_scopes,
+            &by_cgroup,
+        )?;
         self.container_scopes = by_cgroup;
         Ok(())
     }
@@ -589,19 +598,27 @@ fn log_found(shield: &VShield, files: usize, total: usize) {
     }
 }
 
+/// [`Selector::new`], its error naming the policy (vShield or
+/// `DriftPolicy`) `name`.
+fn compile_selector(
+    slot: u32,
+    name: &str,
+    selector: &ContainerSelector,
+) -> Result<Selector, ActiveError> {
+    Selector::new(slot, selector).map_err(|(glob, reason)| ActiveError::Glob {
+        policy: name.to_owned(),
+        glob,
+        reason,
+    })
+}
+
 /// The selectors of `shields` (with their slots).
 fn selectors(shields: &[VShield], slots: &[u32]) -> Result<Vec<Selector>, ActiveError> {
     shields
         .iter()
         .zip(slots)
         .filter_map(|(shield, slot)| match &shield.scope {
-            Scope::Selected(selector) => Some(Selector::new(*slot, selector).map_err(
-                |(glob, reason)| ActiveError::Glob {
-                    policy: shield.name.clone(),
-                    glob,
-                    reason,
-                },
-            )),
+            Scope::Selected(selector) => Some(compile_selector(*slot, &shield.name, selector)),
             Scope::Host | Scope::Containers => None,
         })
         .collect()
@@ -609,14 +626,6 @@ fn selectors(shields: &[VShield], slots: &[u32]) -> Result<Vec<Selector>, Active
 
 /// Writes the difference between two contents of `CONTAINER_SCOPES`;
 /// returns the entries written and removed.
-fn write_container_scopes(
-    ebpf: &mut Ebpf,
-    old: &BTreeMap<u64, u32>,
-    new: &BTreeMap<u64, u32>,
-) -> Result<(usize, usize), MapAccessError> {
-    write_by_cgroup(ebpf, maps::CONTAINER_SCOPES, old, new)
-}
-
 /// Writes the difference between two contents of a map by cgroup id
 /// (`CONTAINER_SCOPES`, `CONTAINER_DRIFT`); returns the entries written and
 /// removed. A full map leaves a group out: unknown, under the strictest

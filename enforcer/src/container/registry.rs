@@ -294,7 +294,11 @@ impl Registry {
             |container| container.runtime,
         );
         let mut info = match from_annotations(id, runtime, &state.annotations) {
-            Some(info) => info,
+            Some(mut info) => {
+                self.add_pod(&mut info);
+                info
+            }
+            // `describe` adds the pod as well.
             None => self.describe(&CgroupContainer {
                 id: id.clone(),
                 runtime,
@@ -302,7 +306,6 @@ impl Registry {
             }),
         };
         info.init_pid = Some(state.pid);
-        self.add_pod(&mut info);
         let mut cgroups: BTreeSet<u64> = self
             .groups
             .iter()

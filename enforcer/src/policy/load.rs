@@ -351,11 +351,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 fn check_selector(selector: &Selector, at: &mut Place<'_>) {
-    if selector.host
-        && (!selector.images.is_empty()
-            || !selector.namespaces.is_empty()
-            || !selector.pod_labels.is_empty())
-    {
+    if selector.host && container_selector(selector).is_some() {
         at.error_at_start(
             "spec.selector.host",
             "the host cannot be combined with images, namespaces or podLabels, which select containers"
@@ -582,6 +578,25 @@ fn check_unique_names(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) {
     );
 }
 
+/// The containers `selector` picks by image, namespace and pod labels;
+/// `None` when it names none of them (every container, or the host).
+fn container_selector(selector: &Selector) -> Option<ContainerSelector> {
+    if selector.images.is_empty()
+        && selector.namespaces.is_empty()
+        && selector.pod_labels.is_empty()
+    {
+        return None;
+    }
+    let globs = |globs: &[Spanned<String>]| -> Vec<String> {
+        globs.iter().map(|glob| glob.value.clone()).collect()
+    };
+    Some(ContainerSelector {
+        images: globs(&selector.images),
+        namespaces: globs(&selector.namespaces),
+        pod_labels: selector.pod_labels.clone(),
+    })
+}
+
 fn drift_rule(spec: &DriftPolicySpec) -> DriftRule {
     DriftRule {
         mode: match spec.mode {
@@ -631,20 +646,8 @@ fn agent_vshields(set: &PolicySet) -> Vec<VShield> {
                 .collect(),
             scope: if selector.host {
                 Scope::Host
-            } else if selector.images.is_empty()
-                && selector.namespaces.is_empty()
-                && selector.pod_labels.is_empty()
-            {
-                Scope::Containers
             } else {
-                let globs = |globs: &[Spanned<String>]| -> Vec<String> {
-                    globs.iter().map(|glob| glob.value.clone()).collect()
-                };
-                Scope::Selected(ContainerSelector {
-                    images: globs(&selector.images),
-                    namespaces: globs(&selector.namespaces),
-                    pod_labels: selector.pod_labels.clone(),
-                })
+                container_selector(selector).map_or(Scope::Containers, Scope::Selected)
             },
         });
     }
@@ -683,11 +686,7 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
     let mut every_container: Option<(&Source, &DriftPolicyDocument)> = None;
     let mut selected_drift = Vec::new();
     for (source, document) in &set.drift {
-        let selector = &document.spec.selector;
-        if !selector.images.is_empty()
-            || !selector.namespaces.is_empty()
-            || !selector.pod_labels.is_empty()
-        {
+        if let Some(selector) = container_selector(&document.spec.selector) {
             if selected_drift.len() == DRIFT_SELECTED_MAX as usize {
                 diagnostics.push(at(
                     source,
@@ -697,16 +696,9 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
                     ),
                 ));
             }
-            let globs = |globs: &[Spanned<String>]| -> Vec<String> {
-                globs.iter().map(|glob| glob.value.clone()).collect()
-            };
             selected_drift.push(SelectedDrift {
                 name: document.metadata.name.value.clone(),
-                selector: ContainerSelector {
-                    images: globs(&selector.images),
-                    namespaces: globs(&selector.namespaces),
-                    pod_labels: selector.pod_labels.clone(),
-                },
+                selector,
                 rule: drift_rule(&document.spec),
             });
         } else if let Some((first, _)) = every_container {
