@@ -40,7 +40,8 @@ unsafe fn read_str(dst: *mut u8, size: usize, src: u64) -> Option<u32> {
     }
 }
 
-/// Copies task `task`'s `comm` into `dst`, zeroed when unreadable.
+/// Copies task `task`'s `comm` into `dst`, zeroed when unreadable (the
+/// helper zeroes it on failure: no branch, see [`kernel::read_or_zero`]).
 ///
 /// # Safety
 /// `dst` must point at [`COMM_LEN`] writable bytes.
@@ -48,22 +49,17 @@ unsafe fn read_str(dst: *mut u8, size: usize, src: u64) -> Option<u32> {
 unsafe fn read_comm(dst: *mut [u8; COMM_LEN], task: u64) {
     let src = task + u64::from(task_offset!(task_comm));
     // SAFETY: per the contract; the helper validates `src`.
-    let read = unsafe {
-        bpf_probe_read_kernel(dst.cast::<c_void>(), COMM_LEN as u32, src as *const c_void)
-    };
-    if read < 0 {
-        // SAFETY: per the contract.
-        unsafe { *dst = [0; COMM_LEN] };
+    unsafe {
+        bpf_probe_read_kernel(dst.cast::<c_void>(), COMM_LEN as u32, src as *const c_void);
     }
 }
 
 /// `task`'s mount namespace (`struct mnt_namespace *`); null for a task
-/// that has exited (its `nsproxy` is gone).
+/// that has exited (its `nsproxy` is gone) or a null `task`.
 #[inline(always)]
 fn mnt_ns_of(task: u64, offsets: &KernelOffsets) -> u64 {
-    kernel::read_ptr(task, offsets.task_nsproxy)
-        .and_then(|nsproxy| kernel::read::<u64>(nsproxy, offsets.nsproxy_mnt_ns))
-        .unwrap_or(0)
+    let nsproxy: u64 = kernel::read_or_zero(task, offsets.task_nsproxy);
+    kernel::read_or_zero(nsproxy, offsets.nsproxy_mnt_ns)
 }
 
 /// Fills the record's lineage: the parent's name, the ancestors that share
@@ -74,6 +70,12 @@ fn mnt_ns_of(task: u64, offsets: &KernelOffsets) -> u64 {
 /// `kubectl exec` of a dropped binary ends with the refusal), and the walk
 /// through `/proc` would find nothing to tell an exec session by.
 ///
+/// Every read is [`kernel::read_or_zero`] (a null task reads as zeroes) and
+/// nothing after the walk depends on where it stopped, so the verifier
+/// checks each step of the walk about once: with a branch per failed read
+/// and the count decided after the loop, the walk's states multiplied into
+/// most of the exec programs' load time (seconds each under emulation).
+///
 /// # Safety
 /// `event` must point at a reserved record owned by the caller.
 #[inline(always)]
@@ -81,48 +83,46 @@ unsafe fn lineage(event: *mut DecisionEvent, offsets: &KernelOffsets) {
     let task = kernel::current_task();
     let mnt_ns = mnt_ns_of(task, offsets);
     let mut child = task;
-    let mut len = 0usize;
     let mut leader = 0u64;
     // SAFETY: per the contract; each place is written through raw pointers.
     unsafe {
-        (*event).parent_comm = [0; COMM_LEN];
-        if let Ok(parent) = kernel::read_ptr(task, offsets.task_real_parent) {
-            read_comm(&raw mut (*event).parent_comm, parent);
-        }
+        read_comm(
+            &raw mut (*event).parent_comm,
+            kernel::read_or_zero(task, offsets.task_real_parent),
+        );
+        (*event).ancestors_len = 0;
     }
-    for _ in 0..LINEAGE_WALK_MAX {
-        let Ok(parent) = kernel::read_ptr(child, offsets.task_real_parent) else {
-            break;
-        };
-        // `init_task` is its own parent.
-        if parent == child || mnt_ns == 0 {
-            break;
-        }
-        if mnt_ns_of(parent, offsets) != mnt_ns {
-            leader = child;
-            break;
-        }
-        if len < LINEAGE_MAX {
-            // SAFETY: `len` is in bounds of both arrays.
-            unsafe {
-                (*event).ancestor_pids[len] = kernel::read(parent, offsets.task_tgid).unwrap_or(0);
-                read_comm(&raw mut (*event).ancestor_comms[len], parent);
+    if mnt_ns != 0 {
+        for step in 0..LINEAGE_WALK_MAX {
+            let parent: u64 = kernel::read_or_zero(child, offsets.task_real_parent);
+            // `init_task` is its own parent.
+            if parent == 0 || parent == child {
+                break;
             }
-        } else {
-            // SAFETY: per the contract.
-            unsafe { (*event).flags |= event_flags::ANCESTORS_TRUNCATED };
+            if mnt_ns_of(parent, offsets) != mnt_ns {
+                leader = child;
+                break;
+            }
+            // `step` is a constant in each pass of the verifier through the
+            // unrolled walk, so this is no branch to it.
+            if step < LINEAGE_MAX {
+                // SAFETY: `step` is in bounds of both arrays.
+                unsafe {
+                    (*event).ancestor_pids[step] = kernel::read_or_zero(parent, offsets.task_tgid);
+                    read_comm(&raw mut (*event).ancestor_comms[step], parent);
+                    (*event).ancestors_len = step as u32 + 1;
+                }
+            } else {
+                // SAFETY: per the contract.
+                unsafe { (*event).flags |= event_flags::ANCESTORS_TRUNCATED };
+            }
+            child = parent;
         }
-        len += 1;
-        child = parent;
     }
-    let (leader_tgid, nspid, pid_ns) = if leader == 0 {
-        (0, 0, 0)
-    } else {
-        leader_ids(leader, offsets)
-    };
+    // A null leader (none found) reads as zeroes.
+    let (leader_tgid, nspid, pid_ns) = leader_ids(leader, offsets);
     // SAFETY: per the contract.
     unsafe {
-        (*event).ancestors_len = len.min(LINEAGE_MAX) as u32;
         (*event).leader_tgid = leader_tgid;
         (*event).leader_nspid = nspid;
         (*event).leader_pid_ns = pid_ns;
@@ -131,24 +131,20 @@ unsafe fn lineage(event: *mut DecisionEvent, offsets: &KernelOffsets) {
 
 /// Task `task`'s process id, its process id in its own pid namespace
 /// (`task->thread_pid->numbers[level].nr`), and that namespace's inode
-/// number.
+/// number; zeroes for a null `task`.
 #[inline(always)]
 fn leader_ids(task: u64, offsets: &KernelOffsets) -> (u32, u32, u32) {
-    let tgid = kernel::read(task, offsets.task_tgid).unwrap_or(0);
-    let Ok(pid) = kernel::read_ptr(task, task_offset!(task_thread_pid)) else {
-        return (tgid, 0, 0);
-    };
-    let level: u32 = kernel::read(pid, task_offset!(pid_level)).unwrap_or(0);
+    let tgid = kernel::read_or_zero(task, offsets.task_tgid);
+    let pid: u64 = kernel::read_or_zero(task, task_offset!(task_thread_pid));
+    let level: u32 = kernel::read_or_zero(pid, task_offset!(pid_level));
     let upid = pid
         + u64::from(task_offset!(pid_numbers))
         + u64::from(level) * u64::from(task_offset!(upid_size));
-    let pid_ns = kernel::read_ptr(upid, task_offset!(upid_ns))
-        .and_then(|ns| kernel::read(ns, task_offset!(pid_namespace_inum)))
-        .unwrap_or(0);
+    let ns: u64 = kernel::read_or_zero(upid, task_offset!(upid_ns));
     (
         tgid,
-        kernel::read(upid, task_offset!(upid_nr)).unwrap_or(0),
-        pid_ns,
+        kernel::read_or_zero(upid, task_offset!(upid_nr)),
+        kernel::read_or_zero(ns, task_offset!(pid_namespace_inum)),
     )
 }
 

@@ -1,6 +1,6 @@
 //! Typed reads of kernel memory through the offsets in [`crate::maps::OFFSETS`].
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated};
 use enforcer_common::{AgentConfig, KernelOffsets, MmapOffsets, OVERLAYFS_SUPER_MAGIC};
 
 /// A `bpf_probe_read_kernel` failed or returned a null pointer where the
@@ -14,6 +14,26 @@ pub(crate) fn read<T: Copy>(base: u64, offset: u32) -> Result<T, ReadError> {
     // SAFETY: bpf_probe_read_kernel checks the address itself and returns an
     // error instead of faulting.
     unsafe { bpf_probe_read_kernel(address as *const T) }.map_err(|_| ReadError)
+}
+
+/// The value at `base + offset`, zero when it cannot be read. The helper
+/// zeroes its destination when it fails, so no branch is needed, and none is
+/// left for the verifier to follow both ways: in a loop, each such branch
+/// multiplies the states it checks (the lineage walk once took most of the
+/// exec programs' verification this way). `T` is a plain integer.
+#[inline(always)]
+pub(crate) fn read_or_zero<T: Copy>(base: u64, offset: u32) -> T {
+    let mut value = core::mem::MaybeUninit::<T>::zeroed();
+    // SAFETY: the helper checks the address and writes `size_of::<T>()`
+    // bytes (zeroes on failure) into `value`.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            value.as_mut_ptr().cast::<core::ffi::c_void>(),
+            size_of::<T>() as u32,
+            (base + u64::from(offset)) as *const core::ffi::c_void,
+        );
+        value.assume_init()
+    }
 }
 
 /// Reads a pointer that must not be null.
