@@ -107,8 +107,7 @@ pub enum VShieldCommand {
     /// policy YAML: one vShield per vulnerability and package, naming the
     /// package's files. OS packages' files are read from the package
     /// database in the image's root directory (--root; dpkg, apk, and rpm's
-    /// rpmdb.sqlite; rpm's older Berkeley DB is reported as not read);
-    /// language packages name their
+    /// `SQLite`, Berkeley DB and ndb databases); language packages name their
     /// file in the report (jars, Go and Rust binaries, Node package
     /// directories, Python distributions through their RECORD). Findings that
     /// cannot become a vShield are listed on stderr with the reason.

@@ -1,8 +1,7 @@
 //! The files of installed packages, read from the package database inside
 //! an image's root directory: dpkg (`/var/lib/dpkg/info/PKG.list`), apk
-//! (`/lib/apk/db/installed`) and rpm's `SQLite` database ([`rpm`]). rpm's
-//! older Berkeley DB and NDB databases are recognised and reported as not
-//! read.
+//! (`/lib/apk/db/installed`) and rpm's databases ([`rpm`]: `SQLite`, and
+//! the older Berkeley DB and ndb).
 
 pub mod rpm;
 
@@ -32,8 +31,6 @@ pub enum Database {
     Apk(BTreeMap<String, Vec<String>>),
     /// Package name -> its regular files, documentation left out.
     Rpm(BTreeMap<String, Vec<String>>),
-    /// Berkeley DB or NDB, found at this path, not read.
-    RpmUnread(&'static str),
     /// Distroless images keep dpkg's status without file lists.
     DpkgWithoutFileLists,
     None,
@@ -44,7 +41,7 @@ impl Database {
         match self {
             Self::Dpkg | Self::DpkgWithoutFileLists => "dpkg",
             Self::Apk(_) => "apk",
-            Self::Rpm(_) | Self::RpmUnread(_) => "rpm",
+            Self::Rpm(_) => "rpm",
             Self::None => "none",
         }
     }
@@ -81,11 +78,20 @@ impl<'a> Packages<'a> {
             Database::Rpm(
                 rpm::read_sqlite(&file).map_err(|error| format!("reading {path}: {error}"))?,
             )
-        } else if let Some(path) = ["/var/lib/rpm/Packages", "/var/lib/rpm/Packages.db"]
-            .into_iter()
-            .find(|path| root.exists(path))
+        } else if let Some(path) = [
+            "/var/lib/rpm/Packages",
+            "/usr/lib/sysimage/rpm/Packages.db",
+            "/var/lib/rpm/Packages.db",
+        ]
+        .into_iter()
+        .find(|path| root.exists(path))
         {
-            Database::RpmUnread(path)
+            let file = root
+                .open_file(path)
+                .map_err(|error| format!("opening {path}: {error}"))?;
+            Database::Rpm(
+                rpm::read_legacy(&file).map_err(|error| format!("reading {path}: {error}"))?,
+            )
         } else if root.exists("/var/lib/dpkg/status.d") {
             Database::DpkgWithoutFileLists
         } else {
@@ -103,12 +109,6 @@ impl<'a> Packages<'a> {
                 packages.get(package).cloned().ok_or_else(|| {
                     format!("{package} is not in the {} database", self.database.name())
                 })?
-            }
-            Database::RpmUnread(path) => {
-                return Err(format!(
-                    "the image has an rpm Berkeley DB or NDB database ({path}), which this version does \
-                     not read (rpm's SQLite database is read)"
-                ));
             }
             Database::DpkgWithoutFileLists => {
                 return Err(

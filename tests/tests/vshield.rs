@@ -5,7 +5,9 @@
 //! The lsm tests need BPF LSM (the VMs of `cargo xtask test`); the signal
 //! tests also run on the host kernel.
 
-use std::{fs, os::unix::process::ExitStatusExt as _, path::Path, process::Command};
+use std::{
+    fmt::Write as _, fs, os::unix::process::ExitStatusExt as _, path::Path, process::Command,
+};
 
 use enforcer_tests::{
     agent::Stopped,
@@ -424,14 +426,14 @@ const RPM_REPORT: &str = r#"{
   ]
 }"#;
 
-#[test]
-fn an_rpm_database_names_the_files_of_the_vulnerable_package() {
-    let _serial = serial();
+/// The package of [`RPM_SPEC`], built with rpmbuild and installed into
+/// `dir/root` as a Rocky or Fedora image has it: rpm's `SQLite` database in
+/// /var/lib/rpm. `None` unless run as root.
+fn rpm_image(dir: &Scratch) -> Option<std::path::PathBuf> {
     if !require::root() {
-        return;
+        return None;
     }
     let rpmbuild = require::program("/usr/bin/rpmbuild", "rpm");
-    let dir = Scratch::new("vshield-rpm").expect("scratch");
     let spec = dir.path().join("vulnpkg.spec");
     fs::write(&spec, RPM_SPEC).expect("writing the spec");
     let top = dir.path().join("top");
@@ -443,8 +445,6 @@ fn an_rpm_database_names_the_files_of_the_vulnerable_package() {
         .output()
         .expect("running rpmbuild");
     assert!(built.status.success(), "rpmbuild: {built:?}");
-    // Installed into an image root as a Rocky or Fedora image has it: rpm's
-    // SQLite database in /var/lib/rpm.
     let root = dir.path().join("root");
     fs::create_dir_all(&root).expect("creating the image root");
     let installed = Command::new("rpm")
@@ -462,9 +462,15 @@ fn an_rpm_database_names_the_files_of_the_vulnerable_package() {
         .expect("running rpm");
     assert!(installed.status.success(), "rpm: {installed:?}");
     assert!(root.join("var/lib/rpm/rpmdb.sqlite").exists());
+    Some(root)
+}
+
+/// Checks that `from-trivy` finds the package's program and library (not
+/// its symlink or `%doc` file) in the database of `root`.
+fn check_rpm_files(dir: &Scratch, root: &Path) {
     let report = dir.path().join("report.json");
     fs::write(&report, RPM_REPORT).expect("writing the report");
-    let output = from_trivy(&[], &root, &report);
+    let output = from_trivy(&[], root, &report);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("localhost/rocky-app:1"), "{text}");
     assert_names(
@@ -476,6 +482,93 @@ fn an_rpm_database_names_the_files_of_the_vulnerable_package() {
             ("/usr/share/doc/vulnpkg/README", false),
         ],
     );
+}
+
+#[test]
+fn an_rpm_database_names_the_files_of_the_vulnerable_package() {
+    let _serial = serial();
+    let dir = Scratch::new("vshield-rpm").expect("scratch");
+    let Some(root) = rpm_image(&dir) else {
+        return;
+    };
+    check_rpm_files(&dir, &root);
+}
+
+/// The headers rpm exports (`rpmdb --exportdb`: each with its 8-byte magic
+/// before it), as rpm stores them in a database (without it).
+fn exported_headers(root: &Path) -> Vec<Vec<u8>> {
+    let exported = Command::new("rpmdb")
+        .arg("--root")
+        .arg(root)
+        .args(["--dbpath", "/var/lib/rpm", "--exportdb"])
+        .output()
+        .expect("running rpmdb --exportdb");
+    assert!(exported.status.success(), "rpmdb: {exported:?}");
+    let word = |bytes: &[u8], at: usize| {
+        u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize
+    };
+    let mut rest = exported.stdout.as_slice();
+    let mut headers = Vec::new();
+    while rest.len() >= 16 {
+        assert_eq!(rest[..3], [0x8e, 0xad, 0xe8], "header magic");
+        let size = 16 + 16 * word(rest, 8) + word(rest, 12);
+        headers.push(rest[8..size].to_vec());
+        rest = &rest[size..];
+    }
+    assert!(
+        rest.is_empty() && !headers.is_empty(),
+        "rpmdb --exportdb output"
+    );
+    headers
+}
+
+#[test]
+fn an_rpm_berkeley_db_names_the_files_of_the_vulnerable_package() {
+    let _serial = serial();
+    let dir = Scratch::new("vshield-rpm-bdb").expect("scratch");
+    let Some(root) = rpm_image(&dir) else {
+        return;
+    };
+    let load = require::program("/usr/bin/db5.3_load", "db5.3-util");
+    let headers = exported_headers(&root);
+    fs::remove_file(root.join("var/lib/rpm/rpmdb.sqlite")).expect("removing rpmdb.sqlite");
+    // rpm before 4.16 kept the same headers in a Berkeley DB hash file, keyed
+    // by instance number (native-endian), with the next instance number
+    // under key 0. Written here by the Berkeley DB library itself: with
+    // 512-byte pages a header spans a chain of overflow pages, with 64 KiB
+    // pages it sits on the hash page.
+    for page_size in [512, 65_536] {
+        let mut dump = format!(
+            "VERSION=3\nformat=bytevalue\ntype=hash\ndb_pagesize={page_size}\nHEADER=END\n"
+        );
+        let next = u32::try_from(headers.len() + 1).expect("few headers");
+        let mut records = vec![(0_u32.to_ne_bytes().to_vec(), next.to_ne_bytes().to_vec())];
+        for (instance, header) in (1_u32..).zip(&headers) {
+            records.push((instance.to_ne_bytes().to_vec(), header.clone()));
+        }
+        for (key, value) in &records {
+            for bytes in [key, value] {
+                dump.push(' ');
+                for byte in bytes {
+                    let _ = write!(dump, "{byte:02x}");
+                }
+                dump.push('\n');
+            }
+        }
+        dump.push_str("DATA=END\n");
+        let input = dir.path().join(format!("dump-{page_size}"));
+        fs::write(&input, dump).expect("writing the dump");
+        let packages = root.join("var/lib/rpm/Packages");
+        let _ = fs::remove_file(&packages);
+        let loaded = Command::new(load)
+            .arg("-f")
+            .arg(&input)
+            .arg(&packages)
+            .output()
+            .expect("running db_load");
+        assert!(loaded.status.success(), "db_load: {loaded:?}");
+        check_rpm_files(&dir, &root);
+    }
 }
 
 /// `enforcer vshield from-trivy ARGS --root ROOT REPORT`, checked to

@@ -4,8 +4,18 @@
 //! format: a count of index entries and the size of the data, the entries
 //! (tag, type, offset, count; big-endian), then the data. The file list is
 //! three tags: base names, directory names, and each file's directory.
+//!
+//! Older images keep the same headers in a Berkeley DB hash file
+//! ([`bdb`]) or in rpm's own ndb format ([`ndb`]).
 
-use std::{collections::BTreeMap, fs::File, os::fd::AsRawFd as _};
+mod bdb;
+mod ndb;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::{fd::AsRawFd as _, unix::fs::FileExt as _},
+};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -195,9 +205,36 @@ pub fn read_sqlite(file: &File) -> Result<BTreeMap<String, Vec<String>>, String>
     let blobs = statement
         .query_map([], |row| row.get::<_, Vec<u8>>(0))
         .map_err(|error| error.to_string())?;
+    let blobs = blobs
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| error.to_string())?;
+    collect(&blobs)
+}
+
+/// Every package of the Berkeley DB (`Packages`) or ndb (`Packages.db`)
+/// database open as `file`, told apart by their first bytes: name -> files.
+///
+/// # Errors
+/// The file is neither, or a page, slot or header is not readable.
+pub fn read_legacy(file: &File) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut first = [0_u8; 16];
+    file.read_exact_at(&mut first, 0)
+        .map_err(|error| format!("reading the first bytes: {error}"))?;
+    let blobs = if bdb::is_bdb(&first) {
+        bdb::headers(file).map_err(|error| format!("Berkeley DB: {error}"))?
+    } else if ndb::is_ndb(&first) {
+        ndb::headers(file).map_err(|error| format!("ndb: {error}"))?
+    } else {
+        return Err("neither a Berkeley DB hash database nor an rpm ndb database".to_owned());
+    };
+    collect(&blobs)
+}
+
+/// The packages of header blobs: name -> files.
+fn collect(blobs: &[Vec<u8>]) -> Result<BTreeMap<String, Vec<String>>, String> {
     let mut packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for blob in blobs {
-        let package = parse_package(&blob.map_err(|error| error.to_string())?)?;
+        let package = parse_package(blob)?;
         // Multilib installs one name twice (x86_64 and i686): both count.
         packages
             .entry(package.name)
