@@ -1,6 +1,7 @@
-//! Policy hot reload and `enforcer vshield list`: the policy directory is
-//! changed while the agent runs (valid, invalid, valid again, then SIGHUP),
-//! and containers run between the changes show what is in force.
+//! Policy hot reload and `enforcer vshield list`: the policy directory (laid
+//! out as a mounted `ConfigMap`) is changed while the agent runs (valid and
+//! invalid `ConfigMap` updates, an editor's save, then SIGHUP), and containers
+//! run between the changes show what is in force.
 //!
 //! Runs with the backend the kernel allows (`auto`): exec vShields are
 //! decided by both, so the test runs on the host (signal) and in the VMs
@@ -8,8 +9,10 @@
 
 use std::{
     fs,
+    os::unix::fs::symlink,
     path::Path,
     process::Command,
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -52,6 +55,28 @@ fn replace(dir: &Path, text: &str) {
     let temporary = dir.join(".policy.tmp");
     fs::write(&temporary, text).expect("writing the new policy");
     fs::rename(&temporary, dir.join("policy.yaml")).expect("renaming the new policy into place");
+}
+
+/// Replaces the policy the way the kubelet updates a mounted `ConfigMap`: the
+/// files live in a directory of their own, `..data` points at it and each
+/// name in the mount is a symlink through `..data`; an update writes a new
+/// directory and swaps `..data` by rename (no file the agent reads is ever
+/// half written, and its name does not change).
+fn replace_like_kubelet(dir: &Path, text: &str) {
+    static VERSION: AtomicU32 = AtomicU32::new(0);
+    let version = format!("..2026_11_24_v{}", VERSION.fetch_add(1, Ordering::Relaxed));
+    fs::create_dir(dir.join(&version)).expect("creating the version directory");
+    fs::write(dir.join(&version).join("policy.yaml"), text).expect("writing the new policy");
+    let old = fs::read_link(dir.join("..data")).ok();
+    symlink(&version, dir.join("..data_tmp")).expect("linking the new version");
+    fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swapping ..data");
+    let name = dir.join("policy.yaml");
+    if fs::symlink_metadata(&name).is_err() {
+        symlink("..data/policy.yaml", &name).expect("linking the policy name");
+    }
+    if let Some(old) = old {
+        fs::remove_dir_all(dir.join(old)).expect("removing the old version");
+    }
 }
 
 /// Waits for the `count`th line with `text` in the agent's log.
@@ -105,7 +130,8 @@ fn policy_changes_are_applied_live_and_an_invalid_change_leaves_the_policy_in_fo
     let scratch = Scratch::new("reload").expect("scratch");
     let policies = scratch.path().join("policies");
     fs::create_dir_all(&policies).expect("creating the policy directory");
-    replace(
+    // A `ConfigMap`'s mount, as a `DaemonSet` gives the agent its policy.
+    replace_like_kubelet(
         &policies,
         &vshield("first", "enforce", "/opt/first/busybox"),
     );
@@ -126,8 +152,8 @@ fn policy_changes_are_applied_live_and_an_invalid_change_leaves_the_policy_in_fo
     assert_eq!(listed["vshields"][0]["files"], 1, "{listed:#}");
     assert_eq!(listed["vshields"][0]["hits"], 1, "{listed:#}");
 
-    // Generation 2: `first` goes, `second` comes.
-    replace(
+    // Generation 2: `first` goes, `second` comes, by a ConfigMap update.
+    replace_like_kubelet(
         &policies,
         &vshield("second", "enforce", "/opt/second/busybox"),
     );
@@ -140,7 +166,7 @@ fn policy_changes_are_applied_live_and_an_invalid_change_leaves_the_policy_in_fo
     assert_eq!(listed["vshields"][0]["hits"], 1, "{listed:#}");
 
     // An invalid change (a misspelt field) is refused; `second` stays.
-    replace(
+    replace_like_kubelet(
         &policies,
         &vshield("second", "enforce", "/opt/second/busybox").replace("files:", "filez:"),
     );
@@ -148,7 +174,8 @@ fn policy_changes_are_applied_live_and_an_invalid_change_leaves_the_policy_in_fo
     assert_eq!(run_both(&image), (true, false), "{}", agent.log());
     assert_eq!(list(&agent)["generation"], 2);
 
-    // Generation 3: valid again, both, `first` in audit mode.
+    // Generation 3: valid again, both, `first` in audit mode, by an editor
+    // (a new file renamed over the old name).
     replace(
         &policies,
         &[

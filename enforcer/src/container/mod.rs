@@ -289,17 +289,47 @@ impl CgroupIndex {
     }
 }
 
-/// Where cgroup v2 is mounted, from `/proc/self/mountinfo`.
+/// Where cgroup v2 is mounted, from `/proc/self/mountinfo` (see
+/// [`topmost_cgroup2`]).
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    topmost_cgroup2(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
+/// The cgroup2 mount of `mountinfo` whose root is highest in the cgroup
+/// tree; the first of those. Pure.
+///
+/// On a host there is one, at the root. In a pod with its own cgroup
+/// namespace (the default on cgroup v2), the runtime mounts the agent's own
+/// cgroup at `/sys/fs/cgroup`, whose root reads `/` (the namespace's root),
+/// and the `DaemonSet` mounts the host's tree elsewhere, whose root reads
+/// `/../..` (above the namespace's root): only that one shows every
+/// container's cgroup, so the one with the most `..` wins.
+pub fn topmost_cgroup2(mountinfo: &str) -> Option<PathBuf> {
     // Fields: id parent maj:min root mountpoint options ... - fstype source superopts
-    mountinfo.lines().find_map(|line| {
-        let (before, after) = line.split_once(" - ")?;
-        if after.split_whitespace().next()? != "cgroup2" {
-            return None;
+    let depth = |root: &str| {
+        root.split('/')
+            .filter(|part| !part.is_empty())
+            .map(|part| if part == ".." { -1 } else { 1 })
+            .sum::<i32>()
+    };
+    let mut best: Option<(i32, PathBuf)> = None;
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        if after.split_whitespace().next() != Some("cgroup2") {
+            continue;
         }
-        before.split_whitespace().nth(4).map(PathBuf::from)
-    })
+        let mut fields = before.split_whitespace().skip(3);
+        let (Some(root), Some(mountpoint)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let depth = depth(root);
+        if best.as_ref().is_none_or(|(best, _)| depth < *best) {
+            best = Some((depth, PathBuf::from(mountpoint)));
+        }
+    }
+    best.map(|(_, mountpoint)| mountpoint)
 }
 
 #[cfg(test)]
@@ -310,6 +340,22 @@ mod tests {
 
     fn parse(path: &str) -> Option<(String, Runtime, Option<String>)> {
         from_cgroup_path(path).map(|c| (c.id, c.runtime, c.pod_uid))
+    }
+
+    #[test]
+    fn the_host_cgroup_tree_is_chosen_over_a_pods_own() {
+        // A pod with a private cgroup namespace and the host's tree mounted
+        // at /host/cgroup (hostPath), as the DaemonSet does.
+        let pod = "\
+1208 1100 0:25 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup rw
+1300 1100 0:25 /../../.. /host/cgroup rw,relatime shared:5 - cgroup2 cgroup2 rw,nsdelegate
+1301 1100 0:5 / /proc rw - proc proc rw";
+        assert_eq!(topmost_cgroup2(pod), Some(PathBuf::from("/host/cgroup")));
+        let host = "\
+25 1 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+26 1 0:22 /system.slice /mnt/slice rw - cgroup2 cgroup2 rw";
+        assert_eq!(topmost_cgroup2(host), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(topmost_cgroup2("1 0 0:5 / /proc rw - proc proc rw"), None);
     }
 
     #[test]

@@ -1,0 +1,172 @@
+//! The Kubernetes manifest in `deploy/kubernetes/enforcer.yaml`, checked
+//! without a cluster: every document is a valid Kubernetes object (read
+//! into the API's own types and written back unchanged, so a misspelt or
+//! misplaced field fails), the agent accepts the container's arguments and
+//! the `ConfigMap`'s policy, and what the arguments name is mounted.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use clap::Parser as _;
+use enforcer::cli::{Cli, Command};
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{ConfigMap, Namespace, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+const MANIFEST: &str = include_str!("../../deploy/kubernetes/enforcer.yaml");
+
+fn documents() -> Vec<Value> {
+    serde_saphyr::from_multiple(MANIFEST).expect("the manifest is YAML")
+}
+
+fn document(kind: &str) -> Value {
+    documents()
+        .into_iter()
+        .find(|document| document["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in the manifest"))
+}
+
+/// `document` read as `T` and written back; what `T` does not know is lost.
+fn round_trip<T: DeserializeOwned + Serialize>(document: &Value) -> Value {
+    let typed: T = serde_json::from_value(document.clone()).expect("a valid object");
+    serde_json::to_value(typed).expect("serialisable")
+}
+
+#[test]
+fn every_document_is_a_kubernetes_object_with_only_known_fields() {
+    let documents = documents();
+    let kinds: Vec<&str> = documents
+        .iter()
+        .map(|document| document["kind"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet"
+        ]
+    );
+    for document in &documents {
+        let written = match document["kind"].as_str().unwrap_or_default() {
+            "Namespace" => round_trip::<Namespace>(document),
+            "ServiceAccount" => round_trip::<ServiceAccount>(document),
+            "ClusterRole" => round_trip::<ClusterRole>(document),
+            "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(document),
+            "ConfigMap" => round_trip::<ConfigMap>(document),
+            "DaemonSet" => round_trip::<DaemonSet>(document),
+            other => panic!("unexpected kind {other}"),
+        };
+        assert_eq!(&written, document, "a field the API does not have");
+    }
+}
+
+#[test]
+fn the_agent_may_read_the_pods_of_its_node_and_nothing_else() {
+    let role: ClusterRole = serde_json::from_value(document("ClusterRole")).expect("a role");
+    let rules = role.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["pods".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].verbs,
+        ["get".to_owned(), "list".to_owned(), "watch".to_owned()]
+    );
+}
+
+#[test]
+fn the_agent_accepts_its_arguments_and_what_they_name_is_mounted() {
+    let daemon_set: DaemonSet = serde_json::from_value(document("DaemonSet")).expect("a DaemonSet");
+    let pod = daemon_set
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
+    assert_eq!(
+        pod.host_pid,
+        Some(true),
+        "the host's /proc/1 names the host"
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("enforcer"));
+    let container = &pod.containers[0];
+    let env: Vec<&str> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|var| var.name.as_str())
+        .collect();
+    assert!(
+        env.contains(&"NODE_NAME"),
+        "--kubernetes-node comes from NODE_NAME"
+    );
+
+    let args = container.args.clone().expect("args");
+    let cli = Cli::try_parse_from(std::iter::once("enforcer".to_owned()).chain(args))
+        .unwrap_or_else(|error| panic!("the agent refuses its arguments: {error}"));
+    let Command::Run(run) = cli.command else {
+        panic!("the container does not run the agent");
+    };
+
+    let mounts: BTreeSet<PathBuf> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|mount| PathBuf::from(&mount.mount_path))
+        .collect();
+    let mounted = |path: &std::path::Path| mounts.iter().any(|mount| path.starts_with(mount));
+    for policy in &run.policy {
+        assert!(mounted(policy), "{} is not mounted", policy.display());
+    }
+    assert!(mounted(run.control_socket.parent().expect("a directory")));
+    for store in &run.image_store {
+        assert!(
+            mounted(std::path::Path::new(store)),
+            "{store} is not mounted"
+        );
+    }
+    for required in ["/host/cgroup", "/sys/kernel/security"] {
+        assert!(mounts.contains(&PathBuf::from(required)), "{required}");
+    }
+    // Every mount has its volume.
+    let volumes: BTreeSet<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .map(|volume| volume.name.as_str())
+        .collect();
+    for mount in container.volume_mounts.iter().flatten() {
+        assert!(volumes.contains(mount.name.as_str()), "{}", mount.name);
+    }
+}
+
+#[test]
+fn the_config_map_holds_a_valid_policy() {
+    let config_map: ConfigMap = serde_json::from_value(document("ConfigMap")).expect("a ConfigMap");
+    let dir = std::env::temp_dir().join(format!("enforcer-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a directory");
+    for (name, text) in config_map.data.expect("data") {
+        std::fs::write(dir.join(name), text).expect("writing the policy");
+    }
+    let loaded = enforcer::policy::load::load(std::slice::from_ref(&dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    let set = loaded.unwrap_or_else(|diagnostics| {
+        panic!(
+            "{}",
+            diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert_eq!(set.drift.len(), 2);
+}
