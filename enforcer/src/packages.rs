@@ -23,6 +23,19 @@ const NOT_CODE: &[&str] = &[
     "/usr/share/bug/",
 ];
 
+/// Reads an rpm database file: package name -> files.
+type RpmReader = fn(&std::fs::File) -> Result<BTreeMap<String, Vec<String>>, String>;
+
+/// Where rpm keeps its database, newest form first: `SQLite` (rpm 4.16+),
+/// Berkeley DB (`Packages`) and ndb (`Packages.db`).
+const RPM_DATABASES: &[(&str, RpmReader)] = &[
+    ("/usr/lib/sysimage/rpm/rpmdb.sqlite", rpm::read_sqlite),
+    ("/var/lib/rpm/rpmdb.sqlite", rpm::read_sqlite),
+    ("/var/lib/rpm/Packages", rpm::read_legacy),
+    ("/usr/lib/sysimage/rpm/Packages.db", rpm::read_legacy),
+    ("/var/lib/rpm/Packages.db", rpm::read_legacy),
+];
+
 /// Which package database the root has.
 #[derive(Debug)]
 pub enum Database {
@@ -65,33 +78,12 @@ impl<'a> Packages<'a> {
                 .read("/lib/apk/db/installed", DATABASE_MAX)
                 .map_err(|error| format!("reading /lib/apk/db/installed: {error}"))?;
             Database::Apk(parse_apk(&String::from_utf8_lossy(&text)))
-        } else if let Some(path) = [
-            "/usr/lib/sysimage/rpm/rpmdb.sqlite",
-            "/var/lib/rpm/rpmdb.sqlite",
-        ]
-        .into_iter()
-        .find(|path| root.exists(path))
+        } else if let Some((path, read)) = RPM_DATABASES.iter().find(|(path, _)| root.exists(path))
         {
             let file = root
                 .open_file(path)
                 .map_err(|error| format!("opening {path}: {error}"))?;
-            Database::Rpm(
-                rpm::read_sqlite(&file).map_err(|error| format!("reading {path}: {error}"))?,
-            )
-        } else if let Some(path) = [
-            "/var/lib/rpm/Packages",
-            "/usr/lib/sysimage/rpm/Packages.db",
-            "/var/lib/rpm/Packages.db",
-        ]
-        .into_iter()
-        .find(|path| root.exists(path))
-        {
-            let file = root
-                .open_file(path)
-                .map_err(|error| format!("opening {path}: {error}"))?;
-            Database::Rpm(
-                rpm::read_legacy(&file).map_err(|error| format!("reading {path}: {error}"))?,
-            )
+            Database::Rpm(read(&file).map_err(|error| format!("reading {path}: {error}"))?)
         } else if root.exists("/var/lib/dpkg/status.d") {
             Database::DpkgWithoutFileLists
         } else {
