@@ -214,7 +214,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         &mut active,
         &options.podman_storage,
         options.kubernetes.as_ref(),
-        policy.selects_pod_labels(),
+        policy.selects_from_the_api(),
     )
     .await?;
     // Also without vShields now: a reload may bring some.
@@ -473,9 +473,10 @@ async fn watch_pods(
     let Some(options) = options else {
         if labels_selected {
             tracing::warn!(
-                "a vShield selects pod labels but the agent does not watch the Kubernetes API \
-                 (--kubernetes-node): pod labels are never known, so those vShields apply to every pod's \
-                 containers (as to unknown containers) and to no container outside a pod"
+                "a vShield or DriftPolicy selects pod labels or container kinds but the agent does not watch \
+                 the Kubernetes API (--kubernetes-node): they are never known, so those vShields apply to \
+                 every pod's containers (as to unknown containers), the strictest DriftPolicy applies to them, \
+                 and neither to a container outside a pod"
             );
         }
         if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {

@@ -166,8 +166,9 @@ pub struct RunArgs {
     /// containers; the first in policy order that selects a container
     /// applies to it. vShields: for every container, for the host
     /// (`selector: {host: true}`), or for the containers a selector picks.
-    /// Selectors pick by image, Kubernetes namespace and pod labels
-    /// (`images`, `namespaces`, `podLabels`; pod labels need
+    /// Selectors pick by image, Kubernetes namespace, pod labels and
+    /// container kind (`images`, `namespaces`, `podLabels`,
+    /// `containerKinds`: regular, init, ephemeral; labels and kinds need
     /// --kubernetes-node). A container's image is known once the runtime's
     /// OCI hook announced it (`enforcer hook oci`) or the agent found its
     /// cgroup (within a second), its pod's labels once the Kubernetes API
@@ -265,7 +266,8 @@ pub struct RunArgs {
     /// This node's name, as Kubernetes knows it: the agent then watches the
     /// pods the API server schedules here (field selector
     /// `spec.nodeName=NODE`) for their namespaces, labels, container names
-    /// and image digests, which select vShields (`namespaces`, `podLabels`)
+    /// container kinds and image digests, which select vShields and
+    /// `DriftPolicy`s (`namespaces`, `podLabels`, `containerKinds`)
     /// and fill the events' `kubernetes.*` fields. In a `DaemonSet`, set
     /// `NODE_NAME` from the downward API (`fieldRef: spec.nodeName`). Without
     /// it, pods are named from their runtime's OCI annotations only (no

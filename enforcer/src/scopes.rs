@@ -1,4 +1,5 @@
-//! Which vShields with selectors (images, namespaces, pod labels) apply to
+//! Which vShields with selectors (images, namespaces, pod labels, container
+//! kinds) apply to
 //! each known container, as the kernel's scope codes.
 //!
 //! Containers that the same vShields select share one scope: its code is
@@ -14,7 +15,7 @@ use enforcer_common::{drift_policy, scope};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::{
-    container::{ContainerInfo, ImageGlobs, registry::Known},
+    container::{ContainerInfo, ImageGlobs, kubernetes::ContainerKind, registry::Known},
     policy::{ContainerSelector, vshield::Selected},
 };
 
@@ -25,6 +26,7 @@ pub struct Selector {
     images: Option<ImageGlobs>,
     namespaces: Option<GlobSet>,
     pod_labels: BTreeMap<String, String>,
+    container_kinds: BTreeSet<ContainerKind>,
 }
 
 impl Selector {
@@ -53,19 +55,23 @@ impl Selector {
             images,
             namespaces,
             pod_labels: selector.pod_labels.clone(),
+            container_kinds: selector.container_kinds.clone(),
         })
     }
 
     /// Whether it selects `info`'s container; `None` while what it selects
     /// on is not known (the image not named yet, a pod the Kubernetes API
     /// has not reported). A container outside any pod has no namespace or
-    /// labels: a selector that asks for them does not select it. Pure.
+    /// labels or kind: a selector that asks for them does not select it.
+    /// Pure.
     pub fn selects(&self, info: &ContainerInfo) -> Option<bool> {
         let image = self
             .images
             .as_ref()
             .map(|globs| info.image.as_ref().map(|image| globs.matches(image)));
-        let pod_wanted = self.namespaces.is_some() || !self.pod_labels.is_empty();
+        let pod_wanted = self.namespaces.is_some()
+            || !self.pod_labels.is_empty()
+            || !self.container_kinds.is_empty();
         let pod = info.pod.as_ref().filter(|_| pod_wanted);
         let namespace = self.namespaces.as_ref().map(|globs| match pod {
             None => Some(false),
@@ -82,7 +88,12 @@ impl Selector {
                     .all(|(key, value)| labels.get(key) == Some(value))
             }),
         });
-        let parts = [image, namespace, labels];
+        // Only the API says how a container came to be in its pod.
+        let kind = (!self.container_kinds.is_empty()).then(|| match pod {
+            None => Some(false),
+            Some(pod) => pod.kind.map(|kind| self.container_kinds.contains(&kind)),
+        });
+        let parts = [image, namespace, labels, kind];
         let parts = parts.iter().flatten();
         if parts.clone().any(|part| *part == Some(false)) {
             Some(false)
@@ -280,9 +291,9 @@ mod tests {
         let wanted = Selector::new(
             1,
             &ContainerSelector {
-                images: Vec::new(),
                 namespaces: vec!["ci-*".to_owned()],
                 pod_labels: [("app".to_owned(), "runner".to_owned())].into(),
+                ..ContainerSelector::default()
             },
         )
         .unwrap();
@@ -327,6 +338,51 @@ mod tests {
         undecided.info = in_pod(Some("ci-a"), None);
         let placement = Scopes::default().place(&[wanted], [&undecided], false);
         assert!(placement.by_cgroup.is_empty());
+    }
+
+    #[test]
+    fn container_kinds_select_init_and_debug_containers_once_the_api_said() {
+        let setup = Selector::new(
+            1,
+            &ContainerSelector {
+                namespaces: vec!["shop".to_owned()],
+                container_kinds: [ContainerKind::Init, ContainerKind::Ephemeral].into(),
+                ..ContainerSelector::default()
+            },
+        )
+        .unwrap();
+        let in_pod = |namespace: &str, kind: Option<ContainerKind>| {
+            let mut known = container("a", Some("localhost/one:1"), &[1]);
+            known.info.pod = Some(PodRef {
+                namespace: Some(namespace.to_owned()),
+                kind,
+                ..PodRef::default()
+            });
+            known.info
+        };
+        assert_eq!(
+            setup.selects(&in_pod("shop", Some(ContainerKind::Init))),
+            Some(true)
+        );
+        assert_eq!(
+            setup.selects(&in_pod("shop", Some(ContainerKind::Ephemeral))),
+            Some(true)
+        );
+        assert_eq!(
+            setup.selects(&in_pod("shop", Some(ContainerKind::Regular))),
+            Some(false)
+        );
+        // Named from its annotations, not reported by the API yet.
+        assert_eq!(setup.selects(&in_pod("shop", None)), None);
+        assert_eq!(
+            setup.selects(&in_pod("web", Some(ContainerKind::Init))),
+            Some(false)
+        );
+        // Not a pod's container.
+        assert_eq!(
+            setup.selects(&container("b", Some("x:1"), &[2]).info),
+            Some(false)
+        );
     }
 
     #[test]

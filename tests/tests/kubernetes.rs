@@ -2,9 +2,10 @@
 //! API server answers with two pods); a vShield selected by namespace and
 //! pod labels applies to the containers of the pod it selects only, and a
 //! `DriftPolicy` for the CI namespaces only audits drift there while it is
-//! blocked elsewhere, and there too once a reload removes that policy; the
-//! events carry the pod's namespace, name and labels and the `DriftPolicy`
-//! that decided.
+//! blocked elsewhere, and there too once a reload removes that policy; a
+//! `DriftPolicy` for init containers audits drift in the web pod's init
+//! container only; the events carry the pod's namespace, name and labels
+//! and the `DriftPolicy` that decided.
 //!
 //! Needs BPF LSM and cgroup v2 (the VMs of `cargo xtask test`): the
 //! containers' groups are named the way containerd names a pod's.
@@ -48,6 +49,15 @@ spec:
   selector:
     namespaces: [ci-*]
   mode: audit
+---
+apiVersion: enforcer.dev/v1alpha1
+kind: DriftPolicy
+metadata:
+  name: init-setup
+spec:
+  selector:
+    containerKinds: [init]
+  mode: audit
 ";
 
 const SCRIPT: &str = "/opt/vuln/bin/busybox echo exec-ran; echo after
@@ -66,12 +76,34 @@ fn image() -> Image {
     image
 }
 
+/// The image the API reports for every started container.
+const IMAGE: &str = "localhost/busybox:1";
+
+/// `pod` with `group`'s container started as `name` in its
+/// `statuses` (`containerStatuses`, `initContainerStatuses`), as the API
+/// reports a started container.
+fn started(mut pod: Value, statuses: &str, name: &str, group: &Cgroup) -> Value {
+    let status = json!({
+        "name": name,
+        "containerID": format!("containerd://{}", group.container_id),
+        "image": IMAGE,
+        "imageID": "",
+        "ready": true,
+        "restartCount": 0,
+    });
+    match pod["status"][statuses].as_array_mut() {
+        Some(list) => list.push(status),
+        None => pod["status"][statuses] = json!([status]),
+    }
+    pod
+}
+
 /// Waits until the agent has placed `group`'s container with its pod's
 /// namespace and name, which only the API reports (the group's name only
 /// carries the pod's UID).
 fn wait_placed(agent: &Agent, group: &Cgroup, namespace: &str, pod: &str) {
     let placed = format!(
-        "container.id={} container.image=unknown kubernetes.namespace={namespace} kubernetes.pod={pod}",
+        "container.id={} container.image={IMAGE} kubernetes.namespace={namespace} kubernetes.pod={pod}",
         group.container_id
     );
     assert!(
@@ -91,7 +123,8 @@ fn by_rule<'a>(stopped: &'a Stopped, name: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// Drops the CI namespaces' `DriftPolicy` from the policy file and, once
+/// Drops the `DriftPolicy`s (the CI namespaces', the init containers') from
+/// the policy file and, once
 /// the reload is in force (the runner's group pointed at the settings that
 /// now apply to it), runs the drift part of the script in `group` again.
 fn reload_without_ci_policy(agent: &Agent, policy: &Path, image: &Image, group: &Cgroup) -> Run {
@@ -106,20 +139,51 @@ fn reload_without_ci_policy(agent: &Agent, policy: &Path, image: &Image, group: 
 }
 
 /// One drift event per run, decided by the `DriftPolicy` selected.
-fn check_drift_events(stopped: &Stopped, runner_id: u64, web_id: u64) {
+fn check_drift_events(stopped: &Stopped, runner_id: u64, web_id: u64, setup_id: u64) {
     let drift = by_rule(stopped, "drift-prevention");
-    assert_eq!(drift.len(), 3, "{drift:#?}\n{}", stopped.stderr);
+    assert_eq!(drift.len(), 4, "{drift:#?}\n{}", stopped.stderr);
     for (event, cgroup, decision, ruleset) in [
         (drift[0], runner_id, "audit", "ci-runners"),
         (drift[1], web_id, "blocked", "builtin-default"),
+        (drift[2], setup_id, "audit", "init-setup"),
         // After the reload that removed the CI namespaces' DriftPolicy.
-        (drift[2], runner_id, "blocked", "builtin-default"),
+        (drift[3], runner_id, "blocked", "builtin-default"),
     ] {
         assert_eq!(event["enforcer"]["cgroup_id"], cgroup, "{event:#}");
         assert_eq!(event["enforcer"]["decision"], decision, "{event:#}");
         assert_eq!(event["rule"]["ruleset"], ruleset, "{event:#}");
         assert_eq!(event["file"]["path"], "/tmp/echo", "{event:#}");
     }
+}
+
+/// The runner pod with its container started, and the web pod with its
+/// container and its init container started.
+fn pods(runner: &Cgroup, web: &Cgroup, setup: &Cgroup) -> Vec<Value> {
+    vec![
+        started(
+            pod(
+                RUNNER_POD,
+                "ci-main",
+                "runner-0",
+                &json!({"app": "runner"}),
+                "node-1",
+            ),
+            "containerStatuses",
+            "main",
+            runner,
+        ),
+        started(
+            started(
+                pod(WEB_POD, "shop", "web-0", &json!({"app": "web"}), "node-1"),
+                "initContainerStatuses",
+                "setup",
+                setup,
+            ),
+            "containerStatuses",
+            "main",
+            web,
+        ),
+    ]
 }
 
 #[test]
@@ -130,27 +194,19 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
     }
     let runner_group = Cgroup::in_pod(RUNNER_POD).expect("creating a cgroup");
     let web_group = Cgroup::in_pod(WEB_POD).expect("creating a cgroup");
-    let (Some(runner_group), Some(web_group)) = (runner_group, web_group) else {
+    // The web pod's init container.
+    let setup_group = Cgroup::in_pod(WEB_POD).expect("creating a cgroup");
+    let (Some(runner_group), Some(web_group), Some(setup_group)) =
+        (runner_group, web_group, setup_group)
+    else {
         require::unavailable(Requirement::Cgroup2, "no cgroup v2 hierarchy is mounted");
         return;
     };
     let image = image();
     let root = image.root();
     let dir = Scratch::new("kubernetes").expect("scratch");
-    let api = FakeApi::start(
-        &[
-            pod(
-                RUNNER_POD,
-                "ci-main",
-                "runner-0",
-                &json!({"app": "runner"}),
-                "node-1",
-            ),
-            pod(WEB_POD, "shop", "web-0", &json!({"app": "web"}), "node-1"),
-        ],
-        dir.path(),
-    )
-    .expect("starting the fake API server");
+    let api = FakeApi::start(&pods(&runner_group, &web_group, &setup_group), dir.path())
+        .expect("starting the fake API server");
     let policy = dir.path().join("policy.yaml");
     fs::write(&policy, POLICY).expect("writing the policy");
     let path = |path: &Path| path.display().to_string();
@@ -176,12 +232,16 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
     // labels), before it runs anything.
     wait_placed(&agent, &runner_group, "ci-main", "runner-0");
     wait_placed(&agent, &web_group, "shop", "web-0");
+    wait_placed(&agent, &setup_group, "shop", "web-0");
     let runner_id = runner_group.id().expect("the runner's cgroup id");
     let web_id = web_group.id().expect("the web cgroup id");
+    let setup_id = setup_group.id().expect("the init container's cgroup id");
     let runner = run_in_group(&Root::Overlay(&image), Some(&runner_group), &[], SCRIPT)
         .expect("running the runner container");
     let web = run_in_group(&Root::Overlay(&image), Some(&web_group), &[], SCRIPT)
         .expect("running the web container");
+    let setup = run_in_group(&Root::Overlay(&image), Some(&setup_group), &[], DRIFT)
+        .expect("running the init container");
     let again = reload_without_ci_policy(&agent, &policy, &image, &runner_group);
     assert!(!again.stdout.contains("drift-ran"), "{again:?}");
     let stopped = agent.stop().expect("stopping the agent");
@@ -209,7 +269,8 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
     // the built-in one elsewhere.
     assert!(runner.stdout.contains("drift-ran"), "{runner:?}");
     assert!(!web.stdout.contains("drift-ran"), "{web:?}");
-    check_drift_events(&stopped, runner_id, web_id);
+    assert!(setup.stdout.contains("drift-ran"), "{setup:?}");
+    check_drift_events(&stopped, runner_id, web_id, setup_id);
     // The watch asked for this node's pods only.
     let requests = api.requests();
     assert!(requests.len() >= 2, "{requests:?}");

@@ -26,8 +26,12 @@ use tokio::sync::mpsc;
 
 use super::ImageRef;
 
-/// How a container of a pod came to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a container of a pod came to be; also what a selector's
+/// `containerKinds` names.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ContainerKind {
     /// `spec.containers`.
     Regular,

@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::container::kubernetes::ContainerKind;
+
 /// The `apiVersion` every document carries.
 pub const API_VERSION: &str = "enforcer.dev/v1alpha1";
 
@@ -93,6 +95,11 @@ pub struct Selector {
     /// Kubernetes pod labels that must all be present with these values.
     #[serde(default)]
     pub pod_labels: BTreeMap<String, String>,
+    /// How the container came to be in its pod: `regular`, `init`
+    /// (`initContainers`) or `ephemeral` (`kubectl debug`). Any matches.
+    /// Known from the Kubernetes API (`--kubernetes-node`).
+    #[serde(default)]
+    pub container_kinds: Vec<ContainerKind>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

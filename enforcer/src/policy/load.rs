@@ -354,7 +354,8 @@ fn check_selector(selector: &Selector, at: &mut Place<'_>) {
     if selector.host && container_selector(selector).is_some() {
         at.error_at_start(
             "spec.selector.host",
-            "the host cannot be combined with images, namespaces or podLabels, which select containers"
+            "the host cannot be combined with images, namespaces, podLabels or containerKinds, which \
+             select containers"
                 .to_owned(),
         );
     }
@@ -578,12 +579,14 @@ fn check_unique_names(set: &PolicySet, diagnostics: &mut Vec<Diagnostic>) {
     );
 }
 
-/// The containers `selector` picks by image, namespace and pod labels;
+/// The containers `selector` picks by image, namespace, pod labels and
+/// container kind;
 /// `None` when it names none of them (every container, or the host).
 fn container_selector(selector: &Selector) -> Option<ContainerSelector> {
     if selector.images.is_empty()
         && selector.namespaces.is_empty()
         && selector.pod_labels.is_empty()
+        && selector.container_kinds.is_empty()
     {
         return None;
     }
@@ -594,6 +597,7 @@ fn container_selector(selector: &Selector) -> Option<ContainerSelector> {
         images: globs(&selector.images),
         namespaces: globs(&selector.namespaces),
         pod_labels: selector.pod_labels.clone(),
+        container_kinds: selector.container_kinds.iter().copied().collect(),
     })
 }
 
@@ -735,7 +739,7 @@ pub fn agent_policy(set: &PolicySet) -> Result<Policy, Vec<Diagnostic>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::document::Operation;
+    use crate::{container::kubernetes::ContainerKind, policy::document::Operation};
 
     /// A fresh directory under the system's temporary directory.
     fn scratch(name: &str) -> PathBuf {
@@ -1068,6 +1072,35 @@ spec:
                 pod_labels: [("app".to_owned(), "web".to_owned())].into(),
                 ..ContainerSelector::default()
             })
+        );
+        let by_kind = load(&[write(
+            &dir,
+            "vk.yaml",
+            &VSHIELD.replace(
+                "spec:\n",
+                "spec:\n  selector: {containerKinds: [init, ephemeral]}\n",
+            ),
+        )])
+        .expect("valid");
+        assert_eq!(
+            agent_policy(&by_kind).expect("enforceable").vshields[0].scope,
+            Scope::Selected(ContainerSelector {
+                container_kinds: [ContainerKind::Init, ContainerKind::Ephemeral].into(),
+                ..ContainerSelector::default()
+            })
+        );
+        let bad_kind = load(&[write(
+            &dir,
+            "vb.yaml",
+            &VSHIELD.replace(
+                "spec:\n",
+                "spec:\n  selector: {containerKinds: [sidecar]}\n",
+            ),
+        )])
+        .expect_err("an unknown kind");
+        assert!(
+            bad_kind[0].message.contains("sidecar"),
+            "the error names the value: {bad_kind:?}"
         );
         let selected = load(&[write(
             &dir,

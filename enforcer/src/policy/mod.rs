@@ -9,7 +9,10 @@ pub mod load;
 pub mod paths;
 pub mod vshield;
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use aya::{Ebpf, maps::Array};
 use enforcer_common::{
@@ -17,7 +20,10 @@ use enforcer_common::{
     drift_policy, mode,
 };
 
-use crate::maps::{self, MapAccessError};
+use crate::{
+    container::kubernetes::ContainerKind,
+    maps::{self, MapAccessError},
+};
 
 pub use paths::PathGlobError;
 
@@ -82,6 +88,8 @@ pub struct ContainerSelector {
     pub namespaces: Vec<String>,
     /// Labels the pod must all carry with these values.
     pub pod_labels: BTreeMap<String, String>,
+    /// How the container came to be in its pod (any may match).
+    pub container_kinds: BTreeSet<ContainerKind>,
 }
 
 impl ContainerSelector {
@@ -108,6 +116,14 @@ impl ContainerSelector {
                 .map(|(key, value)| format!("{key}={value}"))
                 .collect();
             parts.push(format!("podLabels {}", labels.join(",")));
+        }
+        if !self.container_kinds.is_empty() {
+            let kinds: Vec<&str> = self
+                .container_kinds
+                .iter()
+                .map(|kind| kind.as_str())
+                .collect();
+            parts.push(format!("containerKinds {}", kinds.join(",")));
         }
         parts.join("; ")
     }
@@ -148,15 +164,18 @@ impl Policy {
         }
     }
 
-    /// Whether a vShield or a `DriftPolicy` selects containers by their
-    /// pods' labels.
-    pub fn selects_pod_labels(&self) -> bool {
-        self.vshields.iter().any(|shield| {
-            matches!(&shield.scope, vshield::Scope::Selected(selector) if !selector.pod_labels.is_empty())
-        }) || self
+    /// Whether a vShield or a `DriftPolicy` selects containers by what only
+    /// the Kubernetes API tells: their pods' labels, or their kinds.
+    pub fn selects_from_the_api(&self) -> bool {
+        let from_api = |selector: &ContainerSelector| {
+            !selector.pod_labels.is_empty() || !selector.container_kinds.is_empty()
+        };
+        self.vshields.iter().any(
+            |shield| matches!(&shield.scope, vshield::Scope::Selected(selector) if from_api(selector)),
+        ) || self
             .selected_drift
             .iter()
-            .any(|selected| !selected.selector.pod_labels.is_empty())
+            .any(|selected| from_api(&selected.selector))
     }
 }
 
