@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 12;
+pub const ABI_VERSION: u32 = 13;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -199,6 +199,9 @@ pub mod event_flags {
     /// The process has more ancestors in its container than
     /// [`super::LINEAGE_MAX`]: the record names the nearest.
     pub const ANCESTORS_TRUNCATED: u32 = 1 << 2;
+    /// Drift in an exec session of a container whose policy audits those
+    /// ([`super::drift_flags::AUDIT_EXEC_SESSIONS`]): audited, not enforced.
+    pub const EXEC_SESSION: u32 = 1 << 3;
 }
 
 /// Bits of [`DriftSettings::flags`].
@@ -211,6 +214,10 @@ pub mod drift_flags {
     /// Files whose path in the container the path automaton at
     /// [`DriftSettings::path_dfa_bank`] accepts are allowed.
     pub const ALLOW_PATHS: u32 = 1 << 2;
+    /// Drift in an exec session (`kubectl exec`, `podman exec`: a process
+    /// under one that entered the running container from outside) is
+    /// audited where the mode enforces.
+    pub const AUDIT_EXEC_SESSIONS: u32 = 1 << 3;
 }
 
 /// Enforcement modes ([`DriftSettings::mode`]).
@@ -389,6 +396,14 @@ pub struct TaskOffsets {
     pub upid_ns: u32,
     /// `pid_namespace.ns.inum`
     pub pid_namespace_inum: u32,
+    /// `task_struct.cgroups`
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`: the task's cgroup v2 group.
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: what `bpf_get_current_cgroup_id` reports.
+    pub kernfs_node_id: u32,
 }
 
 /// Settings fixed for the lifetime of the loaded programs.
@@ -816,7 +831,8 @@ mod tests {
     fn kernel_offsets_layout() {
         assert_eq!(size_of::<KernelOffsets>(), 38 * 4);
         assert_eq!(size_of::<MmapOffsets>(), 8 * 4);
-        assert_eq!(size_of::<TaskOffsets>(), 8 * 4);
+        assert_eq!(size_of::<TaskOffsets>(), 12 * 4);
+        assert_eq!(offset_of!(TaskOffsets, kernfs_node_id), 44);
         assert_eq!(offset_of!(TaskOffsets, upid_nr), 20);
         assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);
         assert_eq!(offset_of!(KernelOffsets, ovl_inode_upperdentry), 24);

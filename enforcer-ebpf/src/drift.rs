@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_get_current_cgroup_id;
 use enforcer_common::{
     ABI_VERSION, AgentConfig, DriftSettings, HUGETLBFS_MAGIC, KernelOffsets, MNT_READONLY,
     OVERLAYFS_SUPER_MAGIC, SB_KERNMOUNT, SB_RDONLY, TMPFS_MAGIC, counter, drift_flags,
-    drift_policy, layer, mode, tracking, via,
+    drift_policy, event_flags, layer, mode, tracking, via,
 };
 
 use crate::{
@@ -28,6 +28,8 @@ pub(crate) struct Drift {
     pub(crate) via: u32,
     /// The `DRIFT_POLICY` index that decided.
     pub(crate) policy: u32,
+    /// Bits of `event_flags` for the record.
+    pub(crate) flags: u32,
 }
 
 pub(crate) enum Verdict {
@@ -104,8 +106,19 @@ pub(crate) fn check_file(
             return Ok(Verdict::Allow);
         }
     }
+    // Only where it changes the outcome: the walk is a few dozen reads.
+    let exec_session = settings.mode == mode::ENFORCE
+        && settings.flags & drift_flags::AUDIT_EXEC_SESSIONS != 0
+        && events::in_exec_session(offsets);
+    let (mode, flags) = if exec_session {
+        (mode::AUDIT, event_flags::EXEC_SESSION)
+    } else {
+        (settings.mode, 0)
+    };
     Ok(Verdict::Drift(Drift {
-        mode: settings.mode,
+        // One verifier state for either outcome, as for `layer`.
+        mode: path::opaque(mode),
+        flags: path::opaque(flags),
         mnt_ns: container.mnt_ns,
         file: facts,
         layer,

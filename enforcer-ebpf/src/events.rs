@@ -62,28 +62,147 @@ fn mnt_ns_of(task: u64, offsets: &KernelOffsets) -> u64 {
     kernel::read_or_zero(nsproxy, offsets.nsproxy_mnt_ns)
 }
 
-/// Fills the record's lineage: the parent's name, the ancestors that share
-/// the task's mount namespace and the entry leader, the topmost of them.
+/// `task`'s pid namespace (`struct pid_namespace *`) and its depth (0: the
+/// initial one); zeroes for a null `task`.
+#[inline(always)]
+fn pid_ns_of(task: u64) -> (u64, u32) {
+    let pid: u64 = kernel::read_or_zero(task, task_offset!(task_thread_pid));
+    let level: u32 = kernel::read_or_zero(pid, task_offset!(pid_level));
+    (
+        kernel::read_or_zero(upid(pid, level), task_offset!(upid_ns)),
+        level,
+    )
+}
+
+/// `pid->numbers[level]`: the `struct upid` of the pid in its namespace at
+/// depth `level`.
+#[inline(always)]
+fn upid(pid: u64, level: u32) -> u64 {
+    pid + u64::from(task_offset!(pid_numbers))
+        + u64::from(level) * u64::from(task_offset!(upid_size))
+}
+
+/// The id of `task`'s cgroup v2 group (`task->cgroups->dfl_cgrp->kn->id`, what
+/// `bpf_get_current_cgroup_id` reports for the current task); 0 for a null
+/// `task`.
+#[inline(always)]
+fn cgroup_of(task: u64) -> u64 {
+    let css_set: u64 = kernel::read_or_zero(task, task_offset!(task_cgroups));
+    let cgroup: u64 = kernel::read_or_zero(css_set, task_offset!(css_set_dfl_cgrp));
+    let kn: u64 = kernel::read_or_zero(cgroup, task_offset!(cgroup_kn));
+    kernel::read_or_zero(kn, task_offset!(kernfs_node_id))
+}
+
+/// All ones when `value` is above `floor`, zero otherwise, without a branch
+/// (BPF has no conditional move: a comparison made into a value is a branch,
+/// and a branch before the walk is two passes of the verifier through it).
+#[inline(always)]
+fn above(value: u64, floor: u64) -> u64 {
+    // `floor - value` is negative exactly when `value` is above `floor`
+    // (both are far below 2^63 here); its sign bit, spread.
+    (floor.wrapping_sub(value).cast_signed() >> 63).cast_unsigned()
+}
+
+/// What ties a task's ancestors to its container: its mount namespace, and
+/// its pid namespace and cgroup unless they are everyone's.
+struct Membership {
+    mnt_ns: u64,
+    /// The task's pid namespace; all ones in the initial one.
+    pid_ns: u64,
+    /// The task's cgroup v2 group; all ones in the root group (hosts
+    /// without cgroup v2 have every task there).
+    cgroup: u64,
+}
+
+/// The cgroup v2 root's id.
+const ROOT_CGROUP: u64 = 1;
+
+#[inline(always)]
+fn membership(task: u64, offsets: &KernelOffsets) -> Membership {
+    let (pid_ns, level) = pid_ns_of(task);
+    let cgroup = cgroup_of(task);
+    Membership {
+        mnt_ns: mnt_ns_of(task, offsets),
+        pid_ns: pid_ns | !above(u64::from(level), 0),
+        cgroup: cgroup | !above(cgroup, ROOT_CGROUP),
+    }
+}
+
+/// Walks up from `task` through its ancestors in its container, calling
+/// `each(step, ancestor)` for each, nearest first; returns the entry leader
+/// (the topmost of the task and those ancestors), or 0 when the walk found
+/// none (a host process, a deeper tree).
 ///
-/// Read here, while the task is in its exec or open, because the agent reads
-/// the record later: a refused program's process is often gone by then (a
-/// `kubectl exec` of a dropped binary ends with the refusal), and the walk
-/// through `/proc` would find nothing to tell an exec session by.
+/// An ancestor is in the container when it shares the task's mount
+/// namespace, its pid namespace or its cgroup: one of the three is not
+/// enough, since a container process can leave the first two on its own
+/// (`unshare -Urm`, or `setns` into a pid namespace it made), and would then
+/// look like the first process of an exec session, whose parent (the
+/// runtime's shim or monitor) is outside all three. Leaving its cgroup
+/// takes write access to the cgroup tree, which only privileged containers
+/// have.
 ///
 /// Every read is [`kernel::read_or_zero`] (a null task reads as zeroes) and
 /// nothing after the walk depends on where it stopped, so the verifier
 /// checks each step of the walk about once: with a branch per failed read
 /// and the count decided after the loop, the walk's states multiplied into
 /// most of the exec programs' load time (seconds each under emulation).
+#[inline(always)]
+fn walk(task: u64, offsets: &KernelOffsets, mut each: impl FnMut(usize, u64)) -> u64 {
+    let member = membership(task, offsets);
+    let mut child = task;
+    let mut leader = 0u64;
+    if member.mnt_ns != 0 {
+        for step in 0..LINEAGE_WALK_MAX {
+            let parent: u64 = kernel::read_or_zero(child, offsets.task_real_parent);
+            // `init_task` is its own parent.
+            if parent == 0 || parent == child {
+                break;
+            }
+            if mnt_ns_of(parent, offsets) != member.mnt_ns
+                && pid_ns_of(parent).0 != member.pid_ns
+                && cgroup_of(parent) != member.cgroup
+            {
+                leader = child;
+                break;
+            }
+            each(step, parent);
+            child = parent;
+        }
+    }
+    leader
+}
+
+/// Whether the current task is in an exec session: its entry leader entered
+/// the running container from outside (`kubectl exec`, `podman exec`) and is
+/// not the container's first process (pid 1 of its pid namespace). A
+/// container in the host's pid namespace (`hostPID`) has no pid 1 to tell
+/// its first process by: never a session there.
+///
+/// A process an exec session left behind (orphaned, adopted by the
+/// container's first process) counts as the container's own.
+#[inline(always)]
+pub(crate) fn in_exec_session(offsets: &KernelOffsets) -> bool {
+    let leader = walk(kernel::current_task(), offsets, |_, _| {});
+    let pid: u64 = kernel::read_or_zero(leader, task_offset!(task_thread_pid));
+    let level: u32 = kernel::read_or_zero(pid, task_offset!(pid_level));
+    let nspid: u32 = kernel::read_or_zero(upid(pid, level), task_offset!(upid_nr));
+    level != 0 && nspid != 1
+}
+
+/// Fills the record's lineage: the parent's name, the ancestors in the
+/// task's container ([`walk`]) and the entry leader.
+///
+/// Read here, while the task is in its exec or open, because the agent reads
+/// the record later: a refused program's process is often gone by then (a
+/// `kubectl exec` of a dropped binary ends with the refusal), and the walk
+/// through `/proc` would find nothing to tell an exec session by.
 ///
 /// # Safety
 /// `event` must point at a reserved record owned by the caller.
 #[inline(always)]
 unsafe fn lineage(event: *mut DecisionEvent, offsets: &KernelOffsets) {
     let task = kernel::current_task();
-    let mnt_ns = mnt_ns_of(task, offsets);
-    let mut child = task;
-    let mut leader = 0u64;
     // SAFETY: per the contract; each place is written through raw pointers.
     unsafe {
         read_comm(
@@ -92,33 +211,21 @@ unsafe fn lineage(event: *mut DecisionEvent, offsets: &KernelOffsets) {
         );
         (*event).ancestors_len = 0;
     }
-    if mnt_ns != 0 {
-        for step in 0..LINEAGE_WALK_MAX {
-            let parent: u64 = kernel::read_or_zero(child, offsets.task_real_parent);
-            // `init_task` is its own parent.
-            if parent == 0 || parent == child {
-                break;
+    let leader = walk(task, offsets, |step, parent| {
+        // `step` is a constant in each pass of the verifier through the
+        // unrolled walk, so this is no branch to it.
+        if step < LINEAGE_MAX {
+            // SAFETY: `step` is in bounds of both arrays; per the contract.
+            unsafe {
+                (*event).ancestor_pids[step] = kernel::read_or_zero(parent, offsets.task_tgid);
+                read_comm(&raw mut (*event).ancestor_comms[step], parent);
+                (*event).ancestors_len = step as u32 + 1;
             }
-            if mnt_ns_of(parent, offsets) != mnt_ns {
-                leader = child;
-                break;
-            }
-            // `step` is a constant in each pass of the verifier through the
-            // unrolled walk, so this is no branch to it.
-            if step < LINEAGE_MAX {
-                // SAFETY: `step` is in bounds of both arrays.
-                unsafe {
-                    (*event).ancestor_pids[step] = kernel::read_or_zero(parent, offsets.task_tgid);
-                    read_comm(&raw mut (*event).ancestor_comms[step], parent);
-                    (*event).ancestors_len = step as u32 + 1;
-                }
-            } else {
-                // SAFETY: per the contract.
-                unsafe { (*event).flags |= event_flags::ANCESTORS_TRUNCATED };
-            }
-            child = parent;
+        } else {
+            // SAFETY: per the contract.
+            unsafe { (*event).flags |= event_flags::ANCESTORS_TRUNCATED };
         }
-    }
+    });
     // A null leader (none found) reads as zeroes.
     let (leader_tgid, nspid, pid_ns) = leader_ids(leader, offsets);
     // SAFETY: per the contract.
@@ -137,9 +244,7 @@ fn leader_ids(task: u64, offsets: &KernelOffsets) -> (u32, u32, u32) {
     let tgid = kernel::read_or_zero(task, offsets.task_tgid);
     let pid: u64 = kernel::read_or_zero(task, task_offset!(task_thread_pid));
     let level: u32 = kernel::read_or_zero(pid, task_offset!(pid_level));
-    let upid = pid
-        + u64::from(task_offset!(pid_numbers))
-        + u64::from(level) * u64::from(task_offset!(upid_size));
+    let upid = upid(pid, level);
     let ns: u64 = kernel::read_or_zero(upid, task_offset!(upid_ns));
     (
         tgid,
@@ -166,6 +271,8 @@ struct Report<'a> {
     rule: u32,
     decision: u32,
     backend: u32,
+    /// Bits of `event_flags` the decision adds.
+    flags: u32,
 }
 
 /// Writes a decision record. `filename` is the `char *` path given to exec,
@@ -224,14 +331,15 @@ fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
         };
         if let Some(len) = copied {
             (*event).path_len = len;
-            (*event).flags = if len as usize == EXEC_PATH_LEN - 1 {
-                event_flags::PATH_TRUNCATED
-            } else {
-                0
-            };
+            (*event).flags = report.flags
+                | if len as usize == EXEC_PATH_LEN - 1 {
+                    event_flags::PATH_TRUNCATED
+                } else {
+                    0
+                };
         } else {
             (*event).path_len = 0;
-            (*event).flags = event_flags::NO_PATH;
+            (*event).flags = report.flags | event_flags::NO_PATH;
         }
         lineage(event, offsets);
     }
@@ -259,6 +367,7 @@ fn drift(
             rule: drift.policy,
             decision,
             backend,
+            flags: drift.flags,
         },
         filename,
         offsets,
@@ -286,6 +395,7 @@ pub(crate) fn vshield(
             rule: hit.rule.rule,
             decision,
             backend,
+            flags: 0,
         },
         filename,
         offsets,

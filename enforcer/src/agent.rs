@@ -635,6 +635,7 @@ fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &Drift
         writable_mounts = verdict(rule.allow_writable_mounts),
         read_only_mounts = "allowed",
         allowed_paths = ?rule.allowed_paths,
+        exec_sessions = if rule.audit_exec_sessions { "audited" } else { "as the mode says" },
         "drift detection"
     );
     let Some(signal) = &attached.signal else {

@@ -146,6 +146,10 @@ pub enum PolicyCommand {
 }
 
 #[derive(Debug, clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "each is a command-line switch of its own"
+)]
 pub struct RunArgs {
     /// Kernel mechanism: `lsm` refuses the exec with EPERM (needs BPF LSM);
     /// `signal` kills the new program with SIGKILL before its first
@@ -178,7 +182,13 @@ pub struct RunArgs {
     #[arg(
         long,
         value_name = "PATH",
-        conflicts_with_all = ["mode", "allow_memfd", "allow_writable_mounts", "allow_path"]
+        conflicts_with_all = [
+            "mode",
+            "allow_memfd",
+            "allow_writable_mounts",
+            "allow_path",
+            "audit_exec_sessions"
+        ]
     )]
     pub policy: Vec<PathBuf>,
 
@@ -216,6 +226,15 @@ pub struct RunArgs {
     /// --allow-memfd).
     #[arg(long, value_name = "GLOB")]
     pub allow_path: Vec<String>,
+
+    /// Audit, not block, drift in exec sessions (`kubectl exec`, `podman
+    /// exec`, `docker exec`): processes under one that entered the running
+    /// container from outside, told in the kernel when the file is about to
+    /// run. A process an exec session leaves behind (orphaned, adopted by
+    /// the container's first process) is the container's own from then on;
+    /// containers in the host's pid namespace have no exec sessions.
+    #[arg(long)]
+    pub audit_exec_sessions: bool,
 
     /// When to track what container processes write on roots that are not
     /// overlayfs (btrfs or zfs snapshotters, bind-mounted directories), where

@@ -55,6 +55,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
             allow_memfd: args.allow_memfd,
             allow_writable_mounts: args.allow_writable_mounts,
             allowed_paths: args.allow_path,
+            audit_exec_sessions: args.audit_exec_sessions,
         })
     } else {
         match load::agent_policy_at(&args.policy) {

@@ -144,8 +144,20 @@ impl Podman {
 
     /// `podman run --rm --name NAME IMAGE ARGS...`, to its end.
     pub fn run(&self, name: &str, image: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.run_with(name, &[], image, args)
+    }
+
+    /// [`Self::run`] with more of `podman run`'s options.
+    pub fn run_with(
+        &self,
+        name: &str,
+        options: &[&str],
+        image: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Output> {
         self.command()
             .args(["run", "--rm", "--network", "none", "--name", name])
+            .args(options)
             .arg(image)
             .args(args)
             .stdin(Stdio::null())

@@ -2,7 +2,10 @@
 //! agent with its OCI hook installed: vShields select containers by image
 //! from their first exec, drift is refused in containers and in exec
 //! sessions, and events name the container, its image, the process lineage
-//! and the session.
+//! and the session; a `DriftPolicy` that audits exec sessions lets a
+//! `podman exec` session run what it dropped, and not the container's own
+//! processes, even when they leave their mount and pid namespaces to look
+//! like a session.
 //!
 //! Needs BPF LSM, Podman and cgroup v2: the VMs of `cargo xtask test`.
 
@@ -42,6 +45,16 @@ spec:
   mode: enforce
   files: [/opt/vuln/echo]
   operations: [exec]
+---
+apiVersion: enforcer.dev/v1alpha1
+kind: DriftPolicy
+metadata:
+  name: debuggable
+spec:
+  selector:
+    images: [localhost/three:*]
+  mode: enforce
+  auditExecSessions: true
 ";
 
 fn describe(output: &Output) -> String {
@@ -91,6 +104,9 @@ fn setup(dir: &Scratch) -> Option<(Podman, Agent)> {
     podman
         .import(&image("two"), "localhost/two:1")
         .expect("importing image two");
+    podman
+        .import(&image("three"), "localhost/three:1")
+        .expect("importing image three");
     let policy = dir.path().join("vshield.yaml");
     fs::write(&policy, POLICY).expect("writing the policy");
     let storage = podman.storage().display().to_string();
@@ -115,9 +131,41 @@ struct Runs {
     two: Output,
     drift: Output,
     exec: Output,
+    /// Drift in an exec session into a container of image three.
+    debug: Output,
+    /// Drift by a container process of image three that made itself look
+    /// like the first process of an exec session.
+    disguised: Output,
 }
 
 const DROP_AND_RUN: &str = "cp /bin/busybox /tmp/dropped && /tmp/dropped echo ran; echo status=$?";
+
+/// A dropped program that runs when allowed: busybox runs the applet it is
+/// named after.
+const DROP_ECHO: &str = "cp /bin/busybox /tmp/echo && /tmp/echo ran; echo status=$?";
+
+/// [`DROP_AND_RUN`] from a process whose parent is in another mount and
+/// pid namespace than its own, as an exec session's first process is (its
+/// parent is Podman's monitor, outside the container), though it descends
+/// from the container's first process: a pid namespace made in a user
+/// namespace (`unshare`), entered (`nsenter`: the child is pid 2 there, not
+/// pid 1), and a mount namespace of its own. Only the cgroup it shares with
+/// its ancestors tells it from a session.
+const DISGUISED: &str = r#"B=/bin/busybox
+$B unshare -Urpfm $B sleep 600 &
+U=$!
+A=
+for try in 1 2 3 4 5 6 7 8 9 10; do
+  for d in /proc/[0-9]*; do
+    read -r line 2>/dev/null < $d/stat || continue
+    set -- $line
+    [ "$4" = "$U" ] && A=$1
+  done
+  [ -n "$A" ] && break
+  $B sleep 1
+done
+$B nsenter -t "$A" -U -p $B unshare -m $B sh -c 'cp /bin/busybox /tmp/dropped && /tmp/dropped echo ran; echo status=$?'
+kill $U"#;
 
 fn run_containers(podman: &Podman) -> Runs {
     // Containers started after the agent: the program is each container's
@@ -145,11 +193,34 @@ fn run_containers(podman: &Podman) -> Runs {
     let exec = podman
         .exec("sleeper", &["sh", "-c", DROP_AND_RUN])
         .expect("running podman exec");
+    // Image three's DriftPolicy audits drift in exec sessions.
+    podman
+        .start(
+            "debugged",
+            "localhost/three:1",
+            &["/bin/busybox", "sleep", "600"],
+        )
+        .expect("starting a container of image three");
+    let debug = podman
+        .exec("debugged", &["sh", "-c", DROP_ECHO])
+        .expect("running podman exec");
+    // Kubernetes runs pods without a seccomp profile unless told to: user
+    // namespaces can be made.
+    let disguised = podman
+        .run_with(
+            "disguised",
+            &["--security-opt", "seccomp=unconfined"],
+            "localhost/three:1",
+            &["sh", "-c", DISGUISED],
+        )
+        .expect("running the disguised container");
     Runs {
         one,
         two,
         drift,
         exec,
+        debug,
+        disguised,
     }
 }
 
@@ -213,6 +284,37 @@ fn image_vshields_decide_from_the_first_exec_and_events_name_container_image_and
     );
     // Drift in an exec session: refused too, and marked as such.
     check_drift(&runs.exec, &stopped, "sleeper", "exec");
+
+    // Image three: drift in an exec session runs, and is reported.
+    let stdout = String::from_utf8_lossy(&runs.debug.stdout);
+    assert!(
+        stdout.contains("ran") && stdout.contains("status=0"),
+        "{}",
+        describe(&runs.debug)
+    );
+    let events = events_of(&stopped, "debugged");
+    assert_eq!(events.len(), 1, "{events:#?}\nlog:\n{log}");
+    let event = events[0];
+    assert_eq!(event["enforcer"]["decision"], "audit", "{event:#}");
+    assert_eq!(event["enforcer"]["session"], "exec", "{event:#}");
+    assert_eq!(event["enforcer"]["exemption"], "exec-session", "{event:#}");
+    assert_eq!(event["rule"]["ruleset"], "debuggable", "{event:#}");
+    assert_eq!(event["file"]["path"], "/tmp/echo", "{event:#}");
+    // A container process of image three that looks like a session's first
+    // process by its namespaces is still the container's: refused.
+    let stdout = String::from_utf8_lossy(&runs.disguised.stdout);
+    assert!(
+        stdout.contains("status=126") && !stdout.contains("ran"),
+        "{}",
+        describe(&runs.disguised)
+    );
+    let events = events_of(&stopped, "disguised");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = events[0];
+    assert_eq!(event["enforcer"]["decision"], "blocked", "{event:#}");
+    assert_eq!(event["enforcer"]["session"], "container", "{event:#}");
+    assert!(event["enforcer"]["exemption"].is_null(), "{event:#}");
+    assert_eq!(event["rule"]["ruleset"], "debuggable", "{event:#}");
 }
 
 /// One drift event for `container`'s dropped program, refused, naming the

@@ -324,6 +324,7 @@ impl Enricher {
                 cgroup_id: e.cgroup_id,
                 lineage: lineage.ancestors,
                 session: lineage.session.map(lineage::Session::as_str),
+                exemption: (e.flags & event_flags::EXEC_SESSION != 0).then_some("exec-session"),
                 path_truncated: e.flags & event_flags::PATH_TRUNCATED != 0,
             },
         }

@@ -118,9 +118,14 @@ pub fn of_event(e: &DecisionEvent, context: Context<'_>) -> Lineage {
                 })
         }
     });
-    let session = (context.in_container && e.leader_tgid != 0)
-        .then(|| session(e, context.init_pid, context.host_pid_ns))
-        .flatten();
+    // The kernel told it itself when its decision depended on it.
+    let session = if e.flags & event_flags::EXEC_SESSION != 0 {
+        Some(Session::Exec)
+    } else {
+        (context.in_container && e.leader_tgid != 0)
+            .then(|| session(e, context.init_pid, context.host_pid_ns))
+            .flatten()
+    };
     Lineage {
         parent_name: Some(comm_string(&e.parent_comm)).filter(|name| !name.is_empty()),
         parent_executable: ancestors
@@ -324,6 +329,19 @@ mod tests {
         e.leader_tgid = 0;
         let lineage = of_event(&e, RECORD_ONLY);
         assert_eq!((lineage.leader, lineage.session), (None, None));
+    }
+
+    #[test]
+    fn the_kernels_own_finding_of_an_exec_session_stands() {
+        // The kernel audited drift because it found an exec session: that
+        // is what the record says, whatever the hook named.
+        let mut e = event(&[(20, "sh")], 1, 1);
+        e.flags |= event_flags::EXEC_SESSION;
+        let hooked = Context {
+            init_pid: Some(20),
+            ..RECORD_ONLY
+        };
+        assert_eq!(of_event(&e, hooked).session, Some(Session::Exec));
     }
 
     #[test]

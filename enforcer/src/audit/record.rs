@@ -227,6 +227,10 @@ pub struct Enforcer {
     /// sessions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<&'static str>,
+    /// Why a drift the mode enforces was only audited: `exec-session` (the
+    /// `DriftPolicy` audits drift in exec sessions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exemption: Option<&'static str>,
     /// Set when the path was longer than the kernel buffer and was cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,

@@ -127,6 +127,10 @@ const PID_NUMBERS: Field = field("pid", "numbers", Width::Bytes(0));
 const UPID_NR: Field = field("upid", "nr", Width::Bytes(4));
 const UPID_NS: Field = field("upid", "ns", Width::Pointer);
 const PID_NAMESPACE_INUM: Field = field("pid_namespace", "ns.inum", Width::Bytes(4));
+const TASK_CGROUPS: Field = field("task_struct", "cgroups", Width::Pointer);
+const CSS_SET_DFL_CGRP: Field = field("css_set", "dfl_cgrp", Width::Pointer);
+const CGROUP_KN: Field = field("cgroup", "kn", Width::Pointer);
+const KERNFS_NODE_ID: Field = field("kernfs_node", "id", Width::Bytes(8));
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -492,8 +496,8 @@ impl KernelBtf {
         ))
     }
 
-    /// What the signal backend's `mmap` check reads: the descriptor table
-    /// and the system call argument registers. Optional.
+    /// What the lineage walk of decision records and the exec-session
+    /// check read: tasks' names, pid namespaces and cgroups.
     fn task_offsets(&self) -> Result<TaskOffsets, LayoutError> {
         let core = |field| self.core(field);
         let (btf, searched) = self.vmlinux_types();
@@ -521,6 +525,10 @@ impl KernelBtf {
             upid_nr: core(UPID_NR)?,
             upid_ns: core(UPID_NS)?,
             pid_namespace_inum: core(PID_NAMESPACE_INUM)?,
+            task_cgroups: core(TASK_CGROUPS)?,
+            css_set_dfl_cgrp: core(CSS_SET_DFL_CGRP)?,
+            cgroup_kn: core(CGROUP_KN)?,
+            kernfs_node_id: core(KERNFS_NODE_ID)?,
         })
     }
 
@@ -859,6 +867,10 @@ mod tests {
             ("pid.numbers", task.pid_numbers),
             ("upid.ns", task.upid_ns),
             ("pid_namespace.ns.inum", task.pid_namespace_inum),
+            ("task_struct.cgroups", task.task_cgroups),
+            ("css_set.dfl_cgrp", task.css_set_dfl_cgrp),
+            ("cgroup.kn", task.cgroup_kn),
+            ("kernfs_node.id", task.kernfs_node_id),
         ] {
             assert_ne!(value, 0, "{name}");
         }

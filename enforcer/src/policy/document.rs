@@ -120,6 +120,11 @@ pub struct DriftPolicySpec {
     /// Allow executables on writable mounts other than the root filesystem.
     #[serde(default)]
     pub allow_writable_mounts: bool,
+    /// Audit, not block, drift in exec sessions (`kubectl exec`, `podman
+    /// exec`): processes under one that entered the running container from
+    /// outside. Decided in the kernel when the file is about to run.
+    #[serde(default)]
+    pub audit_exec_sessions: bool,
 }
 
 /// What a vShield stops the vulnerable files from doing.

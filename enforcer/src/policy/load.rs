@@ -609,6 +609,7 @@ fn drift_rule(spec: &DriftPolicySpec) -> DriftRule {
         },
         allow_memfd: spec.allow_memfd,
         allow_writable_mounts: spec.allow_writable_mounts,
+        audit_exec_sessions: spec.audit_exec_sessions,
         allowed_paths: spec
             .allowed_paths
             .iter()
@@ -1013,7 +1014,10 @@ spec:
         let one = load(&[write(
             &dir,
             "d.yaml",
-            &DRIFT.replace("spec:\n", "spec:\n  mode: audit\n  allowMemfd: true\n"),
+            &DRIFT.replace(
+                "spec:\n",
+                "spec:\n  mode: audit\n  allowMemfd: true\n  auditExecSessions: true\n",
+            ),
         )])
         .expect("valid");
         let policy = agent_policy(&one).expect("enforceable");
@@ -1025,6 +1029,7 @@ spec:
                 allow_memfd: true,
                 allow_writable_mounts: false,
                 allowed_paths: vec!["/opt/plugins/*.so".to_owned()],
+                audit_exec_sessions: true,
             }
         );
         // Without a DriftPolicy: the built-in one.

@@ -63,6 +63,10 @@ pub struct DriftRule {
     /// Globs over a file's path in its container: matching files may run
     /// although they are not from the image (see [`paths`]).
     pub allowed_paths: Vec<String>,
+    /// Drift in exec sessions (a process under one that entered the running
+    /// container from outside: `kubectl exec`) is audited where `mode`
+    /// enforces.
+    pub audit_exec_sessions: bool,
 }
 
 impl DriftRule {
@@ -73,6 +77,7 @@ impl DriftRule {
             allow_memfd: false,
             allow_writable_mounts: false,
             allowed_paths: Vec::new(),
+            audit_exec_sessions: false,
         }
     }
 }
@@ -208,6 +213,9 @@ fn settings(rule: &DriftRule, bit: u32) -> DriftSettings {
     }
     if !rule.allowed_paths.is_empty() {
         flags |= drift_flags::ALLOW_PATHS;
+    }
+    if rule.audit_exec_sessions {
+        flags |= drift_flags::AUDIT_EXEC_SESSIONS;
     }
     DriftSettings {
         mode: match rule.mode {
@@ -412,6 +420,39 @@ mod tests {
                 | drift_flags::ALLOW_PATHS
         );
         assert!(paths::accepts(&compiled.path_dfa, b"/opt/plugins/a.so"));
+    }
+
+    #[test]
+    fn exec_sessions_are_audited_under_the_strictest_policy_only_if_every_one_audits_them() {
+        let sessions = DriftRule {
+            audit_exec_sessions: true,
+            ..DriftRule::strict(Mode::Enforce)
+        };
+        let selected = |rule: &DriftRule| SelectedDrift {
+            name: "debuggable".to_owned(),
+            selector: ContainerSelector::images(&["tools:*"]),
+            rule: rule.clone(),
+        };
+        let compiled = compile(&Policy {
+            selected_drift: vec![selected(&DriftRule::strict(Mode::Enforce))],
+            ..Policy::builtin(sessions.clone())
+        })
+        .unwrap();
+        assert_eq!(
+            compiled.drift_all_containers.flags,
+            drift_flags::AUDIT_EXEC_SESSIONS
+        );
+        assert_eq!(compiled.drift_selected[0].flags, 0);
+        assert_eq!(compiled.drift_unknown.flags, 0);
+        let compiled = compile(&Policy {
+            selected_drift: vec![selected(&sessions)],
+            ..Policy::builtin(sessions.clone())
+        })
+        .unwrap();
+        assert_eq!(
+            compiled.drift_unknown.flags,
+            drift_flags::AUDIT_EXEC_SESSIONS
+        );
     }
 
     #[test]
