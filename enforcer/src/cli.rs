@@ -306,3 +306,30 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Parser as _, error::ErrorKind};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn exec_sessions_are_audited_by_a_switch_of_the_built_in_policy_only() {
+        let cli = Cli::try_parse_from(["enforcer", "run", "--audit-exec-sessions"])
+            .expect("a switch of run");
+        let Command::Run(args) = cli.command else {
+            panic!("not run: {:?}", cli.command);
+        };
+        assert!(args.audit_exec_sessions);
+        // With policy files, their DriftPolicies say it.
+        let error = Cli::try_parse_from([
+            "enforcer",
+            "run",
+            "--policy",
+            "policy.yaml",
+            "--audit-exec-sessions",
+        ])
+        .expect_err("conflicts with --policy");
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+    }
+}
