@@ -94,7 +94,15 @@ pub fn of_event(e: &DecisionEvent, context: Context<'_>) -> Lineage {
         && e.flags & event_flags::ANCESTORS_TRUNCATED != 0
         && let Some((_, next)) = stat(proc, last.pid)
     {
-        let more = ancestors_in(proc, next, e.mnt_ns, DEPTH_MAX - ancestors.len());
+        let more = ancestors_in(
+            proc,
+            next,
+            Edge {
+                leader: e.leader_tgid,
+                mnt_ns: e.mnt_ns,
+            },
+            DEPTH_MAX - ancestors.len(),
+        );
         ancestors.extend(more);
     }
     let leader = (e.leader_tgid != 0).then(|| {
@@ -190,14 +198,14 @@ fn stat(proc: &Path, pid: u32) -> Option<(String, u32)> {
         .and_then(|stat| parse_stat(&stat))
 }
 
-/// Up to `max` ancestors from `parent` up, nearest first, that are in mount
-/// namespace `mnt_ns`, read from the proc filesystem at `proc`; an ancestor
+/// Up to `max` ancestors from `parent` up, nearest first, as far as the
+/// container's `edge`, read from the proc filesystem at `proc`; an ancestor
 /// that has exited ends the walk.
-fn ancestors_in(proc: &Path, parent: u32, mnt_ns: u32, max: usize) -> Vec<Ancestor> {
+fn ancestors_in(proc: &Path, parent: u32, edge: Edge, max: usize) -> Vec<Ancestor> {
     let mut out = Vec::new();
     let mut pid = parent;
     while pid != 0 && out.len() < max {
-        if namespace(proc, pid, "mnt") != Some(mnt_ns) {
+        if edge.leader == 0 && namespace(proc, pid, "mnt") != Some(edge.mnt_ns) {
             break;
         }
         let Some((name, next)) = stat(proc, pid) else {
@@ -208,9 +216,24 @@ fn ancestors_in(proc: &Path, parent: u32, mnt_ns: u32, max: usize) -> Vec<Ancest
             name,
             executable: exe(proc, pid),
         });
+        if pid == edge.leader {
+            break;
+        }
         pid = next;
     }
     out
+}
+
+/// Where the container's part of a process tree ends, for the walk through
+/// `/proc`.
+#[derive(Clone, Copy)]
+struct Edge {
+    /// The entry leader the kernel found (it also follows ancestors that
+    /// left the mount namespace: see the kernel's walk), 0 when it found
+    /// none within its reach.
+    leader: u32,
+    /// Without a leader: the mount namespace the ancestors share.
+    mnt_ns: u32,
 }
 
 /// The inode of process `pid`'s namespace of `kind` (`mnt`, `pid`).
@@ -391,6 +414,25 @@ mod tests {
         let pids: Vec<u32> = lineage.ancestors.iter().map(|a| a.pid).collect();
         assert_eq!(pids, [20, 15, 12]);
         assert_eq!(lineage.leader.map(|a| a.name).as_deref(), Some("sh"));
+        // 15 left the mount namespace (`unshare -m`): the kernel's leader
+        // still says where the container ends.
+        std::fs::remove_file(proc.join("15/ns/mnt")).unwrap();
+        symlink("mnt:[9]", proc.join("15/ns/mnt")).unwrap();
+        let pids: Vec<u32> = of_event(&e, context)
+            .ancestors
+            .iter()
+            .map(|a| a.pid)
+            .collect();
+        assert_eq!(pids, [20, 15, 12]);
+        // Without one (a tree deeper than the kernel walks), the mount
+        // namespace does.
+        e.leader_tgid = 0;
+        let pids: Vec<u32> = of_event(&e, context)
+            .ancestors
+            .iter()
+            .map(|a| a.pid)
+            .collect();
+        assert_eq!(pids, [20]);
         let _ = std::fs::remove_dir_all(&proc);
     }
 
