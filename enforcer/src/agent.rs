@@ -25,9 +25,10 @@ use crate::{
     backend::{self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes},
     container::{
         self, CgroupIndex,
+        cri::{self, CriError},
         kubernetes::{self, KubernetesError, SharedPods},
         podman::PodmanStore,
-        registry::{Catalog, HookState, Registry},
+        registry::{Catalog, Change, HookState, Registry},
     },
     control::{ControlSocket, FlushedReply, PlacedReply, Query, Reply, Request, VShieldsReply},
     kernel::{
@@ -63,8 +64,17 @@ pub struct RunOptions {
     pub image_stores: Vec<String>,
     /// Where to answer `enforcer vshield list` and OCI hooks.
     pub control_socket: PathBuf,
+    /// Where containers are named from.
+    pub sources: Sources,
+}
+
+/// Where containers are named from, beside their cgroups.
+#[derive(Clone, Debug)]
+pub struct Sources {
     /// Podman's storage root.
     pub podman_storage: PathBuf,
+    /// CRI runtimes' sockets to read containers from.
+    pub cri_sockets: Vec<PathBuf>,
     /// Watch this node's pods in the Kubernetes API.
     pub kubernetes: Option<KubernetesOptions>,
 }
@@ -89,6 +99,8 @@ pub enum AgentError {
     Host(#[from] HostError),
     #[error(transparent)]
     Kubernetes(#[from] KubernetesError),
+    #[error(transparent)]
+    Cri(CriError),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
@@ -209,11 +221,10 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let names = PolicyTable::default();
     let mut active = ActiveVShields::new(names.clone());
     apply_drift(&mut ebpf, &compiled, &policy, &mut active)?;
-    let (mut registry, cgroups, mut pod_changes) = containers(
+    let (mut registry, cgroups, mut changes) = containers(
         &mut ebpf,
         &mut active,
-        &options.podman_storage,
-        options.kubernetes.as_ref(),
+        &options.sources,
         policy.selects_from_the_api(),
     )
     .await?;
@@ -264,7 +275,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sighup.recv() => Some(Trigger::Sighup),
-            changed = watches.next() => Some(match changed {
+            policy_or_store = watches.next() => Some(match policy_or_store {
                 Changed::Policy => Trigger::Watch,
                 Changed::ImageStores => Trigger::ImageStores,
             }),
@@ -278,8 +289,8 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
                 }
                 None
             }
-            Some(uids) = pod_changes.recv() => {
-                registry.pods_changed(&uids).place_or_log(&mut ebpf, &mut active);
+            change = changes.next() => {
+                registry.changed(&change).place_or_log(&mut ebpf, &mut active);
                 None
             }
             _ = rediscover.tick() => {
@@ -435,28 +446,65 @@ fn load(
 async fn containers(
     ebpf: &mut aya::Ebpf,
     active: &mut ActiveVShields,
-    podman_storage: &std::path::Path,
-    kubernetes: Option<&KubernetesOptions>,
+    options: &Sources,
     labels_selected: bool,
-) -> Result<(Registry, Arc<Mutex<CgroupIndex>>, PodChanges), AgentError> {
-    let (pods, pod_changes) = watch_pods(kubernetes, labels_selected).await?;
+) -> Result<(Registry, Arc<Mutex<CgroupIndex>>, Changes), AgentError> {
+    let (pods, pod_changes) = watch_pods(options.kubernetes.as_ref(), labels_selected).await?;
+    let (sender, container_changes) = mpsc::unbounded_channel();
+    let cri = cri::start(&options.cri_sockets, &sender).map_err(AgentError::Cri)?;
+    keep_open(sender);
     let cgroups = Arc::new(Mutex::new(cgroup_index()));
     let mut registry = Registry::new(
         cgroups.clone(),
         Catalog::default(),
-        PodmanStore::new(podman_storage),
+        PodmanStore::new(&options.podman_storage),
     );
     if let Some(pods) = pods {
         registry = registry.with_pods(pods);
     }
+    if let Some(cri) = cri {
+        registry = registry.with_cri(cri);
+    }
     let discovery = registry.discover();
     tracing::info!(
         containers = discovery.found.len(),
-        podman_storage = %podman_storage.display(),
+        podman_storage = %options.podman_storage.display(),
         "containers found from their cgroups"
     );
     discovery.place(ebpf, active)?;
-    Ok((registry, cgroups, pod_changes))
+    let changes = Changes {
+        pods: pod_changes,
+        containers: container_changes,
+    };
+    Ok((registry, cgroups, changes))
+}
+
+/// What the sources of container metadata report as changed.
+#[derive(Debug)]
+struct Changes {
+    /// The UIDs of pods the Kubernetes API reported changes of.
+    pods: PodChanges,
+    /// The ids of containers a CRI runtime reported changes of.
+    containers: mpsc::UnboundedReceiver<BTreeSet<String>>,
+}
+
+impl Changes {
+    /// The next change reported; cancel-safe.
+    async fn next(&mut self) -> Change {
+        tokio::select! {
+            Some(uids) = self.pods.recv() => Change::Pods(uids),
+            Some(ids) = self.containers.recv() => Change::Containers(ids),
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// Keeps `sender`'s receiver open (and quiet) after its sources have gone
+/// or were never started.
+fn keep_open<T: Send + 'static>(sender: mpsc::UnboundedSender<T>) {
+    tokio::spawn(async move {
+        sender.closed().await;
+    });
 }
 
 /// The UIDs of pods the Kubernetes API reported changes of.
@@ -486,10 +534,7 @@ async fn watch_pods(
                  every pod's containers"
             );
         }
-        // Kept by the task so that the receiver stays open and quiet.
-        tokio::spawn(async move {
-            sender.closed().await;
-        });
+        keep_open(sender);
         return Ok((None, changes));
     };
     let client = kubernetes::client(options.kubeconfig.as_deref()).await?;

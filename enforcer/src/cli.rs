@@ -282,6 +282,24 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", default_value = crate::container::podman::DEFAULT_STORAGE)]
     pub podman_storage: PathBuf,
 
+    /// A CRI runtime's socket (containerd's CRI plugin, CRI-O; repeatable),
+    /// asked for the names, images and pods (namespace, name, labels) of its
+    /// containers: Kubernetes containers are then selected by image,
+    /// namespace and pod labels without the Kubernetes API. A socket that
+    /// does not exist (a runtime this node does not run) is looked for again
+    /// every 5 s.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_values_t = crate::container::cri::DEFAULT_SOCKETS.iter().map(|s| (*s).to_owned()),
+        conflicts_with = "no_cri"
+    )]
+    pub cri_socket: Vec<String>,
+
+    /// Do not read any CRI runtime's socket.
+    #[arg(long)]
+    pub no_cri: bool,
+
     /// This node's name, as Kubernetes knows it: the agent then watches the
     /// pods the API server schedules here (field selector
     /// `spec.nodeName=NODE`) for their namespaces, labels, container names

@@ -81,11 +81,21 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         btf: args.btf,
         image_stores: args.image_store,
         control_socket: args.control_socket,
-        podman_storage: args.podman_storage,
-        kubernetes: args.kubernetes_node.map(|node| agent::KubernetesOptions {
-            node,
-            kubeconfig: args.kubeconfig,
-        }),
+        sources: agent::Sources {
+            podman_storage: args.podman_storage,
+            cri_sockets: if args.no_cri {
+                Vec::new()
+            } else {
+                args.cri_socket
+                    .iter()
+                    .map(std::path::PathBuf::from)
+                    .collect()
+            },
+            kubernetes: args.kubernetes_node.map(|node| agent::KubernetesOptions {
+                node,
+                kubeconfig: args.kubeconfig,
+            }),
+        },
     }))?;
     Ok(())
 }

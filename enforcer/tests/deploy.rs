@@ -133,6 +133,12 @@ fn the_agent_accepts_its_arguments_and_what_they_name_is_mounted() {
             "{store} is not mounted"
         );
     }
+    for socket in &run.cri_socket {
+        assert!(
+            mounted(std::path::Path::new(socket)),
+            "{socket} is not mounted"
+        );
+    }
     for required in ["/host/cgroup", "/sys/kernel/security"] {
         assert!(mounts.contains(&PathBuf::from(required)), "{required}");
     }

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod container;
+pub mod cri;
 pub mod kubernetes;
 pub mod podman;
 pub mod require;

@@ -94,6 +94,17 @@ impl Podman {
 
     /// Imports the image directory as `reference` (`localhost/NAME:TAG`).
     pub fn import(&self, image: &Image, reference: &str) -> anyhow::Result<()> {
+        self.import_with(image, reference, &[])
+    }
+
+    /// [`Self::import`] with Dockerfile instructions for the image's
+    /// configuration (`podman import --change`, e.g. `CMD [...]`).
+    pub fn import_with(
+        &self,
+        image: &Image,
+        reference: &str,
+        changes: &[&str],
+    ) -> anyhow::Result<()> {
         let tar = self.dir.path().join("image.tar");
         let status = Command::new("tar")
             .arg("-C")
@@ -110,6 +121,7 @@ impl Podman {
             .command()
             .arg("import")
             .arg("--quiet")
+            .args(changes.iter().flat_map(|change| ["--change", change]))
             .arg(&tar)
             .arg(reference)
             .output()
@@ -118,6 +130,25 @@ impl Podman {
         if !output.status.success() {
             bail!(
                 "podman import {reference} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes image `reference` to `archive` (`podman save`, Docker's
+    /// archive format, which names the image).
+    pub fn save(&self, reference: &str, archive: &Path) -> anyhow::Result<()> {
+        let output = self
+            .command()
+            .args(["save", "--quiet", "--format", "docker-archive", "--output"])
+            .arg(archive)
+            .arg(reference)
+            .output()
+            .context("running podman save")?;
+        if !output.status.success() {
+            bail!(
+                "podman save {reference} failed: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }

@@ -20,6 +20,9 @@ pub enum Requirement {
     Podman,
     /// A cgroup v2 hierarchy is mounted (containers in named groups).
     Cgroup2,
+    /// containerd runs containers through its CRI plugin (installed,
+    /// cgroup v2).
+    Containerd,
 }
 
 impl Requirement {
@@ -29,6 +32,7 @@ impl Requirement {
             Self::Lsm => "lsm",
             Self::Podman => "podman",
             Self::Cgroup2 => "cgroup2",
+            Self::Containerd => "containerd",
         }
     }
 

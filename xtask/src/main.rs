@@ -217,7 +217,7 @@ fn test(workspace: &Path, kernels: &[&KernelSpec], vm_jobs: usize) -> anyhow::Re
         ("ENFORCER_BIN", agent.display().to_string()),
         (
             "ENFORCER_TEST_REQUIRE",
-            "root,lsm,podman,cgroup2".to_owned(),
+            "root,lsm,podman,cgroup2,containerd".to_owned(),
         ),
         ("RUST_BACKTRACE", "1".to_owned()),
     ];

@@ -25,7 +25,8 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 /// Debian packages for the tests: QEMU for the kernel VMs, a static busybox
 /// for test container images (and virtme-ng's initramfs), kmod for depmod,
-/// Podman and crun for real containers in the VMs, rpm (rpmbuild) for an
+/// Podman and crun for real containers in the VMs, containerd (with runc)
+/// for Kubernetes' runtime driven over its CRI API, rpm (rpmbuild) for an
 /// image with an rpm database, and Berkeley DB's `db_load` for one with
 /// rpm's older Berkeley DB database.
 const TEST_PACKAGES: &[&str] = &[
@@ -34,6 +35,7 @@ const TEST_PACKAGES: &[&str] = &[
     "kmod",
     "podman",
     "crun",
+    "containerd",
     "rpm",
     "db5.3-util",
 ];

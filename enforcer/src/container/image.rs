@@ -48,6 +48,25 @@ impl ImageRef {
         })
     }
 
+    /// `image` (a reference as the runtime resolved it) with what
+    /// `image_ref` adds: the digest of `name@sha256:...`, or the runtime's
+    /// image id when it is a bare `sha256:...` (not a manifest digest). The
+    /// Kubernetes API's `imageID` and the CRI's `image_ref` take both forms,
+    /// by runtime. Pure.
+    pub fn with_reference(image: &str, image_ref: &str) -> Option<Self> {
+        let mut resolved = Self::parse(image)?;
+        let image_ref = image_ref.trim();
+        let image_ref = image_ref
+            .strip_prefix("docker-pullable://")
+            .unwrap_or(image_ref);
+        if let Some((_, digest)) = image_ref.split_once('@') {
+            resolved.digest.get_or_insert_with(|| digest.to_owned());
+        } else if !image_ref.is_empty() && image_ref != image {
+            resolved.id = Some(image_ref.to_owned());
+        }
+        Some(resolved)
+    }
+
     /// The names a user may write for this repository: as reported, and
     /// Docker Hub's short forms (`docker.io/library/nginx` is also
     /// `library/nginx` and `nginx`).

@@ -81,20 +81,9 @@ fn container_id(status: &ContainerStatus) -> Option<String> {
 }
 
 /// `status.image` (what the runtime resolved the spec's image to) with the
-/// digest of `status.imageID` (`name@sha256:...`; a bare `sha256:...` is
-/// the image's id, not a manifest digest).
+/// digest (or image id) of `status.imageID`.
 fn status_image(status: &ContainerStatus) -> Option<ImageRef> {
-    let mut image = ImageRef::parse(&status.image)?;
-    let image_id = status.image_id.trim();
-    let image_id = image_id
-        .strip_prefix("docker-pullable://")
-        .unwrap_or(image_id);
-    if let Some((_, digest)) = image_id.split_once('@') {
-        image.digest.get_or_insert_with(|| digest.to_owned());
-    } else if !image_id.is_empty() {
-        image.id = Some(image_id.to_owned());
-    }
-    Some(image)
+    ImageRef::with_reference(&status.image, &status.image_id)
 }
 
 /// What the agent keeps of `pod`; `None` for an object without a UID,

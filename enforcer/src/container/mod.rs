@@ -13,6 +13,7 @@
 //! [`CgroupIndex`] maps cgroup ids to paths by reading the cgroup v2 tree,
 //! where a group's id is its directory's inode number.
 
+pub mod cri;
 pub mod image;
 pub mod kubernetes;
 pub mod podman;

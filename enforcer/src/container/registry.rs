@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CgroupContainer, CgroupIndex, ContainerInfo, PodRef, Runtime, from_annotations,
+    CgroupContainer, CgroupIndex, ContainerInfo, PodRef, Runtime, cri::CriHandle, from_annotations,
     from_cgroup_path, kubernetes::SharedPods, podman::PodmanStore,
 };
 
@@ -96,6 +96,15 @@ impl Discovery {
     }
 }
 
+/// What a source of container metadata reported as changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The Kubernetes API: these pods (by UID).
+    Pods(BTreeSet<String>),
+    /// A CRI runtime: these containers (by id).
+    Containers(BTreeSet<String>),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("container {id}: reading /proc/{pid}/cgroup: {source}")]
@@ -130,6 +139,11 @@ pub struct Registry {
     unnamed: BTreeSet<String>,
     /// The node's pods, when the agent watches the Kubernetes API.
     pods: Option<SharedPods>,
+    /// The CRI runtimes' containers, when the agent reads their sockets.
+    cri: Option<CriHandle>,
+    /// Containers handed out without an image that the CRI runtimes were
+    /// asked about.
+    asked: BTreeSet<String>,
 }
 
 impl Registry {
@@ -141,7 +155,16 @@ impl Registry {
             groups: HashMap::new(),
             unnamed: BTreeSet::new(),
             pods: None,
+            cri: None,
+            asked: BTreeSet::new(),
         }
+    }
+
+    /// Names Kubernetes containers from what their CRI runtime reports.
+    #[must_use]
+    pub fn with_cri(mut self, cri: CriHandle) -> Self {
+        self.cri = Some(cri);
+        self
     }
 
     /// Names containers from the pods the Kubernetes API reports as well.
@@ -151,37 +174,58 @@ impl Registry {
         self
     }
 
+    /// The containers `change` concerns, described again.
+    pub fn changed(&mut self, change: &Change) -> Discovery {
+        match change {
+            Change::Pods(uids) => self.pods_changed(uids),
+            Change::Containers(ids) => self.containers_changed(ids),
+        }
+    }
+
     /// The Kubernetes API reported changes to the pods `uids` (added,
     /// relabelled, a container started, deleted): their running containers,
     /// described again, with all their live groups.
     pub fn pods_changed(&mut self, uids: &BTreeSet<String>) -> Discovery {
+        let pods = self.pods.clone();
+        self.describe_again(|id, info| {
+            let pod_uid = info.pod.as_ref().and_then(|pod| pod.uid.as_ref());
+            let pods = pods
+                .as_ref()
+                .map(|pods| pods.lock().unwrap_or_else(PoisonError::into_inner));
+            let reported = pods
+                .as_ref()
+                .and_then(|pods| pods.of_container(id))
+                .map(|(pod, _)| &pod.uid);
+            [pod_uid, reported]
+                .into_iter()
+                .flatten()
+                .any(|uid| uids.contains(uid))
+        })
+    }
+
+    /// A CRI runtime reported changes to the containers `ids`: those that
+    /// run, described again, with all their live groups.
+    pub fn containers_changed(&mut self, ids: &BTreeSet<String>) -> Discovery {
+        self.describe_again(|id, _| ids.contains(id))
+    }
+
+    /// The running containers `affected` picks (by id and what is known of
+    /// them), described again, with all their live groups.
+    fn describe_again(&mut self, affected: impl Fn(&str, &ContainerInfo) -> bool) -> Discovery {
         let mut live: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
         for (cgroup, id) in &self.groups {
             live.entry(id.clone()).or_default().insert(*cgroup);
         }
         let affected: Vec<(CgroupContainer, BTreeSet<u64>)> = {
             let catalog = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
-            let pods = self
-                .pods
-                .as_ref()
-                .map(|pods| pods.lock().unwrap_or_else(PoisonError::into_inner));
             live.into_iter()
                 .filter_map(|(id, cgroups)| {
                     let info = catalog.get(&id)?;
-                    let pod_uid = info.pod.as_ref().and_then(|pod| pod.uid.clone());
-                    let reported = pods
-                        .as_ref()
-                        .and_then(|pods| pods.of_container(&id))
-                        .map(|(pod, _)| pod.uid.clone());
-                    let affected = [&pod_uid, &reported]
-                        .into_iter()
-                        .flatten()
-                        .any(|uid| uids.contains(uid));
-                    affected.then(|| {
+                    affected(&id, info).then(|| {
                         let container = CgroupContainer {
-                            id,
                             runtime: info.runtime,
-                            pod_uid,
+                            pod_uid: info.pod.as_ref().and_then(|pod| pod.uid.clone()),
+                            id,
                         };
                         (container, cgroups)
                     })
@@ -243,6 +287,7 @@ impl Registry {
         }
         let ids: BTreeSet<&String> = self.groups.values().collect();
         self.unnamed.retain(|id| ids.contains(id));
+        self.asked.retain(|id| ids.contains(id));
         let mut catalog = self.catalog.lock().unwrap_or_else(PoisonError::into_inner);
         if catalog.len() > CATALOG_MAX {
             catalog.retain(|id, _| ids.contains(id));
@@ -295,6 +340,7 @@ impl Registry {
         );
         let mut info = match from_annotations(id, runtime, &state.annotations) {
             Some(mut info) => {
+                self.add_cri(&mut info);
                 self.add_pod(&mut info);
                 info
             }
@@ -321,7 +367,16 @@ impl Registry {
             self.groups.insert(*cgroup, info.id.clone());
         }
         if info.image.is_none() {
-            if self.unnamed.insert(info.id.clone()) {
+            // A Kubernetes runtime is asked first; the warning comes when it
+            // has answered without naming the image.
+            let ask = self.cri.as_ref().filter(|_| {
+                matches!(info.runtime, Runtime::Containerd | Runtime::CriO)
+                    && !self.asked.contains(&info.id)
+            });
+            if let Some(cri) = ask {
+                cri.look_up(&info.id);
+                self.asked.insert(info.id.clone());
+            } else if self.unnamed.insert(info.id.clone()) {
                 tracing::warn!(
                     container.id = %info.id,
                     container.runtime = info.runtime.as_str(),
@@ -343,8 +398,17 @@ impl Registry {
     /// what the Kubernetes API says of its pod.
     fn describe(&mut self, container: &CgroupContainer) -> ContainerInfo {
         let mut info = self.recorded(container);
+        self.add_cri(&mut info);
         self.add_pod(&mut info);
         info
+    }
+
+    /// What the container's CRI runtime reported fills in what the other
+    /// records do not say, and names the pod's labels.
+    fn add_cri(&self, info: &mut ContainerInfo) {
+        if let Some(found) = self.cri.as_ref().and_then(|cri| cri.get(&info.id)) {
+            found.fill(info);
+        }
     }
 
     /// What the Kubernetes API says of the pod of `info`'s container (found
@@ -497,6 +561,85 @@ mod tests {
         }
         registry.discover();
         assert!(catalog.lock().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_container_the_cri_runtime_names_is_described_again_with_its_pod() {
+        use crate::container::cri::{self, CriHandle};
+
+        let root =
+            std::env::temp_dir().join(format!("enforcer-registry-cri-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let uid = "0d1f2e3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+        let group = root.join(format!("kubepods/besteffort/pod{uid}/{ID}"));
+        std::fs::create_dir_all(&group).unwrap();
+        let index = Arc::new(Mutex::new(CgroupIndex::new(Some(root.clone()))));
+        let (handle, mut asked) = CriHandle::answered_by_test();
+        let containers = handle.containers.clone();
+        let mut registry = Registry::new(
+            index,
+            Catalog::default(),
+            PodmanStore::new(&root.join("no-podman-here")),
+        )
+        .with_cri(handle);
+        // Found from its cgroup: only its id and pod UID are known, and the
+        // runtime is asked about it, once.
+        let found = registry.discover();
+        assert_eq!(found.found.len(), 1);
+        assert_eq!(found.found[0].info.image, None);
+        assert_eq!(asked.try_recv().unwrap(), ID);
+        assert!(registry.discover().found.is_empty());
+        assert!(asked.try_recv().is_err());
+        // The runtime reports it.
+        let status = cri::api::ContainerStatus {
+            id: ID.to_owned(),
+            metadata: Some(cri::api::ContainerMetadata {
+                name: "nginx".to_owned(),
+                attempt: 0,
+            }),
+            image: Some(cri::api::ImageSpec {
+                image: "docker.io/library/nginx:1.25".to_owned(),
+                user_specified_image: String::new(),
+            }),
+            ..Default::default()
+        };
+        let sandbox = cri::api::PodSandbox {
+            id: "sandbox".to_owned(),
+            metadata: Some(cri::api::PodSandboxMetadata {
+                name: "web-0".to_owned(),
+                uid: uid.to_owned(),
+                namespace: "shop".to_owned(),
+                attempt: 0,
+            }),
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+        };
+        let reported = cri::container(Runtime::Containerd, &status, Some(&sandbox));
+        let ids = containers
+            .lock()
+            .unwrap()
+            .replace(Runtime::Containerd, [(ID.to_owned(), reported)].into());
+        let again = registry.changed(&Change::Containers(ids));
+        assert_eq!(again.found.len(), 1);
+        let info = &again.found[0].info;
+        assert_eq!(info.name.as_deref(), Some("nginx"));
+        assert_eq!(
+            info.image.as_ref().unwrap().to_string(),
+            "docker.io/library/nginx:1.25"
+        );
+        let pod = info.pod.as_ref().unwrap();
+        assert_eq!(
+            (pod.namespace.as_deref(), pod.uid.as_deref()),
+            (Some("shop"), Some(uid))
+        );
+        assert_eq!(pod.labels.as_ref().unwrap()["app"], "web");
+        // A change of another container leaves this one alone.
+        assert!(
+            registry
+                .changed(&Change::Containers(["other".to_owned()].into()))
+                .found
+                .is_empty()
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }
