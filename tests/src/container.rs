@@ -52,6 +52,22 @@ impl Drop for Scratch {
     }
 }
 
+/// A scratch directory with a fresh tmpfs mounted on it: a container
+/// runtime's storage (overlayfs needs an upper layer that is not itself on
+/// overlayfs, as the VMs' /tmp is). The caller unmounts it.
+pub fn tmpfs_scratch(what: &str) -> anyhow::Result<Scratch> {
+    let dir = Scratch::new(what)?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!("mounting a tmpfs at {} failed", dir.path().display());
+    }
+    Ok(dir)
+}
+
 /// A container image: the read-only lower layer.
 #[derive(Debug)]
 pub struct Image {

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -20,7 +20,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
-    container::Scratch,
+    container::{Scratch, tmpfs_scratch},
     podman::Podman,
     require::{self, Requirement},
 };
@@ -206,29 +206,10 @@ impl Containerd {
     /// A running containerd with a root of its own, or `None` (with the skip
     /// said) where it cannot run containers: not installed, or no cgroup v2.
     pub fn start() -> anyhow::Result<Option<Self>> {
-        if !Path::new("/usr/bin/containerd").exists() {
-            require::unavailable(
-                Requirement::Containerd,
-                "/usr/bin/containerd is missing (cargo xtask setup installs the Debian package containerd)",
-            );
+        if !require::runtime(Requirement::Containerd, "/usr/bin/containerd", "containerd") {
             return Ok(None);
         }
-        if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            require::unavailable(
-                Requirement::Containerd,
-                "/sys/fs/cgroup is not cgroup v2, which the agent names containers from",
-            );
-            return Ok(None);
-        }
-        let dir = Scratch::new("containerd")?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .context("running mount")?;
-        if !status.success() {
-            bail!("mounting a tmpfs at {} failed", dir.path().display());
-        }
+        let dir = tmpfs_scratch("containerd")?;
         let root = dir.path();
         let config = root.join("config.toml");
         fs::write(

@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     agent,
-    container::{Image, Scratch},
+    container::{Image, Scratch, tmpfs_scratch},
     require::{self, Requirement},
 };
 
@@ -28,29 +28,10 @@ impl Podman {
     /// A Podman with storage of its own, or `None` (with the skip said) where
     /// Podman cannot run containers: not installed, or no cgroup v2.
     pub fn new() -> anyhow::Result<Option<Self>> {
-        if !Path::new("/usr/bin/podman").exists() {
-            require::unavailable(
-                Requirement::Podman,
-                "/usr/bin/podman is missing (cargo xtask setup installs the Debian package podman)",
-            );
+        if !require::runtime(Requirement::Podman, "/usr/bin/podman", "podman") {
             return Ok(None);
         }
-        if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            require::unavailable(
-                Requirement::Podman,
-                "/sys/fs/cgroup is not cgroup v2, which the agent names containers from",
-            );
-            return Ok(None);
-        }
-        let dir = Scratch::new("podman")?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .context("running mount")?;
-        if !status.success() {
-            bail!("mounting a tmpfs at {} failed", dir.path().display());
-        }
+        let dir = tmpfs_scratch("podman")?;
         let podman = Self { dir, mounted: true };
         fs::create_dir_all(podman.hooks_dir())?;
         Ok(Some(podman))

@@ -78,3 +78,25 @@ pub fn program<'a>(path: &'a str, package: &str) -> &'a Path {
     );
     path
 }
+
+/// Whether a container runtime can run containers the agent names: its
+/// program `path` is installed (from Debian's `package`) and cgroup v2 is
+/// mounted; otherwise reports the skip of `requirement`.
+#[must_use]
+pub fn runtime(requirement: Requirement, path: &str, package: &str) -> bool {
+    if !Path::new(path).exists() {
+        unavailable(
+            requirement,
+            &format!("{path} is missing (cargo xtask setup installs the Debian package {package})"),
+        );
+        return false;
+    }
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        unavailable(
+            requirement,
+            "/sys/fs/cgroup is not cgroup v2, which the agent names containers from",
+        );
+        return false;
+    }
+    true
+}

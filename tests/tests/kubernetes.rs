@@ -4,8 +4,9 @@
 //! `DriftPolicy` for the CI namespaces only audits drift there while it is
 //! blocked elsewhere, and there too once a reload removes that policy; a
 //! `DriftPolicy` for init containers audits drift in the web pod's init
-//! container only; the events carry the pod's namespace, name and labels
-//! and the `DriftPolicy` that decided.
+//! container only; a container of a pod the API does not report is under
+//! the strictest of them; the events carry the pod's namespace, name and
+//! labels and the `DriftPolicy` that decided.
 //!
 //! Needs BPF LSM and cgroup v2 (the VMs of `cargo xtask test`): the
 //! containers' groups are named the way containerd names a pod's.
@@ -24,6 +25,8 @@ use serde_json::{Value, json};
 
 const RUNNER_POD: &str = "6f0c2b8e-1d3a-4c5b-9e7f-0a1b2c3d4e5f";
 const WEB_POD: &str = "7a1d3c9f-2e4b-4d6c-8f8a-1b2c3d4e5f60";
+/// A pod the API does not report (yet): its container cannot be told.
+const UNLISTED_POD: &str = "8b2e4d0a-3f5c-4e7d-9a0b-2c3d4e5f6a71";
 
 /// A vShield for the CI runner pods in `ci-*` namespaces, and a
 /// `DriftPolicy` that only audits drift in those namespaces (CI jobs build
@@ -139,15 +142,19 @@ fn reload_without_ci_policy(agent: &Agent, policy: &Path, image: &Image, group: 
 }
 
 /// One drift event per run, decided by the `DriftPolicy` selected.
-fn check_drift_events(stopped: &Stopped, runner_id: u64, web_id: u64, setup_id: u64) {
+fn check_drift_events(stopped: &Stopped, ids: [u64; 4]) {
+    let [runner_id, web_id, setup_id, unlisted_id] = ids;
     let drift = by_rule(stopped, "drift-prevention");
-    assert_eq!(drift.len(), 4, "{drift:#?}\n{}", stopped.stderr);
+    assert_eq!(drift.len(), 5, "{drift:#?}\n{}", stopped.stderr);
     for (event, cgroup, decision, ruleset) in [
         (drift[0], runner_id, "audit", "ci-runners"),
         (drift[1], web_id, "blocked", "builtin-default"),
         (drift[2], setup_id, "audit", "init-setup"),
+        // Its namespace unknown: the strictest of all DriftPolicies, not
+        // the audit of a CI namespace it might be in.
+        (drift[3], unlisted_id, "blocked", "unknown-container"),
         // After the reload that removed the CI namespaces' DriftPolicy.
-        (drift[3], runner_id, "blocked", "builtin-default"),
+        (drift[4], runner_id, "blocked", "builtin-default"),
     ] {
         assert_eq!(event["enforcer"]["cgroup_id"], cgroup, "{event:#}");
         assert_eq!(event["enforcer"]["decision"], decision, "{event:#}");
@@ -196,8 +203,9 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
     let web_group = Cgroup::in_pod(WEB_POD).expect("creating a cgroup");
     // The web pod's init container.
     let setup_group = Cgroup::in_pod(WEB_POD).expect("creating a cgroup");
-    let (Some(runner_group), Some(web_group), Some(setup_group)) =
-        (runner_group, web_group, setup_group)
+    let unlisted_group = Cgroup::in_pod(UNLISTED_POD).expect("creating a cgroup");
+    let (Some(runner_group), Some(web_group), Some(setup_group), Some(unlisted_group)) =
+        (runner_group, web_group, setup_group, unlisted_group)
     else {
         require::unavailable(Requirement::Cgroup2, "no cgroup v2 hierarchy is mounted");
         return;
@@ -242,6 +250,9 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
         .expect("running the web container");
     let setup = run_in_group(&Root::Overlay(&image), Some(&setup_group), &[], DRIFT)
         .expect("running the init container");
+    let unlisted = run_in_group(&Root::Overlay(&image), Some(&unlisted_group), &[], DRIFT)
+        .expect("running the unlisted pod's container");
+    let unlisted_id = unlisted_group.id().expect("the unlisted pod's cgroup id");
     let again = reload_without_ci_policy(&agent, &policy, &image, &runner_group);
     assert!(!again.stdout.contains("drift-ran"), "{again:?}");
     let stopped = agent.stop().expect("stopping the agent");
@@ -270,7 +281,8 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
     assert!(runner.stdout.contains("drift-ran"), "{runner:?}");
     assert!(!web.stdout.contains("drift-ran"), "{web:?}");
     assert!(setup.stdout.contains("drift-ran"), "{setup:?}");
-    check_drift_events(&stopped, runner_id, web_id, setup_id);
+    assert!(!unlisted.stdout.contains("drift-ran"), "{unlisted:?}");
+    check_drift_events(&stopped, [runner_id, web_id, setup_id, unlisted_id]);
     // The watch asked for this node's pods only.
     let requests = api.requests();
     assert!(requests.len() >= 2, "{requests:?}");

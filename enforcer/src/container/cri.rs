@@ -557,6 +557,22 @@ mod tests {
     const IMAGE_ID: &str =
         "sha256:1f2e3d4c5b6a79880f1e2d3c4b5a69788f9e0d1c2b3a4f5e6d7c8b9a0f1e2d3c";
 
+    const POD_UID: &str = "0d1f2e3c-4b5a-6978-8a9b-0c1d2e3f4a5b";
+
+    /// The kubelet's labels of the web pod's sandbox and containers, and
+    /// `more`.
+    fn labels(more: &[(&str, &str)]) -> BTreeMap<String, String> {
+        [
+            ("io.kubernetes.pod.name", "web-0"),
+            ("io.kubernetes.pod.namespace", "shop"),
+            ("io.kubernetes.pod.uid", POD_UID),
+        ]
+        .iter()
+        .chain(more)
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect()
+    }
+
     fn status(image: &str, image_ref: &str) -> api::ContainerStatus {
         api::ContainerStatus {
             id: ID.to_owned(),
@@ -570,18 +586,7 @@ mod tests {
                 user_specified_image: String::new(),
             }),
             image_ref: image_ref.to_owned(),
-            labels: [
-                ("io.kubernetes.container.name", "nginx"),
-                ("io.kubernetes.pod.name", "web-0"),
-                ("io.kubernetes.pod.namespace", "shop"),
-                (
-                    "io.kubernetes.pod.uid",
-                    "0d1f2e3c-4b5a-6978-8a9b-0c1d2e3f4a5b",
-                ),
-            ]
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect(),
+            labels: labels(&[("io.kubernetes.container.name", "nginx")]),
             annotations: BTreeMap::new(),
         }
     }
@@ -591,22 +596,11 @@ mod tests {
             id: "sandbox".to_owned(),
             metadata: Some(api::PodSandboxMetadata {
                 name: "web-0".to_owned(),
-                uid: "0d1f2e3c-4b5a-6978-8a9b-0c1d2e3f4a5b".to_owned(),
+                uid: POD_UID.to_owned(),
                 namespace: "shop".to_owned(),
                 attempt: 0,
             }),
-            labels: [
-                ("app", "web"),
-                ("io.kubernetes.pod.name", "web-0"),
-                ("io.kubernetes.pod.namespace", "shop"),
-                (
-                    "io.kubernetes.pod.uid",
-                    "0d1f2e3c-4b5a-6978-8a9b-0c1d2e3f4a5b",
-                ),
-            ]
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect(),
+            labels: labels(&[("app", "web")]),
         }
     }
 
