@@ -22,7 +22,7 @@ use crate::{
         pipeline::{Pipeline, PipelineStats},
         sink::{JsonLines, Sink},
     },
-    backend::{self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes},
+    backend::{self, Attached, BackendChoice, BackendError, SignalRoutes},
     container::{
         self, CgroupIndex,
         cri::{self, CriError},
@@ -30,7 +30,10 @@ use crate::{
         podman::PodmanStore,
         registry::{Catalog, Change, HookState, Registry},
     },
-    control::{ControlSocket, FlushedReply, PlacedReply, Query, Reply, Request, VShieldsReply},
+    control::{
+        ControlSocket, FlushedReply, KernelStatus, PlacedReply, PolicyStatus, ProgramStatus, Query,
+        Reply, Request, StatusReply, VShieldsReply,
+    },
     kernel::{
         features,
         host::{HostError, HostIdentity, host_identity},
@@ -38,6 +41,7 @@ use crate::{
         symbols,
     },
     maps::{self, MapAccessError},
+    ops::{self, Metrics},
     policy::{self, DriftRule, Policy},
     reload::{Changed, InForce, Trigger, Watches},
     stats::{self, KernelCounters},
@@ -66,6 +70,8 @@ pub struct RunOptions {
     pub control_socket: PathBuf,
     /// Where containers are named from.
     pub sources: Sources,
+    /// Where to serve metrics and probes.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Where containers are named from, beside their cgroups.
@@ -111,6 +117,8 @@ pub enum AgentError {
     VShields(#[from] ActiveError),
     #[error("starting the audit pipeline: {0}")]
     Pipeline(#[source] std::io::Error),
+    #[error(transparent)]
+    Ops(ops::ListenError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -239,26 +247,25 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let start_record = in_force.started(change, started);
 
     let ring: RingBuf<MapData> = maps::take(&mut ebpf, maps::EVENTS)?;
-    let counters: PerCpuArray<MapData, u64> = maps::take(&mut ebpf, maps::COUNTERS)?;
+    let counters: Arc<PerCpuArray<MapData, u64>> = Arc::new(maps::take(&mut ebpf, maps::COUNTERS)?);
 
     let enricher = enricher(names, cgroups, &registry, &host);
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
+    let metrics = options.metrics_address.map(|_| Metrics::new());
     let (pipeline, mut notices) =
-        Pipeline::start(ring, enricher, sinks).map_err(AgentError::Pipeline)?;
+        Pipeline::start(ring, enricher, sinks(metrics.as_ref())).map_err(AgentError::Pipeline)?;
     Tracker::prepare(&mut ebpf, options.track_writes)?;
 
     // Handlers before attaching: a signal from here on is a clean shutdown.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
+    let mut signals = Signals::install()?;
 
-    let attached = backend::attach(&mut ebpf, options.backend, &checks)?;
-    warn_fallback(&attached);
+    let attached = warn_fallback(backend::attach(&mut ebpf, options.backend, &checks)?);
     let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
     log_drift_methods(&attached, tracker.state(), &in_force.policy.drift);
     active.attach(&mut ebpf, attached.kind)?;
     let mut watches = Watches::new(&in_force.paths, &options.image_stores);
     let (_control, mut queries) = listen(&options.control_socket);
+    let sampled = (counters.clone(), &pipeline, registry.catalog());
+    let ops = Ops::start(options.metrics_address, metrics, &ebpf, sampled).await?;
     tracing::info!(
         backend = %attached.kind,
         mode = %in_force.policy.drift.mode,
@@ -269,18 +276,18 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
 
     let (mut health, mut rediscover) = (ticker(HEALTH_INTERVAL), ticker(CONTAINERS_INTERVAL));
     let mut last = Health::default();
-    let pipeline_counters = pipeline.counters();
+    let running = Running::new(&attached, &counters, &pipeline, started);
     let signal_name = loop {
         let trigger = tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
-            _ = sighup.recv() => Some(Trigger::Sighup),
+            _ = signals.term.recv() => break "SIGTERM",
+            _ = signals.int.recv() => break "SIGINT",
+            _ = signals.hup.recv() => Some(Trigger::Sighup),
             policy_or_store = watches.next() => Some(match policy_or_store {
                 Changed::Policy => Trigger::Watch,
                 Changed::ImageStores => Trigger::ImageStores,
             }),
             Some(query) = queries.recv() => {
-                answer(query, &mut ebpf, &mut registry, &mut active, &in_force, attached.kind, &pipeline);
+                answer(query, &mut ebpf, &mut registry, &mut active, &in_force, tracker.state(), &running);
                 None
             }
             Some(notice) = notices.recv() => {
@@ -298,7 +305,8 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
                 None
             }
             _ = health.tick() => {
-                let now = Health::read(&counters, &pipeline_counters.snapshot());
+                ops.health.tick();
+                let now = Health::read(&counters, &pipeline.counters().snapshot());
                 now.report_increase(&last);
                 last = now;
                 None
@@ -310,9 +318,80 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
             pipeline.report(record);
         }
     };
+    ops.health.set_ready(false);
     tracing::info!(signal = signal_name, "shutting down: detaching programs");
     shut_down(ebpf, pipeline, &counters, &last).await;
     Ok(())
+}
+
+/// Where audit records go: standard output, and the metrics' counters when
+/// they are served.
+fn sinks(metrics: Option<&Metrics>) -> Vec<Box<dyn Sink>> {
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
+    if let Some(metrics) = metrics {
+        sinks.push(Box::new(metrics.sink()));
+    }
+    sinks
+}
+
+/// The metrics and probe endpoint (`--metrics-address`), and the state its
+/// probes report.
+#[derive(Debug)]
+struct Ops {
+    health: Arc<ops::Health>,
+    /// Keeps the kernel counting the programs' run times.
+    _stats: Option<std::os::fd::OwnedFd>,
+}
+
+impl Ops {
+    /// Serves `metrics` at `address`, when asked for, with the kernel's
+    /// counters, the pipeline's and the containers known, and the programs
+    /// of `ebpf` counted and timed (BPF statistics on while the agent runs:
+    /// a clock read per program run); ready from here on.
+    async fn start(
+        address: Option<std::net::SocketAddr>,
+        metrics: Option<Metrics>,
+        ebpf: &aya::Ebpf,
+        (kernel, pipeline, catalog): (Arc<PerCpuArray<MapData, u64>>, &Pipeline, &Catalog),
+    ) -> Result<Self, AgentError> {
+        let health = Arc::new(ops::Health::default());
+        health.set_ready(true);
+        let (Some(address), Some(mut metrics)) = (address, metrics) else {
+            return Ok(Self {
+                health,
+                _stats: None,
+            });
+        };
+        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(error) => {
+                tracing::warn!(
+                    error = %crate::error_chain(&error),
+                    "BPF statistics cannot be turned on (kernels before 5.8): the programs' run counts and \
+                     times stay 0 in the metrics"
+                );
+                None
+            }
+        };
+        let programs = ebpf
+            .programs()
+            .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?.id())))
+            .collect();
+        metrics.sample(ops::Sampled {
+            kernel,
+            pipeline: pipeline.counters(),
+            programs,
+            catalog: catalog.clone(),
+        });
+        let bound = ops::serve(address, Arc::new(metrics), health.clone())
+            .await
+            .map_err(AgentError::Ops)?;
+        tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+        Ok(Self {
+            health,
+            _stats: stats,
+        })
+    }
 }
 
 /// Writes the drift settings of `policy` and points the containers the
@@ -393,7 +472,8 @@ fn cgroup_index() -> CgroupIndex {
     CgroupIndex::new(mount)
 }
 
-fn warn_fallback(attached: &Attached) {
+/// `attached`, with a warning when it is the fallback.
+fn warn_fallback(attached: Attached) -> Attached {
     if let Some(reason) = &attached.fallback_reason {
         tracing::warn!(
             %reason,
@@ -401,6 +481,7 @@ fn warn_fallback(attached: &Attached) {
              is killed with SIGKILL right after exec, before its first instruction, instead of being refused"
         );
     }
+    attached
 }
 
 /// The control socket, or a warning and a channel that stays empty.
@@ -522,16 +603,17 @@ async fn watch_pods(
         if labels_selected {
             tracing::warn!(
                 "a vShield or DriftPolicy selects pod labels or container kinds but the agent does not watch \
-                 the Kubernetes API (--kubernetes-node): they are never known, so those vShields apply to \
-                 every pod's containers (as to unknown containers), the strictest DriftPolicy applies to them, \
+                 the Kubernetes API (--kubernetes-node): container kinds are never known, and pod labels only \
+                 from a CRI runtime's socket (--cri-socket); where they are not known, those vShields apply to \
+                 the pod's containers (as to unknown containers), the strictest DriftPolicy applies to them, \
                  and neither to a container outside a pod"
             );
         }
         if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
             tracing::warn!(
-                "running in a Kubernetes pod without --kubernetes-node (NODE_NAME): pods are named from their \
-                 runtime's OCI annotations only, without labels; vShields that select pod labels apply to \
-                 every pod's containers"
+                "running in a Kubernetes pod without --kubernetes-node (NODE_NAME): pods are named from the CRI \
+                 API and their runtime's OCI annotations only: no container kinds, and labels as they were \
+                 when each pod started"
             );
         }
         keep_open(sender);
@@ -600,31 +682,182 @@ fn flush(pipeline: &Pipeline, reply: tokio::sync::oneshot::Sender<Reply>) {
 }
 
 /// The main loop's answer to a control request.
+/// The signals the agent acts on.
+#[derive(Debug)]
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, AgentError> {
+        let install = |kind| signal(kind).map_err(AgentError::Signals);
+        Ok(Self {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// What the control socket's answers read that stays put while the agent
+/// runs.
+struct Running<'a> {
+    attached: &'a Attached,
+    counters: &'a PerCpuArray<MapData, u64>,
+    pipeline: &'a Pipeline,
+    started: Instant,
+}
+
+impl<'a> Running<'a> {
+    const fn new(
+        attached: &'a Attached,
+        counters: &'a PerCpuArray<MapData, u64>,
+        pipeline: &'a Pipeline,
+        started: Instant,
+    ) -> Self {
+        Self {
+            attached,
+            counters,
+            pipeline,
+            started,
+        }
+    }
+}
+
 fn answer(
     query: Query,
     ebpf: &mut aya::Ebpf,
     registry: &mut Registry,
     active: &mut ActiveVShields,
     in_force: &InForce,
-    kind: BackendKind,
-    pipeline: &Pipeline,
+    tracking: &TrackingState,
+    running: &Running<'_>,
 ) {
     let reply = match query.request {
-        Request::Flush => return flush(pipeline, query.reply),
+        Request::Flush => return flush(running.pipeline, query.reply),
         Request::ContainerStarting(state) => starting(ebpf, registry, active, &state),
         Request::VShields => match active.list(ebpf) {
             Ok(vshields) => Reply::VShields(VShieldsReply {
                 policy: in_force.policy.name.clone(),
                 generation: in_force.generation,
-                backend: kind.to_string(),
+                backend: running.attached.kind.to_string(),
                 decided: active.decided(),
                 vshields,
             }),
             Err(error) => Reply::Error(crate::error_chain(&error)),
         },
+        Request::Status => Reply::Status(Box::new(status(
+            ebpf, registry, in_force, tracking, running,
+        ))),
     };
     // The client may have gone; it does not need the answer then.
     let _ = query.reply.send(reply);
+}
+
+/// What `enforcer status` shows: the kernel's view of the programs (which
+/// have a BPF link), the policy in force and every counter.
+fn status(
+    ebpf: &aya::Ebpf,
+    registry: &Registry,
+    in_force: &InForce,
+    tracking: &TrackingState,
+    running: &Running<'_>,
+) -> StatusReply {
+    let linked: BTreeSet<u32> = aya::programs::loaded_links()
+        .flatten()
+        .map(|link| link.program_id())
+        .collect();
+    let mut programs: Vec<ProgramStatus> = ebpf
+        .programs()
+        .map(|(name, program)| {
+            let info = program.info().ok();
+            ProgramStatus {
+                name: name.to_owned(),
+                loaded: info.is_some(),
+                attached: info
+                    .as_ref()
+                    .is_some_and(|info| linked.contains(&info.id())),
+                runs: info
+                    .as_ref()
+                    .map_or(0, aya::programs::ProgramInfo::run_count),
+                run_time_ns: info.as_ref().map_or(0, |info| {
+                    u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX)
+                }),
+            }
+        })
+        .collect();
+    programs.sort_by(|a, b| a.name.cmp(&b.name));
+    let kernel = stats::read(running.counters).unwrap_or_default();
+    let pipeline = running.pipeline.counters().snapshot();
+    let counters = [
+        ("kernel.exec_checked", kernel.exec_checked),
+        ("kernel.drift_detected", kernel.drift_detected),
+        ("kernel.vshield_hits", kernel.vshield_hits),
+        ("kernel.events_lost", kernel.events_lost),
+        ("kernel.read_errors", kernel.read_errors),
+        ("kernel.signal_failed", kernel.signal_failed),
+        ("kernel.drift_allowed_by_path", kernel.allowed_by_path),
+        ("kernel.path_unresolved", kernel.path_unresolved),
+        ("kernel.script_unresolved", kernel.script_unresolved),
+        ("kernel.written_table_full", kernel.written_table_full),
+        ("pipeline.received", pipeline.received),
+        ("pipeline.written", pipeline.written),
+        ("pipeline.dropped", pipeline.dropped),
+        ("pipeline.decode_errors", pipeline.decode_errors),
+        ("pipeline.sink_errors", pipeline.sink_errors),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value))
+    .collect();
+    let policy = &in_force.policy;
+    StatusReply {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_seconds: running.started.elapsed().as_secs(),
+        backend: running.attached.kind.to_string(),
+        fallback_reason: running.attached.fallback_reason.clone(),
+        kernel: KernelStatus {
+            release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            lsm: std::fs::read_to_string("/sys/kernel/security/lsm").map_or_else(
+                |error| format!("unreadable: {error}"),
+                |lsm| lsm.trim().to_owned(),
+            ),
+            tracking: match tracking {
+                TrackingState::Attached => "attached".to_owned(),
+                TrackingState::OnDemand => {
+                    "on demand (no container runs from a root that is not overlayfs)".to_owned()
+                }
+                TrackingState::Off(why) => format!("off: {why}"),
+            },
+        },
+        programs,
+        policy: PolicyStatus {
+            name: policy.name.clone(),
+            generation: in_force.generation,
+            paths: in_force
+                .paths
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect(),
+            mode: policy.drift.mode.to_string(),
+            drift_policies: policy
+                .selected_drift
+                .iter()
+                .map(|selected| selected.name.clone())
+                .collect(),
+            vshields: policy.vshields.len(),
+        },
+        containers: registry
+            .catalog()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len(),
+        counters,
+    }
 }
 
 fn warn_without_overlay_lower(layout: &Layout) {

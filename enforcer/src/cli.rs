@@ -46,6 +46,18 @@ pub enum Command {
     /// first exec.
     #[command(subcommand)]
     Hook(HookCommand),
+    /// Show the running agent's backend (and why, after a fallback), kernel,
+    /// programs (attached or only loaded, with run counts and times while
+    /// BPF statistics are on), policy in force and counters, asked over the
+    /// control socket.
+    Status {
+        /// The agent's control socket (see `run --control-socket`).
+        #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait until the running agent has written every audit event the
     /// kernel recorded before this command asked (over the control socket),
     /// e.g. before reading or rotating its output; print how many records
@@ -302,13 +314,13 @@ pub struct RunArgs {
 
     /// This node's name, as Kubernetes knows it: the agent then watches the
     /// pods the API server schedules here (field selector
-    /// `spec.nodeName=NODE`) for their namespaces, labels, container names
+    /// `spec.nodeName=NODE`) for their namespaces, labels, container names,
     /// container kinds and image digests, which select vShields and
     /// `DriftPolicy`s (`namespaces`, `podLabels`, `containerKinds`)
     /// and fill the events' `kubernetes.*` fields. In a `DaemonSet`, set
     /// `NODE_NAME` from the downward API (`fieldRef: spec.nodeName`). Without
-    /// it, pods are named from their runtime's OCI annotations only (no
-    /// labels).
+    /// it, pods are named from the CRI API (`--cri-socket`: labels too, but
+    /// no container kinds) and their runtime's OCI annotations.
     #[arg(long, value_name = "NODE", env = "NODE_NAME")]
     pub kubernetes_node: Option<String>,
 
@@ -317,6 +329,15 @@ pub struct RunArgs {
     /// or ~/.kube/config.
     #[arg(long, value_name = "PATH", requires = "kubernetes_node")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (`/metrics`), liveness (`/healthz`: the
+    /// agent's main loop runs) and readiness (`/readyz`: the programs are
+    /// attached and the policy in force) over HTTP at this address, e.g.
+    /// `0.0.0.0:9464`. Also turns on the kernel's BPF statistics, which time
+    /// every program run, for the programs' run counts and times. Off when
+    /// not given.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from

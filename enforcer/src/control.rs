@@ -41,6 +41,8 @@ pub enum Request {
     /// The answer comes once every event the kernel recorded before the
     /// request is written to the sinks.
     Flush,
+    /// The agent's backend, kernel, programs, policy and counters.
+    Status,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +52,66 @@ pub enum Reply {
     VShields(VShieldsReply),
     ContainerPlaced(PlacedReply),
     Flushed(FlushedReply),
+    Status(Box<StatusReply>),
     Error(String),
+}
+
+/// The answer to [`Request::Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub version: String,
+    pub uptime_seconds: u64,
+    /// `lsm` or `signal`.
+    pub backend: String,
+    /// Why the backend is the signal backend although lsm was preferred.
+    pub fallback_reason: Option<String>,
+    pub kernel: KernelStatus,
+    /// The agent's kernel programs, and whether the kernel has them attached
+    /// (a BPF link to them exists).
+    pub programs: Vec<ProgramStatus>,
+    pub policy: PolicyStatus,
+    /// Containers the agent knows (running, and recently exited ones).
+    pub containers: usize,
+    /// The kernel programs' and the audit pipeline's counters, by name.
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelStatus {
+    /// `uname -r`.
+    pub release: String,
+    /// The active LSMs (`/sys/kernel/security/lsm`).
+    pub lsm: String,
+    /// Whether write tracking on roots that are not overlayfs is attached,
+    /// and why not.
+    pub tracking: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    /// In the kernel (the object's other programs are for another backend
+    /// or route, or were refused).
+    pub loaded: bool,
+    pub attached: bool,
+    /// Runs and time in it, while BPF statistics are on (with
+    /// `--metrics-address`); 0 otherwise.
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// `rule.ruleset` of the policy in force.
+    pub name: String,
+    pub generation: u64,
+    /// Where it is read from (empty: the built-in policy).
+    pub paths: Vec<String>,
+    /// The `DriftPolicy` for every container: its mode.
+    pub mode: String,
+    /// The `DriftPolicy`s with selectors, in precedence order.
+    pub drift_policies: Vec<String>,
+    pub vshields: usize,
 }
 
 /// The answer to [`Request::Flush`].

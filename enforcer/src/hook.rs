@@ -38,10 +38,12 @@ pub fn announce(socket: &Path, state: &str) -> Result<PlacedReply, HookError> {
     match control::ask(socket, &Request::ContainerStarting(state))? {
         Reply::ContainerPlaced(placed) => Ok(placed),
         Reply::Error(reason) => Err(HookError::Refused { id, reason }),
-        other @ (Reply::VShields(_) | Reply::Flushed(_)) => Err(HookError::Refused {
-            id,
-            reason: format!("unexpected answer {other:?}"),
-        }),
+        other @ (Reply::VShields(_) | Reply::Flushed(_) | Reply::Status(_)) => {
+            Err(HookError::Refused {
+                id,
+                reason: format!("unexpected answer {other:?}"),
+            })
+        }
     }
 }
 

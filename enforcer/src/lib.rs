@@ -18,6 +18,7 @@ pub mod control;
 pub mod hook;
 pub mod kernel;
 pub mod maps;
+pub mod ops;
 pub mod packages;
 pub mod policy;
 pub mod reload;

@@ -81,6 +81,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         btf: args.btf,
         image_stores: args.image_store,
         control_socket: args.control_socket,
+        metrics_address: args.metrics_address,
         sources: agent::Sources {
             podman_storage: args.podman_storage,
             cri_sockets: if args.no_cri {
@@ -126,12 +127,24 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 Reply::VShields(reply) => print!("{}", vshield_table(&reply)),
                 Reply::Error(error) => anyhow::bail!("the agent answered: {error}"),
-                other @ (Reply::ContainerPlaced(_) | Reply::Flushed(_)) => {
+                other @ (Reply::ContainerPlaced(_) | Reply::Flushed(_) | Reply::Status(_)) => {
                     anyhow::bail!("the agent answered something else: {other:?}")
                 }
             }
             Ok(())
         }
+        Command::Status { socket, json } => match control::ask(&socket, &Request::Status)? {
+            Reply::Status(status) if json => {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                Ok(())
+            }
+            Reply::Status(status) => {
+                print!("{}", status_text(&status));
+                Ok(())
+            }
+            Reply::Error(error) => anyhow::bail!("the agent answered: {error}"),
+            other => anyhow::bail!("the agent answered something else: {other:?}"),
+        },
         Command::Flush { socket } => match control::ask(&socket, &Request::Flush)? {
             Reply::Flushed(flushed) => {
                 println!("{} audit records written", flushed.written);
@@ -320,4 +333,67 @@ fn vshield_table(reply: &VShieldsReply) -> String {
         out.push_str("(no vShields in force)\n");
     }
     out
+}
+
+/// `enforcer status` for people. Pure.
+fn status_text(status: &control::StatusReply) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "enforcer {} running for {} s",
+        status.version, status.uptime_seconds
+    );
+    let _ = writeln!(text, "backend:    {}", status.backend);
+    if let Some(reason) = &status.fallback_reason {
+        let _ = writeln!(text, "            (fallback: {reason})");
+    }
+    let _ = writeln!(text, "kernel:     {}", status.kernel.release);
+    let _ = writeln!(text, "LSMs:       {}", status.kernel.lsm);
+    let _ = writeln!(text, "tracking:   {}", status.kernel.tracking);
+    let policy = &status.policy;
+    let _ = writeln!(
+        text,
+        "policy:     {} (generation {}, {}){}",
+        policy.name,
+        policy.generation,
+        policy.mode,
+        if policy.paths.is_empty() {
+            " built in".to_owned()
+        } else {
+            format!(" from {}", policy.paths.join(", "))
+        }
+    );
+    let _ = writeln!(
+        text,
+        "            {} DriftPolicies with selectors{}, {} vShields",
+        policy.drift_policies.len(),
+        if policy.drift_policies.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", policy.drift_policies.join(", "))
+        },
+        policy.vshields
+    );
+    let _ = writeln!(text, "containers: {} known", status.containers);
+    let _ = writeln!(text, "programs:");
+    for program in &status.programs {
+        let _ = writeln!(
+            text,
+            "  {:<32} {:<9} runs {:>10}  {:>12} ns",
+            program.name,
+            if program.attached {
+                "attached"
+            } else {
+                "loaded"
+            },
+            program.runs,
+            program.run_time_ns
+        );
+    }
+    let _ = writeln!(text, "counters:");
+    for (name, value) in &status.counters {
+        let _ = writeln!(text, "  {name:<32} {value:>10}");
+    }
+    text
 }

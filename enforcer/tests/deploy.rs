@@ -139,6 +139,29 @@ fn the_agent_accepts_its_arguments_and_what_they_name_is_mounted() {
             "{socket} is not mounted"
         );
     }
+    // The probes ask the agent's metrics endpoint.
+    let port = run.metrics_address.expect("--metrics-address").port();
+    let exposed = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|exposed| exposed.name.as_deref() == Some("metrics"))
+        .expect("a metrics port");
+    assert_eq!(exposed.container_port, i32::from(port));
+    for (probe, path) in [
+        (&container.liveness_probe, "/healthz"),
+        (&container.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|probe| probe.http_get.as_ref())
+            .unwrap_or_else(|| panic!("no probe of {path}"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("metrics".to_owned())
+        );
+    }
     for required in ["/host/cgroup", "/sys/kernel/security"] {
         assert!(mounts.contains(&PathBuf::from(required)), "{required}");
     }

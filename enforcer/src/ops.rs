@@ -1,0 +1,486 @@
+//! The operations surface over HTTP (`--metrics-address`): Prometheus
+//! metrics at `/metrics`, liveness at `/healthz`, readiness at `/readyz`.
+//!
+//! Decisions and policy changes are counted as they are written (a
+//! [`MetricsSink`] in the audit pipeline); the kernel's counters, the
+//! pipeline's counters and the programs' run times are read when scraped,
+//! so a scrape never shows a stale total.
+
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, PerCpuArray};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    audit::{
+        pipeline::PipelineCounters,
+        record::Record,
+        sink::{Sink, SinkError},
+    },
+    stats,
+};
+
+/// A main loop that has not ticked for this long is stuck: `/healthz`
+/// fails.
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    /// `blocked`, `killed`, `audit`, `kill-failed`.
+    decision: &'static str,
+    /// `drift` or `vshield`.
+    reason: &'static str,
+    /// `exec`, `mmap`, `mprotect`, `open`.
+    via: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `applied` or `refused`.
+    outcome: &'static str,
+}
+
+/// Counts what the audit pipeline writes: a sink beside the others.
+#[derive(Debug, Clone)]
+pub struct MetricsSink {
+    decisions: Family<DecisionLabels, Counter>,
+    policy_changes: Family<OutcomeLabels, Counter>,
+    generation: Gauge,
+}
+
+impl Sink for MetricsSink {
+    fn write(&mut self, record: &Record) -> Result<(), SinkError> {
+        match record {
+            Record::Decision(record) => {
+                let labels = DecisionLabels {
+                    decision: record.enforcer.decision,
+                    reason: record.enforcer.reason,
+                    via: record.enforcer.via,
+                };
+                self.decisions.get_or_create(&labels).inc();
+            }
+            Record::Policy(record) => {
+                let policy = &record.enforcer.policy;
+                let outcome = if policy.errors.is_empty() {
+                    "applied"
+                } else {
+                    "refused"
+                };
+                self.policy_changes
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .inc();
+                self.generation
+                    .set(i64::try_from(policy.generation).unwrap_or(i64::MAX));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Whether the agent is alive and ready, for the probes.
+#[derive(Debug)]
+pub struct Health {
+    ready: AtomicBool,
+    last_tick: Mutex<Instant>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            last_tick: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Health {
+    /// The programs are attached and the policy is in force (`true`), or
+    /// the agent is shutting down (`false`).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The main loop ticked.
+    pub fn tick(&self) {
+        *self
+            .last_tick
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    fn alive(&self) -> bool {
+        self.last_tick
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+            < STALE_AFTER
+    }
+}
+
+/// What is read when scraped.
+pub struct Sampled {
+    /// The kernel programs' counters.
+    pub kernel: Arc<PerCpuArray<MapData, u64>>,
+    pub pipeline: Arc<PipelineCounters>,
+    /// The agent's programs: name and id.
+    pub programs: Vec<(String, u32)>,
+    pub catalog: crate::container::registry::Catalog,
+}
+
+impl std::fmt::Debug for Sampled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampled")
+            .field("programs", &self.programs)
+            .finish_non_exhaustive()
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for Sampled {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let pipeline = self.pipeline.snapshot();
+        for (name, help, value) in [
+            (
+                "enforcer_pipeline_received",
+                "Records read from the kernel's ring buffer.",
+                pipeline.received,
+            ),
+            (
+                "enforcer_pipeline_written",
+                "Records handed to every sink.",
+                pipeline.written,
+            ),
+            (
+                "enforcer_pipeline_dropped",
+                "Records dropped because the writer was behind (lost, counted).",
+                pipeline.dropped,
+            ),
+            (
+                "enforcer_pipeline_decode_errors",
+                "Records that could not be decoded.",
+                pipeline.decode_errors,
+            ),
+            (
+                "enforcer_pipeline_sink_errors",
+                "Failed sink writes and flushes.",
+                pipeline.sink_errors,
+            ),
+        ] {
+            counter(&mut encoder, name, help, value)?;
+        }
+        // A failed read is shown as no kernel counters at all, not zeros.
+        if let Ok(kernel) = stats::read(&self.kernel) {
+            for (name, help, value) in [
+                (
+                    "enforcer_kernel_exec_checked",
+                    "Execs of container processes the kernel programs decided.",
+                    kernel.exec_checked,
+                ),
+                (
+                    "enforcer_kernel_drift_detected",
+                    "Drift found by the kernel programs (blocked, killed or audited).",
+                    kernel.drift_detected,
+                ),
+                (
+                    "enforcer_kernel_vshield_hits",
+                    "Uses of shielded files the kernel programs decided.",
+                    kernel.vshield_hits,
+                ),
+                (
+                    "enforcer_kernel_events_lost",
+                    "Events the kernel could not put in the full ring buffer.",
+                    kernel.events_lost,
+                ),
+                (
+                    "enforcer_kernel_read_errors",
+                    "Kernel reads that failed during a check (the check allowed: fail-open).",
+                    kernel.read_errors,
+                ),
+                (
+                    "enforcer_kernel_signal_failed",
+                    "SIGKILLs the signal backend could not send (the program ran).",
+                    kernel.signal_failed,
+                ),
+                (
+                    "enforcer_kernel_drift_allowed_by_path",
+                    "Drift files run because an allowed path matched.",
+                    kernel.allowed_by_path,
+                ),
+                (
+                    "enforcer_kernel_path_unresolved",
+                    "Drift files whose path was too long or deep to match allowed paths.",
+                    kernel.path_unresolved,
+                ),
+                (
+                    "enforcer_kernel_script_unresolved",
+                    "Scripts the signal backend could not find (ran, not decided).",
+                    kernel.script_unresolved,
+                ),
+                (
+                    "enforcer_kernel_written_table_full",
+                    "Written files not marked because the tracking table was full.",
+                    kernel.written_table_full,
+                ),
+            ] {
+                counter(&mut encoder, name, help, value)?;
+            }
+        }
+        self.encode_programs(&mut encoder)?;
+        let containers = self
+            .catalog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        let gauge = ConstGauge::new(i64::try_from(containers).unwrap_or(i64::MAX));
+        gauge.encode(encoder.encode_descriptor(
+            "enforcer_containers_known",
+            "Containers the agent knows (running, and recently exited ones).",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
+}
+
+impl Sampled {
+    /// Run counts and times of the agent's programs, from the kernel's
+    /// program info (counted while BPF statistics are on).
+    fn encode_programs(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let ours: std::collections::HashMap<u32, &str> = self
+            .programs
+            .iter()
+            .map(|(name, id)| (*id, name.as_str()))
+            .collect();
+        let mut runs = Vec::new();
+        for info in aya::programs::loaded_programs().flatten() {
+            if let Some(name) = ours.get(&info.id()) {
+                runs.push((*name, info.run_count(), info.run_time()));
+            }
+        }
+        runs.sort_unstable();
+        let mut runs_encoder = encoder.encode_descriptor(
+            "enforcer_program_runs",
+            "Runs of each kernel program (while BPF statistics are on).",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (name, count, _) in &runs {
+            ConstCounter::new(*count).encode(runs_encoder.encode_family(&[("program", *name)])?)?;
+        }
+        let mut time_encoder = encoder.encode_descriptor(
+            "enforcer_program_run_time_seconds",
+            "Time spent in each kernel program (while BPF statistics are on).",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (name, _, time) in &runs {
+            ConstCounter::new(time.as_secs_f64())
+                .encode(time_encoder.encode_family(&[("program", *name)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The metrics registry and what feeds it.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    sink: MetricsSink,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let sink = MetricsSink {
+            decisions: Family::default(),
+            policy_changes: Family::default(),
+            generation: Gauge::default(),
+        };
+        registry.register(
+            "enforcer_decisions",
+            "Decisions written as audit events, by decision, reason and route.",
+            sink.decisions.clone(),
+        );
+        registry.register(
+            "enforcer_policy_changes",
+            "Policy changes, applied or refused (the previous policy stays in force).",
+            sink.policy_changes.clone(),
+        );
+        registry.register(
+            "enforcer_policy_generation",
+            "The generation of the policy in force.",
+            sink.generation.clone(),
+        );
+        Self { registry, sink }
+    }
+
+    /// The sink that counts what the pipeline writes.
+    pub fn sink(&self) -> MetricsSink {
+        self.sink.clone()
+    }
+
+    /// Adds what is read at each scrape: the kernel's and the pipeline's
+    /// counters, the programs' run times and the containers known.
+    pub fn sample(&mut self, sampled: Sampled) {
+        self.registry.register_collector(Box::new(sampled));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+            let _ = writeln!(text, "# encoding the metrics failed");
+        }
+        text
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("listening for metrics and probes at {address}: {source}")]
+pub struct ListenError {
+    address: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Answers one request. Pure but for the reads.
+fn respond(path: &str, metrics: &Metrics, health: &Health) -> (StatusCode, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        ),
+        "/healthz" if health.alive() => (StatusCode::OK, TEXT, "ok\n".to_owned()),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "the agent's main loop has not run for 30 s\n".to_owned(),
+        ),
+        "/readyz" if health.ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, TEXT, "ready\n".to_owned())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "not enforcing: starting or shutting down\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found: /metrics, /healthz, /readyz\n".to_owned(),
+        ),
+    }
+}
+
+/// Listens at `address` and serves the endpoints until the agent exits.
+///
+/// # Errors
+/// The address cannot be listened on.
+pub async fn serve(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<SocketAddr, ListenError> {
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|source| ListenError { address, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ListenError { address, source })?;
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a metrics connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (metrics, health) = (metrics.clone(), health.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let (status, content_type, body) =
+                        respond(request.uri().path(), &metrics, &health);
+                    let response = Response::builder()
+                        .status(status)
+                        .header(hyper::header::CONTENT_TYPE, content_type)
+                        .body(Full::new(Bytes::from(body)));
+                    async move { response }
+                });
+                // A client that goes away mid-request is its own business.
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_answer_by_state_and_unknown_paths_are_not_found() {
+        let metrics = Metrics::new();
+        let health = Health::default();
+        assert_eq!(respond("/healthz", &metrics, &health).0, StatusCode::OK);
+        assert_eq!(
+            respond("/readyz", &metrics, &health).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        health.set_ready(true);
+        assert_eq!(respond("/readyz", &metrics, &health).0, StatusCode::OK);
+        *health.last_tick.lock().unwrap() = Instant::now().checked_sub(STALE_AFTER).unwrap();
+        assert_eq!(
+            respond("/healthz", &metrics, &health).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(respond("/", &metrics, &health).0, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,180 @@
+//! The operations surface of a running agent. Its HTTP endpoint
+//! (`--metrics-address`): `/healthz` and `/readyz` answer while it
+//! enforces, and `/metrics` counts a drift the kernel decided by decision,
+//! reason and route, beside the kernel's and the pipeline's counters, the
+//! exec program's runs and the policy's generation, as the audit event says
+//! it happened. `enforcer status` shows the same backend, the programs the
+//! kernel has attached, the policy in force and the counters.
+//!
+//! Runs on the host kernel (signal backend) and in the VMs (lsm backend).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::Duration,
+};
+
+use enforcer_tests::{
+    agent::{self, Agent},
+    container::{self, Image},
+    require, serial,
+};
+
+/// `GET path` over HTTP/1.1: the status code and the body.
+fn get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connecting to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` (exactly as written), if any.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+#[test]
+fn probes_answer_and_metrics_count_what_the_kernel_decided() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let agent = Agent::start(&["--metrics-address", "127.0.0.1:0"])
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let log = agent.log();
+    let address = log
+        .lines()
+        .find(|line| line.contains("serving /metrics"))
+        .and_then(|line| line.split("address=").nth(1))
+        .and_then(|address| address.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the agent did not say where it serves metrics:\n{log}"))
+        .to_owned();
+    assert_eq!(get(&address, "/healthz").0, 200);
+    assert_eq!(get(&address, "/readyz"), (200, "ready\n".to_owned()));
+    assert_eq!(get(&address, "/nowhere").0, 404);
+
+    let image = Image::busybox().expect("building the image");
+    let run = container::run(&image, "cp /bin/busybox /tmp/dropped && /tmp/dropped true")
+        .expect("running the container");
+    agent.flush().expect("flushing");
+    let (status, metrics) = get(&address, "/metrics");
+    let shown = enforcer_status(&agent);
+    let stopped = agent.stop().expect("stopping the agent");
+    assert_eq!(status, 200, "{metrics}");
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+
+    let drift: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|event| event["file"]["path"] == "/tmp/dropped")
+        .collect();
+    assert_eq!(drift.len(), 1, "{drift:#?}\n{run:?}\n{}", stopped.stderr);
+    let decision = drift[0]["enforcer"]["decision"]
+        .as_str()
+        .expect("a decision");
+    let series =
+        format!(r#"enforcer_decisions_total{{decision="{decision}",reason="drift",via="exec"}}"#);
+    assert_eq!(sample(&metrics, &series), Some(1.0), "{series}\n{metrics}");
+    for (series, at_least) in [
+        ("enforcer_kernel_drift_detected_total", 1.0),
+        ("enforcer_kernel_exec_checked_total", 1.0),
+        ("enforcer_kernel_events_lost_total", 0.0),
+        ("enforcer_pipeline_dropped_total", 0.0),
+        ("enforcer_pipeline_written_total", 2.0),
+        (r#"enforcer_policy_changes_total{outcome="applied"}"#, 1.0),
+        ("enforcer_policy_generation", 1.0),
+    ] {
+        let value = sample(&metrics, series).unwrap_or_else(|| panic!("no {series}:\n{metrics}"));
+        assert!(value >= at_least, "{series} = {value}\n{metrics}");
+    }
+    assert_eq!(
+        sample(&metrics, "enforcer_pipeline_dropped_total"),
+        Some(0.0)
+    );
+    // The program that decided ran, and its time was counted.
+    let program = if decision == "killed" {
+        "sched_process_exec"
+    } else {
+        "bprm_check_security"
+    };
+    let runs = metrics
+        .lines()
+        .filter(|line| line.starts_with("enforcer_program_runs_total{") && line.contains(program))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(runs >= 1.0, "{program}: {runs}\n{metrics}");
+
+    // enforcer status: the backend that decided, its exec program attached
+    // and counted, the built-in policy, the counters as the metrics had them.
+    assert_eq!(
+        shown["backend"], drift[0]["enforcer"]["backend"],
+        "{shown:#}"
+    );
+    let exec = shown["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .find(|listed| listed["name"] == program)
+        .unwrap_or_else(|| panic!("no {program}: {shown:#}"));
+    assert_eq!(exec["loaded"], true, "{shown:#}");
+    assert_eq!(exec["attached"], true, "{shown:#}");
+    assert!(exec["runs"].as_u64() >= Some(1), "{shown:#}");
+    assert_eq!(shown["policy"]["name"], "builtin-default", "{shown:#}");
+    assert_eq!(shown["policy"]["generation"], 1, "{shown:#}");
+    assert!(
+        shown["counters"]["kernel.drift_detected"].as_u64() >= Some(1),
+        "{shown:#}"
+    );
+    assert_eq!(shown["counters"]["pipeline.dropped"], 0, "{shown:#}");
+    assert!(
+        shown["kernel"]["lsm"]
+            .as_str()
+            .is_some_and(|lsm| !lsm.is_empty()),
+        "{shown:#}"
+    );
+}
+
+/// `enforcer status --json`, asked of `agent`; also checks that the text
+/// form names the backend.
+fn enforcer_status(agent: &Agent) -> serde_json::Value {
+    let ask = |json: bool| {
+        let mut command = std::process::Command::new(agent::binary());
+        command
+            .arg("status")
+            .arg("--socket")
+            .arg(agent.control_socket());
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().expect("running enforcer status");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("UTF-8")
+    };
+    let shown: serde_json::Value = serde_json::from_str(&ask(true)).expect("JSON");
+    let text = ask(false);
+    let backend = shown["backend"].as_str().expect("a backend");
+    assert!(text.contains(&format!("backend:    {backend}")), "{text}");
+    shown
+}
