@@ -6,8 +6,9 @@
 //! sandbox, whose labels the kubelet sets to the pod's.
 //!
 //! The runtime is asked when the agent finds a group of a container it
-//! does not know yet ([`CriHandle::look_up`]), and the whole list is read
-//! again every [`RELIST_INTERVAL`] to catch what it missed. Until the
+//! does not know yet ([`CriHandle::look_up`]), and the list is read again
+//! every [`RELIST_INTERVAL`] to catch what it missed and what is gone (the
+//! status of a container already known is not read again). Until the
 //! runtime answers, a container is an unknown one (the strictest
 //! `DriftPolicy`, every image-selected vShield).
 
@@ -439,17 +440,22 @@ async fn read_all(
     let sandboxes = client.sandboxes().await?;
     let mut now = HashMap::new();
     for listed in listed {
-        if listed.state == api::CONTAINER_EXITED {
-            // Kept while the runtime keeps it: late events still name it.
-            if let Some(kept) = known
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&listed.id)
-                .cloned()
-            {
-                now.insert(listed.id.clone(), kept);
-                continue;
-            }
+        // A container's name, image and pod do not change: only new ones,
+        // and running ones whose image had no name, are asked about. An
+        // exited one is kept while the runtime keeps it (late events still
+        // name it).
+        let kept = known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&listed.id)
+            .filter(|kept| {
+                kept.runtime == runtime
+                    && (kept.image.is_some() || listed.state == api::CONTAINER_EXITED)
+            })
+            .cloned();
+        if let Some(kept) = kept {
+            now.insert(listed.id.clone(), kept);
+            continue;
         }
         let Some(status) = client.status(&listed.id).await? else {
             continue;
@@ -530,6 +536,9 @@ async fn watch(
                 }
                 failing = true;
                 runtime = None;
+                // Asked again when the registry finds them again; a runtime
+                // that never answers must not collect every container's id.
+                wanted.clear();
                 RETRY_INTERVAL
             }
         };
