@@ -681,7 +681,6 @@ fn flush(pipeline: &Pipeline, reply: tokio::sync::oneshot::Sender<Reply>) {
     });
 }
 
-/// The main loop's answer to a control request.
 /// The signals the agent acts on.
 #[derive(Debug)]
 struct Signals {
@@ -726,6 +725,7 @@ impl<'a> Running<'a> {
     }
 }
 
+/// The main loop's answer to a control request.
 fn answer(
     query: Query,
     ebpf: &mut aya::Ebpf,
@@ -791,26 +791,17 @@ fn status(
     programs.sort_by(|a, b| a.name.cmp(&b.name));
     let kernel = stats::read(running.counters).unwrap_or_default();
     let pipeline = running.pipeline.counters().snapshot();
-    let counters = [
-        ("kernel.exec_checked", kernel.exec_checked),
-        ("kernel.drift_detected", kernel.drift_detected),
-        ("kernel.vshield_hits", kernel.vshield_hits),
-        ("kernel.events_lost", kernel.events_lost),
-        ("kernel.read_errors", kernel.read_errors),
-        ("kernel.signal_failed", kernel.signal_failed),
-        ("kernel.drift_allowed_by_path", kernel.allowed_by_path),
-        ("kernel.path_unresolved", kernel.path_unresolved),
-        ("kernel.script_unresolved", kernel.script_unresolved),
-        ("kernel.written_table_full", kernel.written_table_full),
-        ("pipeline.received", pipeline.received),
-        ("pipeline.written", pipeline.written),
-        ("pipeline.dropped", pipeline.dropped),
-        ("pipeline.decode_errors", pipeline.decode_errors),
-        ("pipeline.sink_errors", pipeline.sink_errors),
-    ]
-    .into_iter()
-    .map(|(name, value)| (name.to_owned(), value))
-    .collect();
+    let counters = kernel
+        .named()
+        .into_iter()
+        .map(|(name, _, value)| (format!("kernel.{name}"), value))
+        .chain(
+            pipeline
+                .named()
+                .into_iter()
+                .map(|(name, _, value)| (format!("pipeline.{name}"), value)),
+        )
+        .collect();
     let policy = &in_force.policy;
     StatusReply {
         version: env!("CARGO_PKG_VERSION").to_owned(),

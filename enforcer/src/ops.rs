@@ -23,8 +23,9 @@ use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeLabelSet, EncodeMetric as _},
     metrics::{
+        MetricType,
         counter::{ConstCounter, Counter},
         family::Family,
         gauge::{ConstGauge, Gauge},
@@ -173,91 +174,23 @@ fn counter(
 
 impl Collector for Sampled {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let pipeline = self.pipeline.snapshot();
-        for (name, help, value) in [
-            (
-                "enforcer_pipeline_received",
-                "Records read from the kernel's ring buffer.",
-                pipeline.received,
-            ),
-            (
-                "enforcer_pipeline_written",
-                "Records handed to every sink.",
-                pipeline.written,
-            ),
-            (
-                "enforcer_pipeline_dropped",
-                "Records dropped because the writer was behind (lost, counted).",
-                pipeline.dropped,
-            ),
-            (
-                "enforcer_pipeline_decode_errors",
-                "Records that could not be decoded.",
-                pipeline.decode_errors,
-            ),
-            (
-                "enforcer_pipeline_sink_errors",
-                "Failed sink writes and flushes.",
-                pipeline.sink_errors,
-            ),
-        ] {
-            counter(&mut encoder, name, help, value)?;
+        for (name, help, value) in self.pipeline.snapshot().named() {
+            counter(
+                &mut encoder,
+                &format!("enforcer_pipeline_{name}"),
+                help,
+                value,
+            )?;
         }
         // A failed read is shown as no kernel counters at all, not zeros.
         if let Ok(kernel) = stats::read(&self.kernel) {
-            for (name, help, value) in [
-                (
-                    "enforcer_kernel_exec_checked",
-                    "Execs of container processes the kernel programs decided.",
-                    kernel.exec_checked,
-                ),
-                (
-                    "enforcer_kernel_drift_detected",
-                    "Drift found by the kernel programs (blocked, killed or audited).",
-                    kernel.drift_detected,
-                ),
-                (
-                    "enforcer_kernel_vshield_hits",
-                    "Uses of shielded files the kernel programs decided.",
-                    kernel.vshield_hits,
-                ),
-                (
-                    "enforcer_kernel_events_lost",
-                    "Events the kernel could not put in the full ring buffer.",
-                    kernel.events_lost,
-                ),
-                (
-                    "enforcer_kernel_read_errors",
-                    "Kernel reads that failed during a check (the check allowed: fail-open).",
-                    kernel.read_errors,
-                ),
-                (
-                    "enforcer_kernel_signal_failed",
-                    "SIGKILLs the signal backend could not send (the program ran).",
-                    kernel.signal_failed,
-                ),
-                (
-                    "enforcer_kernel_drift_allowed_by_path",
-                    "Drift files run because an allowed path matched.",
-                    kernel.allowed_by_path,
-                ),
-                (
-                    "enforcer_kernel_path_unresolved",
-                    "Drift files whose path was too long or deep to match allowed paths.",
-                    kernel.path_unresolved,
-                ),
-                (
-                    "enforcer_kernel_script_unresolved",
-                    "Scripts the signal backend could not find (ran, not decided).",
-                    kernel.script_unresolved,
-                ),
-                (
-                    "enforcer_kernel_written_table_full",
-                    "Written files not marked because the tracking table was full.",
-                    kernel.written_table_full,
-                ),
-            ] {
-                counter(&mut encoder, name, help, value)?;
+            for (name, help, value) in kernel.named() {
+                counter(
+                    &mut encoder,
+                    &format!("enforcer_kernel_{name}"),
+                    help,
+                    value,
+                )?;
             }
         }
         self.encode_programs(&mut encoder)?;
@@ -292,27 +225,35 @@ impl Sampled {
             }
         }
         runs.sort_unstable();
-        let mut runs_encoder = encoder.encode_descriptor(
+        per_program(
+            encoder,
             "enforcer_program_runs",
             "Runs of each kernel program (while BPF statistics are on).",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
+            runs.iter().map(|(name, count, _)| (*name, *count)),
         )?;
-        for (name, count, _) in &runs {
-            ConstCounter::new(*count).encode(runs_encoder.encode_family(&[("program", *name)])?)?;
-        }
-        let mut time_encoder = encoder.encode_descriptor(
+        per_program(
+            encoder,
             "enforcer_program_run_time_seconds",
             "Time spent in each kernel program (while BPF statistics are on).",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
+            runs.iter()
+                .map(|(name, _, time)| (*name, time.as_secs_f64())),
         )?;
-        for (name, _, time) in &runs {
-            ConstCounter::new(time.as_secs_f64())
-                .encode(time_encoder.encode_family(&[("program", *name)])?)?;
-        }
         Ok(())
     }
+}
+
+/// One counter `name` with a sample per program.
+fn per_program<'a, N: EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl Iterator<Item = (&'a str, N)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (program, value) in values {
+        ConstCounter::new(value).encode(family.encode_family(&[("program", program)])?)?;
+    }
+    Ok(())
 }
 
 /// The metrics registry and what feeds it.

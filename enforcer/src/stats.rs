@@ -18,6 +18,65 @@ pub struct KernelCounters {
     pub vshield_hits: u64,
 }
 
+impl KernelCounters {
+    /// Each counter with its name (`metrics`: `enforcer_kernel_NAME_total`,
+    /// `enforcer status`: `kernel.NAME`) and what it counts.
+    pub const fn named(&self) -> [(&'static str, &'static str, u64); 10] {
+        [
+            (
+                "exec_checked",
+                "Execs of container processes the kernel programs decided.",
+                self.exec_checked,
+            ),
+            (
+                "drift_detected",
+                "Drift found by the kernel programs (blocked, killed or audited).",
+                self.drift_detected,
+            ),
+            (
+                "vshield_hits",
+                "Uses of shielded files the kernel programs decided.",
+                self.vshield_hits,
+            ),
+            (
+                "events_lost",
+                "Events the kernel could not put in the full ring buffer.",
+                self.events_lost,
+            ),
+            (
+                "read_errors",
+                "Kernel reads that failed during a check (the check allowed: fail-open).",
+                self.read_errors,
+            ),
+            (
+                "signal_failed",
+                "SIGKILLs the signal backend could not send (the program ran).",
+                self.signal_failed,
+            ),
+            (
+                "drift_allowed_by_path",
+                "Drift files run because an allowed path matched.",
+                self.allowed_by_path,
+            ),
+            (
+                "path_unresolved",
+                "Drift files whose path was too long or deep to match allowed paths.",
+                self.path_unresolved,
+            ),
+            (
+                "script_unresolved",
+                "Scripts the signal backend could not find (ran, not decided).",
+                self.script_unresolved,
+            ),
+            (
+                "written_table_full",
+                "Written files not marked because the tracking table was full.",
+                self.written_table_full,
+            ),
+        ]
+    }
+}
+
 pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError> {
     let sum = |index: u32| -> Result<u64, MapError> { Ok(map.get(&index, 0)?.iter().sum()) };
     Ok(KernelCounters {

@@ -23,6 +23,7 @@ use crate::{
     container::{Scratch, tmpfs_scratch},
     podman::Podman,
     require::{self, Requirement},
+    succeeded,
 };
 
 /// The kubelet's side of the CRI API (`runtime.v1`): the messages it sends
@@ -300,21 +301,16 @@ state = "{root}/state"
     pub fn import(&self, podman: &Podman, reference: &str) -> anyhow::Result<()> {
         let archive = self.dir.path().join("image.tar");
         podman.save(reference, &archive)?;
-        let output = Command::new("ctr")
-            .arg("--address")
-            .arg(self.socket())
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(&archive)
-            .output()
-            .context("running ctr images import")?;
+        let imported = succeeded(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(self.socket())
+                .args(["--namespace", "k8s.io", "images", "import"])
+                .arg(&archive),
+            &format!("ctr images import {reference}"),
+        );
         let _ = fs::remove_file(&archive);
-        if !output.status.success() {
-            bail!(
-                "ctr images import {reference} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+        imported.map(drop)
     }
 
     fn call<Request, Response>(

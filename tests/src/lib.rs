@@ -14,7 +14,12 @@ pub mod podman;
 pub mod require;
 pub mod scenario;
 
-use std::sync::{Mutex, MutexGuard};
+use std::{
+    process::{Command, Output},
+    sync::{Mutex, MutexGuard},
+};
+
+use anyhow::{Context as _, bail};
 
 /// Tests attach programs that see every exec on the machine; two agents at
 /// once would see each other's containers. Every test holds this lock.
@@ -25,4 +30,20 @@ pub fn serial() -> MutexGuard<'static, ()> {
     KERNEL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs `command` (`what`, as errors name it) to its end; its output when
+/// it succeeded, else an error with what it wrote on stderr.
+pub fn succeeded(command: &mut Command, what: &str) -> anyhow::Result<Output> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
 }

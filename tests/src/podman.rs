@@ -16,6 +16,7 @@ use crate::{
     agent,
     container::{Image, Scratch, tmpfs_scratch},
     require::{self, Requirement},
+    succeeded,
 };
 
 #[derive(Debug)]
@@ -98,58 +99,41 @@ impl Podman {
         if !status.success() {
             bail!("packing {} failed", image.root().display());
         }
-        let output = self
-            .command()
-            .arg("import")
-            .arg("--quiet")
-            .args(changes.iter().flat_map(|change| ["--change", change]))
-            .arg(&tar)
-            .arg(reference)
-            .output()
-            .context("running podman import")?;
+        let imported = succeeded(
+            self.command()
+                .arg("import")
+                .arg("--quiet")
+                .args(changes.iter().flat_map(|change| ["--change", change]))
+                .arg(&tar)
+                .arg(reference),
+            &format!("podman import {reference}"),
+        );
         let _ = fs::remove_file(&tar);
-        if !output.status.success() {
-            bail!(
-                "podman import {reference} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+        imported.map(drop)
     }
 
     /// Writes image `reference` to `archive` (`podman save`, Docker's
     /// archive format, which names the image).
     pub fn save(&self, reference: &str, archive: &Path) -> anyhow::Result<()> {
-        let output = self
-            .command()
-            .args(["save", "--quiet", "--format", "docker-archive", "--output"])
-            .arg(archive)
-            .arg(reference)
-            .output()
-            .context("running podman save")?;
-        if !output.status.success() {
-            bail!(
-                "podman save {reference} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+        succeeded(
+            self.command()
+                .args(["save", "--quiet", "--format", "docker-archive", "--output"])
+                .arg(archive)
+                .arg(reference),
+            &format!("podman save {reference}"),
+        )
+        .map(drop)
     }
 
     /// Installs the agent's OCI hook (as `enforcer hook oci-config` writes
     /// it) for the agent listening at `socket`.
     pub fn install_hook(&self, socket: &Path) -> anyhow::Result<()> {
-        let output = Command::new(agent::binary())
-            .args(["hook", "oci-config", "--socket"])
-            .arg(socket)
-            .output()
-            .context("running enforcer hook oci-config")?;
-        if !output.status.success() {
-            bail!(
-                "enforcer hook oci-config failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        let output = succeeded(
+            Command::new(agent::binary())
+                .args(["hook", "oci-config", "--socket"])
+                .arg(socket),
+            "enforcer hook oci-config",
+        )?;
         fs::write(self.hooks_dir().join("enforcer.json"), &output.stdout)?;
         Ok(())
     }
@@ -182,21 +166,15 @@ impl Podman {
     /// `podman run -d --name NAME IMAGE ARGS...`: a container that keeps
     /// running (removed with the others on drop).
     pub fn start(&self, name: &str, image: &str, args: &[&str]) -> anyhow::Result<()> {
-        let output = self
-            .command()
-            .args(["run", "--detach", "--network", "none", "--name", name])
-            .arg(image)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running podman run --detach")?;
-        if !output.status.success() {
-            bail!(
-                "podman run --detach {name} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
+        succeeded(
+            self.command()
+                .args(["run", "--detach", "--network", "none", "--name", name])
+                .arg(image)
+                .args(args)
+                .stdin(Stdio::null()),
+            &format!("podman run --detach {name}"),
+        )
+        .map(drop)
     }
 
     /// `podman exec NAME ARGS...`: a session that enters the running

@@ -81,6 +81,36 @@ pub struct PipelineStats {
     pub sink_errors: u64,
 }
 
+impl PipelineStats {
+    /// Each counter with its name (`metrics`: `enforcer_pipeline_NAME_total`,
+    /// `enforcer status`: `pipeline.NAME`) and what it counts.
+    pub const fn named(&self) -> [(&'static str, &'static str, u64); 5] {
+        [
+            (
+                "received",
+                "Records read from the kernel's ring buffer.",
+                self.received,
+            ),
+            ("written", "Records handed to every sink.", self.written),
+            (
+                "dropped",
+                "Records dropped because the writer was behind (lost, counted).",
+                self.dropped,
+            ),
+            (
+                "decode_errors",
+                "Records that could not be decoded.",
+                self.decode_errors,
+            ),
+            (
+                "sink_errors",
+                "Failed sink writes and flushes.",
+                self.sink_errors,
+            ),
+        ]
+    }
+}
+
 impl PipelineCounters {
     pub fn snapshot(&self) -> PipelineStats {
         PipelineStats {

@@ -65,12 +65,7 @@ impl CriContainer {
         match (&mut info.image, &self.image) {
             (None, reported) => info.image.clone_from(reported),
             (Some(known), Some(reported)) if known.name == reported.name => {
-                if known.digest.is_none() {
-                    known.digest.clone_from(&reported.digest);
-                }
-                if known.id.is_none() {
-                    known.id.clone_from(&reported.id);
-                }
+                known.complete_from(reported);
             }
             _ => {}
         }
@@ -94,8 +89,8 @@ impl CriContainer {
 /// Whether `text` is an image id rather than a name: `sha256:<hex>` or
 /// bare hex, as runtimes report images that have no name.
 fn is_image_id(text: &str) -> bool {
-    let hex = text.strip_prefix("sha256:").unwrap_or(text);
-    hex.len() == 64 && hex.bytes().all(|byte| byte.is_ascii_hexdigit())
+    // An image id has a container id's form: 64 hex digits.
+    super::is_container_id(text.strip_prefix("sha256:").unwrap_or(text))
 }
 
 /// What the agent keeps of a container from its status and its pod

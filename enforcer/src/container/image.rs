@@ -67,6 +67,17 @@ impl ImageRef {
         Some(resolved)
     }
 
+    /// Fills in what `self` does not say (digest, image id) from `other`,
+    /// the same image as another source reports it.
+    pub fn complete_from(&mut self, other: &Self) {
+        if self.digest.is_none() {
+            self.digest.clone_from(&other.digest);
+        }
+        if self.id.is_none() {
+            self.id.clone_from(&other.id);
+        }
+    }
+
     /// The names a user may write for this repository: as reported, and
     /// Docker Hub's short forms (`docker.io/library/nginx` is also
     /// `library/nginx` and `nginx`).

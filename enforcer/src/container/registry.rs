@@ -430,14 +430,7 @@ impl Registry {
             info.name = Some(container.name.clone());
             match (&mut info.image, &container.image) {
                 (None, reported) => info.image.clone_from(reported),
-                (Some(known), Some(reported)) => {
-                    if known.digest.is_none() {
-                        known.digest.clone_from(&reported.digest);
-                    }
-                    if known.id.is_none() {
-                        known.id.clone_from(&reported.id);
-                    }
-                }
+                (Some(known), Some(reported)) => known.complete_from(reported),
                 (Some(_), None) => {}
             }
         } else if let Some(pod) = info
