@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 13;
+pub const ABI_VERSION: u32 = 14;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -255,8 +255,12 @@ pub mod counter {
     pub const SCRIPT_UNRESOLVED: u32 = 8;
     /// Uses of a shielded file that a vShield decided (any mode).
     pub const VSHIELD_HITS: u32 = 9;
+    /// Decision records not written because the same container had the
+    /// same decision about the same file too often in the rate-limit window
+    /// (the decision itself was carried out).
+    pub const EVENTS_SUPPRESSED: u32 = 10;
     /// Number of slots in the array.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Kernel structure offsets, in bytes, read from the running kernel's BTF at
@@ -432,9 +436,39 @@ pub struct AgentConfig {
     /// Number of the `mprotect` system call, for the same check as
     /// [`Self::mmap_syscall`]; zero turns it off.
     pub mprotect_syscall: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// Decision records written per [`ReportKey`] and window; zero writes
+    /// every one.
+    pub report_burst: u32,
+    /// The rate-limit window, nanoseconds.
+    pub report_window_ns: u64,
 }
+
+/// What the rate limit of decision records counts by: one container (its
+/// cgroup), one file, one decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReportKey {
+    pub cgroup_id: u64,
+    pub inode: u64,
+    pub dev: u32,
+    /// `decision | reason << 8 | via << 16`.
+    pub what: u32,
+}
+
+/// The rate limit's state for one [`ReportKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportWindow {
+    /// When the window began (`bpf_ktime_get_boot_ns`).
+    pub start_ns: u64,
+    /// Records written in the window.
+    pub reported: u32,
+    /// Records suppressed since the last one written.
+    pub suppressed: u32,
+}
+
+/// Entries of the rate limit's LRU table: the keys seen most recently.
+pub const REPORT_KEYS_MAX: u32 = 16_384;
 
 /// Drift prevention settings, the value of the `DRIFT_POLICY` array map
 /// (indices: [`drift_policy`]). A map rather than a global so that the
@@ -674,8 +708,9 @@ pub struct DecisionEvent {
     /// The vShield's slot ([`VShieldRule::rule`]) for [`reason::VSHIELD`];
     /// the `DRIFT_POLICY` index ([`drift_policy`]) for [`reason::DRIFT`].
     pub rule: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// Records of the same [`ReportKey`] the rate limit suppressed since the
+    /// last one written (their window has ended).
+    pub suppressed: u32,
     /// `comm` of the task, NUL padded.
     pub comm: [u8; COMM_LEN],
     /// The file's name (last path component), NUL terminated.
@@ -724,7 +759,7 @@ pub struct RootNotice {
 mod pod {
     use super::{
         AgentConfig, DriftSettings, FileId, KernelOffsets, MmapOffsets, OverlayLower, PathDfaState,
-        TaskOffsets, VShieldKey, VShieldRule,
+        ReportKey, ReportWindow, TaskOffsets, VShieldKey, VShieldRule,
     };
 
     // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (pinned
@@ -748,6 +783,10 @@ mod pod {
     unsafe impl aya::Pod for VShieldKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VShieldRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ReportKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ReportWindow {}
 }
 
 #[cfg(test)]
@@ -756,7 +795,8 @@ mod tests {
 
     use super::{
         AgentConfig, DecisionEvent, DriftSettings, EventHeader, FileId, KernelOffsets, MmapOffsets,
-        OverlayLower, PathDfaState, RootNotice, TaskOffsets, VShieldKey, VShieldRule,
+        OverlayLower, PathDfaState, ReportKey, ReportWindow, RootNotice, TaskOffsets, VShieldKey,
+        VShieldRule,
     };
 
     #[test]
@@ -848,7 +888,11 @@ mod tests {
 
     #[test]
     fn settings_layout() {
-        assert_eq!(size_of::<AgentConfig>(), 40);
+        assert_eq!(size_of::<AgentConfig>(), 48);
+        assert_eq!(offset_of!(AgentConfig, report_burst), 36);
+        assert_eq!(offset_of!(AgentConfig, report_window_ns), 40);
+        assert_eq!(size_of::<ReportKey>(), 24);
+        assert_eq!(size_of::<ReportWindow>(), 16);
         assert_eq!(offset_of!(AgentConfig, host_mnt_ns), 0);
         assert_eq!(offset_of!(AgentConfig, abi_version), 4);
         assert_eq!(offset_of!(AgentConfig, host_root_dev), 8);

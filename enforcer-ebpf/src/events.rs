@@ -9,13 +9,14 @@ use aya_ebpf::helpers::{
 };
 use enforcer_common::{
     COMM_LEN, DecisionEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, LINEAGE_MAX,
-    LINEAGE_WALK_MAX, NAME_LEN, RootNotice, counter, event_flags, event_kind, reason,
+    LINEAGE_WALK_MAX, NAME_LEN, ReportKey, ReportWindow, RootNotice, counter, event_flags,
+    event_kind, reason,
 };
 
 use crate::{
     drift::Drift,
     kernel::{self, FileFacts},
-    maps::{EVENTS, count, task_offset},
+    maps::{CONFIG, EVENTS, REPORTED, count, task_offset},
     vshield::Hit,
 };
 
@@ -275,11 +276,69 @@ struct Report<'a> {
     flags: u32,
 }
 
-/// Writes a decision record. `filename` is the `char *` path given to exec,
-/// absent for mappings and opens. A full ring buffer is counted, never
-/// silent.
+/// The rate limit of decision records: `None` when this one is suppressed
+/// (counted), else how many of its key were suppressed before it.
+///
+/// The window's state is shared by every CPU and updated without atomics
+/// (5.10 has no fetching atomic instructions): two CPUs deciding the same
+/// key at once may both write a record where one was left in the window, or
+/// lose one count of the carried number. The per-CPU counter of suppressed
+/// records is exact.
+#[inline(always)]
+fn rate_limit(report: &Report<'_>, cgroup_id: u64, now: u64) -> Option<u32> {
+    let config = CONFIG.load();
+    if config.report_burst == 0 {
+        return Some(0);
+    }
+    let key = ReportKey {
+        cgroup_id,
+        inode: report.ino,
+        dev: report.dev,
+        what: report.decision | report.reason << 8 | report.via << 16,
+    };
+    let Some(window) = REPORTED.get_ptr_mut(key) else {
+        let fresh = ReportWindow {
+            start_ns: now,
+            reported: 1,
+            suppressed: 0,
+        };
+        // A full table evicts the least recently used key.
+        let _ = REPORTED.insert(key, fresh, 0);
+        return Some(0);
+    };
+    // SAFETY: the pointer comes from a successful lookup; the value lives
+    // until the entry is deleted, and a racing writer only changes numbers.
+    unsafe {
+        if now.wrapping_sub((*window).start_ns) >= config.report_window_ns {
+            let carried = (*window).suppressed;
+            (*window).start_ns = now;
+            (*window).reported = 1;
+            (*window).suppressed = 0;
+            Some(carried)
+        } else if (*window).reported < config.report_burst {
+            (*window).reported += 1;
+            let carried = (*window).suppressed;
+            (*window).suppressed = 0;
+            Some(carried)
+        } else {
+            (*window).suppressed += 1;
+            count(counter::EVENTS_SUPPRESSED);
+            None
+        }
+    }
+}
+
+/// Writes a decision record, unless the rate limit suppresses it. `filename`
+/// is the `char *` path given to exec, absent for mappings and opens. A full
+/// ring buffer is counted, never silent.
 #[inline(always)]
 fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
+    // SAFETY: helpers without arguments, callable from every program type
+    // that reports.
+    let (now, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
+    let Some(suppressed) = rate_limit(report, cgroup_id, now) else {
+        return;
+    };
     let Some(mut entry) = EVENTS.reserve::<DecisionEvent>(0) else {
         count(counter::EVENTS_LOST);
         return;
@@ -295,7 +354,7 @@ fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
         (*event).header = EventHeader {
             kind: event_kind::DECISION,
             pad: 0,
-            boot_ns: bpf_ktime_get_boot_ns(),
+            boot_ns: now,
         };
         (*event).pid = pid_tgid as u32;
         (*event).tgid = (pid_tgid >> 32) as u32;
@@ -303,7 +362,7 @@ fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
         (*event).uid = uid_gid as u32;
         (*event).gid = (uid_gid >> 32) as u32;
         (*event).mnt_ns = report.mnt_ns;
-        (*event).cgroup_id = bpf_get_current_cgroup_id();
+        (*event).cgroup_id = cgroup_id;
         (*event).inode = report.ino;
         (*event).dev = report.dev;
         (*event).decision = report.decision;
@@ -312,7 +371,7 @@ fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
         (*event).layer = report.layer;
         (*event).via = report.via;
         (*event).rule = report.rule;
-        (*event).pad = 0;
+        (*event).suppressed = suppressed;
 
         let comm = (&raw mut (*event).comm).cast::<c_void>();
         if bpf_get_current_comm(comm, COMM_LEN as u32) < 0 {

@@ -5,12 +5,13 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::InodeStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
     AgentConfig, CONTAINER_SCOPES_MAX, DRIFT_POLICIES_MAX, DriftSettings, FileId, KernelOffsets,
-    MmapOffsets, OverlayLower, PATH_BUF_LEN, PathDfaBank, TaskOffsets, VSHIELD_FILES_MAX,
-    VSHIELD_RULES_MAX, VSHIELD_SLOTS, VShieldKey, VShieldRule, WRITTEN_FILES_MAX, counter,
+    MmapOffsets, OverlayLower, PATH_BUF_LEN, PathDfaBank, REPORT_KEYS_MAX, ReportKey, ReportWindow,
+    TaskOffsets, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, VSHIELD_SLOTS, VShieldKey, VShieldRule,
+    WRITTEN_FILES_MAX, counter,
 };
 
 /// Kernel structure offsets, overridden by the agent at load time.
@@ -42,6 +43,13 @@ pub(crate) static CONFIG: Global<AgentConfig> = Global::new(unsafe { core::mem::
 /// Audit records for userspace.
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// The rate limit of decision records: the keys seen most recently. An
+/// evicted key starts a new window when it comes back, so the table's size
+/// bounds memory, never the records of a key that is busy now.
+#[map]
+pub(crate) static REPORTED: LruHashMap<ReportKey, ReportWindow> =
+    LruHashMap::with_max_entries(REPORT_KEYS_MAX, 0);
 
 /// Per-CPU counters, indexed by [`counter`].
 #[map]

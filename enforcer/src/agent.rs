@@ -18,9 +18,16 @@ use tokio::{
 use crate::{
     active::{ActiveError, ActiveVShields, Roots},
     audit::{
+        decode::AuditEvent,
         enrich::{BootClock, Enricher, PolicyTable, hostname},
+        limit::RateLimit,
         pipeline::{Pipeline, PipelineStats},
-        sink::{JsonLines, Sink},
+        record::{Accounting, Losses},
+        sink::{
+            Sink, SinkError,
+            spec::{self, SinkSpec},
+            webhook::{WebhookCounters, WebhookStats},
+        },
     },
     backend::{self, Attached, BackendChoice, BackendError, SignalRoutes},
     container::{
@@ -72,6 +79,13 @@ pub struct RunOptions {
     pub sources: Sources,
     /// Where to serve metrics and probes.
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Where audit records go.
+    pub sinks: Vec<SinkSpec>,
+    /// The kernel's rate limit of decision records.
+    pub rate_limit: RateLimit,
+    /// How often lost and suppressed records are reported in an audit
+    /// record of their own (when any were).
+    pub accounting_interval: Duration,
 }
 
 /// Where containers are named from, beside their cgroups.
@@ -115,6 +129,8 @@ pub enum AgentError {
     Policy(#[from] policy::PathGlobError),
     #[error("applying the vShields: {0}")]
     VShields(#[from] ActiveError),
+    #[error("opening the audit sinks: {0}")]
+    Sink(#[from] SinkError),
     #[error("starting the audit pipeline: {0}")]
     Pipeline(#[source] std::io::Error),
     #[error(transparent)]
@@ -160,7 +176,12 @@ fn kernel_layout(btf_path: Option<&std::path::Path>) -> Result<Layout, AgentErro
 }
 
 /// The programs' load-time settings.
-fn agent_config(host: &HostIdentity, checks: &SignalRoutes, fput_fn: u64) -> AgentConfig {
+fn agent_config(
+    host: &HostIdentity,
+    checks: &SignalRoutes,
+    fput_fn: u64,
+    rate_limit: RateLimit,
+) -> AgentConfig {
     // The kernel's numbers for the agent's own architecture.
     let syscall = |number: libc::c_long| {
         if checks.mappings.is_ok() {
@@ -177,7 +198,8 @@ fn agent_config(host: &HostIdentity, checks: &SignalRoutes, fput_fn: u64) -> Age
         host_root_ino: host.root_ino,
         fput_fn,
         mprotect_syscall: syscall(libc::SYS_mprotect),
-        pad: 0,
+        report_burst: rate_limit.burst,
+        report_window_ns: rate_limit.window_ns(),
     }
 }
 
@@ -249,10 +271,11 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let ring: RingBuf<MapData> = maps::take(&mut ebpf, maps::EVENTS)?;
     let counters: Arc<PerCpuArray<MapData, u64>> = Arc::new(maps::take(&mut ebpf, maps::COUNTERS)?);
 
-    let enricher = enricher(names, cgroups, &registry, &host);
     let metrics = options.metrics_address.map(|_| Metrics::new());
+    let (sinks, webhooks) = sinks(&options.sinks, metrics.as_ref())?;
+    let enricher = enricher(names, cgroups, &registry, &host);
     let (pipeline, mut notices) =
-        Pipeline::start(ring, enricher, sinks(metrics.as_ref())).map_err(AgentError::Pipeline)?;
+        Pipeline::start(ring, enricher, sinks, webhooks).map_err(AgentError::Pipeline)?;
     Tracker::prepare(&mut ebpf, options.track_writes)?;
 
     // Handlers before attaching: a signal from here on is a clean shutdown.
@@ -266,15 +289,12 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let (_control, mut queries) = listen(&options.control_socket);
     let sampled = (counters.clone(), &pipeline, registry.catalog());
     let ops = Ops::start(options.metrics_address, metrics, &ebpf, sampled).await?;
-    tracing::info!(
-        backend = %attached.kind,
-        mode = %in_force.policy.drift.mode,
-        policy = %in_force.policy.name,
-        "enforcer ready"
-    );
-    pipeline.report(start_record);
+    log_ready(&attached, &in_force);
+    return_start_up_memory();
+    pipeline.report(AuditEvent::Policy(Box::new(start_record)));
 
     let (mut health, mut rediscover) = (ticker(HEALTH_INTERVAL), ticker(CONTAINERS_INTERVAL));
+    let mut books = Books::new(options.accounting_interval, &counters, &pipeline);
     let mut last = Health::default();
     let running = Running::new(&attached, &counters, &pipeline, started);
     let signal_name = loop {
@@ -304,6 +324,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
                 registry.discover().place_or_log(&mut ebpf, &mut active);
                 None
             }
+            _ = books.ticker.tick() => books.report(),
             _ = health.tick() => {
                 ops.health.tick();
                 let now = Health::read(&counters, &pipeline.counters().snapshot());
@@ -315,7 +336,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         if let Some(trigger) = trigger
             && let Some(record) = in_force.reload(&mut ebpf, &mut active, roots, trigger)
         {
-            pipeline.report(record);
+            pipeline.report(AuditEvent::Policy(Box::new(record)));
         }
     };
     ops.health.set_ready(false);
@@ -324,14 +345,43 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Where audit records go: standard output, and the metrics' counters when
-/// they are served.
-fn sinks(metrics: Option<&Metrics>) -> Vec<Box<dyn Sink>> {
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonLines::stdout())];
+/// Start-up parses the kernel's BTF (several MiB, tens of MiB of parsed
+/// types) and reads the image stores; all of it is freed by now, but glibc's
+/// allocator keeps freed memory that is not at the top of the heap. Giving
+/// it back keeps the agent's resident memory what it uses while it runs.
+fn return_start_up_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The line the tests and operators wait for: enforcement is on.
+fn log_ready(attached: &Attached, in_force: &InForce) {
+    tracing::info!(
+        backend = %attached.kind,
+        mode = %in_force.policy.drift.mode,
+        policy = %in_force.policy.name,
+        "enforcer ready"
+    );
+}
+
+/// Where audit records go: the configured sinks, and the metrics' counters
+/// when they are served.
+type Sinks = (Vec<Box<dyn Sink>>, Vec<Arc<WebhookCounters>>);
+
+fn sinks(specs: &[SinkSpec], metrics: Option<&Metrics>) -> Result<Sinks, SinkError> {
+    let (mut sinks, mut webhooks) = (Vec::new(), Vec::new());
+    for spec in specs {
+        let opened = spec::open(spec)?;
+        sinks.push(opened.sink);
+        webhooks.extend(opened.webhook);
+    }
     if let Some(metrics) = metrics {
         sinks.push(Box::new(metrics.sink()));
     }
-    sinks
+    Ok((sinks, webhooks))
 }
 
 /// The metrics and probe endpoint (`--metrics-address`), and the state its
@@ -382,6 +432,7 @@ impl Ops {
             pipeline: pipeline.counters(),
             programs,
             catalog: catalog.clone(),
+            maps: map_usage(ebpf),
         });
         let bound = ops::serve(address, Arc::new(metrics), health.clone())
             .await
@@ -392,6 +443,28 @@ impl Ops {
             _stats: stats,
         })
     }
+}
+
+/// The hash maps whose use the metrics report; one that cannot be opened
+/// again is a warning, and left out.
+fn map_usage(ebpf: &aya::Ebpf) -> Vec<ops::MapUsage> {
+    use enforcer_common::{FileId, ReportKey, ReportWindow, VShieldKey, VShieldRule};
+    use ops::MapUsage;
+    [
+        MapUsage::of::<FileId, u32>(ebpf, maps::VSHIELD_FILES),
+        MapUsage::of::<VShieldKey, VShieldRule>(ebpf, maps::VSHIELD_RULES),
+        MapUsage::of::<u64, u32>(ebpf, maps::CONTAINER_SCOPES),
+        MapUsage::of::<u64, u32>(ebpf, maps::CONTAINER_DRIFT),
+        MapUsage::of::<u64, u32>(ebpf, maps::WRITTEN_FILES),
+        MapUsage::of::<ReportKey, ReportWindow>(ebpf, maps::REPORTED),
+    ]
+    .into_iter()
+    .filter_map(|usage| {
+        usage
+            .inspect_err(|error| tracing::warn!(%error, "a map's use cannot be reported"))
+            .ok()
+    })
+    .collect()
 }
 
 /// Writes the drift settings of `policy` and points the containers the
@@ -511,7 +584,12 @@ fn load(
     let script_check = script_check(&layout);
     let checks = signal_routes(&layout, &script_check, options.signal_mmap_check);
     let host = host(options.host_pid)?;
-    let config = agent_config(&host, &checks, script_check.unwrap_or(0));
+    let config = agent_config(
+        &host,
+        &checks,
+        script_check.unwrap_or(0),
+        options.rate_limit,
+    );
     let ebpf = backend::load_object(
         &layout.offsets,
         &layout.mmap_offsets,
@@ -801,6 +879,13 @@ fn status(
                 .into_iter()
                 .map(|(name, _, value)| (format!("pipeline.{name}"), value)),
         )
+        .chain(
+            pipeline
+                .webhook
+                .iter()
+                .flat_map(WebhookStats::named)
+                .map(|(name, _, value)| (format!("webhook.{name}"), value)),
+        )
         .collect();
     let policy = &in_force.policy;
     StatusReply {
@@ -955,6 +1040,63 @@ struct Health {
     pipeline: PipelineStats,
 }
 
+/// When the next accounting record is due, and what the last one counted.
+struct Books<'a> {
+    ticker: tokio::time::Interval,
+    last: Losses,
+    last_at: Instant,
+    counters: &'a PerCpuArray<MapData, u64>,
+    pipeline: &'a Pipeline,
+}
+
+impl<'a> Books<'a> {
+    fn new(
+        interval: Duration,
+        counters: &'a PerCpuArray<MapData, u64>,
+        pipeline: &'a Pipeline,
+    ) -> Self {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            ticker,
+            last: Losses::default(),
+            last_at: Instant::now(),
+            counters,
+            pipeline,
+        }
+    }
+
+    /// Writes the accounting record, when one is due; for the main loop,
+    /// which has no trigger from it.
+    fn report(&mut self) -> Option<Trigger> {
+        let now = Health::read(self.counters, &self.pipeline.counters().snapshot());
+        if let Some(accounting) = self.due(&now) {
+            self.pipeline
+                .report(AuditEvent::Accounting(Box::new(accounting)));
+        }
+        None
+    }
+
+    /// The accounting record for what was lost or left out since the last
+    /// one; none when nothing was.
+    fn due(&mut self, now: &Health) -> Option<Accounting> {
+        let total = now.losses();
+        let since = total.since(&self.last);
+        if !since.any() {
+            return None;
+        }
+        let record = Accounting {
+            at: time::OffsetDateTime::now_utc(),
+            period_s: self.last_at.elapsed().as_secs(),
+            since,
+            total,
+        };
+        self.last = total;
+        self.last_at = Instant::now();
+        Some(record)
+    }
+}
+
 impl Health {
     fn read(counters: &PerCpuArray<MapData, u64>, pipeline: &PipelineStats) -> Self {
         let kernel = stats::read(counters).unwrap_or_else(|error| {
@@ -964,6 +1106,20 @@ impl Health {
         Self {
             kernel,
             pipeline: *pipeline,
+        }
+    }
+
+    fn losses(&self) -> Losses {
+        Losses {
+            suppressed: self.kernel.events_suppressed,
+            lost: self.kernel.events_lost,
+            dropped: self.pipeline.dropped,
+            undecodable: self.pipeline.decode_errors,
+            sink_errors: self.pipeline.sink_errors,
+            undelivered: self
+                .pipeline
+                .webhook
+                .map_or(0, |webhook| webhook.undelivered()),
         }
     }
 

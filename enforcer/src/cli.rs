@@ -21,6 +21,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once, at start; the agent's options are most of it"
+)]
 pub enum Command {
     /// Enforce the policy until SIGTERM or SIGINT, writing one JSON audit
     /// event per line to stdout.
@@ -163,6 +167,15 @@ pub enum PolicyCommand {
     reason = "each is a command-line switch of its own"
 )]
 pub struct RunArgs {
+    /// Read options from this YAML file: its keys are the long names of
+    /// these options (`mode: audit`, `allow-path: [/opt/**]`,
+    /// `metrics-address: 0.0.0.0:9464`), lists for repeatable ones,
+    /// true/false for switches; `sink` items may be mappings (`type: file`,
+    /// `path: ...`, options). Options given on the command line, or in their
+    /// environment variable, win over the file. Read once at start.
+    #[arg(long, value_name = "FILE", env = "ENFORCER_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Kernel mechanism: `lsm` refuses the exec with EPERM (needs BPF LSM);
     /// `signal` kills the new program with SIGKILL before its first
     /// instruction; `auto` uses lsm when the kernel allows it and says why
@@ -338,6 +351,38 @@ pub struct RunArgs {
     /// not given.
     #[arg(long, value_name = "ADDRESS:PORT")]
     pub metrics_address: Option<std::net::SocketAddr>,
+
+    /// Where audit records go (repeatable: several sinks at once, each
+    /// record to each): `stdout` (the default when no --sink is given),
+    /// `file:PATH` (rotated by size: `,max-size=100MiB,keep=5` are the
+    /// defaults), `syslog:ADDRESS` (RFC 5424 to `unix:/dev/log`,
+    /// `udp:HOST:PORT` or `tcp:HOST:PORT`; `,facility=local0,app-name=enforcer`),
+    /// `webhook:URL` (batches sent as JSON arrays in `POST`s, retried with backoff,
+    /// spooled on disk while the receiver is down and replayed in order:
+    /// `,spool-dir=/var/lib/enforcer/spool/webhook,spool-max-size=256MiB,batch=500`;
+    /// `,header='Authorization: Bearer TOKEN'` adds a header).
+    /// Every sink takes `,format=ecs` (Elastic Common Schema, the default) or
+    /// `,format=ocsf`. The config file's `sinks:` list takes the same
+    /// options as YAML keys.
+    #[arg(long, value_name = "KIND[:TARGET][,KEY=VALUE]...", value_parser = crate::audit::sink::spec::parse)]
+    pub sink: Vec<crate::audit::sink::spec::SinkSpec>,
+
+    /// Rate limit of decision records, in the kernel: at most BURST records
+    /// per WINDOW for one container, file and decision (`10/10s`, the
+    /// default; `off`). The decisions are always carried out; only their
+    /// records are left out. Those are counted (`kernel.events_suppressed`),
+    /// the key's next record says how many of its kind were left out before
+    /// it (`enforcer.suppressed`), and an accounting record reports them.
+    #[arg(long, value_name = "BURST/WINDOW", default_value_t = crate::audit::limit::RateLimit::DEFAULT)]
+    pub rate_limit: crate::audit::limit::RateLimit,
+
+    /// How often the agent writes an accounting record (`event.dataset`
+    /// `enforcer.accounting`) when records were lost or left out since the
+    /// last one: suppressed by the rate limit, lost in a full ring buffer,
+    /// dropped while the sinks were behind, failed sink writes; with the
+    /// totals since start. Nothing is lost without a record saying so.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub accounting_interval: std::time::Duration,
 
     /// BTF of the running kernel, for kernels that do not expose
     /// /sys/kernel/btf/vmlinux (the default). Struct offsets are read from

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod audit;
 pub mod backend;
 pub mod cli;
+pub mod config;
 pub mod container;
 pub mod control;
 pub mod hook;

@@ -6,10 +6,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use enforcer::{
     agent,
-    cli::{Cli, Command, HookCommand, PolicyCommand, RunArgs, VShieldCommand},
+    cli::{Command, HookCommand, PolicyCommand, RunArgs, VShieldCommand},
     control::{self, Reply, Request, VShieldsReply},
     hook,
     policy::{DriftRule, Mode, Policy, document::Document, load},
@@ -19,7 +18,16 @@ use enforcer::{
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match enforcer::config::parse_args(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(error) => {
+            #[expect(clippy::print_stderr, reason = "before the logger exists")]
+            {
+                eprintln!("error: {error}");
+            }
+            return std::process::ExitCode::from(2);
+        }
+    };
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|error| {
         // Logging is not up yet; this is the one message that cannot go through it.
         #[expect(clippy::print_stderr, reason = "before the logger exists")]
@@ -82,6 +90,13 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         image_stores: args.image_store,
         control_socket: args.control_socket,
         metrics_address: args.metrics_address,
+        rate_limit: args.rate_limit,
+        accounting_interval: args.accounting_interval,
+        sinks: if args.sink.is_empty() {
+            vec![enforcer::audit::sink::spec::SinkSpec::default_stdout()]
+        } else {
+            args.sink
+        },
         sources: agent::Sources {
             podman_storage: args.podman_storage,
             cri_sockets: if args.no_cri {

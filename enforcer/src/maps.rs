@@ -31,6 +31,11 @@ pub const RESOLVED_ID: &str = "RESOLVED_ID";
 /// Cgroup id of a known container -> its vShield scope.
 pub const CONTAINER_SCOPES: &str = "CONTAINER_SCOPES";
 pub const CONTAINER_DRIFT: &str = "CONTAINER_DRIFT";
+/// Files written in containers on roots that are not overlayfs.
+pub const WRITTEN_FILES: &str = "WRITTEN_FILES";
+/// The rate limit of decision records (LRU hash: `ReportKey` ->
+/// `ReportWindow`).
+pub const REPORTED: &str = "REPORTED";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapAccessError {

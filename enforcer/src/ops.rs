@@ -38,7 +38,7 @@ use crate::{
     audit::{
         pipeline::PipelineCounters,
         record::Record,
-        sink::{Sink, SinkError},
+        sink::{Sink, SinkError, webhook::WebhookStats},
     },
     stats,
 };
@@ -95,6 +95,8 @@ impl Sink for MetricsSink {
                 self.generation
                     .set(i64::try_from(policy.generation).unwrap_or(i64::MAX));
             }
+            // Its numbers are the counters the metrics read themselves.
+            Record::Accounting(_) => {}
         }
         Ok(())
     }
@@ -144,6 +146,58 @@ impl Health {
     }
 }
 
+/// Counts the entries of one hash map (a walk over its keys).
+pub type EntryCount = Box<dyn Fn() -> Result<usize, aya::maps::MapError> + Send + Sync>;
+
+/// A hash map whose use is reported, through a file descriptor of its own
+/// (the main loop owns the object's maps).
+pub struct MapUsage {
+    pub name: &'static str,
+    pub capacity: u32,
+    pub entries: EntryCount,
+}
+
+impl std::fmt::Debug for MapUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapUsage")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MapUsage {
+    /// For map `name` of the loaded object, typed `K -> V`.
+    pub fn of<K: aya::Pod + Send + Sync, V: aya::Pod + Send + Sync>(
+        ebpf: &aya::Ebpf,
+        name: &'static str,
+    ) -> Result<Self, aya::maps::MapError> {
+        use aya::maps::{Map, MapData, MapError};
+        let (info, lru) = match ebpf.map(name) {
+            Some(Map::HashMap(data)) => (data.info()?, false),
+            Some(Map::LruHashMap(data)) => (data.info()?, true),
+            _ => {
+                return Err(MapError::InvalidName {
+                    name: name.to_owned(),
+                });
+            }
+        };
+        let data = MapData::from_id(info.id())?;
+        let map = aya::maps::HashMap::<MapData, K, V>::try_from(if lru {
+            Map::LruHashMap(data)
+        } else {
+            Map::HashMap(data)
+        })?;
+        Ok(Self {
+            name,
+            capacity: info.max_entries(),
+            // Entries added or removed during the walk may be missed or
+            // counted twice: a gauge, not an inventory.
+            entries: Box::new(move || map.keys().try_fold(0, |count, key| key.map(|_| count + 1))),
+        })
+    }
+}
+
 /// What is read when scraped.
 pub struct Sampled {
     /// The kernel programs' counters.
@@ -152,6 +206,8 @@ pub struct Sampled {
     /// The agent's programs: name and id.
     pub programs: Vec<(String, u32)>,
     pub catalog: crate::container::registry::Catalog,
+    /// The hash maps whose entries are counted.
+    pub maps: Vec<MapUsage>,
 }
 
 impl std::fmt::Debug for Sampled {
@@ -174,10 +230,19 @@ fn counter(
 
 impl Collector for Sampled {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        for (name, help, value) in self.pipeline.snapshot().named() {
+        let pipeline = self.pipeline.snapshot();
+        for (name, help, value) in pipeline.named() {
             counter(
                 &mut encoder,
                 &format!("enforcer_pipeline_{name}"),
+                help,
+                value,
+            )?;
+        }
+        for (name, help, value) in pipeline.webhook.iter().flat_map(WebhookStats::named) {
+            counter(
+                &mut encoder,
+                &format!("enforcer_webhook_{name}"),
                 help,
                 value,
             )?;
@@ -194,6 +259,7 @@ impl Collector for Sampled {
             }
         }
         self.encode_programs(&mut encoder)?;
+        self.encode_maps(&mut encoder)?;
         let containers = self
             .catalog
             .lock()
@@ -210,6 +276,34 @@ impl Collector for Sampled {
 }
 
 impl Sampled {
+    /// Entries in use and capacity of each hash map.
+    fn encode_maps(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "enforcer_map_entries",
+            "Entries in each of the kernel programs' hash maps (counted at the scrape).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for map in &self.maps {
+            // A map that cannot be read is left out rather than shown empty.
+            if let Ok(entries) = (map.entries)() {
+                ConstGauge::new(i64::try_from(entries).unwrap_or(i64::MAX))
+                    .encode(family.encode_family(&[("map", map.name)])?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "enforcer_map_capacity",
+            "Entries each of the kernel programs' hash maps holds at most.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for map in &self.maps {
+            ConstGauge::new(i64::from(map.capacity))
+                .encode(family.encode_family(&[("map", map.name)])?)?;
+        }
+        Ok(())
+    }
+
     /// Run counts and times of the agent's programs, from the kernel's
     /// program info (counted while BPF statistics are on).
     fn encode_programs(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {

@@ -16,12 +16,13 @@ pub struct KernelCounters {
     pub path_unresolved: u64,
     pub script_unresolved: u64,
     pub vshield_hits: u64,
+    pub events_suppressed: u64,
 }
 
 impl KernelCounters {
     /// Each counter with its name (`metrics`: `enforcer_kernel_NAME_total`,
     /// `enforcer status`: `kernel.NAME`) and what it counts.
-    pub const fn named(&self) -> [(&'static str, &'static str, u64); 10] {
+    pub const fn named(&self) -> [(&'static str, &'static str, u64); 11] {
         [
             (
                 "exec_checked",
@@ -42,6 +43,11 @@ impl KernelCounters {
                 "events_lost",
                 "Events the kernel could not put in the full ring buffer.",
                 self.events_lost,
+            ),
+            (
+                "events_suppressed",
+                "Decision records the rate limit left out (the decisions were carried out).",
+                self.events_suppressed,
             ),
             (
                 "read_errors",
@@ -90,5 +96,6 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError>
         path_unresolved: sum(counter::PATH_UNRESOLVED)?,
         script_unresolved: sum(counter::SCRIPT_UNRESOLVED)?,
         vshield_hits: sum(counter::VSHIELD_HITS)?,
+        events_suppressed: sum(counter::EVENTS_SUPPRESSED)?,
     })
 }

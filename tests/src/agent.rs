@@ -117,6 +117,9 @@ pub struct Stopped {
     pub events: Vec<Value>,
     /// The policy changes (`event.dataset` `enforcer.policy`).
     pub policy_events: Vec<Value>,
+    /// The accounting records (`event.dataset` `enforcer.accounting`): what
+    /// was lost or left out.
+    pub accounting: Vec<Value>,
     pub stderr: String,
 }
 
@@ -250,11 +253,58 @@ impl Agent {
         self.stderr_text()
     }
 
+    /// A memory field of the agent's `/proc/PID/status` in KiB (`VmRSS`
+    /// resident now, `VmHWM` the peak).
+    pub fn memory_kib(&self, field: &str) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no {field} in /proc/{}/status", self.pid()))
+    }
+
+    /// The CPU time the agent has used so far, all threads, user and
+    /// system, in seconds (clock-tick resolution).
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the command name, which is in parentheses and may
+        // hold spaces: utime and stime are the 14th and 15th of the line.
+        let rest = stat.rsplit_once(')').context("no ) in /proc/PID/stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |index: usize| -> anyhow::Result<f64> {
+            let value: u64 = fields.get(index).context("short /proc/PID/stat")?.parse()?;
+            #[expect(clippy::cast_precision_loss, reason = "clock ticks of one run")]
+            Ok(value as f64)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        anyhow::ensure!(per_second > 0, "sysconf(_SC_CLK_TCK) failed");
+        #[expect(clippy::cast_precision_loss, reason = "a small constant")]
+        Ok((ticks(11)? + ticks(12)?) / per_second as f64)
+    }
+
     /// Waits until the agent has written every record of what the kernel
     /// decided so far (`enforcer flush`) and the harness has read them;
     /// returns how many stdout lines that is, a mark for
     /// [`Self::events_since`].
     pub fn flush(&self) -> anyhow::Result<usize> {
+        let written = self.flush_sinks()?;
+        let started = Instant::now();
+        while self.stdout.lock().expect("stdout lock").len() < written {
+            if started.elapsed() > FLUSH_TIMEOUT {
+                bail!("the agent wrote {written} records; fewer reached the harness");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(written)
+    }
+
+    /// Waits until the agent has written every record of what the kernel
+    /// decided so far to its sinks (`enforcer flush`); returns how many
+    /// records it has written since it started. For agents whose sinks are
+    /// not stdout.
+    pub fn flush_sinks(&self) -> anyhow::Result<usize> {
         let output = Command::new(binary())
             .arg("flush")
             .arg("--socket")
@@ -275,24 +325,17 @@ impl Agent {
             .next()
             .and_then(|count| count.parse().ok())
             .with_context(|| format!("enforcer flush printed {stdout:?}"))?;
-        let started = Instant::now();
-        while self.stdout.lock().expect("stdout lock").len() < written {
-            if started.elapsed() > FLUSH_TIMEOUT {
-                bail!("the agent wrote {written} records; fewer reached the harness");
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
         Ok(written)
     }
 
-    /// The records other than policy changes among the stdout lines after
+    /// The decisions (`event.kind` `alert`) among the stdout lines after
     /// `mark` (from [`Self::flush`]).
     pub fn events_since(&self, mark: usize) -> anyhow::Result<Vec<Value>> {
         let lines = self.stdout.lock().expect("stdout lock");
         let records = parse_records(lines.get(mark..).unwrap_or_default())?;
         Ok(records
             .into_iter()
-            .filter(|record| record["event"]["dataset"] != "enforcer.policy")
+            .filter(|record| record["event"]["kind"] == "alert")
             .collect())
     }
 
@@ -330,13 +373,19 @@ impl Agent {
         self.join_stderr();
         let stderr = self.stderr_text();
         let records = parse_records(&self.stdout.lock().expect("stdout lock"))?;
-        let (policy_events, events) = records
-            .into_iter()
-            .partition(|record| record["event"]["dataset"] == "enforcer.policy");
+        let (mut policy_events, mut accounting, mut events) = (Vec::new(), Vec::new(), Vec::new());
+        for record in records {
+            match record["event"]["dataset"].as_str() {
+                Some("enforcer.policy") => policy_events.push(record),
+                Some("enforcer.accounting") => accounting.push(record),
+                _ => events.push(record),
+            }
+        }
         Ok(Stopped {
             status,
             events,
             policy_events,
+            accounting,
             stderr,
         })
     }

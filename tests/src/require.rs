@@ -54,6 +54,22 @@ pub fn unavailable(requirement: Requirement, why: &str) {
     eprintln!("SKIPPED: {} is not available: {why}", requirement.name());
 }
 
+/// Set by `cargo xtask test` inside its VMs, where QEMU emulates the CPU.
+pub const EMULATED_ENV: &str = "ENFORCER_TEST_EMULATED";
+
+/// False (with the reason printed) in the emulated VMs, for tests of what
+/// does not depend on the kernel (the audit sinks) or of volume (a flood of
+/// execs): the host run covers them, and emulation would make them the
+/// slowest tests of each VM.
+#[must_use]
+pub fn not_emulated(what: &str) -> bool {
+    if std::env::var_os(EMULATED_ENV).is_some() {
+        eprintln!("SKIPPED in the emulated VM ({what}): the host run covers it");
+        return false;
+    }
+    true
+}
+
 /// True when running as root; otherwise reports the skip.
 #[must_use]
 pub fn root() -> bool {

@@ -105,6 +105,10 @@ fn probes_answer_and_metrics_count_what_the_kernel_decided() {
         ("enforcer_pipeline_written_total", 2.0),
         (r#"enforcer_policy_changes_total{outcome="applied"}"#, 1.0),
         ("enforcer_policy_generation", 1.0),
+        // The drift's key in the rate limit's table.
+        (r#"enforcer_map_entries{map="REPORTED"}"#, 1.0),
+        (r#"enforcer_map_capacity{map="REPORTED"}"#, 16384.0),
+        (r#"enforcer_map_entries{map="VSHIELD_FILES"}"#, 0.0),
     ] {
         let value = sample(&metrics, series).unwrap_or_else(|| panic!("no {series}:\n{metrics}"));
         assert!(value >= at_least, "{series} = {value}\n{metrics}");
@@ -177,4 +181,62 @@ fn enforcer_status(agent: &Agent) -> serde_json::Value {
     let backend = shown["backend"].as_str().expect("a backend");
     assert!(text.contains(&format!("backend:    {backend}")), "{text}");
     shown
+}
+
+/// The kernel's rate limit: the same container deciding the same file
+/// again and again writes `BURST` records per window; the rest are counted,
+/// the key's next record after the window says how many were left out, and
+/// an accounting record reports them. Every decision was still carried out.
+/// The agent reads its options from a config file; a flag wins over it.
+#[test]
+fn the_rate_limit_counts_and_reports_what_it_leaves_out() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    // From a config file, with the command line overriding one option.
+    let dir = container::Scratch::new("config").expect("a scratch directory");
+    let config = dir.path().join("enforcer.yaml");
+    std::fs::write(
+        &config,
+        "rate-limit: 1/1h\naccounting-interval: 1s\nsink: [stdout]\n",
+    )
+    .expect("writing the config file");
+    let config = config.display().to_string();
+    let agent = Agent::start(&["--config", &config, "--rate-limit", "3/2s"])
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    let image = Image::busybox().expect("building the image");
+    // Seven runs in a burst, then one after the window.
+    let run = container::run(
+        &image,
+        "cp /bin/busybox /tmp/dropped; for i in 1 2 3 4 5 6 7; do /tmp/dropped true; done; \
+         /bin/busybox sleep 3; /tmp/dropped true; /bin/busybox sleep 2",
+    )
+    .expect("running the container");
+    agent.flush().expect("flushing");
+    let shown = enforcer_status(&agent);
+    let stopped = agent.stop().expect("stopping the agent");
+    let drift: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|event| event["file"]["path"] == "/tmp/dropped")
+        .collect();
+    assert_eq!(drift.len(), 4, "{drift:#?}\n{run:?}\n{}", stopped.stderr);
+    let suppressed: Vec<_> = drift
+        .iter()
+        .map(|event| event["enforcer"]["suppressed"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(suppressed, [0, 0, 0, 4], "{drift:#?}");
+    assert_eq!(
+        shown["counters"]["kernel.events_suppressed"], 4,
+        "{shown:#}"
+    );
+    assert_eq!(shown["counters"]["kernel.drift_detected"], 8, "{shown:#}");
+    let accounting = &stopped.accounting;
+    assert_eq!(accounting.len(), 1, "{accounting:#?}\n{}", stopped.stderr);
+    let books = &accounting[0]["enforcer"]["accounting"];
+    assert_eq!(books["since"]["suppressed"], 4, "{books:#}");
+    assert_eq!(books["since"]["lost"], 0, "{books:#}");
+    assert_eq!(books["total"]["suppressed"], 4, "{books:#}");
+    assert_eq!(accounting[0]["event"]["outcome"], "success", "{books:#}");
 }

@@ -220,6 +220,10 @@ fn test(workspace: &Path, kernels: &[&KernelSpec], vm_jobs: usize) -> anyhow::Re
             "root,lsm,podman,cgroup2,containerd".to_owned(),
         ),
         ("RUST_BACKTRACE", "1".to_owned()),
+        // Tests of what does not depend on the kernel (sinks) or of volume
+        // (the 100,000-exec flood) run on the host only: see
+        // `require::not_emulated`.
+        ("ENFORCER_TEST_EMULATED", "1".to_owned()),
     ];
     let vm = vm::VmRun {
         vng: &vng,

@@ -27,8 +27,9 @@ const BUILD_PACKAGES: &[&str] = &[
 /// for test container images (and virtme-ng's initramfs), kmod for depmod,
 /// Podman and crun for real containers in the VMs, containerd (with runc)
 /// for Kubernetes' runtime driven over its CRI API, rpm (rpmbuild) for an
-/// image with an rpm database, and Berkeley DB's `db_load` for one with
-/// rpm's older Berkeley DB database.
+/// image with an rpm database, Berkeley DB's `db_load` for one with
+/// rpm's older Berkeley DB database, and rsyslog, the daemon the syslog
+/// sink is tested against.
 const TEST_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -38,6 +39,7 @@ const TEST_PACKAGES: &[&str] = &[
     "containerd",
     "rpm",
     "db5.3-util",
+    "rsyslog",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

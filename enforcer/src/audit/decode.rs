@@ -5,7 +5,7 @@ use std::mem::size_of;
 
 use enforcer_common::{DecisionEvent, EventHeader, RootNotice, event_kind};
 
-use super::record::PolicyChange;
+use super::record::{Accounting, PolicyChange};
 
 /// A record from the kernel, copied out of the ring buffer.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +31,8 @@ pub enum AuditEvent {
     Decision(DecisionEvent),
     /// Not from the kernel: the agent applied or refused a policy change.
     Policy(Box<PolicyChange>),
+    /// Not from the kernel: records lost or left out lately.
+    Accounting(Box<Accounting>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -119,7 +121,7 @@ pub(crate) mod tests {
             path_len: path.len() as u32,
             flags: 0,
             rule: 0,
-            pad: 0,
+            suppressed: 0,
             comm: [0; COMM_LEN],
             name: [0; NAME_LEN],
             path: [0; EXEC_PATH_LEN],

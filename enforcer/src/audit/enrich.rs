@@ -16,9 +16,10 @@ use super::{
     decode::AuditEvent,
     lineage,
     record::{
-        Agent, AuditRecord, Container, Enforcer, ErrorField, Event, File, Host, Id, Image,
-        ImageHash, Kubernetes, KubernetesContainer, Parent, Pod, PolicyChange, PolicyRecord,
-        PolicyState, Process, Record, Rule, RuleSet, ThreadId, Vulnerability,
+        Accounting, AccountingRecord, AccountingState, Agent, AuditRecord, Container, Enforcer,
+        ErrorField, Event, File, Host, Id, Image, ImageHash, Kubernetes, KubernetesContainer,
+        Losses, Parent, Pod, PolicyChange, PolicyRecord, PolicyState, Process, Record, Rule,
+        RuleSet, ThreadId, Vulnerability,
     },
 };
 
@@ -171,6 +172,45 @@ impl Enricher {
         match event {
             AuditEvent::Decision(event) => Record::Decision(self.decision(event)),
             AuditEvent::Policy(change) => Record::Policy(self.policy_change(change)),
+            AuditEvent::Accounting(accounting) => Record::Accounting(self.accounting(accounting)),
+        }
+    }
+
+    fn accounting(&self, accounting: &Accounting) -> AccountingRecord {
+        let Losses {
+            suppressed,
+            lost,
+            dropped,
+            undecodable,
+            sink_errors,
+            undelivered,
+        } = accounting.since;
+        let failed = lost + dropped + undecodable + sink_errors + undelivered > 0;
+        AccountingRecord {
+            timestamp: accounting.at.format(&Rfc3339).unwrap_or_default(),
+            event: Event {
+                kind: "metric",
+                category: ["host", "intrusion_detection"],
+                r#type: ["info", if failed { "error" } else { "info" }],
+                action: "audit-accounting".to_owned(),
+                outcome: if failed { "failure" } else { "success" },
+                reason: format!(
+                    "in the last {}s: {suppressed} records left out by the rate limit, \
+                     {lost} lost in the full ring buffer, {dropped} dropped while the sinks were \
+                     behind, {undecodable} undecodable, {sink_errors} failed sink writes, \
+                     {undelivered} webhook records undelivered",
+                    accounting.period_s
+                ),
+                module: "enforcer",
+                dataset: "enforcer.accounting",
+            },
+            host: Host {
+                hostname: self.hostname.clone(),
+            },
+            agent: agent(),
+            enforcer: AccountingState {
+                accounting: accounting.clone(),
+            },
         }
     }
 
@@ -326,6 +366,7 @@ impl Enricher {
                 session: lineage.session.map(lineage::Session::as_str),
                 exemption: (e.flags & event_flags::EXEC_SESSION != 0).then_some("exec-session"),
                 path_truncated: e.flags & event_flags::PATH_TRUNCATED != 0,
+                suppressed: e.suppressed,
             },
         }
     }

@@ -3,7 +3,10 @@
 
 pub mod decode;
 pub mod enrich;
+pub mod format;
+pub mod limit;
 pub mod lineage;
+pub mod ocsf;
 pub mod pipeline;
 pub mod record;
 pub mod sink;

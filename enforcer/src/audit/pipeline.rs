@@ -30,8 +30,10 @@ use enforcer_common::RootNotice;
 use super::{
     decode::{AuditEvent, KernelEvent, decode},
     enrich::Enricher,
-    record::PolicyChange,
-    sink::Sink,
+    sink::{
+        Sink,
+        webhook::{WebhookCounters, WebhookStats},
+    },
 };
 
 /// Queue between the ring buffer reader and the writer.
@@ -63,12 +65,14 @@ pub struct PipelineCounters {
     pub received: AtomicU64,
     /// Records that could not be decoded.
     pub decode_errors: AtomicU64,
-    /// Records dropped because the writer was behind.
+    /// Kernel records dropped because the writer was behind.
     pub dropped: AtomicU64,
     /// Records handed to every sink.
     pub written: AtomicU64,
     /// Failed sink writes or flushes.
     pub sink_errors: AtomicU64,
+    /// The webhook sinks' own counters.
+    pub webhooks: Vec<Arc<WebhookCounters>>,
 }
 
 /// A snapshot of [`PipelineCounters`].
@@ -79,6 +83,8 @@ pub struct PipelineStats {
     pub dropped: u64,
     pub written: u64,
     pub sink_errors: u64,
+    /// The webhook sinks' counters, summed; `None` without a webhook sink.
+    pub webhook: Option<WebhookStats>,
 }
 
 impl PipelineStats {
@@ -119,6 +125,8 @@ impl PipelineCounters {
             dropped: self.dropped.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
             sink_errors: self.sink_errors.load(Ordering::Relaxed),
+            webhook: (!self.webhooks.is_empty())
+                .then(|| WebhookStats::sum(self.webhooks.iter().map(|webhook| webhook.snapshot()))),
         }
     }
 }
@@ -149,8 +157,12 @@ impl Pipeline {
         ring: RingBuf<MapData>,
         enricher: Enricher,
         sinks: Vec<Box<dyn Sink>>,
+        webhooks: Vec<Arc<WebhookCounters>>,
     ) -> std::io::Result<(Self, mpsc::Receiver<RootNotice>)> {
-        let counters = Arc::new(PipelineCounters::default());
+        let counters = Arc::new(PipelineCounters {
+            webhooks,
+            ..PipelineCounters::default()
+        });
         let (audit, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (notices, notices_rx) = mpsc::channel(NOTICE_CAPACITY);
         let agent = audit.clone();
@@ -187,16 +199,16 @@ impl Pipeline {
         Arc::clone(&self.counters)
     }
 
-    /// Writes a record of the agent's own (a policy change) with the
-    /// kernel's; counted as dropped when the writer is that far behind.
-    pub fn report(&self, change: PolicyChange) {
-        if self
-            .agent
-            .try_send(Item::Audit(AuditEvent::Policy(Box::new(change))))
-            .is_err()
-        {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Writes a record of the agent's own (a policy change, accounting)
+    /// with the kernel's. Never dropped: a task waits for room in the queue
+    /// (these records are few, and they are the ones that say what changed
+    /// and what was lost). Must be called inside the tokio runtime.
+    pub fn report(&self, event: AuditEvent) {
+        let agent = self.agent.clone();
+        tokio::spawn(async move {
+            // Fails only when the writer is gone, at the end of a shutdown.
+            let _ = agent.send(Item::Audit(event)).await;
+        });
     }
 
     /// A barrier: the answer comes once every record the kernel had written

@@ -20,6 +20,27 @@ pub enum Record {
     Decision(AuditRecord),
     /// The agent applied or refused a policy change.
     Policy(PolicyRecord),
+    /// Records lost or left out since the last accounting record.
+    Accounting(AccountingRecord),
+}
+
+impl Record {
+    /// `@timestamp`.
+    pub fn timestamp(&self) -> &str {
+        match self {
+            Self::Decision(record) => &record.timestamp,
+            Self::Policy(record) => &record.timestamp,
+            Self::Accounting(record) => &record.timestamp,
+        }
+    }
+
+    pub fn host(&self) -> &Host {
+        match self {
+            Self::Decision(record) => &record.host,
+            Self::Policy(record) => &record.host,
+            Self::Accounting(record) => &record.host,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -234,6 +255,92 @@ pub struct Enforcer {
     /// Set when the path was longer than the kernel buffer and was cut.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,
+    /// Records of the same container, file and decision that the rate
+    /// limit left out before this one.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed: u32,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+const fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// Records lost or left out, written when any were since the last one:
+/// nothing is lost without a record saying so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccountingRecord {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: String,
+    pub event: Event,
+    pub host: Host,
+    pub agent: Agent,
+    pub enforcer: AccountingState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AccountingState {
+    pub accounting: Accounting,
+}
+
+/// What the agent reports about lost and suppressed records
+/// (`enforcer.accounting`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Accounting {
+    #[serde(skip)]
+    pub at: OffsetDateTime,
+    /// Seconds since the previous accounting record (or the start).
+    pub period_s: u64,
+    /// Counted in that period.
+    pub since: Losses,
+    /// Counted since the agent started.
+    pub total: Losses,
+}
+
+/// Records that did not reach the sinks, by why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Losses {
+    /// Left out by the kernel's rate limit (the decisions were carried out).
+    pub suppressed: u64,
+    /// Not written: the kernel's ring buffer was full.
+    pub lost: u64,
+    /// Dropped: the agent's writer was behind.
+    pub dropped: u64,
+    /// Could not be decoded.
+    pub undecodable: u64,
+    /// Sink writes and flushes that failed.
+    pub sink_errors: u64,
+    /// Webhook records that will not reach the receiver: refused by it, or
+    /// not kept by the spool (full, unwritable, torn by a crash).
+    pub undelivered: u64,
+}
+
+impl Losses {
+    pub const fn any(&self) -> bool {
+        self.suppressed
+            + self.lost
+            + self.dropped
+            + self.undecodable
+            + self.sink_errors
+            + self.undelivered
+            > 0
+    }
+
+    /// What grew from `before` to `self`.
+    #[must_use]
+    pub const fn since(&self, before: &Self) -> Self {
+        Self {
+            suppressed: self.suppressed.saturating_sub(before.suppressed),
+            lost: self.lost.saturating_sub(before.lost),
+            dropped: self.dropped.saturating_sub(before.dropped),
+            undecodable: self.undecodable.saturating_sub(before.undecodable),
+            sink_errors: self.sink_errors.saturating_sub(before.sink_errors),
+            undelivered: self.undelivered.saturating_sub(before.undelivered),
+        }
+    }
 }
 
 /// A policy change: applied (a new generation is in force) or refused (the

@@ -20,6 +20,15 @@
 //! agent took to apply them (resolve the files and write the kernel maps),
 //! held to 200 ms.
 //!
+//! `events` (by default, or with `--only events`) measures the audit
+//! pipeline and the agent's memory: a flood of `--flood-count` drift execs
+//! in one container with the rate limit off and a file sink, each one a
+//! record from the ring buffer to the JSON file. It reports records per
+//! second of the agent's own CPU time (user and system, all threads: what
+//! one core spends per record, held to 200,000/s), the agent's resident
+//! memory idle (after start-up, held to 30 MiB) and its peak during the
+//! flood (held to 64 MiB).
+//!
 //! Prints a table and one JSON line per workload; exits 1 when an overhead
 //! is above its target.
 
@@ -31,6 +40,11 @@ use enforcer_tests::{
     container::{self, Image, Scratch},
     scenario::clean_exit_events,
 };
+
+/// Targets of the `events` measurement.
+const EVENTS_PER_CPU_SECOND: f64 = 200_000.0;
+const IDLE_RSS_MIB: f64 = 30.0;
+const FLOOD_RSS_MIB: f64 = 64.0;
 
 /// vShields of the `open-v` workload.
 const VSHIELDS: usize = 10_000;
@@ -77,6 +91,8 @@ struct Options {
     rounds: usize,
     exec_count: u32,
     open_count: u32,
+    /// Drift execs of the `events` measurement.
+    flood_count: u32,
     /// Workloads to run; all when empty.
     only: Vec<String>,
     agent_args: Vec<String>,
@@ -87,6 +103,7 @@ fn options() -> anyhow::Result<Options> {
         rounds: 6,
         exec_count: 2000,
         open_count: 200_000,
+        flood_count: 100_000,
         only: Vec::new(),
         agent_args: Vec::new(),
     };
@@ -97,6 +114,7 @@ fn options() -> anyhow::Result<Options> {
             "--rounds" => options.rounds = value()?.parse()?,
             "--exec-count" => options.exec_count = value()?.parse()?,
             "--open-count" => options.open_count = value()?.parse()?,
+            "--flood-count" => options.flood_count = value()?.parse()?,
             "--only" => options.only.push(value()?),
             "--" => {
                 options.agent_args = args.collect();
@@ -356,9 +374,10 @@ fn run() -> anyhow::Result<bool> {
     };
     let workloads = workloads(&options, &image, &shielded_policy);
     if let Some(unknown) = options.only.iter().find(|name| {
-        !workloads
-            .iter()
-            .any(|workload| workload.name == name.as_str())
+        name.as_str() != "events"
+            && !workloads
+                .iter()
+                .any(|workload| workload.name == name.as_str())
     }) {
         bail!("--only {unknown}: no such workload");
     }
@@ -389,7 +408,67 @@ fn run() -> anyhow::Result<bool> {
             all_met &= report_apply(&measured.apply_ms, &measured.backend);
         }
     }
+    if options.only.is_empty() || options.only.iter().any(|name| name == "events") {
+        all_met &= events(&image, &agent_args, options.flood_count)?;
+    }
     Ok(all_met)
+}
+
+/// The `events` measurement (see the module documentation).
+fn events(image: &Image, agent_args: &[&str], flood: u32) -> anyhow::Result<bool> {
+    let scratch = Scratch::new("bench-events")?;
+    let sink = format!(
+        "file:{},max-size=16GiB",
+        scratch.path().join("audit.json").display()
+    );
+    let mut args = agent_args.to_vec();
+    args.extend(["--rate-limit", "off", "--sink", &sink]);
+    let agent = Agent::start(&args).map_err(|failure| anyhow::anyhow!("{failure}"))?;
+    // Start-up's allocations (BTF, the first container scan) settle.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let idle_mib = kib_to_mib(agent.memory_kib("VmRSS")?);
+    let (written_before, cpu_before) = (agent.flush_sinks()?, agent.cpu_seconds()?);
+    let run = container::run(
+        image,
+        &format!("cp /bin/busybox /tmp/flooder && /bin/probe exec-flood {flood} /tmp/flooder true"),
+    )?;
+    anyhow::ensure!(run.status.success(), "the flood failed: {run:#?}");
+    let written = agent.flush_sinks()? - written_before;
+    let cpu = agent.cpu_seconds()? - cpu_before;
+    let peak_mib = kib_to_mib(agent.memory_kib("VmHWM")?);
+    agent.stop()?;
+    #[expect(clippy::cast_precision_loss, reason = "a count of records")]
+    let per_cpu_second = written as f64 / cpu.max(0.01);
+    let met = [
+        per_cpu_second >= EVENTS_PER_CPU_SECOND,
+        idle_mib <= IDLE_RSS_MIB,
+        peak_mib <= FLOOD_RSS_MIB,
+    ];
+    let mark = |met: bool| if met { "" } else { "  ABOVE TARGET" };
+    println!(
+        "events {written} records in {cpu:.2} s of agent CPU: {per_cpu_second:.0}/s per core \
+         (target >= {EVENTS_PER_CPU_SECOND:.0}){}",
+        mark(met[0])
+    );
+    println!(
+        "memory agent RSS idle {idle_mib:.1} MiB (target <= {IDLE_RSS_MIB}){}, \
+         peak during the flood {peak_mib:.1} MiB (target <= {FLOOD_RSS_MIB}){}",
+        mark(met[1]),
+        mark(met[2])
+    );
+    println!(
+        "BENCH {{\"workload\":\"events\",\"records\":{written},\"agent_cpu_s\":{cpu:.3},\
+         \"per_cpu_second\":{per_cpu_second:.0},\"target_per_cpu_second\":{EVENTS_PER_CPU_SECOND},\
+         \"idle_rss_mib\":{idle_mib:.1},\"peak_rss_mib\":{peak_mib:.1},\
+         \"met\":{}}}",
+        met.iter().all(|met| *met)
+    );
+    Ok(met.iter().all(|met| *met))
+}
+
+#[expect(clippy::cast_precision_loss, reason = "memory sizes")]
+fn kib_to_mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 fn main() -> ExitCode {

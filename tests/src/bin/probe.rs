@@ -14,6 +14,8 @@
 //! - `probe dlopen PATH`: `dlopen(PATH, RTLD_NOW)`
 //! - `probe exec-loop N PATH ARGS...`: fork and exec PATH N times, waiting
 //!   for each; prints `ops_per_sec=R`
+//! - `probe exec-flood N PATH ARGS...`: as exec-loop, but a run that is
+//!   refused or killed counts as done (a flood of decisions)
 //! - `probe open-loop N PATH`: open and close PATH N times; prints
 //!   `ops_per_sec=R`
 //!
@@ -106,7 +108,9 @@ fn memfd_with(path: &str) -> io::Result<libc::c_int> {
 }
 
 /// fork + execv + waitpid, `count` times.
-fn exec_loop(count: u32, args: &[String]) -> io::Result<()> {
+/// Forks and execs `args` `count` times; with `any_end`, a child that was
+/// refused or killed is not an error.
+fn exec_loop(count: u32, args: &[String], any_end: bool) -> io::Result<()> {
     let owned: Vec<CString> = args.iter().map(|arg| cstring(arg)).collect();
     let mut pointers: Vec<*const libc::c_char> = owned.iter().map(|arg| arg.as_ptr()).collect();
     pointers.push(std::ptr::null());
@@ -127,7 +131,7 @@ fn exec_loop(count: u32, args: &[String]) -> io::Result<()> {
                 if unsafe { libc::waitpid(child, &raw mut status, 0) } < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                if !any_end && (!libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0) {
                     return Err(io::Error::other(format!(
                         "{} exited with status {status}",
                         args[0]
@@ -220,7 +224,7 @@ fn main() -> ExitCode {
                 fail("dlopen", &"ok", 0)
             }
         }
-        "exec-loop" | "open-loop" => {
+        "exec-loop" | "exec-flood" | "open-loop" => {
             let Some(count) = rest.first().and_then(|n| n.parse::<u32>().ok()) else {
                 return fail(command, &"usage: COUNT PATH ARGS...", 2);
             };
@@ -228,8 +232,10 @@ fn main() -> ExitCode {
             if target.is_empty() {
                 return fail(command, &"usage: COUNT PATH ARGS...", 2);
             }
-            if command == "exec-loop" {
-                timed(command, count, || exec_loop(count, target))
+            if command == "exec-loop" || command == "exec-flood" {
+                timed(command, count, || {
+                    exec_loop(count, target, command == "exec-flood")
+                })
             } else {
                 timed(command, count, || open_loop(count, &target[0]))
             }
