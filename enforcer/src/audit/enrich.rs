@@ -169,8 +169,16 @@ impl Enricher {
     }
 
     pub fn record(&self, event: &AuditEvent) -> Record {
+        self.record_with(event, self.proc_lineage)
+    }
+
+    /// [`Self::record`], reading the ancestors' executables from `/proc`
+    /// only when `proc_lineage` (and [`Self::proc_lineage`]).
+    pub fn record_with(&self, event: &AuditEvent, proc_lineage: bool) -> Record {
         match event {
-            AuditEvent::Decision(event) => Record::Decision(self.decision(event)),
+            AuditEvent::Decision(event) => {
+                Record::Decision(self.decision(event, proc_lineage && self.proc_lineage))
+            }
             AuditEvent::Policy(change) => Record::Policy(self.policy_change(change)),
             AuditEvent::Accounting(accounting) => Record::Accounting(self.accounting(accounting)),
         }
@@ -268,7 +276,7 @@ impl Enricher {
         }
     }
 
-    fn decision(&self, e: &DecisionEvent) -> AuditRecord {
+    fn decision(&self, e: &DecisionEvent, proc_lineage: bool) -> AuditRecord {
         let Decision {
             name: decision_name,
             verb: outcome_verb,
@@ -291,7 +299,7 @@ impl Enricher {
         let lineage = lineage::of_event(
             e,
             lineage::Context {
-                proc: self.proc_lineage.then_some(Path::new("/proc")),
+                proc: proc_lineage.then_some(Path::new("/proc")),
                 in_container: container.is_some(),
                 init_pid,
                 host_pid_ns: self.host_pid_ns,

@@ -39,6 +39,12 @@ use super::{
 /// Queue between the ring buffer reader and the writer.
 pub const CHANNEL_CAPACITY: usize = 8192;
 
+/// Records queued for the writer beyond which it is behind: records are then
+/// written without the ancestors' executables from `/proc` (a few system
+/// calls per ancestor, most of a record's cost), so that a flood is written
+/// rather than dropped. The kernel's lineage (pids and names) stays.
+const BEHIND: usize = 64;
+
 /// Flush requests waiting for the reader.
 const FLUSH_CAPACITY: usize = 16;
 
@@ -71,6 +77,9 @@ pub struct PipelineCounters {
     pub written: AtomicU64,
     /// Failed sink writes or flushes.
     pub sink_errors: AtomicU64,
+    /// Records written without the ancestors' executables because the
+    /// writer was behind.
+    pub lineage_skipped: AtomicU64,
     /// The webhook sinks' own counters.
     pub webhooks: Vec<Arc<WebhookCounters>>,
 }
@@ -83,6 +92,7 @@ pub struct PipelineStats {
     pub dropped: u64,
     pub written: u64,
     pub sink_errors: u64,
+    pub lineage_skipped: u64,
     /// The webhook sinks' counters, summed; `None` without a webhook sink.
     pub webhook: Option<WebhookStats>,
 }
@@ -90,7 +100,7 @@ pub struct PipelineStats {
 impl PipelineStats {
     /// Each counter with its name (`metrics`: `enforcer_pipeline_NAME_total`,
     /// `enforcer status`: `pipeline.NAME`) and what it counts.
-    pub const fn named(&self) -> [(&'static str, &'static str, u64); 5] {
+    pub const fn named(&self) -> [(&'static str, &'static str, u64); 6] {
         [
             (
                 "received",
@@ -113,6 +123,11 @@ impl PipelineStats {
                 "Failed sink writes and flushes.",
                 self.sink_errors,
             ),
+            (
+                "lineage_skipped",
+                "Records written without the ancestors' executables from /proc: the writer was behind.",
+                self.lineage_skipped,
+            ),
         ]
     }
 }
@@ -125,6 +140,7 @@ impl PipelineCounters {
             dropped: self.dropped.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
             sink_errors: self.sink_errors.load(Ordering::Relaxed),
+            lineage_skipped: self.lineage_skipped.load(Ordering::Relaxed),
             webhook: (!self.webhooks.is_empty())
                 .then(|| WebhookStats::sum(self.webhooks.iter().map(|webhook| webhook.snapshot()))),
         }
@@ -331,11 +347,19 @@ fn write_loop(
     let mut barriers = Vec::new();
     while let Some(item) = rx.blocking_recv() {
         // Batch whatever else is queued before flushing.
-        for item in std::iter::once(item).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
             match item {
-                Item::Audit(event) => write_one(&event, enricher, &mut sinks, counters),
+                Item::Audit(event) => {
+                    let behind = rx.len() > BEHIND;
+                    if behind {
+                        counters.lineage_skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    write_one(&event, enricher, &mut sinks, counters, !behind);
+                }
                 Item::Barrier(done) => barriers.push(done),
             }
+            next = rx.try_recv().ok();
         }
         for sink in &mut sinks {
             if let Err(error) = sink.flush() {
@@ -355,8 +379,9 @@ fn write_one(
     enricher: &Enricher,
     sinks: &mut [Box<dyn Sink>],
     counters: &PipelineCounters,
+    proc_lineage: bool,
 ) {
-    let record = enricher.record(event);
+    let record = enricher.record_with(event, proc_lineage);
     for sink in sinks {
         if let Err(error) = sink.write(&record) {
             counters.sink_errors.fetch_add(1, Ordering::Relaxed);

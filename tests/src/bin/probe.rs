@@ -16,6 +16,9 @@
 //!   for each; prints `ops_per_sec=R`
 //! - `probe exec-flood N PATH ARGS...`: as exec-loop, but a run that is
 //!   refused or killed counts as done (a flood of decisions)
+//! - `probe mmap-loop N PATH`: map PATH executable and unmap it N times;
+//!   prints `ops_per_sec=R` (with an audited drift file: N decisions at the
+//!   rate of a system call)
 //! - `probe open-loop N PATH`: open and close PATH N times; prints
 //!   `ops_per_sec=R`
 //!
@@ -157,6 +160,16 @@ fn open_loop(count: u32, path: &str) -> io::Result<()> {
     Ok(())
 }
 
+fn mmap_loop(count: u32, path: &str) -> io::Result<()> {
+    let fd = open(path)?;
+    for _ in 0..count {
+        let address = map(fd, libc::PROT_READ | libc::PROT_EXEC)?;
+        // SAFETY: unmaps the page mapped just above.
+        unsafe { libc::munmap(address, 4096) };
+    }
+    Ok(())
+}
+
 /// Runs `work` (`count` operations) and prints its rate.
 fn timed(name: &str, count: u32, work: impl FnOnce() -> io::Result<()>) -> ExitCode {
     let started = std::time::Instant::now();
@@ -224,7 +237,7 @@ fn main() -> ExitCode {
                 fail("dlopen", &"ok", 0)
             }
         }
-        "exec-loop" | "exec-flood" | "open-loop" => {
+        "exec-loop" | "exec-flood" | "open-loop" | "mmap-loop" => {
             let Some(count) = rest.first().and_then(|n| n.parse::<u32>().ok()) else {
                 return fail(command, &"usage: COUNT PATH ARGS...", 2);
             };
@@ -236,6 +249,8 @@ fn main() -> ExitCode {
                 timed(command, count, || {
                     exec_loop(count, target, command == "exec-flood")
                 })
+            } else if command == "mmap-loop" {
+                timed(command, count, || mmap_loop(count, &target[0]))
             } else {
                 timed(command, count, || open_loop(count, &target[0]))
             }
