@@ -12,7 +12,7 @@ use crate::{backend::BackendChoice, policy::Mode, tracking::WriteTracking};
 #[command(name = "enforcer", version)]
 pub struct Cli {
     /// Log filter for the agent's own logs on stderr (tracing syntax, e.g.
-    /// `info` or `enforcer=debug`). Audit events go to stdout regardless.
+    /// `info` or `enforcer=debug`). Audit events go to their sinks regardless.
     #[arg(long, global = true, env = "ENFORCER_LOG", default_value = "info")]
     pub log: String,
 
@@ -27,7 +27,7 @@ pub struct Cli {
 )]
 pub enum Command {
     /// Enforce the policy until SIGTERM or SIGINT, writing one JSON audit
-    /// event per line to stdout.
+    /// event per line to stdout, or to the sinks --sink names.
     ///
     /// Without --policy this enforces the built-in policy, tuned by the flags
     /// below: drift prevention for every container. A container process (one whose mount
@@ -362,8 +362,8 @@ pub struct RunArgs {
     /// `,spool-dir=/var/lib/enforcer/spool/webhook,spool-max-size=256MiB,batch=500`;
     /// `,header='Authorization: Bearer TOKEN'` adds a header).
     /// Every sink takes `,format=ecs` (Elastic Common Schema, the default) or
-    /// `,format=ocsf`. The config file's `sinks:` list takes the same
-    /// options as YAML keys.
+    /// `,format=ocsf`. In the config file, `sink:` is a list of these
+    /// strings, or of mappings with `type` and the same options as keys.
     #[arg(long, value_name = "KIND[:TARGET][,KEY=VALUE]...", value_parser = crate::audit::sink::spec::parse)]
     pub sink: Vec<crate::audit::sink::spec::SinkSpec>,
 

@@ -772,9 +772,8 @@ mod tests {
     use super::*;
     use crate::audit::{
         decode::AuditEvent,
-        enrich::{BootClock, Enricher, PolicyTable},
         record::{Container, Image, ImageHash, Pod, PolicyChange},
-        sink::tests::drift_record,
+        sink::tests::{drift_record, record_of},
     };
 
     /// 2026-01-01T00:00:00.123456789Z.
@@ -991,17 +990,6 @@ mod tests {
     }
 
     fn policy_record(errors: Vec<String>) -> Record {
-        let enricher = Enricher {
-            containers: crate::container::registry::Catalog::default(),
-            proc_lineage: false,
-            host_pid_ns: None,
-            clock: BootClock::now(),
-            hostname: "h".to_owned(),
-            policy: PolicyTable::default(),
-            cgroups: std::sync::Arc::new(std::sync::Mutex::new(
-                crate::container::CgroupIndex::new(None),
-            )),
-        };
         let change = PolicyChange {
             at: parse_rfc3339(STAMP).unwrap(),
             trigger: "watch",
@@ -1015,7 +1003,7 @@ mod tests {
             },
             apply_ms: 1.5,
         };
-        enricher.record(&AuditEvent::Policy(Box::new(change)))
+        record_of(&AuditEvent::Policy(Box::new(change)))
     }
 
     #[test]
@@ -1078,13 +1066,12 @@ mod tests {
             lost: 2,
             ..Losses::default()
         };
-        let record =
-            crate::audit::sink::tests::record_of(&AuditEvent::Accounting(Box::new(Accounting {
-                at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
-                period_s: 60,
-                since,
-                total: since,
-            })));
+        let record = record_of(&AuditEvent::Accounting(Box::new(Accounting {
+            at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+            period_s: 60,
+            since,
+            total: since,
+        })));
         let mut out = Vec::new();
         write(&record, &mut out).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();

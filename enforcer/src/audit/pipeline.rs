@@ -12,7 +12,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     thread,
@@ -26,6 +26,8 @@ use tokio::{
 };
 
 use enforcer_common::RootNotice;
+
+use crate::container::CgroupIndex;
 
 use super::{
     decode::{AuditEvent, KernelEvent, decode},
@@ -164,6 +166,11 @@ pub struct Pipeline {
 struct Outputs {
     audit: mpsc::Sender<Item>,
     notices: mpsc::Sender<RootNotice>,
+    /// The writer's cgroup index. The reader has each decision's group
+    /// looked up as it takes the record: a short-lived container's group may
+    /// be gone by the time a writer that is behind enriches the record, and
+    /// its id then names nothing.
+    cgroups: Arc<Mutex<CgroupIndex>>,
 }
 
 impl Pipeline {
@@ -182,7 +189,11 @@ impl Pipeline {
         let (audit, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (notices, notices_rx) = mpsc::channel(NOTICE_CAPACITY);
         let agent = audit.clone();
-        let outputs = Outputs { audit, notices };
+        let outputs = Outputs {
+            audit,
+            notices,
+            cgroups: Arc::clone(&enricher.cgroups),
+        };
         let (stop, stop_rx) = watch::channel(false);
         let (flush, flush_rx) = mpsc::channel(FLUSH_CAPACITY);
         // SAFETY: the RingBuf owns its map fd, which stays open and the same
@@ -319,6 +330,13 @@ fn drain_nonblocking(ring: &mut RingBuf<MapData>, outputs: &Outputs, counters: &
         counters.received.fetch_add(1, Ordering::Relaxed);
         match decode(&item) {
             Ok(KernelEvent::Audit(event)) => {
+                if let AuditEvent::Decision(decision) = &event {
+                    outputs
+                        .cgroups
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .learn(decision.cgroup_id);
+                }
                 if outputs.audit.try_send(Item::Audit(event)).is_err() {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);
                 }

@@ -236,10 +236,15 @@ impl CgroupIndex {
     /// created since the last scan is found by a new scan; one removed before
     /// its events are read is not found.
     pub fn container(&mut self, id: u64) -> Option<CgroupContainer> {
-        if id == 0 {
-            return None;
-        }
-        if !self.paths.contains_key(&id)
+        self.learn(id);
+        self.paths.get(&id).and_then(|path| from_cgroup_path(path))
+    }
+
+    /// Makes sure group `id` is known while it still exists: reads the tree
+    /// again when it is not (at most every [`RESCAN_INTERVAL`]).
+    pub fn learn(&mut self, id: u64) {
+        if id != 0
+            && !self.paths.contains_key(&id)
             && self
                 .last_miss_scan
                 .is_none_or(|last| last.elapsed() >= RESCAN_INTERVAL)
@@ -247,7 +252,6 @@ impl CgroupIndex {
             self.last_miss_scan = Some(Instant::now());
             self.rescan();
         }
-        self.paths.get(&id).and_then(|path| from_cgroup_path(path))
     }
 
     /// The cgroup v2 mount the index reads.

@@ -1,5 +1,5 @@
 //! Which sinks the agent writes to, from `--sink` or the config file's
-//! `sinks:` list. Both go through one deserializer, so a sink's options are
+//! `sink:` list. Both go through one deserializer, so a sink's options are
 //! spelled and checked the same way in both places.
 //!
 //! On the command line a sink is `KIND[:TARGET][,KEY=VALUE]...`: the target
