@@ -501,6 +501,7 @@ fn enricher(
         containers: registry.catalog().clone(),
         proc_lineage: true,
         host_pid_ns: host.pid_ns,
+        exe_cache: crate::audit::lineage::ExeCache::default(),
     }
 }
 
@@ -623,6 +624,15 @@ async fn containers(
     }
     if let Some(cri) = cri {
         registry = registry.with_cri(cri);
+    }
+    match container::cgroup_watch::start(&cgroups) {
+        Ok(Some(watch)) => registry = registry.with_cgroup_watch(watch),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(
+            %error,
+            "watching the cgroup tree for new groups failed: a container that is gone before its records \
+             are written (short-lived, on a loaded node) is named from a scan when one finds it, or not at all"
+        ),
     }
     let discovery = registry.discover();
     tracing::info!(

@@ -14,7 +14,7 @@ use crate::container::{CgroupIndex, registry::Catalog};
 
 use super::{
     decode::AuditEvent,
-    lineage,
+    lineage::{self, ExeCache},
     record::{
         Accounting, AccountingRecord, AccountingState, Agent, AuditRecord, Container, Enforcer,
         ErrorField, Event, File, Host, Id, Image, ImageHash, Kubernetes, KubernetesContainer,
@@ -115,10 +115,11 @@ pub struct Enricher {
     pub proc_lineage: bool,
     /// The host's pid namespace, where pid 1 is not a container's.
     pub host_pid_ns: Option<u32>,
+    /// Ancestors' executables read from `/proc` lately.
+    pub exe_cache: ExeCache,
 }
 
 impl Enricher {
-    /// The container and pod of a cgroup, with what the runtime said of them.
     /// The container and pod of a cgroup, and its first process when known.
     fn container(&self, cgroup_id: u64) -> (Option<Container>, Option<Kubernetes>, Option<u32>) {
         let Some(group) = self
@@ -299,7 +300,7 @@ impl Enricher {
         let lineage = lineage::of_event(
             e,
             lineage::Context {
-                proc: proc_lineage.then_some(Path::new("/proc")),
+                proc: proc_lineage.then_some((Path::new("/proc"), &self.exe_cache)),
                 in_container: container.is_some(),
                 init_pid,
                 host_pid_ns: self.host_pid_ns,
@@ -547,6 +548,7 @@ mod tests {
             containers: Catalog::default(),
             proc_lineage: false,
             host_pid_ns: None,
+            exe_cache: ExeCache::default(),
         }
     }
 

@@ -10,13 +10,62 @@
 //! best effort: the ancestors' executables while they still run, and the
 //! ancestors beyond the recorded ones.
 
-use std::path::Path;
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use enforcer_common::{COMM_LEN, DecisionEvent, LINEAGE_MAX, event_flags};
 use serde::Serialize;
 
 /// Ancestors listed at most (a fork bomb's depth is not worth reading).
 const DEPTH_MAX: usize = 32;
+
+/// How long an ancestor's executable read from `/proc` is reused for later
+/// records naming the same pid and comm. A burst of records from one
+/// process tree (a flood, a retrying workload) then reads `/proc` a few
+/// times, not twice per ancestor per record. Short, because within it a pid
+/// reused by a process of the same name, or an exec that keeps the name,
+/// would be reported with the earlier program.
+const EXE_TTL: Duration = Duration::from_millis(100);
+
+/// Entries beyond which the expired ones are dropped.
+const EXE_CACHE_MAX: usize = 4096;
+
+/// Executables of recently seen ancestors, by pid and comm. Shared by the
+/// clones of an [`super::enrich::Enricher`].
+#[derive(Clone, Debug, Default)]
+pub struct ExeCache(Arc<Mutex<HashMap<ProcessKey, ReadExe>>>);
+
+/// A pid and the comm a record names it with.
+type ProcessKey = (u32, [u8; COMM_LEN]);
+
+/// An executable as read from `/proc` (`None`: gone), and when.
+type ReadExe = (Option<String>, Instant);
+
+impl ExeCache {
+    /// [`executable`], reused for [`EXE_TTL`].
+    fn executable(&self, proc: &Path, pid: u32, comm: &[u8; COMM_LEN]) -> Option<String> {
+        let now = Instant::now();
+        let mut entries = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((exe, at)) = entries.get(&(pid, *comm))
+            && now.duration_since(*at) < EXE_TTL
+        {
+            return exe.clone();
+        }
+        if entries.len() >= EXE_CACHE_MAX {
+            entries.retain(|_, (_, at)| now.duration_since(*at) < EXE_TTL);
+        }
+        let exe = executable(proc, pid, comm);
+        // A full table of fresh entries (pids churning) is not worth keeping.
+        if entries.len() < EXE_CACHE_MAX {
+            entries.insert((pid, *comm), (exe.clone(), now));
+        }
+        exe
+    }
+}
 
 /// One ancestor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -68,8 +117,9 @@ pub struct Lineage {
 #[derive(Clone, Copy, Debug)]
 pub struct Context<'a> {
     /// The proc filesystem, for executables and ancestors the record does
-    /// not hold; `None` to use the record alone.
-    pub proc: Option<&'a Path>,
+    /// not hold, with the executables read lately; `None` to use the
+    /// record alone.
+    pub proc: Option<(&'a Path, &'a ExeCache)>,
     /// Whether the process is in a container (sessions are a container's).
     pub in_container: bool,
     /// The container's first process as its OCI hook reported it.
@@ -87,10 +137,12 @@ pub fn of_event(e: &DecisionEvent, context: Context<'_>) -> Lineage {
         .map(|(&pid, comm)| Ancestor {
             pid,
             name: comm_string(comm),
-            executable: context.proc.and_then(|proc| executable(proc, pid, comm)),
+            executable: context
+                .proc
+                .and_then(|(proc, cache)| cache.executable(proc, pid, comm)),
         })
         .collect();
-    if let (Some(proc), Some(last)) = (context.proc, ancestors.last())
+    if let (Some((proc, _)), Some(last)) = (context.proc, ancestors.last())
         && e.flags & event_flags::ANCESTORS_TRUNCATED != 0
         && let Some((_, next)) = stat(proc, last.pid)
     {
@@ -112,7 +164,7 @@ pub fn of_event(e: &DecisionEvent, context: Context<'_>) -> Lineage {
                 name: comm_string(&e.comm),
                 executable: context
                     .proc
-                    .and_then(|proc| executable(proc, e.tgid, &e.comm)),
+                    .and_then(|(proc, cache)| cache.executable(proc, e.tgid, &e.comm)),
             }
         } else {
             ancestors
@@ -386,8 +438,9 @@ mod tests {
             symlink(format!("mnt:[{ns}]"), dir.join("ns/mnt")).unwrap();
             symlink(exe, dir.join("exe")).unwrap();
         }
+        let cache = ExeCache::default();
         let context = Context {
-            proc: Some(&proc),
+            proc: Some((&proc, &cache)),
             ..RECORD_ONLY
         };
         let e = event(&[(20, "sh"), (15, "sh"), (12, "sh")], 1, 1);
@@ -434,6 +487,44 @@ mod tests {
             .collect();
         assert_eq!(pids, [20]);
         let _ = std::fs::remove_dir_all(&proc);
+    }
+
+    #[test]
+    fn executables_are_reused_briefly_for_the_same_pid_and_name() {
+        let proc = std::env::temp_dir().join(format!("enforcer-exe-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&proc);
+        let dir = proc.join("40");
+        std::fs::create_dir_all(&dir).unwrap();
+        let set = |name: &str, exe: &str| {
+            std::fs::write(dir.join("stat"), format!("40 ({name}) S 1 0 0")).unwrap();
+            let _ = std::fs::remove_file(dir.join("exe"));
+            symlink(exe, dir.join("exe")).unwrap();
+        };
+        let cache = ExeCache::default();
+        set("sh", "/bin/busybox");
+        assert_eq!(
+            cache.executable(&proc, 40, &comm("sh")).as_deref(),
+            Some("/bin/busybox")
+        );
+        // Within the window a process of the same pid and name is taken to
+        // be the same one; another name is read again.
+        set("sh", "/tmp/other");
+        assert_eq!(
+            cache.executable(&proc, 40, &comm("sh")).as_deref(),
+            Some("/bin/busybox")
+        );
+        set("python3", "/usr/bin/python3");
+        assert_eq!(
+            cache.executable(&proc, 40, &comm("python3")).as_deref(),
+            Some("/usr/bin/python3")
+        );
+        set("sh", "/tmp/other");
+        std::thread::sleep(EXE_TTL);
+        assert_eq!(
+            cache.executable(&proc, 40, &comm("sh")).as_deref(),
+            Some("/tmp/other")
+        );
+        std::fs::remove_dir_all(&proc).unwrap();
     }
 
     #[test]

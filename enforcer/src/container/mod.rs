@@ -13,6 +13,7 @@
 //! [`CgroupIndex`] maps cgroup ids to paths by reading the cgroup v2 tree,
 //! where a group's id is its directory's inode number.
 
+pub mod cgroup_watch;
 pub mod cri;
 pub mod image;
 pub mod kubernetes;
@@ -259,6 +260,19 @@ impl CgroupIndex {
         self.mount.as_deref()
     }
 
+    /// Learns the group at `dir`, a directory under the mount; returns its id
+    /// and path in the tree (`None`: gone, or not under the mount).
+    pub fn add(&mut self, dir: &Path) -> Option<(u64, String)> {
+        let relative = dir.strip_prefix(self.mount.as_ref()?).ok()?;
+        let metadata = std::fs::metadata(dir).ok()?;
+        if !metadata.is_dir() {
+            return None;
+        }
+        let path = format!("/{}", relative.display());
+        self.paths.insert(metadata.ino(), path.clone());
+        Some((metadata.ino(), path))
+    }
+
     /// Reads the tree again and returns the groups that exist now, by id.
     pub fn rescan(&mut self) -> HashMap<u64, String> {
         let mut live = HashMap::new();
@@ -271,15 +285,19 @@ impl CgroupIndex {
         if self.paths.len() > INDEX_MAX {
             self.paths.clear();
         }
-        let mut pending = vec![mount.clone()];
+        self.add_tree(&mount, &mut live);
+        live
+    }
+
+    /// Learns the groups at and under `dir`, a directory under the mount,
+    /// and adds them to `found` by id.
+    pub fn add_tree(&mut self, dir: &Path, found: &mut HashMap<u64, String>) {
+        let mut pending = vec![dir.to_path_buf()];
         while let Some(dir) = pending.pop() {
-            let Ok(metadata) = std::fs::metadata(&dir) else {
+            let Some((id, path)) = self.add(&dir) else {
                 continue;
             };
-            let relative = dir.strip_prefix(&mount).unwrap_or(Path::new(""));
-            let path = format!("/{}", relative.display());
-            self.paths.insert(metadata.ino(), path.clone());
-            live.insert(metadata.ino(), path);
+            found.insert(id, path);
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -290,7 +308,6 @@ impl CgroupIndex {
                     .map(|entry| entry.path()),
             );
         }
-        live
     }
 }
 

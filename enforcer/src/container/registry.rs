@@ -15,8 +15,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CgroupContainer, CgroupIndex, ContainerInfo, PodRef, Runtime, cri::CriHandle, from_annotations,
-    from_cgroup_path, kubernetes::SharedPods, podman::PodmanStore,
+    CgroupContainer, CgroupIndex, ContainerInfo, PodRef, Runtime, cgroup_watch::CgroupWatch,
+    cri::CriHandle, from_annotations, from_cgroup_path, kubernetes::SharedPods,
+    podman::PodmanStore,
 };
 
 /// Containers by id, shared with the event enricher.
@@ -144,6 +145,8 @@ pub struct Registry {
     /// Containers handed out without an image that the CRI runtimes were
     /// asked about.
     asked: BTreeSet<String>,
+    /// Tells the cgroup index of groups as they are created.
+    cgroup_watch: Option<CgroupWatch>,
 }
 
 impl Registry {
@@ -157,6 +160,7 @@ impl Registry {
             pods: None,
             cri: None,
             asked: BTreeSet::new(),
+            cgroup_watch: None,
         }
     }
 
@@ -164,6 +168,13 @@ impl Registry {
     #[must_use]
     pub fn with_cri(mut self, cri: CriHandle) -> Self {
         self.cri = Some(cri);
+        self
+    }
+
+    /// Keeps `watch` running as long as the registry.
+    #[must_use]
+    pub fn with_cgroup_watch(mut self, watch: CgroupWatch) -> Self {
+        self.cgroup_watch = Some(watch);
         self
     }
 

@@ -108,6 +108,7 @@ pub(crate) mod tests {
             containers: crate::container::registry::Catalog::default(),
             proc_lineage: false,
             host_pid_ns: None,
+            exe_cache: crate::audit::lineage::ExeCache::default(),
             clock: BootClock::now(),
             hostname: "h".to_owned(),
             policy: PolicyTable::default(),

@@ -173,6 +173,7 @@ fn node(root: &Path) -> (Node, SharedPods, u64, u64) {
             containers: catalog,
             proc_lineage: false,
             host_pid_ns: None,
+            exe_cache: crate::audit::lineage::ExeCache::default(),
         },
         selectors,
         known: std::collections::BTreeMap::new(),
