@@ -199,16 +199,19 @@ fn test(workspace: &Path, kernels: &[&KernelSpec], vm_jobs: usize) -> anyhow::Re
         ),
     );
 
-    let commands: Vec<Vec<String>> = test_binaries(workspace)?
+    let commands: Vec<vm::VmCommand> = test_binaries(workspace)?
         .into_iter()
-        .map(|(binary, filter)| {
-            let mut command = vec![
-                binary.display().to_string(),
+        .map(|binary| {
+            let mut argv = vec![
+                binary.path.display().to_string(),
                 "--test-threads=1".to_owned(),
                 "--color=never".to_owned(),
             ];
-            command.extend(filter.map(str::to_owned));
-            command
+            argv.extend(binary.filter.map(str::to_owned));
+            vm::VmCommand {
+                argv,
+                default_kernel_only: DEFAULT_KERNEL_ONLY.contains(&binary.name.as_str()),
+            }
         })
         .collect();
     let vng = tools.vng.context("setup did not provide virtme-ng")?;
@@ -323,7 +326,7 @@ fn bench(workspace: &Path, kernels: &[&KernelSpec], rounds: u32) -> anyhow::Resu
         vng: &vng,
         workspace,
         work_dir: &work_dir,
-        commands: std::slice::from_ref(&command),
+        commands: &[vm::VmCommand::everywhere(command)],
         env: &env,
     };
     for kernel in &tools.kernels {
@@ -346,11 +349,27 @@ fn bench(workspace: &Path, kernels: &[&KernelSpec], rounds: u32) -> anyhow::Resu
     }
 }
 
+/// Integration test files that run in the default kernel's VM only. They
+/// test the agent against container runtimes, the Kubernetes API and policy
+/// files, through the same kernel programs the other files test on every
+/// kernel: each further VM would add four minutes of emulation and no kernel
+/// behaviour the others do not already cover.
+const DEFAULT_KERNEL_ONLY: &[&str] = &["podman", "cri", "kubernetes", "reload", "policy_files"];
+
+/// A test binary for the VMs.
+struct TestBinary {
+    path: PathBuf,
+    /// The test target's name (`drift` for `tests/tests/drift.rs`).
+    name: String,
+    /// The test name filter.
+    filter: Option<&'static str>,
+}
+
 /// The test binaries the VMs run, each with a test name filter: the agent's
 /// unit tests that read the running kernel (`kernel::`: layouts against each
 /// kernel's BTF, LSMs, symbols; the others ran on the host and are slow under
 /// emulation) and the integration tests.
-fn test_binaries(workspace: &Path) -> anyhow::Result<Vec<(PathBuf, Option<&'static str>)>> {
+fn test_binaries(workspace: &Path) -> anyhow::Result<Vec<TestBinary>> {
     let mut command = cargo(workspace);
     command
         .args([
@@ -381,10 +400,11 @@ fn test_binaries(workspace: &Path) -> anyhow::Result<Vec<(PathBuf, Option<&'stat
                     .target
                     .kind
                     .contains(&cargo_metadata::TargetKind::Lib);
-            binaries.push((
-                executable.into_std_path_buf(),
-                agent_lib.then_some("kernel::"),
-            ));
+            binaries.push(TestBinary {
+                path: executable.into_std_path_buf(),
+                name: artifact.target.name.clone(),
+                filter: agent_lib.then_some("kernel::"),
+            });
         }
     }
     if !child.wait()?.success() {

@@ -23,7 +23,10 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::{cmd, kernels::Kernel};
+use crate::{
+    cmd,
+    kernels::{DEFAULT_KERNEL, Kernel},
+};
 
 /// Booted with BPF in the LSM list, as a node with BPF LSM enabled is.
 const KERNEL_CMDLINE: &str = "lsm=lockdown,capability,landlock,bpf";
@@ -37,11 +40,26 @@ pub(crate) struct VmRun<'a> {
     pub(crate) workspace: &'a Path,
     /// Where scripts and logs go.
     pub(crate) work_dir: &'a Path,
-    /// Commands to run, in order: a program and its arguments. The run fails
-    /// when any of them does.
-    pub(crate) commands: &'a [Vec<String>],
+    /// Commands to run, in order. The run fails when any of them does.
+    pub(crate) commands: &'a [VmCommand],
     /// Environment for the commands.
     pub(crate) env: &'a [(&'a str, String)],
+}
+
+/// A program and its arguments, for every kernel or for the default one.
+pub(crate) struct VmCommand {
+    pub(crate) argv: Vec<String>,
+    /// Run in the default kernel's VM only.
+    pub(crate) default_kernel_only: bool,
+}
+
+impl VmCommand {
+    pub(crate) const fn everywhere(argv: Vec<String>) -> Self {
+        Self {
+            argv,
+            default_kernel_only: false,
+        }
+    }
 }
 
 fn shell_quote(text: &str) -> String {
@@ -67,11 +85,21 @@ impl VmRun<'_> {
         );
         script.push_str("status=0\n");
         for command in self.commands {
-            let line: Vec<String> = command.iter().map(|word| shell_quote(word)).collect();
+            if command.default_kernel_only && kernel.name != DEFAULT_KERNEL {
+                let _ = writeln!(
+                    script,
+                    "echo \"== {} runs in the {DEFAULT_KERNEL} VM only\"",
+                    command.argv.first().map_or("", String::as_str)
+                );
+                continue;
+            }
+            let line: Vec<String> = command.argv.iter().map(|word| shell_quote(word)).collect();
             let line = line.join(" ");
+            // Each command's time goes to the log: where a VM's minutes go.
             let _ = writeln!(
                 script,
-                "echo \"== {}\"\n{line} || status=1",
+                "echo \"== {}\"\nstarted=$(date +%s)\n{line} || status=1\n\
+                 echo \"== took $(($(date +%s) - started)) s\"",
                 line.replace('"', "'")
             );
         }
@@ -149,23 +177,23 @@ impl VmRun<'_> {
 }
 
 /// Runs `vm` on every kernel, `jobs` VMs at a time; returns each kernel's
-/// result in the order of `kernels`.
+/// result in the order of `kernels`. The default kernel's VM, which runs the
+/// most, starts first: the others fill the remaining slots meanwhile.
 pub(crate) fn run_all<'k>(
     vm: &VmRun<'_>,
     kernels: &'k [Kernel],
     jobs: usize,
 ) -> Vec<(&'k Kernel, anyhow::Result<()>)> {
+    let mut order: Vec<usize> = (0..kernels.len()).collect();
+    order.sort_by_key(|&index| kernels[index].name != DEFAULT_KERNEL);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<anyhow::Result<()>>>> =
         Mutex::new(kernels.iter().map(|_| None).collect());
     thread::scope(|scope| {
         for _ in 0..jobs.clamp(1, kernels.len().max(1)) {
             scope.spawn(|| {
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(kernel) = kernels.get(index) else {
-                        break;
-                    };
+                while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let kernel = &kernels[index];
                     let result = vm.run(kernel);
                     results.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(result);
                 }
@@ -261,6 +289,36 @@ mod tests {
         ));
         assert!(!is_kernel_message("test signal_backend ... ok"));
         assert!(!is_kernel_message("[6.1] test x ... ok and more"));
+    }
+
+    #[test]
+    fn default_kernel_only_commands_run_in_the_default_kernel_only() {
+        let commands = [
+            VmCommand::everywhere(vec!["/t/drift".to_owned()]),
+            VmCommand {
+                argv: vec!["/t/podman".to_owned()],
+                default_kernel_only: true,
+            },
+        ];
+        let vm = VmRun {
+            vng: Path::new("vng"),
+            workspace: Path::new("/w"),
+            work_dir: Path::new("/w/target/vm"),
+            commands: &commands,
+            env: &[],
+        };
+        let kernel = |name| Kernel {
+            name,
+            version: String::new(),
+            vmlinuz: std::path::PathBuf::new(),
+        };
+        let default = vm.script(&kernel(DEFAULT_KERNEL));
+        assert!(default.contains("'/t/drift' || status=1"));
+        assert!(default.contains("'/t/podman' || status=1"));
+        let other = vm.script(&kernel("5.10"));
+        assert!(other.contains("'/t/drift' || status=1"));
+        assert!(!other.contains("'/t/podman' || status=1"));
+        assert!(other.contains("/t/podman runs in the"));
     }
 
     #[test]
