@@ -19,14 +19,9 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use super::CgroupIndex;
 
 /// Keeps the watch running; dropping it stops it.
+#[derive(Debug)]
 pub struct CgroupWatch {
     _watcher: notify::RecommendedWatcher,
-}
-
-impl std::fmt::Debug for CgroupWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CgroupWatch")
-    }
 }
 
 /// Starts watching `index`'s tree (nothing to watch without one: `None`).
@@ -44,9 +39,8 @@ pub fn start(index: &Arc<Mutex<CgroupIndex>>) -> notify::Result<Option<CgroupWat
                 // groups made in it before then (a runtime makes a pod's or
                 // a test's parent group and the container's at once) raised
                 // no event of their own, and are read here.
-                let mut found = std::collections::HashMap::new();
                 for path in &event.paths {
-                    index.add_tree(path, &mut found);
+                    index.add_tree(path);
                 }
             }
             Ok(_) => {}

@@ -275,9 +275,8 @@ impl CgroupIndex {
 
     /// Reads the tree again and returns the groups that exist now, by id.
     pub fn rescan(&mut self) -> HashMap<u64, String> {
-        let mut live = HashMap::new();
         let Some(mount) = self.mount.clone() else {
-            return live;
+            return HashMap::new();
         };
         // Groups removed since stay known, so that the events of a container
         // that has exited still name it (cgroup v2 ids are not reused while
@@ -285,13 +284,13 @@ impl CgroupIndex {
         if self.paths.len() > INDEX_MAX {
             self.paths.clear();
         }
-        self.add_tree(&mount, &mut live);
-        live
+        self.add_tree(&mount)
     }
 
-    /// Learns the groups at and under `dir`, a directory under the mount,
-    /// and adds them to `found` by id.
-    pub fn add_tree(&mut self, dir: &Path, found: &mut HashMap<u64, String>) {
+    /// Learns the groups at and under `dir`, a directory under the mount;
+    /// returns them by id.
+    pub fn add_tree(&mut self, dir: &Path) -> HashMap<u64, String> {
+        let mut found = HashMap::new();
         let mut pending = vec![dir.to_path_buf()];
         while let Some(dir) = pending.pop() {
             let Some((id, path)) = self.add(&dir) else {
@@ -308,6 +307,7 @@ impl CgroupIndex {
                     .map(|entry| entry.path()),
             );
         }
+        found
     }
 }
 
