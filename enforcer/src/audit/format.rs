@@ -1,5 +1,5 @@
 //! How a record is written: ECS JSON (the default, [`super::record`]'s own
-//! field names) or OCSF ([`super::ocsf`]).
+//! field names, written by [`super::ecs`]) or OCSF ([`super::ocsf`]).
 
 use serde::Deserialize;
 
@@ -21,7 +21,7 @@ impl Format {
     /// Appends `record` as one JSON object (no newline) to `out`.
     pub fn encode(self, record: &Record, out: &mut Vec<u8>) -> serde_json::Result<()> {
         match self {
-            Self::Ecs => serde_json::to_writer(out, record),
+            Self::Ecs => super::ecs::write(record, out),
             Self::Ocsf => super::ocsf::write(record, out),
         }
     }

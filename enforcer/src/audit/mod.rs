@@ -2,6 +2,7 @@
 //! [`sink`]. Data only flows that way; [`pipeline`] wires the stages.
 
 pub mod decode;
+pub mod ecs;
 pub mod enrich;
 pub mod format;
 pub mod limit;
