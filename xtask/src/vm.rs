@@ -245,7 +245,9 @@ fn stream(
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(line) => {
-                writeln!(log, "{line}")?;
+                // Seconds since the VM started: with `--test-threads=1`,
+                // the gap between two results is the second test's time.
+                writeln!(log, "{:>7.1} {line}", started.elapsed().as_secs_f64())?;
                 begun |= line.contains(BEGIN);
                 if let Some(status) = line.trim().strip_prefix(EXIT) {
                     exit_status = status.trim().parse::<i32>().ok();
