@@ -70,6 +70,24 @@ pub fn not_emulated(what: &str) -> bool {
     true
 }
 
+/// Set by `cargo xtask test` in the VMs of other kernels than the default
+/// one.
+pub const OTHER_KERNEL_ENV: &str = "ENFORCER_TEST_OTHER_KERNEL";
+
+/// False (with the reason printed) in the VMs of other kernels than the
+/// default one, for tests of what the agent decides in userspace the same
+/// way on every kernel (how a policy is written, when a program is
+/// attached): the host and the default kernel's VM cover them. What the
+/// kernel programs decide is tested on every kernel.
+#[must_use]
+pub fn not_other_kernel(what: &str) -> bool {
+    if std::env::var_os(OTHER_KERNEL_ENV).is_some() {
+        eprintln!("SKIPPED on this kernel ({what}): the default kernel's VM and the host cover it");
+        return false;
+    }
+    true
+}
+
 /// True when running as root; otherwise reports the skip.
 #[must_use]
 pub fn root() -> bool {

@@ -204,6 +204,9 @@ fn files_written_on_a_root_that_is_not_overlayfs_run_from_allowed_paths() {
 #[test]
 fn an_invalid_allowed_path_is_refused_at_start_with_the_glob_named() {
     let _serial = serial();
+    if !require::not_other_kernel("globs are checked before anything is loaded") {
+        return;
+    }
     for (glob, says) in [
         ("opt/plugins/*", "is not absolute"),
         ("/opt/[plugins", "is not a valid glob"),

@@ -32,6 +32,8 @@ use crate::{
 const KERNEL_CMDLINE: &str = "lsm=lockdown,capability,landlock,bpf";
 const BEGIN: &str = "ENFORCER_VM_BEGIN";
 const EXIT: &str = "ENFORCER_VM_EXIT=";
+/// A VM's memory.
+const VM_MEMORY_MIB: u64 = 2048;
 /// Software emulation is slow; a hang must still end the run.
 const TIMEOUT: Duration = Duration::from_mins(30);
 
@@ -66,8 +68,63 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
+/// Which of the commands one VM runs. The default kernel's commands are
+/// split over two VMs that run side by side: the matrix share alone is about
+/// as long as another kernel's VM, so the last VM no longer ends minutes
+/// after the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Share {
+    /// The commands for every kernel.
+    Matrix,
+    /// The commands for the default kernel only.
+    DefaultKernelOnly,
+}
+
+/// One VM: a kernel and the share of the commands it runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VmJob<'k> {
+    pub(crate) kernel: &'k Kernel,
+    pub(crate) share: Share,
+}
+
+impl VmJob<'_> {
+    /// The VM's name in logs and its directory under the work directory.
+    pub(crate) fn name(&self) -> String {
+        match self.share {
+            Share::Matrix => self.kernel.name.to_owned(),
+            Share::DefaultKernelOnly => format!("{}-default-only", self.kernel.name),
+        }
+    }
+
+    /// The VMs of `kernels`: one per kernel, and the default kernel's second.
+    pub(crate) fn all(kernels: &[Kernel]) -> Vec<VmJob<'_>> {
+        let mut jobs: Vec<_> = kernels
+            .iter()
+            .map(|kernel| VmJob {
+                kernel,
+                share: Share::Matrix,
+            })
+            .collect();
+        jobs.extend(
+            kernels
+                .iter()
+                .filter(|kernel| kernel.name == DEFAULT_KERNEL)
+                .map(|kernel| VmJob {
+                    kernel,
+                    share: Share::DefaultKernelOnly,
+                }),
+        );
+        jobs
+    }
+}
+
+/// Set in the VMs of other kernels than the default one (see
+/// `require::kernel_independent` in the tests).
+const OTHER_KERNEL_ENV: &str = "ENFORCER_TEST_OTHER_KERNEL";
+
 impl VmRun<'_> {
-    fn script(&self, kernel: &Kernel) -> String {
+    fn script(&self, job: VmJob<'_>) -> String {
+        let kernel = job.kernel;
         let mut script =
             String::from("#!/bin/sh\n# Runs inside the VM; written by cargo xtask test.\n");
         let _ = writeln!(
@@ -78,6 +135,9 @@ impl VmRun<'_> {
         for (key, value) in self.env {
             let _ = writeln!(script, "export {key}={}", shell_quote(value));
         }
+        if kernel.name != DEFAULT_KERNEL {
+            let _ = writeln!(script, "export {OTHER_KERNEL_ENV}=1");
+        }
         let _ = writeln!(
             script,
             "echo \"{BEGIN} kernel=$(uname -r) expected={} lsm=$(cat /sys/kernel/security/lsm 2>/dev/null)\"",
@@ -85,10 +145,14 @@ impl VmRun<'_> {
         );
         script.push_str("status=0\n");
         for command in self.commands {
-            if command.default_kernel_only && kernel.name != DEFAULT_KERNEL {
+            let wanted = match job.share {
+                Share::Matrix => !command.default_kernel_only,
+                Share::DefaultKernelOnly => command.default_kernel_only,
+            };
+            if !wanted {
                 let _ = writeln!(
                     script,
-                    "echo \"== {} runs in the {DEFAULT_KERNEL} VM only\"",
+                    "echo \"== {} runs in another VM\"",
                     command.argv.first().map_or("", String::as_str)
                 );
                 continue;
@@ -107,12 +171,15 @@ impl VmRun<'_> {
         script
     }
 
-    /// Boots `kernel`, runs the commands, and fails unless all succeeded.
-    pub(crate) fn run(&self, kernel: &Kernel) -> anyhow::Result<()> {
-        let dir = self.work_dir.join(kernel.name);
+    /// Boots `job`'s kernel, runs its commands, and fails unless all
+    /// succeeded.
+    pub(crate) fn run(&self, job: VmJob<'_>) -> anyhow::Result<()> {
+        let kernel = job.kernel;
+        let name = job.name();
+        let dir = self.work_dir.join(&name);
         fs::create_dir_all(&dir)?;
         let script = dir.join("run.sh");
-        fs::write(&script, self.script(kernel))?;
+        fs::write(&script, self.script(job))?;
         let log_path = dir.join("console.log");
         let mut log = fs::File::create(&log_path)?;
 
@@ -127,7 +194,8 @@ impl VmRun<'_> {
             .arg("-v")
             .arg("-r")
             .arg(&kernel.vmlinuz)
-            .args(["--memory", "2G", "--cpus", "2", "--append", KERNEL_CMDLINE])
+            .args(["--memory", &format!("{VM_MEMORY_MIB}M"), "--cpus", "2"])
+            .args(["--append", KERNEL_CMDLINE])
             .arg("--exec")
             .arg(format!("sh {}", shell_quote(&script.display().to_string())));
         // /dev/kvm may exist without being usable (nested virtualisation);
@@ -142,7 +210,7 @@ impl VmRun<'_> {
             .stderr(Stdio::piped());
         cmd::show(&command);
         eprintln!(
-            "vm: Debian {} kernel {} (log: {})",
+            "vm: {name}: Debian {} kernel {} (log: {})",
             kernel.name,
             kernel.version,
             log_path.display()
@@ -152,60 +220,77 @@ impl VmRun<'_> {
             .spawn()
             .with_context(|| format!("starting {}", self.vng.display()))?;
 
-        let exit_status = stream(&mut child, &mut log, kernel.name, started)
+        let exit_status = stream(&mut child, &mut log, &name, started)
             .with_context(|| format!("log: {}", log_path.display()))?;
         let _ = child.wait();
-        eprintln!(
-            "vm: kernel {} finished in {:.0?}",
-            kernel.name,
-            started.elapsed()
-        );
+        eprintln!("vm: {name} finished in {:.0?}", started.elapsed());
         match exit_status {
             Some(0) => Ok(()),
             Some(status) => bail!(
-                "a command failed in the {} kernel VM (status {status}); log: {}",
-                kernel.name,
+                "a command failed in the {name} VM (status {status}); log: {}",
                 log_path.display()
             ),
             None => bail!(
-                "the {} kernel VM ended without reporting a test result (boot failure?); log: {}",
-                kernel.name,
+                "the {name} VM ended without reporting a test result (boot failure?); log: {}",
                 log_path.display()
             ),
         }
     }
 }
 
-/// Runs `vm` on every kernel, `jobs` VMs at a time; returns each kernel's
-/// result in the order of `kernels`. The default kernel's VM, which runs the
-/// most, starts first: the others fill the remaining slots meanwhile.
+/// Runs `jobs` (see [`VmJob::all`]), `parallel` VMs at a time, in the order
+/// given; returns each job's result in that order.
 pub(crate) fn run_all<'k>(
     vm: &VmRun<'_>,
-    kernels: &'k [Kernel],
-    jobs: usize,
-) -> Vec<(&'k Kernel, anyhow::Result<()>)> {
-    let mut order: Vec<usize> = (0..kernels.len()).collect();
-    order.sort_by_key(|&index| kernels[index].name != DEFAULT_KERNEL);
+    jobs: &[VmJob<'k>],
+    parallel: usize,
+) -> Vec<(VmJob<'k>, anyhow::Result<()>)> {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<anyhow::Result<()>>>> =
-        Mutex::new(kernels.iter().map(|_| None).collect());
+        Mutex::new(jobs.iter().map(|_| None).collect());
     thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, kernels.len().max(1)) {
+        for _ in 0..parallel.clamp(1, jobs.len().max(1)) {
             scope.spawn(|| {
-                while let Some(&index) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let kernel = &kernels[index];
-                    let result = vm.run(kernel);
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&job) = jobs.get(index) else { break };
+                    let result = vm.run(job);
                     results.lock().unwrap_or_else(PoisonError::into_inner)[index] = Some(result);
                 }
             });
         }
     });
     let results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
-    kernels
-        .iter()
+    jobs.iter()
         .zip(results)
-        .map(|(kernel, result)| (kernel, result.unwrap_or_else(|| Err(anyhow!("not run")))))
+        .map(|(&job, result)| (job, result.unwrap_or_else(|| Err(anyhow!("not run")))))
         .collect()
+}
+
+/// How many of `jobs` VMs to boot at once: all of them, as far as the
+/// memory available holds each VM's memory and QEMU's own (about half a GiB
+/// more), and at least one.
+pub(crate) fn parallel_by_memory(jobs: usize) -> usize {
+    let available_mib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| available_mib(&meminfo));
+    let per_vm = VM_MEMORY_MIB + 512;
+    available_mib
+        .map_or(jobs, |mib| {
+            usize::try_from(mib / per_vm).unwrap_or(usize::MAX)
+        })
+        .clamp(1, jobs.max(1))
+}
+
+/// `MemAvailable` of /proc/meminfo, in MiB.
+fn available_mib(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|line| {
+        let kib = line
+            .strip_prefix("MemAvailable:")?
+            .trim()
+            .strip_suffix("kB")?;
+        kib.trim().parse::<u64>().ok().map(|kib| kib / 1024)
+    })
 }
 
 /// Copies the VM's output to the log and the test output (after the
@@ -294,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn default_kernel_only_commands_run_in_the_default_kernel_only() {
+    fn default_kernel_only_commands_run_in_a_vm_of_their_own() {
         let commands = [
             VmCommand::everywhere(vec!["/t/drift".to_owned()]),
             VmCommand {
@@ -314,13 +399,39 @@ mod tests {
             version: String::new(),
             vmlinuz: std::path::PathBuf::new(),
         };
-        let default = vm.script(&kernel(DEFAULT_KERNEL));
-        assert!(default.contains("'/t/drift' || status=1"));
-        assert!(default.contains("'/t/podman' || status=1"));
-        let other = vm.script(&kernel("5.10"));
+        let (default, other) = (kernel(DEFAULT_KERNEL), kernel("5.10"));
+        let jobs = VmJob::all(std::slice::from_ref(&default));
+        assert_eq!(jobs.len(), 2);
+        let script = |job: VmJob<'_>| (job.name(), vm.script(job));
+        let (name, matrix) = script(jobs[0]);
+        assert_eq!(name, DEFAULT_KERNEL);
+        assert!(matrix.contains("'/t/drift' || status=1"));
+        assert!(!matrix.contains("'/t/podman' || status=1"));
+        assert!(!matrix.contains(OTHER_KERNEL_ENV));
+        let (name, default_only) = script(jobs[1]);
+        assert_eq!(name, format!("{DEFAULT_KERNEL}-default-only"));
+        assert!(!default_only.contains("'/t/drift' || status=1"));
+        assert!(default_only.contains("'/t/podman' || status=1"));
+        assert!(!default_only.contains(OTHER_KERNEL_ENV));
+
+        let jobs = VmJob::all(std::slice::from_ref(&other));
+        assert_eq!(jobs.len(), 1);
+        let (name, other) = script(jobs[0]);
+        assert_eq!(name, "5.10");
         assert!(other.contains("'/t/drift' || status=1"));
         assert!(!other.contains("'/t/podman' || status=1"));
-        assert!(other.contains("/t/podman runs in the"));
+        assert!(other.contains("/t/podman runs in another VM"));
+        assert!(other.contains(&format!("export {OTHER_KERNEL_ENV}=1")));
+    }
+
+    #[test]
+    fn vms_at_once_as_far_as_memory_holds_them() {
+        let meminfo = "MemTotal:       24000000 kB\nMemAvailable:    6000000 kB\n";
+        // 5,859 MiB hold two VMs of 2 GiB and QEMU's own.
+        assert_eq!(available_mib(meminfo), Some(5859));
+        assert_eq!(available_mib("MemTotal: 1 kB\n"), None);
+        assert!(parallel_by_memory(0) >= 1);
+        assert!(parallel_by_memory(5) <= 5);
     }
 
     #[test]
