@@ -25,6 +25,23 @@ pub enum SinkError {
         #[source]
         source: io::Error,
     },
+    #[error("webhook sink: spool: {source}")]
+    Spool {
+        #[source]
+        source: spool::SpoolError,
+    },
+    #[error("webhook sink: {lost} records could not be spooled (lost): {source}")]
+    SpoolLost {
+        lost: u64,
+        #[source]
+        source: spool::SpoolError,
+    },
+    #[error("{sink} sink: encoding a record: {source}")]
+    Encode {
+        sink: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{sink} sink: {message}")]
     Other { sink: &'static str, message: String },
 }
@@ -76,7 +93,10 @@ impl<W: Write + Send> Sink for JsonLines<W> {
         self.line.clear();
         self.format
             .encode(record, &mut self.line)
-            .map_err(|e| io_error(e.into()))?;
+            .map_err(|source| SinkError::Encode {
+                sink: self.name,
+                source,
+            })?;
         self.line.push(b'\n');
         self.out.write_all(&self.line).map_err(io_error)
     }

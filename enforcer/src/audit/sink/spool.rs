@@ -573,6 +573,14 @@ impl SpoolWriter {
     }
 }
 
+/// The most one batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub records: u64,
+    /// Of the body, `[` and `]` included.
+    pub bytes: usize,
+}
+
 /// Records read for one request: a JSON array of them.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -595,6 +603,10 @@ pub struct SpoolReader {
     spool: Arc<Spool>,
     open: Option<OpenSegment>,
     line: Vec<u8>,
+    /// The sequence number of the record in `line` when a batch ended
+    /// before it (it would have made the batch too large): the next batch
+    /// starts with it, without reading it again.
+    carried: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -632,29 +644,44 @@ impl SpoolReader {
             spool,
             open: None,
             line: Vec::new(),
+            carried: None,
         }
     }
 
-    /// Reads up to `max` records from `from` on into `batch`. Records that
-    /// are not there (a segment deleted by hand) are skipped: the batch
-    /// starts at the next record there is, and stops before a gap, so that
-    /// its records are numbered `first`, `first + 1`, ...
-    pub fn read(&mut self, from: u64, max: u64, batch: &mut Batch) -> Result<(), SpoolError> {
+    /// Reads up to `limit.records` records from `from` on into `batch`,
+    /// and no more than make its body `limit.bytes` long (a single record
+    /// that is longer goes alone). Records that are not there (a segment
+    /// deleted by hand) are skipped: the batch starts at the next record
+    /// there is, and stops before a gap, so that its records are numbered
+    /// `first`, `first + 1`, ...
+    pub fn read(&mut self, from: u64, limit: Limit, batch: &mut Batch) -> Result<(), SpoolError> {
         batch.first = from;
         batch.records = 0;
         batch.body.clear();
         batch.body.push(b'[');
         let mut seq = from;
-        let read = self.read_into(&mut seq, max, batch);
+        if self.carried.take() == Some(from) && limit.records > 0 {
+            batch.body.extend_from_slice(&self.line);
+            batch.records = 1;
+            seq += 1;
+        }
+        let read = self.read_into(&mut seq, limit, batch);
         if read.is_err() {
             // Start over from a fresh open at the next try.
             self.open = None;
+            self.carried = None;
         }
         batch.body.push(b']');
         read
     }
 
-    fn read_into(&mut self, seq: &mut u64, max: u64, batch: &mut Batch) -> Result<(), SpoolError> {
+    fn read_into(
+        &mut self,
+        seq: &mut u64,
+        limit: Limit,
+        batch: &mut Batch,
+    ) -> Result<(), SpoolError> {
+        let max = limit.records;
         while batch.records < max {
             let Some(segment) = self.segment_after(*seq) else {
                 break;
@@ -672,12 +699,17 @@ impl SpoolReader {
             for _ in 0..take {
                 open.read_line(&path, &mut self.line)?;
                 if batch.records > 0 {
+                    // `,` before it and the closing `]`.
+                    if batch.body.len() + self.line.len() + 2 > limit.bytes {
+                        self.carried = Some(*seq);
+                        return Ok(());
+                    }
                     batch.body.push(b',');
                 }
                 batch.body.extend_from_slice(&self.line);
                 batch.records += 1;
+                *seq += 1;
             }
-            *seq += take;
         }
         Ok(())
     }

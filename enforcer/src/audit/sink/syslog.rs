@@ -401,7 +401,10 @@ impl Sink for Syslog {
         self.config
             .format
             .encode(record, &mut self.message)
-            .map_err(|error| self.error(&error.into()))?;
+            .map_err(|source| SinkError::Encode {
+                sink: "syslog",
+                source,
+            })?;
         if !self.stream {
             return self.with_connection(Connection::send);
         }

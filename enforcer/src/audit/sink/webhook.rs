@@ -15,10 +15,11 @@
 //! before the cursor was saved).
 //!
 //! Answers: 2xx delivered; connection errors, timeouts, 408, 429 and 5xx
-//! retried (the same batch, backoff from 200 ms doubling to 30 s); any
-//! other status rejects the batch, which is counted and logged and not
-//! sent again: a receiver that refuses the data would otherwise hold back
-//! everything behind it for ever.
+//! retried (the same batch, backoff from 200 ms doubling to 30 s); 413
+//! (Content Too Large) sends the same records again in batches half as
+//! large, down to one record; any other status rejects the batch, which is
+//! counted and logged and not sent again: a receiver that refuses the data
+//! would otherwise hold back everything behind it for ever.
 
 use std::{
     hash::{BuildHasher as _, RandomState},
@@ -38,7 +39,7 @@ use serde::Deserialize;
 
 use super::{
     Sink, SinkError,
-    spool::{Append, Batch, Spool, SpoolReader, SpoolWriter, Wake},
+    spool::{Append, Batch, Limit, Spool, SpoolReader, SpoolWriter, Wake},
 };
 use crate::audit::{format::Format, record::Record};
 
@@ -62,6 +63,12 @@ pub struct WebhookConfig {
     /// Most records in one request.
     #[serde(default = "default_batch")]
     pub batch: u32,
+    /// Largest body of one request: a batch ends before a record that
+    /// would take it past this (a record that is larger goes alone).
+    /// Receivers and the proxies before them refuse large bodies (nginx's
+    /// default `client_max_body_size` is 1 MiB).
+    #[serde(default = "default_batch_max_size")]
+    pub batch_max_size: ByteSize,
     /// Longest a partial batch waits for more records.
     #[serde(default = "default_batch_wait", with = "humantime_serde")]
     pub batch_wait: Duration,
@@ -86,6 +93,10 @@ pub struct WebhookConfig {
 
 const fn default_batch() -> u32 {
     500
+}
+
+const fn default_batch_max_size() -> ByteSize {
+    ByteSize::mib(1)
 }
 
 const fn default_batch_wait() -> Duration {
@@ -296,11 +307,17 @@ impl Webhook {
         if config.batch == 0 {
             return Err(error("batch: must be at least 1"));
         }
+        // Room for `[`, one small record and `]`.
+        let batch_bytes = usize::try_from(config.batch_max_size.as_u64()).unwrap_or(usize::MAX);
+        if batch_bytes < 1024 {
+            return Err(error("batch-max-size: must be at least 1KiB"));
+        }
         if config.timeout.is_zero() {
             return Err(error("timeout: must be more than 0"));
         }
         let (spool, writer, recovered) =
-            Spool::open(&config.spool_dir, config.spool_max_size.as_u64()).map_err(error)?;
+            Spool::open(&config.spool_dir, config.spool_max_size.as_u64())
+                .map_err(|source| SinkError::Spool { source })?;
         let counters = Arc::new(WebhookCounters::default());
         counters.spool_torn.store(recovered.torn, Ordering::Relaxed);
         // Credentials in the URL (user info, a token in the path or query)
@@ -329,7 +346,10 @@ impl Webhook {
             url,
             target,
             header: config.header,
-            batch: u64::from(config.batch),
+            limit: Limit {
+                records: u64::from(config.batch),
+                bytes: batch_bytes,
+            },
             batch_wait: config.batch_wait,
             timeout: config.timeout,
             counters: Arc::clone(&counters),
@@ -372,7 +392,10 @@ impl Webhook {
                 self.counters
                     .spool_failed
                     .fetch_add(lost, Ordering::Relaxed);
-                Err(error(format!("{spool} ({lost} records lost)")))
+                Err(SinkError::SpoolLost {
+                    lost,
+                    source: spool,
+                })
             }
         }
     }
@@ -383,7 +406,10 @@ impl Sink for Webhook {
         self.line.clear();
         self.format
             .encode(record, &mut self.line)
-            .map_err(|e| error(format!("encoding a record: {e}")))?;
+            .map_err(|source| SinkError::Encode {
+                sink: "webhook",
+                source,
+            })?;
         self.line.push(b'\n');
         match self.writer.append(&self.line) {
             Append::Full => {
@@ -455,6 +481,9 @@ fn client(timeout: Duration) -> ureq::Agent {
 #[derive(Debug)]
 enum Outcome {
     Delivered,
+    /// HTTP 413 for a batch of more than one record: to be sent again in
+    /// smaller batches.
+    TooLarge,
     /// Not to be sent again.
     Rejected {
         status: StatusCode,
@@ -483,7 +512,9 @@ struct Sender {
     /// `scheme://host:port`, for the log.
     target: String,
     header: Option<Header>,
-    batch: u64,
+    /// The most one request holds; fewer records after the receiver
+    /// answered 413 (Content Too Large).
+    limit: Limit,
     batch_wait: Duration,
     timeout: Duration,
     counters: Arc<WebhookCounters>,
@@ -503,14 +534,16 @@ impl Sender {
         let mut batch = Batch::default();
         let mut ready_since = None;
         loop {
-            if self
-                .spool
-                .wait_ready(self.cursor, self.batch, self.batch_wait, &mut ready_since)
-                == Wake::Stop
+            if self.spool.wait_ready(
+                self.cursor,
+                self.limit.records,
+                self.batch_wait,
+                &mut ready_since,
+            ) == Wake::Stop
             {
                 break;
             }
-            if let Err(error) = self.reader.read(self.cursor, self.batch, &mut batch) {
+            if let Err(error) = self.reader.read(self.cursor, self.limit, &mut batch) {
                 if !std::mem::replace(&mut self.spool_failing, true) {
                     tracing::error!(%error, "webhook sink cannot read its spool; retrying");
                 }
@@ -531,6 +564,20 @@ impl Sender {
             let Some(outcome) = self.deliver(&batch) else {
                 break;
             };
+            if let Outcome::TooLarge = outcome {
+                // The same records again, in smaller requests: a body limit
+                // does not change from one request to the next, so the
+                // smaller batch stays.
+                self.limit.records = (batch.records / 2).max(1);
+                tracing::warn!(
+                    url = %self.target,
+                    records = batch.records,
+                    bytes = batch.body.len(),
+                    now = self.limit.records,
+                    "webhook receiver refused a batch as too large (HTTP 413); sending fewer records per request (see the sink's batch and batch-max-size)"
+                );
+                continue;
+            }
             self.settle(&batch, outcome);
         }
         let left = self.spool.waiting(self.cursor);
@@ -687,6 +734,9 @@ impl Sender {
                 after,
             };
         }
+        if status == StatusCode::PAYLOAD_TOO_LARGE && batch.records > 1 {
+            return Outcome::TooLarge;
+        }
         let mut answer = Vec::new();
         // What the receiver said about it, for the log; a read error leaves
         // less of it.
@@ -733,7 +783,11 @@ mod tests {
         /// Answers for the next requests, then `default`.
         answers: VecDeque<u16>,
         default: u16,
+        /// Bodies longer than this are answered 413.
+        max_body: Option<usize>,
         requests: Vec<Request>,
+        /// The length of each request's body.
+        bodies: Vec<usize>,
     }
 
     /// An HTTP/1.1 receiver on a thread: one request per connection, the
@@ -768,6 +822,14 @@ mod tests {
 
         fn set_default(&self, status: u16) {
             self.received.lock().unwrap().default = status;
+        }
+
+        fn refuse_bodies_over(&self, bytes: usize) {
+            self.received.lock().unwrap().max_body = Some(bytes);
+        }
+
+        fn body_lengths(&self) -> Vec<usize> {
+            self.received.lock().unwrap().bodies.clone()
         }
 
         fn answer_next(&self, statuses: &[u16]) {
@@ -822,7 +884,12 @@ mod tests {
         std::io::Read::read_exact(&mut reader, &mut body).unwrap();
         let records: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
         let mut received = state.lock().unwrap();
-        let status = received.answers.pop_front().unwrap_or(received.default);
+        let status = if received.max_body.is_some_and(|max| body.len() > max) {
+            413
+        } else {
+            received.answers.pop_front().unwrap_or(received.default)
+        };
+        received.bodies.push(body.len());
         received.requests.push(Request {
             status,
             sequence: header(SEQUENCE_HEADER).parse().unwrap(),
@@ -850,6 +917,7 @@ mod tests {
             url: url.to_owned(),
             format: Format::Ecs,
             batch: default_batch(),
+            batch_max_size: default_batch_max_size(),
             batch_wait: Duration::from_millis(50),
             timeout: Duration::from_secs(5),
             spool_dir: dir.to_owned(),
@@ -994,6 +1062,92 @@ mod tests {
         // Delivered segments are gone; the cursor says where to go on.
         assert!(segments(&dir).len() <= 1, "{:?}", segments(&dir));
         assert_eq!(fs::read_to_string(dir.join("cursor")).unwrap(), "9\n");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The length of one record's line in the spool (without its newline).
+    fn record_length(path: &str) -> usize {
+        let mut line = Vec::new();
+        Format::Ecs.encode(&drift_record(path), &mut line).unwrap();
+        line.len()
+    }
+
+    #[test]
+    fn batches_end_before_the_size_limit() {
+        let one = record_length("/r/0");
+        // (limit, records): two and a half records hold two; one and a half
+        // one, and a longer record goes alone.
+        let long = format!("/{}long", "dir/".repeat(one / 8 + 12));
+        for (limit, written, sizes) in [
+            (one * 5 / 2, paths(0..5), vec![2, 2, 1]),
+            (
+                one * 3 / 2,
+                vec!["/r/0".to_owned(), long.clone(), "/r/1".to_owned()],
+                vec![1, 1, 1],
+            ),
+        ] {
+            let receiver = Receiver::start();
+            let dir = scratch_dir("webhook-batch-bytes");
+            let mut config = config(&receiver.url(), &dir);
+            config.batch_max_size = ByteSize::b(limit.max(1024) as u64);
+            assert!(limit >= 1024, "records are longer than the test thinks");
+            let mut sink = Webhook::start(config).unwrap();
+            write_paths(&mut sink, written.clone());
+            let count = written.len() as u64;
+            wait_until("all sent", || sink.stats().snapshot().sent == count);
+            let delivered = receiver.delivered();
+            let got: Vec<_> = delivered.iter().map(|(_, paths)| paths.len()).collect();
+            assert_eq!(got, sizes, "{delivered:?}");
+            assert_numbered(&delivered);
+            assert_eq!(receiver.delivered_paths(), written);
+            for (body, (_, paths)) in receiver.body_lengths().iter().zip(&delivered) {
+                assert!(
+                    *body <= limit || paths == std::slice::from_ref(&long),
+                    "{body} > {limit}"
+                );
+            }
+            if written.contains(&long) {
+                assert!(receiver.body_lengths()[1] > limit);
+            }
+            drop(sink);
+            fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_receiver_that_refuses_large_bodies_gets_smaller_batches() {
+        let receiver = Receiver::start();
+        let dir = scratch_dir("webhook-413");
+        let one = record_length("/r/0");
+        // Three records fit, four do not.
+        receiver.refuse_bodies_over(one * 7 / 2);
+        let mut config = config(&receiver.url(), &dir);
+        config.batch = 8;
+        // Only once all are spooled: one batch of eight first.
+        config.batch_wait = Duration::from_mins(1);
+        let mut sink = Webhook::start(config).unwrap();
+        write_paths(&mut sink, paths(0..8));
+        wait_until("8 sent", || sink.stats().snapshot().sent == 8);
+        let statuses: Vec<_> = receiver
+            .requests()
+            .iter()
+            .map(|r| (r.status, r.paths.len()))
+            .collect();
+        // 8 and 4 refused; then two at a time.
+        assert_eq!(
+            statuses,
+            [(413, 8), (413, 4), (200, 2), (200, 2), (200, 2), (200, 2)]
+        );
+        assert_eq!(receiver.delivered_paths(), paths(0..8));
+        assert_numbered(&receiver.delivered());
+        // A single record the receiver refuses is dropped and counted (sent
+        // by the drain at the sink's end: a batch of one waits for more).
+        receiver.refuse_bodies_over(one / 2);
+        write_paths(&mut sink, paths(8..9));
+        let counters = sink.stats();
+        drop(sink);
+        let stats = counters.snapshot();
+        assert_eq!((stats.sent, stats.rejected, stats.retries), (8, 1, 0));
         fs::remove_dir_all(dir).unwrap();
     }
 
