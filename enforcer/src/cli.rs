@@ -353,16 +353,32 @@ pub struct RunArgs {
     pub metrics_address: Option<std::net::SocketAddr>,
 
     /// Where audit records go (repeatable: several sinks at once, each
-    /// record to each): `stdout` (the default when no --sink is given),
-    /// `file:PATH` (rotated by size: `,max-size=100MiB,keep=5` are the
-    /// defaults), `syslog:ADDRESS` (RFC 5424 to `unix:/dev/log`,
-    /// `udp:HOST:PORT` or `tcp:HOST:PORT`; `,facility=local0,app-name=enforcer`),
-    /// `webhook:URL` (batches sent as JSON arrays in `POST`s, retried with backoff,
-    /// spooled on disk while the receiver is down and replayed in order:
-    /// `,spool-dir=/var/lib/enforcer/spool/webhook,spool-max-size=256MiB,batch=500`;
-    /// `,header='Authorization: Bearer TOKEN'` adds a header).
-    /// Every sink takes `,format=ecs` (Elastic Common Schema, the default) or
-    /// `,format=ocsf`. In the config file, `sink:` is a list of these
+    /// record to each, in order). Without --sink: stdout. Options follow the
+    /// target as `,KEY=VALUE`; defaults in brackets.
+    ///
+    /// `stdout`: JSON lines on standard output.
+    ///
+    /// `file:PATH`: JSON lines in PATH (its directory must exist; mode
+    /// 0600), rotated by size between records: `max-size` [100MiB], `keep`
+    /// rotated files, PATH.1 the newest [5].
+    ///
+    /// `syslog[:ADDRESS]`: RFC 5424 messages to `unix:PATH` [`unix:/dev/log`],
+    /// `udp:HOST:PORT` or `tcp:HOST:PORT` (octet-counted frames): `facility`
+    /// (user, daemon, auth, authpriv, local0..local7) [local0], `app-name`
+    /// [enforcer].
+    ///
+    /// `webhook:URL`: batches `POST`ed as JSON arrays, in order, retried with
+    /// backoff, spooled on disk while the receiver is down and replayed
+    /// after it (and after a restart): `batch` records per request [500],
+    /// `batch-max-size` of a request's body [1MiB; a receiver's 413 halves
+    /// the batch], `batch-wait` for a partial batch [1s], `timeout` per
+    /// request [10s],
+    /// `spool-dir` [`/var/lib/enforcer/spool/webhook`], `spool-max-size`
+    /// [256MiB], `drain-timeout` at shutdown [5s], `header='Name: value'`
+    /// (one extra request header, e.g. `Authorization: Bearer TOKEN`).
+    ///
+    /// Every sink takes `format=ecs` (Elastic Common Schema) [ecs] or
+    /// `format=ocsf`. In the config file, `sink:` is a list of these
     /// strings, or of mappings with `type` and the same options as keys.
     #[arg(long, value_name = "KIND[:TARGET][,KEY=VALUE]...", value_parser = crate::audit::sink::spec::parse)]
     pub sink: Vec<crate::audit::sink::spec::SinkSpec>,
@@ -415,5 +431,82 @@ mod tests {
         ])
         .expect_err("conflicts with --policy");
         assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    /// The field names a serde-derived struct accepts: derived
+    /// deserializers hand them to `deserialize_struct`.
+    fn option_names<'de, T: serde::Deserialize<'de>>() -> &'static [&'static str] {
+        struct Fields;
+        #[derive(Debug)]
+        struct Caught(&'static [&'static str]);
+        impl std::fmt::Display for Caught {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+        impl std::error::Error for Caught {}
+        impl serde::de::Error for Caught {
+            fn custom<M: std::fmt::Display>(_: M) -> Self {
+                Self(&[])
+            }
+        }
+        impl<'de> serde::Deserializer<'de> for Fields {
+            type Error = Caught;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Caught> {
+                Err(Caught(&[]))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Caught> {
+                Err(Caught(fields))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        match T::deserialize(Fields) {
+            Err(Caught(fields)) => fields,
+            Ok(_) => panic!("nothing to deserialize from"),
+        }
+    }
+
+    #[test]
+    fn sink_help_names_every_option_of_every_sink() {
+        use clap::CommandFactory as _;
+
+        use crate::audit::sink::{file::FileConfig, syslog::SyslogConfig, webhook::WebhookConfig};
+
+        let command = Cli::command();
+        let run = command.find_subcommand("run").expect("run");
+        let sink = run
+            .get_arguments()
+            .find(|arg| arg.get_id() == "sink")
+            .expect("--sink");
+        let help = sink.get_long_help().expect("long help").to_string();
+        for (kind, fields) in [
+            ("file", option_names::<FileConfig>()),
+            ("syslog", option_names::<SyslogConfig>()),
+            ("webhook", option_names::<WebhookConfig>()),
+        ] {
+            assert!(!fields.is_empty(), "{kind}: no options found");
+            for field in fields {
+                let option = field.replace('_', "-");
+                // The target is the kind's main option (`file:PATH`).
+                let named = matches!(
+                    (kind, option.as_str()),
+                    ("file", "path") | ("syslog", "address") | ("webhook", "url")
+                ) || help.contains(&format!("`{option}`"))
+                    || help.contains(&format!("`{option}="));
+                assert!(
+                    named,
+                    "--sink's help does not name {kind}'s option `{option}`"
+                );
+            }
+        }
     }
 }
