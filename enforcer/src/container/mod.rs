@@ -280,11 +280,14 @@ impl CgroupIndex {
         };
         // Groups removed since stay known, so that the events of a container
         // that has exited still name it (cgroup v2 ids are not reused while
-        // the machine runs); the index is bounded all the same.
+        // the machine runs); the index is bounded all the same, by
+        // forgetting the groups that are gone (the oldest records' groups
+        // were written long ago).
+        let found = self.add_tree(&mount);
         if self.paths.len() > INDEX_MAX {
-            self.paths.clear();
+            self.paths.retain(|id, _| found.contains_key(id));
         }
-        self.add_tree(&mount)
+        found
     }
 
     /// Learns the groups at and under `dir`, a directory under the mount;
@@ -516,6 +519,14 @@ mod tests {
         std::fs::create_dir_all(&later).unwrap();
         let later_id = std::fs::metadata(&later).unwrap().ino();
         assert!(index.container(later_id).is_some());
+        // Past its bound, the index forgets the groups that are gone, not
+        // the ones that exist.
+        let removed = (1..=INDEX_MAX as u64).map(|n| (u64::MAX - n, format!("/gone/{n}")));
+        index.paths.extend(removed);
+        let live = index.rescan();
+        assert!(live.contains_key(&id) && live.contains_key(&later_id));
+        assert_eq!(index.paths.len(), live.len());
+        assert!(index.container(id).is_some());
         let _ = std::fs::remove_dir_all(&root);
     }
 }
