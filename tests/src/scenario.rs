@@ -178,6 +178,16 @@ pub fn drift_events(stopped: &Stopped) -> Vec<&Value> {
         .collect()
 }
 
+/// The events of the file at `path` (as exec named it) among the agent's
+/// output.
+pub fn events_of_file<'a>(stopped: &'a Stopped, path: &str) -> Vec<&'a Value> {
+    stopped
+        .events
+        .iter()
+        .filter(|event| event["file"]["path"] == path)
+        .collect()
+}
+
 /// Checks the agent exited 0 and returns its drift events.
 pub fn clean_exit_events(stopped: &Stopped) -> Vec<&Value> {
     assert!(

@@ -17,7 +17,7 @@ use std::{
 use enforcer_tests::{
     agent::{self, Agent},
     container::{self, Image},
-    require, serial,
+    require, scenario, serial,
 };
 
 /// `GET path` over HTTP/1.1: the status code and the body.
@@ -85,11 +85,7 @@ fn probes_answer_and_metrics_count_what_the_kernel_decided() {
     assert_eq!(status, 200, "{metrics}");
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
 
-    let drift: Vec<_> = stopped
-        .events
-        .iter()
-        .filter(|event| event["file"]["path"] == "/tmp/dropped")
-        .collect();
+    let drift = scenario::events_of_file(&stopped, "/tmp/dropped");
     assert_eq!(drift.len(), 1, "{drift:#?}\n{run:?}\n{}", stopped.stderr);
     let decision = drift[0]["enforcer"]["decision"]
         .as_str()
@@ -216,11 +212,7 @@ fn the_rate_limit_counts_and_reports_what_it_leaves_out() {
     agent.flush().expect("flushing");
     let shown = enforcer_status(&agent);
     let stopped = agent.stop().expect("stopping the agent");
-    let drift: Vec<_> = stopped
-        .events
-        .iter()
-        .filter(|event| event["file"]["path"] == "/tmp/dropped")
-        .collect();
+    let drift = scenario::events_of_file(&stopped, "/tmp/dropped");
     assert_eq!(drift.len(), 4, "{drift:#?}\n{run:?}\n{}", stopped.stderr);
     let suppressed: Vec<_> = drift
         .iter()
