@@ -226,6 +226,8 @@ fn test(workspace: &Path, kernels: &[&KernelSpec], vm_jobs: Option<usize>) -> an
         work_dir: &work_dir,
         commands: &commands,
         env: &env,
+        // The tests run one at a time; the VMs run side by side.
+        cpus: 1,
     };
     let jobs = vm::VmJob::all(&tools.kernels);
     let parallel = vm_jobs.unwrap_or_else(|| vm::parallel_by_memory(jobs.len()));
@@ -364,6 +366,8 @@ fn bench(workspace: &Path, kernels: &[&KernelSpec], rounds: u32) -> anyhow::Resu
         work_dir: &work_dir,
         commands: &[vm::VmCommand::everywhere(command)],
         env: &env,
+        // One VM at a time, with the agent's threads beside the workload.
+        cpus: 2,
     };
     for kernel in &tools.kernels {
         eprintln!(
