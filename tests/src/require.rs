@@ -63,11 +63,7 @@ pub const EMULATED_ENV: &str = "ENFORCER_TEST_EMULATED";
 /// slowest tests of each VM.
 #[must_use]
 pub fn not_emulated(what: &str) -> bool {
-    if std::env::var_os(EMULATED_ENV).is_some() {
-        eprintln!("SKIPPED in the emulated VM ({what}): the host run covers it");
-        return false;
-    }
-    true
+    unless_set(EMULATED_ENV, "in the emulated VM", what, "the host run")
 }
 
 /// Set by `cargo xtask test` in the VMs of other kernels than the default
@@ -81,8 +77,18 @@ pub const OTHER_KERNEL_ENV: &str = "ENFORCER_TEST_OTHER_KERNEL";
 /// kernel programs decide is tested on every kernel.
 #[must_use]
 pub fn not_other_kernel(what: &str) -> bool {
-    if std::env::var_os(OTHER_KERNEL_ENV).is_some() {
-        eprintln!("SKIPPED on this kernel ({what}): the default kernel's VM and the host cover it");
+    unless_set(
+        OTHER_KERNEL_ENV,
+        "on this kernel",
+        what,
+        "the default kernel's VM and the host",
+    )
+}
+
+/// True unless the test run set `env`; then false, with the skip printed.
+fn unless_set(env: &str, where_: &str, what: &str, covered_by: &str) -> bool {
+    if std::env::var_os(env).is_some() {
+        eprintln!("SKIPPED {where_} ({what}): {covered_by} covers it");
         return false;
     }
     true

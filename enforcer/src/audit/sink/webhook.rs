@@ -1201,13 +1201,8 @@ mod tests {
         let receiver = Receiver::start();
         receiver.set_default(503);
         let dir = scratch_dir("webhook-full");
-        let one = {
-            let mut line = Vec::new();
-            Format::Ecs
-                .encode(&drift_record("/r/0"), &mut line)
-                .unwrap();
-            line.len() as u64 + 1
-        };
+        // A spooled record: its line and the newline.
+        let one = record_length("/r/0") as u64 + 1;
         let mut config = config(&receiver.url(), &dir);
         // Room for three records.
         config.spool_max_size = ByteSize::b(one * 3 + one / 2);
