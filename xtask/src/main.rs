@@ -57,7 +57,8 @@ enum Task {
         /// VMs booted at the same time [default: all of them, as far as
         /// the memory available holds them]. Emulated VMs wait on timers and
         /// I/O much of the time: on 2 cores, the four kernels' VMs took 17
-        /// minutes all at once and 24 two at a time.
+        /// minutes all at once and 24 two at a time (with two vCPUs each;
+        /// with one, as now, 10 minutes all at once).
         #[arg(long)]
         vm_jobs: Option<usize>,
     },
