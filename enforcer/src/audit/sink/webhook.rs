@@ -985,16 +985,18 @@ mod tests {
             Path::new("/var/lib/enforcer/spool/webhook")
         );
         assert_eq!(config.spool_max_size, ByteSize::mib(256));
+        assert_eq!(config.batch_max_size, ByteSize::mib(1));
         assert_eq!(config.drain_timeout, Duration::from_secs(5));
         assert_eq!(config.header, None);
 
         let SinkSpec::Webhook(config) = spec::parse(
-            "webhook:http://h/,spool-dir=/s,spool-max-size=1MiB,timeout=2s,header='Authorization: Bearer s3cret'",
+            "webhook:http://h/,spool-dir=/s,spool-max-size=1MiB,batch-max-size=512KiB,timeout=2s,header='Authorization: Bearer s3cret'",
         )
         .unwrap() else {
             panic!("not a webhook");
         };
         assert_eq!(config.spool_max_size, ByteSize::mib(1));
+        assert_eq!(config.batch_max_size, ByteSize::kib(512));
         let header = config.header.unwrap();
         assert_eq!(header.name, "authorization");
         assert_eq!(header.value, "Bearer s3cret");
@@ -1027,6 +1029,10 @@ mod tests {
             let error = Webhook::start(config).unwrap_err().to_string();
             assert!(error.contains(says), "{url}: {error}");
         }
+        let mut config = config("http://h/", &dir);
+        config.batch_max_size = ByteSize::b(100);
+        let error = Webhook::start(config).unwrap_err().to_string();
+        assert!(error.contains("batch-max-size"), "{error}");
         fs::remove_dir_all(dir).unwrap();
     }
 
