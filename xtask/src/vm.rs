@@ -123,7 +123,7 @@ impl VmJob<'_> {
 }
 
 /// Set in the VMs of other kernels than the default one (see
-/// `require::kernel_independent` in the tests).
+/// `require::not_other_kernel` in the tests).
 const OTHER_KERNEL_ENV: &str = "ENFORCER_TEST_OTHER_KERNEL";
 
 impl VmRun<'_> {

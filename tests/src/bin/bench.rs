@@ -476,8 +476,8 @@ fn events(image: &Image, agent_args: &[&str], flood: u32, floods: usize) -> anyh
         written += flood_written;
         cpu += flood_cpu;
     }
-    if pinned {
-        unpin()?;
+    if let Some(pinned) = &pinned {
+        set_affinity(0, &pinned.before)?;
     }
     let lost = counter(&agent, "kernel.events_lost")?;
     let dropped = counter(&agent, "pipeline.dropped")?;
@@ -491,7 +491,7 @@ fn events(image: &Image, agent_args: &[&str], flood: u32, floods: usize) -> anyh
         per_cpu_second >= EVENTS_PER_CPU_SECOND,
         idle_mib <= IDLE_RSS_MIB,
         peak_mib <= FLOOD_RSS_MIB,
-        !pinned || per_wall_second >= EVENTS_PER_CPU_SECOND,
+        pinned.is_none() || per_wall_second >= EVENTS_PER_CPU_SECOND,
     ];
     let mark = |met: bool| if met { "" } else { "  TARGET MISSED" };
     println!(
@@ -501,10 +501,15 @@ fn events(image: &Image, agent_args: &[&str], flood: u32, floods: usize) -> anyh
          {dropped} dropped while the writer was behind (counted)",
         mark(met[0])
     );
-    if pinned {
+    if let Some(Pinned {
+        agent: agent_cpu,
+        flood: flood_cpu,
+        ..
+    }) = &pinned
+    {
         println!(
-            "events on one core: the agent's threads pinned to CPU {AGENT_CPU}, the floods to \
-             CPU {FLOOD_CPU}: {per_wall_second:.0} records written per second of wall-clock \
+            "events on one core: the agent's threads pinned to CPU {agent_cpu}, the floods to \
+             CPU {flood_cpu}: {per_wall_second:.0} records written per second of wall-clock \
              time (target >= {EVENTS_PER_CPU_SECOND:.0}){}, the agent's core {:.0} % busy",
             mark(met[3]),
             100.0 * cpu / wall.max(0.01)
@@ -522,52 +527,64 @@ fn events(image: &Image, agent_args: &[&str], flood: u32, floods: usize) -> anyh
          \"per_cpu_second_range\":[{lowest:.0},{highest:.0}],\
          \"target_per_cpu_second\":{EVENTS_PER_CPU_SECOND},\
          \"lost\":{lost},\"dropped\":{dropped},\
-         \"pinned\":{pinned},\"per_wall_second\":{per_wall_second:.0},\
+         \"pinned\":{},\"per_wall_second\":{per_wall_second:.0},\
          \"idle_rss_mib\":{idle_mib:.1},\"peak_rss_mib\":{peak_mib:.1},\
          \"met\":{}}}",
+        pinned.is_some(),
         met.iter().all(|met| *met)
     );
     Ok(met.iter().all(|met| *met))
 }
 
-/// Counter `name` of `enforcer status`.
-/// The CPUs of the `events` measurement: the agent's and the flood's.
-const AGENT_CPU: usize = 1;
-const FLOOD_CPU: usize = 0;
+/// Where the `events` measurement ran: the agent's CPU, the floods' CPU,
+/// and this process's CPUs before, to go back to.
+struct Pinned {
+    agent: usize,
+    flood: usize,
+    before: libc::cpu_set_t,
+}
 
-/// Pins every thread of process `pid` to [`AGENT_CPU`] (threads it makes
-/// later inherit that) and this process, whose children run the floods, to
-/// [`FLOOD_CPU`]; false (nothing pinned) on a machine of one CPU.
-fn pin_apart(pid: u32) -> anyhow::Result<bool> {
-    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
-        println!("events: one CPU only: the agent and the floods share it");
-        return Ok(false);
+/// Pins every thread of process `pid` to one CPU this process may run on
+/// (threads it makes later inherit that) and this process, whose children
+/// run the floods, to another; `None` (nothing pinned) with only one CPU.
+fn pin_apart(pid: u32) -> anyhow::Result<Option<Pinned>> {
+    // SAFETY: cpu_set_t is plain bits; sched_getaffinity fills it.
+    let mut before: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `before` is a writable cpu_set_t of the size given.
+    if unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &raw mut before) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading this process's CPUs");
     }
+    // SAFETY: CPU_ISSET reads within the set for indices below CPU_SETSIZE.
+    let mut allowed =
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &before) });
+    let (Some(flood), Some(agent)) = (allowed.next(), allowed.next()) else {
+        println!("events: one CPU only: the agent and the floods share it");
+        return Ok(None);
+    };
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
-        set_affinity(tid, &[AGENT_CPU])?;
+        set_affinity(tid, &cpu_set(agent))?;
     }
-    set_affinity(0, &[FLOOD_CPU])?;
-    Ok(true)
+    set_affinity(0, &cpu_set(flood))?;
+    Ok(Some(Pinned {
+        agent,
+        flood,
+        before,
+    }))
 }
 
-/// Lets this process run on every CPU again.
-fn unpin() -> anyhow::Result<()> {
-    let all: Vec<usize> =
-        (0..std::thread::available_parallelism().map_or(1, usize::from)).collect();
-    set_affinity(0, &all)
-}
-
-fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> anyhow::Result<()> {
-    // SAFETY: cpu_set_t is plain bits; CPU_ZERO and CPU_SET write within it.
+/// The set of `cpu` alone.
+fn cpu_set(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain bits, all zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &cpu in cpus {
-        // SAFETY: as above; `cpu` is below CPU_SETSIZE on any machine here.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
+    // SAFETY: `cpu` came from a set of CPU_SETSIZE bits.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    set
+}
+
+fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> anyhow::Result<()> {
     // SAFETY: `set` is a valid cpu_set_t of the size given.
-    let done =
-        unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &raw const set) };
+    let done = unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), set) };
     if done != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("pinning thread {tid}"));
@@ -575,6 +592,7 @@ fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Counter `name` of `enforcer status`.
 fn counter(agent: &Agent, name: &str) -> anyhow::Result<u64> {
     let output = std::process::Command::new(enforcer_tests::agent::binary())
         .args(["status", "--json", "--socket"])
