@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::require::patience;
+
 /// Where the agent binary is: `ENFORCER_BIN`, or the release build in the
 /// target directory of the test binary (`target/release/enforcer`), where
 /// `cargo build --release -p enforcer` puts it.
@@ -37,8 +39,9 @@ pub fn binary() -> PathBuf {
 
 /// The agent's log line that says enforcement is on.
 const READY: &str = "enforcer ready";
-/// Start-up includes parsing kernel BTF, which takes seconds under QEMU's
-/// software emulation.
+/// Start-up includes parsing kernel BTF and verifying the programs, which
+/// takes seconds under QEMU's software emulation (stretched there by
+/// [`patience`]).
 const READY_TIMEOUT: Duration = Duration::from_mins(1);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the harness waits for the records a flush counted to reach it.
@@ -127,16 +130,25 @@ pub struct Stopped {
 #[derive(Debug)]
 pub struct StartFailure {
     pub status: Option<ExitStatus>,
+    /// Set when the harness stopped waiting and killed the agent.
+    pub gave_up_after: Option<Duration>,
     pub stderr: String,
 }
 
 impl std::fmt::Display for StartFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "agent did not start (exit {:?}); stderr:\n{}",
-            self.status, self.stderr
-        )
+        match self.gave_up_after {
+            Some(waited) => write!(
+                f,
+                "agent was not ready within {waited:?} and was killed; stderr:\n{}",
+                self.stderr
+            ),
+            None => write!(
+                f,
+                "agent did not start (exit {:?}); stderr:\n{}",
+                self.status, self.stderr
+            ),
+        }
     }
 }
 
@@ -166,6 +178,7 @@ impl Agent {
             .stderr(Stdio::piped());
         let mut child = spawn(command).map_err(|error| StartFailure {
             status: None,
+            gave_up_after: None,
             stderr: format!("spawning {}: {error}", binary().display()),
         })?;
         let stdout_pipe = child.stdout.take().expect("piped stdout");
@@ -201,14 +214,18 @@ impl Agent {
                 return Ok(agent);
             }
             let exited = agent.child.try_wait().ok().flatten();
-            if exited.is_some() || started.elapsed() > READY_TIMEOUT {
+            let gave_up = started.elapsed() > patience(READY_TIMEOUT);
+            if exited.is_some() || gave_up {
                 if exited.is_none() {
                     let _ = agent.child.kill();
                 }
                 let status = agent.child.wait().ok();
                 agent.join_stderr();
-                let stderr = agent.stderr_text();
-                return Err(StartFailure { status, stderr });
+                return Err(StartFailure {
+                    status,
+                    gave_up_after: (exited.is_none() && gave_up).then_some(started.elapsed()),
+                    stderr: agent.stderr_text(),
+                });
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -292,7 +309,7 @@ impl Agent {
         let written = self.flush_sinks()?;
         let started = Instant::now();
         while self.stdout.lock().expect("stdout lock").len() < written {
-            if started.elapsed() > FLUSH_TIMEOUT {
+            if started.elapsed() > patience(FLUSH_TIMEOUT) {
                 bail!("the agent wrote {written} records; fewer reached the harness");
             }
             thread::sleep(Duration::from_millis(10));
@@ -356,10 +373,11 @@ impl Agent {
             if let Some(status) = self.child.try_wait()? {
                 break status;
             }
-            if started.elapsed() > STOP_TIMEOUT {
+            if started.elapsed() > patience(STOP_TIMEOUT) {
                 let _ = self.child.kill();
                 bail!(
-                    "agent did not exit within {STOP_TIMEOUT:?} of signal {signal}; log:\n{}",
+                    "agent did not exit within {:?} of signal {signal}; log:\n{}",
+                    patience(STOP_TIMEOUT),
                     self.stderr_text()
                 );
             }

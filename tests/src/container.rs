@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::require;
+use crate::require::{self, patience};
 
 /// Applets linked into the image; each is an exec of the image's busybox.
 const APPLETS: &[&str] = &[
@@ -552,10 +552,13 @@ fn wait_with_output(
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if started.elapsed() > RUN_TIMEOUT {
+        if started.elapsed() > patience(RUN_TIMEOUT) {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("container did not finish within {RUN_TIMEOUT:?}");
+            bail!(
+                "container did not finish within {:?}",
+                patience(RUN_TIMEOUT)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -251,7 +251,7 @@ state = "{root}/state"
         let channel = {
             let _entered = runtime.enter();
             Endpoint::try_from("http://localhost")?
-                .timeout(Duration::from_mins(1))
+                .timeout(require::patience(Duration::from_mins(1)))
                 .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                     let path = path.clone();
                     async move { UnixStream::connect(path).await.map(TokioIo::new) }
@@ -266,8 +266,8 @@ state = "{root}/state"
         };
         let started = Instant::now();
         while !socket.exists() {
-            if started.elapsed() > Duration::from_mins(1) {
-                bail!("containerd did not listen in 60 s:\n{}", containerd.log());
+            if started.elapsed() > require::patience(Duration::from_mins(1)) {
+                bail!("containerd did not listen in time:\n{}", containerd.log());
             }
             if let Some(status) = containerd.daemon.try_wait()? {
                 bail!("containerd exited ({status}):\n{}", containerd.log());

@@ -19,6 +19,7 @@ use enforcer_tests::{
     container::{Image, Scratch},
     cri::{Containerd, Pod, Ran, SANDBOX_IMAGE},
     podman::Podman,
+    require,
     scenario::start_lsm,
     serial,
 };
@@ -159,7 +160,7 @@ fn pods_from_the_cri_api_select_policies_and_name_events() {
         agent.wait_for_log(
             "CRI: reading the runtime's containers",
             1,
-            Duration::from_secs(30)
+            require::patience(Duration::from_secs(30))
         ),
         "the agent did not reach containerd's CRI socket:\n{}",
         agent.log()
@@ -172,7 +173,7 @@ fn pods_from_the_cri_api_select_policies_and_name_events() {
                 "tool",
                 "localhost/app:1",
                 &["sh", "-c", SCRIPT],
-                Duration::from_mins(2),
+                require::patience(Duration::from_mins(2)),
             )
             .unwrap_or_else(|error| {
                 panic!("running pod {}: {error:#}\n{}", pod.name, containerd.log())

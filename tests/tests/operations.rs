@@ -24,7 +24,7 @@ use enforcer_tests::{
 fn get(address: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connecting to the metrics endpoint");
     stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
+        .set_read_timeout(Some(require::patience(Duration::from_secs(30))))
         .expect("a read timeout");
     write!(
         stream,
