@@ -65,11 +65,16 @@ const WEB: Pod<'static> = Pod {
 /// A dropped program as the container's first act (the agent may not have
 /// placed the container yet), then, once it has (seconds later), a build's
 /// output run and the vulnerable program run.
-const SCRIPT: &str = "/bin/busybox mkdir /tmp/early /tmp/built
+fn script() -> String {
+    format!(
+        "/bin/busybox mkdir /tmp/early /tmp/built
 cp /bin/busybox /tmp/early/true && /tmp/early/true; echo early=$?
-/bin/busybox sleep 6
+/bin/busybox sleep {}
 cp /bin/busybox /tmp/built/true && /tmp/built/true; echo built=$?
-/opt/vuln/echo shielded; echo vuln=$?";
+/opt/vuln/echo shielded; echo vuln=$?",
+        require::patience(Duration::from_secs(6)).as_secs()
+    )
+}
 
 fn image() -> Image {
     let image = Image::busybox().expect("building the image");
@@ -166,13 +171,14 @@ fn pods_from_the_cri_api_select_policies_and_name_events() {
         agent.log()
     );
     let mark = agent.flush().expect("flushing");
+    let script = script();
     let mut run = |pod: &Pod<'_>| {
         containerd
             .run(
                 pod,
                 "tool",
                 "localhost/app:1",
-                &["sh", "-c", SCRIPT],
+                &["sh", "-c", &script],
                 require::patience(Duration::from_mins(2)),
             )
             .unwrap_or_else(|error| {

@@ -199,14 +199,20 @@ fn the_rate_limit_counts_and_reports_what_it_leaves_out() {
     )
     .expect("writing the config file");
     let config = config.display().to_string();
-    let agent = Agent::start(&["--config", &config, "--rate-limit", "3/2s"])
+    // The seven runs of the burst must fall in one window, also in a busy
+    // emulated VM.
+    let window = require::patience(Duration::from_secs(2)).as_secs();
+    let agent = Agent::start(&["--config", &config, "--rate-limit", &format!("3/{window}s")])
         .unwrap_or_else(|failure| panic!("{failure}"));
     let image = Image::busybox().expect("building the image");
     // Seven runs in a burst, then one after the window.
     let run = container::run(
         &image,
-        "cp /bin/busybox /tmp/dropped; for i in 1 2 3 4 5 6 7; do /tmp/dropped true; done; \
-         /bin/busybox sleep 3; /tmp/dropped true; /bin/busybox sleep 2",
+        &format!(
+            "cp /bin/busybox /tmp/dropped; for i in 1 2 3 4 5 6 7; do /tmp/dropped true; done; \
+             /bin/busybox sleep {}; /tmp/dropped true; /bin/busybox sleep 2",
+            window + 1
+        ),
     )
     .expect("running the container");
     agent.flush().expect("flushing");
