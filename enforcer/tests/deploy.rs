@@ -149,6 +149,7 @@ fn the_agent_accepts_its_arguments_and_what_they_name_is_mounted() {
         .expect("a metrics port");
     assert_eq!(exposed.container_port, i32::from(port));
     for (probe, path) in [
+        (&container.startup_probe, "/healthz"),
         (&container.liveness_probe, "/healthz"),
         (&container.readiness_probe, "/readyz"),
     ] {
@@ -162,6 +163,17 @@ fn the_agent_accepts_its_arguments_and_what_they_name_is_mounted() {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("metrics".to_owned())
         );
     }
+    // Liveness alone would kill a start-up that outlasts its failures (30 s
+    // here); the startup probe holds it off for minutes.
+    let budget = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let probe = probe.as_ref().expect("a probe");
+        probe.period_seconds.unwrap_or(10) * probe.failure_threshold.unwrap_or(3)
+    };
+    assert!(
+        budget(&container.startup_probe) >= 120,
+        "the startup probe allows {} s",
+        budget(&container.startup_probe)
+    );
     for required in ["/host/cgroup", "/sys/kernel/security"] {
         assert!(mounts.contains(&PathBuf::from(required)), "{required}");
     }
