@@ -208,13 +208,13 @@ impl Agent {
             stderr,
             stderr_reader: Some(stderr_reader),
         };
-        let started = Instant::now();
+        let (started, limit) = (Instant::now(), patience(READY_TIMEOUT));
         loop {
             if agent.stderr_text().contains(READY) {
                 return Ok(agent);
             }
             let exited = agent.child.try_wait().ok().flatten();
-            let gave_up = started.elapsed() > patience(READY_TIMEOUT);
+            let gave_up = started.elapsed() > limit;
             if exited.is_some() || gave_up {
                 if exited.is_none() {
                     let _ = agent.child.kill();
@@ -253,10 +253,11 @@ impl Agent {
     }
 
     /// Waits until the agent's log has `count` lines containing `text`;
-    /// false after `timeout`.
+    /// false after `timeout` (a hang's deadline: longer in the emulated VMs,
+    /// see [`patience`]).
     pub fn wait_for_log(&self, text: &str, count: usize, timeout: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < timeout {
+        let (started, limit) = (Instant::now(), patience(timeout));
+        while started.elapsed() < limit {
             if self.stderr_text().matches(text).count() >= count {
                 return true;
             }
@@ -307,9 +308,9 @@ impl Agent {
     /// [`Self::events_since`].
     pub fn flush(&self) -> anyhow::Result<usize> {
         let written = self.flush_sinks()?;
-        let started = Instant::now();
+        let (started, limit) = (Instant::now(), patience(FLUSH_TIMEOUT));
         while self.stdout.lock().expect("stdout lock").len() < written {
-            if started.elapsed() > patience(FLUSH_TIMEOUT) {
+            if started.elapsed() > limit {
                 bail!("the agent wrote {written} records; fewer reached the harness");
             }
             thread::sleep(Duration::from_millis(10));
@@ -368,16 +369,15 @@ impl Agent {
         if unsafe { libc::kill(pid, signal) } != 0 {
             bail!("kill({signal}): {}", std::io::Error::last_os_error());
         }
-        let started = Instant::now();
+        let (started, limit) = (Instant::now(), patience(STOP_TIMEOUT));
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
             }
-            if started.elapsed() > patience(STOP_TIMEOUT) {
+            if started.elapsed() > limit {
                 let _ = self.child.kill();
                 bail!(
-                    "agent did not exit within {:?} of signal {signal}; log:\n{}",
-                    patience(STOP_TIMEOUT),
+                    "agent did not exit within {limit:?} of signal {signal}; log:\n{}",
                     self.stderr_text()
                 );
             }

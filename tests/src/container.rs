@@ -547,18 +547,15 @@ fn wait_with_output(
     };
     let stdout = read_all(Box::new(child.stdout.take().context("stdout")?));
     let stderr = read_all(Box::new(child.stderr.take().context("stderr")?));
-    let started = std::time::Instant::now();
+    let (started, limit) = (std::time::Instant::now(), patience(RUN_TIMEOUT));
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if started.elapsed() > patience(RUN_TIMEOUT) {
+        if started.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "container did not finish within {:?}",
-                patience(RUN_TIMEOUT)
-            );
+            bail!("container did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

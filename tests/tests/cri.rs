@@ -165,7 +165,7 @@ fn pods_from_the_cri_api_select_policies_and_name_events() {
         agent.wait_for_log(
             "CRI: reading the runtime's containers",
             1,
-            require::patience(Duration::from_secs(30))
+            Duration::from_secs(30)
         ),
         "the agent did not reach containerd's CRI socket:\n{}",
         agent.log()

@@ -110,7 +110,7 @@ fn wait_placed(agent: &Agent, group: &Cgroup, namespace: &str, pod: &str) {
         group.container_id
     );
     assert!(
-        agent.wait_for_log(&placed, 1, require::patience(Duration::from_secs(30))),
+        agent.wait_for_log(&placed, 1, Duration::from_secs(30)),
         "container {} was not placed in its pod:\n{}",
         group.container_id,
         agent.log()
@@ -134,11 +134,7 @@ fn reload_without_ci_policy(agent: &Agent, policy: &Path, image: &Image, group: 
     let vshield_only = POLICY.split("---\n").next().expect("the vShield document");
     fs::write(policy, vshield_only).expect("rewriting the policy");
     assert!(
-        agent.wait_for_log(
-            "trigger=\"watch\"",
-            1,
-            require::patience(Duration::from_secs(30))
-        ),
+        agent.wait_for_log("trigger=\"watch\"", 1, Duration::from_secs(30)),
         "the changed policy was not put in force:\n{}",
         agent.log()
     );
@@ -235,11 +231,7 @@ fn pod_namespaces_and_labels_select_vshields_and_drift_policies() {
         return;
     };
     assert!(
-        agent.wait_for_log(
-            "the node's pods are listed",
-            1,
-            require::patience(Duration::from_mins(1))
-        ),
+        agent.wait_for_log("the node's pods are listed", 1, Duration::from_mins(1)),
         "the agent did not list the pods:\n{}",
         agent.log()
     );

@@ -82,10 +82,10 @@ fn replace_like_kubelet(dir: &Path, text: &str) {
 /// Waits for the `count`th line with `text` in the agent's log.
 fn wait(agent: &Agent, text: &str, count: usize) -> Duration {
     let started = Instant::now();
-    let limit = require::patience(IN_FORCE_WITHIN);
     assert!(
-        agent.wait_for_log(text, count, limit),
-        "no {count}th {text:?} within {limit:?}; log:\n{}",
+        agent.wait_for_log(text, count, IN_FORCE_WITHIN),
+        "no {count}th {text:?} within {:?}; log:\n{}",
+        require::patience(IN_FORCE_WITHIN),
         agent.log()
     );
     started.elapsed()
@@ -311,11 +311,7 @@ fn vshields_cover_images_that_appear_after_the_agent_started() {
     // may land after the first look, and the second look (30 s later) finds
     // it.
     assert!(
-        agent.wait_for_log(
-            "vShield in force",
-            1,
-            require::patience(Duration::from_secs(45))
-        ),
+        agent.wait_for_log("vShield in force", 1, Duration::from_secs(45)),
         "the late image's program was not found; log:\n{}",
         agent.log()
     );
