@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 14;
+pub const ABI_VERSION: u32 = 15;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -29,6 +29,11 @@ pub const SB_KERNMOUNT: u64 = 1 << 22;
 
 /// `MNT_READONLY` in `vfsmount.mnt_flags`.
 pub const MNT_READONLY: u32 = 0x40;
+
+/// `MNT_LOCK_READONLY` in `vfsmount.mnt_flags`: the mount was read-only when
+/// it was copied into a mount namespace of a less privileged user namespace
+/// (or cloned from such a mount), and nobody there can make it writable.
+pub const MNT_LOCK_READONLY: u32 = 0x40_0000;
 
 /// `PROT_EXEC`.
 pub const PROT_EXEC: u64 = 4;
@@ -104,9 +109,28 @@ pub const EPERM: i32 = 1;
 /// `FMODE_EXEC`, is not set on every kernel.)
 pub const O_FMODE_EXEC: u32 = 0x20;
 
-/// `callback_head`s of `task_struct.task_works` walked to find the script a
-/// signal-backend exec ran (see `enforcer-ebpf/src/script.rs`).
-pub const SCRIPT_WALK_MAX: u32 = 256;
+/// `callback_head`s of `task_struct.task_works` walked to find the scripts a
+/// signal-backend exec ran (see `enforcer-ebpf/src/script.rs`), with
+/// `bpf_loop` (5.17+): more than a process can queue (one per descriptor
+/// closed on exec, and `fs.nr_open` is at most 2^20), so the walk always
+/// reaches the end of the list.
+pub const SCRIPT_WALK_MAX: u32 = 1 << 21;
+
+/// The same walk on kernels without `bpf_loop`, unrolled by the verifier. A
+/// longer list leaves the script unresolved: refused and reported.
+pub const SCRIPT_WALK_BOUNDED: u32 = 256;
+
+/// Files opened for execution that the script walk keeps, the oldest ones:
+/// every level of nested scripts (the kernel allows five) and one more.
+pub const SCRIPT_FILES_MAX: usize = 6;
+
+/// `AT_BASE` in the auxiliary vector: where the ELF interpreter is mapped.
+pub const AT_BASE: u64 = 7;
+
+/// Entries (type and value pairs) of `mm_struct.saved_auxv` read to find
+/// [`AT_BASE`]: `AT_VECTOR_SIZE` is under 64 on every architecture, and the
+/// kernel writes `AT_BASE` among the first dozen.
+pub const AUXV_PAIRS_MAX: u32 = 32;
 
 /// `SIGKILL`, sent by the signal backend.
 pub const SIGKILL: u32 = 9;
@@ -175,6 +199,15 @@ pub mod layer {
     /// made executable, renamed or linked by a container process since the
     /// agent started.
     pub const WRITTEN: u32 = 4;
+    /// On a mount or filesystem whose read-only state a container process
+    /// could have set, or under an overlay it mounted: a filesystem created
+    /// in a user namespace (tmpfs, overlay), a read-only bind mount made in
+    /// one, a mount detached from every namespace, or a layer of such an
+    /// overlay on a filesystem the container can write.
+    pub const CONTAINER_MOUNT: u32 = 5;
+    /// The kernel could not tell which file an exec ran (the signal
+    /// backend's script lookup); refused, since it may be drift.
+    pub const UNRESOLVED: u32 = 6;
 }
 
 /// How the file was about to be used ([`DecisionEvent::via`]).
@@ -251,7 +284,8 @@ pub mod counter {
     /// as not allowed.
     pub const PATH_UNRESOLVED: u32 = 7;
     /// Scripts run by a container process whose file the signal backend
-    /// could not find; they ran undecided.
+    /// could not find; refused in enforce mode (each one also reported with
+    /// [`layer::UNRESOLVED`](super::layer::UNRESOLVED)).
     pub const SCRIPT_UNRESOLVED: u32 = 8;
     /// Uses of a shielded file that a vShield decided (any mode).
     pub const VSHIELD_HITS: u32 = 9;
@@ -351,6 +385,15 @@ pub struct KernelOffsets {
     pub file_task_work: u32,
     /// `file.f_flags`
     pub file_flags: u32,
+    /// `super_block.s_user_ns`: the user namespace that owns the filesystem.
+    pub sb_user_ns: u32,
+    /// `user_namespace.level`: 0 for the initial user namespace.
+    pub user_ns_level: u32,
+    /// `mnt_namespace.user_ns`: the user namespace that owns a mount
+    /// namespace, whose root may change the flags of its mounts.
+    pub mnt_namespace_user_ns: u32,
+    /// Reserved, zero.
+    pub pad: u32,
 }
 
 /// Offsets only the signal backend's `mmap` check reads, apart from
@@ -376,6 +419,11 @@ pub struct MmapOffsets {
     pub regs_arg4: u32,
     /// Fifth argument (`fd`): `r8`.
     pub regs_arg5: u32,
+    /// `mm_struct.saved_auxv`: the auxiliary vector of the program, whose
+    /// `AT_BASE` is where its ELF interpreter is mapped.
+    pub mm_saved_auxv: u32,
+    /// Reserved, zero.
+    pub pad: u32,
 }
 
 /// Offsets the programs read to name a process's ancestors and its entry
@@ -555,6 +603,21 @@ pub mod scope {
     /// same containers.
     pub const FIRST_SELECTED: u32 = 3;
 }
+
+/// A container as the kernel first saw it (the value of `CONTAINER_ROOTS`,
+/// by cgroup id): what its processes are measured against afterwards,
+/// whatever root directory or mount namespace they move to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContainerRoot {
+    /// `s_dev` (kernel encoding) of the container's root filesystem.
+    pub root_dev: u32,
+    /// Inode number of the mount namespace its runtime made.
+    pub mnt_ns: u32,
+}
+
+/// Entries of `CONTAINER_ROOTS`: the containers seen most recently.
+pub const CONTAINER_ROOTS_MAX: u32 = 65_536;
 
 /// Entries of `CONTAINER_SCOPES` and `CONTAINER_DRIFT`: cgroups of known
 /// containers.
@@ -758,8 +821,8 @@ pub struct RootNotice {
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AgentConfig, DriftSettings, FileId, KernelOffsets, MmapOffsets, OverlayLower, PathDfaState,
-        ReportKey, ReportWindow, TaskOffsets, VShieldKey, VShieldRule,
+        AgentConfig, ContainerRoot, DriftSettings, FileId, KernelOffsets, MmapOffsets,
+        OverlayLower, PathDfaState, ReportKey, ReportWindow, TaskOffsets, VShieldKey, VShieldRule,
     };
 
     // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (pinned
@@ -787,6 +850,8 @@ mod pod {
     unsafe impl aya::Pod for ReportKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ReportWindow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ContainerRoot {}
 }
 
 #[cfg(test)]
@@ -869,8 +934,8 @@ mod tests {
 
     #[test]
     fn kernel_offsets_layout() {
-        assert_eq!(size_of::<KernelOffsets>(), 38 * 4);
-        assert_eq!(size_of::<MmapOffsets>(), 8 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 42 * 4);
+        assert_eq!(size_of::<MmapOffsets>(), 10 * 4);
         assert_eq!(size_of::<TaskOffsets>(), 12 * 4);
         assert_eq!(offset_of!(TaskOffsets, kernfs_node_id), 44);
         assert_eq!(offset_of!(TaskOffsets, upid_nr), 20);
@@ -884,6 +949,10 @@ mod tests {
         assert_eq!(offset_of!(KernelOffsets, dentry_parent), 112);
         assert_eq!(offset_of!(KernelOffsets, mount_mnt), 132);
         assert_eq!(offset_of!(KernelOffsets, file_task_work), 144);
+        assert_eq!(offset_of!(KernelOffsets, sb_user_ns), 152);
+        assert_eq!(offset_of!(KernelOffsets, mnt_namespace_user_ns), 160);
+        assert_eq!(size_of::<super::ContainerRoot>(), 8);
+        assert_eq!(offset_of!(super::ContainerRoot, mnt_ns), 4);
     }
 
     #[test]

@@ -3,15 +3,18 @@
 
 use aya_ebpf::helpers::bpf_get_current_cgroup_id;
 use enforcer_common::{
-    ABI_VERSION, AgentConfig, DriftSettings, HUGETLBFS_MAGIC, KernelOffsets, MNT_READONLY,
-    OVERLAYFS_SUPER_MAGIC, SB_KERNMOUNT, SB_RDONLY, TMPFS_MAGIC, counter, drift_flags,
-    drift_policy, event_flags, layer, mode, tracking, via,
+    ABI_VERSION, AgentConfig, DriftSettings, HUGETLBFS_MAGIC, KernelOffsets, MNT_LOCK_READONLY,
+    MNT_READONLY, OVERLAY_STACK_MAX, OVERLAYFS_SUPER_MAGIC, SB_KERNMOUNT, SB_RDONLY, TMPFS_MAGIC,
+    counter, drift_flags, drift_policy, event_flags, layer, mode, overlay_lower, tracking, via,
 };
 
 use crate::{
     events,
     kernel::{self, Container, FileFacts, ReadError},
-    maps::{CONFIG, CONTAINER_DRIFT, DRIFT_POLICY, OFFSETS, TRACKING, WRITTEN_FILES, count},
+    maps::{
+        CONFIG, CONTAINER_DRIFT, DRIFT_POLICY, OFFSETS, OVERLAY_LOWER, TRACKING, WRITTEN_FILES,
+        count,
+    },
     path,
 };
 
@@ -43,14 +46,20 @@ pub(crate) fn offsets() -> KernelOffsets {
     OFFSETS.load()
 }
 
-/// Decides whether the current task may run `file` (a `struct file *`)
-/// `via` exec or an executable mapping.
+/// The drift policy over the current task, when it is a container process
+/// under a policy that checks.
+#[derive(Clone, Copy)]
+pub(crate) struct Scope {
+    pub(crate) settings: DriftSettings,
+    /// The `DRIFT_POLICY` index of `settings`.
+    pub(crate) policy: u32,
+    pub(crate) container: Container,
+}
+
+/// The current task's [`Scope`], or `None` for a host process or a policy
+/// that is off.
 #[inline(always)]
-pub(crate) fn check_file(
-    file: u64,
-    via: u32,
-    offsets: &KernelOffsets,
-) -> Result<Verdict, ReadError> {
+pub(crate) fn scope(offsets: &KernelOffsets) -> Result<Option<Scope>, ReadError> {
     let config: AgentConfig = CONFIG.load();
     if config.abi_version != ABI_VERSION {
         return Err(ReadError);
@@ -68,17 +77,78 @@ pub(crate) fn check_file(
         None => return Err(ReadError),
     };
     if settings.mode == mode::OFF {
-        return Ok(Verdict::Allow);
+        return Ok(None);
     }
     // Host processes are never subject to container drift rules, whatever
     // filesystem they run from.
     let Some(container) = kernel::current_container(offsets, &config)? else {
+        return Ok(None);
+    };
+    Ok(Some(Scope {
+        settings,
+        policy,
+        container,
+    }))
+}
+
+/// Whether `file` is not image content for `scope` (its layer), before
+/// allowed paths and exec sessions are considered: the cheap part of
+/// [`check_file`], to pick among several files the one to decide.
+#[inline(always)]
+pub(crate) fn layer_of(
+    file: u64,
+    via: u32,
+    scope: &Scope,
+    offsets: &KernelOffsets,
+) -> Result<Option<u32>, ReadError> {
+    let facts = kernel::file_facts(file, offsets)?;
+    classify(&facts, &scope.container, via, scope.settings.flags, offsets)
+}
+
+/// Drift the kernel could not decide on: `file` stands for a file that ran
+/// but could not be found (`layer`), refused in enforce mode (fail closed)
+/// and reported, whatever allowed paths say.
+#[inline(always)]
+pub(crate) fn undecided(
+    file: u64,
+    via: u32,
+    layer: u32,
+    offsets: &KernelOffsets,
+) -> Result<Verdict, ReadError> {
+    let Some(scope) = scope(offsets)? else {
+        return Ok(Verdict::Allow);
+    };
+    Ok(Verdict::Drift(Drift {
+        mode: scope.settings.mode,
+        mnt_ns: scope.container.mnt_ns,
+        file: kernel::file_facts(file, offsets)?,
+        layer,
+        via,
+        policy: scope.policy,
+        flags: 0,
+    }))
+}
+
+/// Decides whether the current task may run `file` (a `struct file *`)
+/// `via` exec or an executable mapping.
+#[inline(always)]
+pub(crate) fn check_file(
+    file: u64,
+    via: u32,
+    offsets: &KernelOffsets,
+) -> Result<Verdict, ReadError> {
+    let Some(Scope {
+        settings,
+        policy,
+        container,
+    }) = scope(offsets)?
+    else {
         return Ok(Verdict::Allow);
     };
     let facts = kernel::file_facts(file, offsets)?;
     // A mapping of an overlay file is made through a backing file on the
     // layer's private mount (6.6+): decide on the overlay file it stands for.
-    let facts = if facts.mnt_internal {
+    let facts = if facts.outside_namespaces() {
         kernel::backing_user_path(file, offsets).unwrap_or(facts)
     } else {
         facts
@@ -128,6 +198,13 @@ pub(crate) fn check_file(
 }
 
 /// Why `facts` is not an image file, or `None` when it is (or is allowed).
+///
+/// Decided on what no container process can change: the superblock that
+/// holds the inode (the container's own root filesystem as the kernel first
+/// saw it, or another one and the user namespace that owns it), the inode's
+/// upper layer, and mount flags only where no container process could have
+/// set them. Not on the task's root directory, its mount namespace, or the
+/// mount the file was reached through alone.
 #[inline(always)]
 fn classify(
     facts: &FileFacts,
@@ -146,31 +223,113 @@ fn classify(
         let allowed = via != via::EXEC || flags & drift_flags::ALLOW_MEMFD != 0;
         return Ok((!allowed).then_some(layer::MEMFD));
     }
-    let read_only = facts.mnt_flags & MNT_READONLY != 0 || facts.sb_flags & SB_RDONLY != 0;
     if facts.mnt_internal {
-        // A file on an overlay layer's private mount: the lower layers'
-        // mounts are read-only, the upper layer's is writable. (With stacked
-        // overlays the user path of a lower layer's mapping is itself on a
-        // read-only layer mount.)
+        // A file on an overlay layer's private mount whose overlay file was
+        // not found: the lower layers' mounts are read-only, the upper
+        // layer's is writable. (With stacked overlays the user path of a
+        // lower layer's mapping is itself on a read-only layer mount.)
+        let read_only = facts.mnt_flags & MNT_READONLY != 0 || facts.sb_flags & SB_RDONLY != 0;
         return Ok((!read_only).then_some(layer::OVERLAY_UPPER));
     }
-    if facts.mnt != container.root_mnt {
-        // Another mount in the container. Read-only ones (secrets, config
-        // maps, host binaries bind-mounted read-only) cannot have been
-        // written from inside; writable ones (tmpfs, emptyDir, volumes) can.
-        let allowed = read_only || flags & drift_flags::ALLOW_WRITABLE_MOUNTS != 0;
+    // Overlays other than the container's root that a user namespace owns
+    // (one the container mounted, `unshare -Urm` then `mount -t overlay`):
+    // what counts is the file whose bytes they show, which may be one the
+    // container wrote on its own root or elsewhere.
+    let lower = OVERLAY_LOWER.load();
+    let (mut inode, mut sb, mut dev, mut magic) =
+        (facts.inode, facts.sb, facts.dev, facts.fs_magic);
+    let mut stacked = false;
+    for _ in 0..OVERLAY_STACK_MAX {
+        if dev == container.home.root_dev || magic != OVERLAYFS_SUPER_MAGIC {
+            break;
+        }
+        let owner = kernel::read_ptr(sb, offsets.sb_user_ns)?;
+        if kernel::is_initial_user_ns(owner, offsets)? {
+            break;
+        }
+        if lower.kind == overlay_lower::UNKNOWN {
+            return Ok(Some(layer::CONTAINER_MOUNT));
+        }
+        inode = kernel::overlay_real_inode(inode, &lower, offsets)?;
+        sb = kernel::read_ptr(inode, offsets.inode_sb)?;
+        dev = kernel::read(sb, offsets.sb_dev)?;
+        magic = kernel::read(sb, offsets.sb_magic)?;
+        stacked = true;
+    }
+    // The container's own root filesystem, through whatever mount, bind
+    // mount or chroot it is reached.
+    if dev == container.home.root_dev {
+        if magic == OVERLAYFS_SUPER_MAGIC {
+            return Ok(kernel::overlay_has_upper(inode, offsets)?.then_some(layer::OVERLAY_UPPER));
+        }
+        // A root that is not overlayfs (btrfs or zfs snapshotters,
+        // bind-mounted directories): what container processes wrote is
+        // tracked (tracking.rs), once the agent has attached the tracking
+        // programs.
+        if TRACKING.get(0).copied() == Some(tracking::ON_DEMAND) {
+            events::untracked_root(container.mnt_ns, facts);
+        }
+        // SAFETY: the value is a plain u32 read once; deletions only happen
+        // when the inode is freed, which cannot happen while this file is
+        // open.
+        return Ok(unsafe { WRITTEN_FILES.get(inode) }.map(|_| layer::WRITTEN));
+    }
+    // Another filesystem. One that a user namespace owns was made by a
+    // container process (or for one, by a rootless runtime): it could have
+    // filled it and made it read-only, so nothing on it is image content.
+    // So is an overlay of one nested deeper than overlayfs allows.
+    let owner = kernel::read_ptr(sb, offsets.sb_user_ns)?;
+    if !kernel::is_initial_user_ns(owner, offsets)? {
+        return Ok(Some(layer::CONTAINER_MOUNT));
+    }
+    let sb_flags: u64 = if stacked {
+        kernel::read(sb, offsets.sb_flags)?
+    } else {
+        facts.sb_flags
+    };
+    // A read-only filesystem of the initial user namespace: only the host
+    // can have made it so.
+    if sb_flags & SB_RDONLY != 0 {
+        return Ok(None);
+    }
+    if stacked {
+        // A layer of an overlay the container mounted, on a filesystem it
+        // may be able to write: the mount the overlay reached it through,
+        // and who made that read-only, is not known here.
+        return Ok(Some(layer::CONTAINER_MOUNT));
+    }
+    if facts.mnt_flags & MNT_READONLY == 0 {
+        // A writable mount (tmpfs, emptyDir and other volumes).
+        let allowed = flags & drift_flags::ALLOW_WRITABLE_MOUNTS != 0;
         return Ok((!allowed).then_some(layer::WRITABLE_MOUNT));
     }
-    if facts.fs_magic == OVERLAYFS_SUPER_MAGIC {
-        return Ok(kernel::overlay_has_upper(facts.inode, offsets)?.then_some(layer::OVERLAY_UPPER));
+    Ok((!read_only_by_the_host(facts, container, offsets)?).then_some(layer::CONTAINER_MOUNT))
+}
+
+/// Whether the read-only flag of the mount `facts` was reached through is
+/// one no container process could have set (`Secret`s, `ConfigMap`s and
+/// `hostPath`s the runtime mounted read-only): the flag is locked (it was
+/// read-only before the mount was copied into a user namespace's mount
+/// namespace, and stays so there), or the mount is in a mount namespace
+/// that the initial user namespace owns, or in the container's own, made by
+/// its runtime. A read-only bind mount a container process made in a user
+/// namespace of its own, or a mount detached from every namespace, is not.
+#[inline(always)]
+fn read_only_by_the_host(
+    facts: &FileFacts,
+    container: &Container,
+    offsets: &KernelOffsets,
+) -> Result<bool, ReadError> {
+    if facts.mnt_flags & MNT_LOCK_READONLY != 0 {
+        return Ok(true);
     }
-    // A root that is not overlayfs (btrfs or zfs snapshotters, bind-mounted
-    // directories): what container processes wrote is tracked (tracking.rs),
-    // once the agent has attached the tracking programs.
-    if TRACKING.get(0).copied() == Some(tracking::ON_DEMAND) {
-        events::untracked_root(container.mnt_ns, facts);
+    if facts.mnt_ns == 0 {
+        return Ok(false);
     }
-    // SAFETY: the value is a plain u32 read once; deletions only happen when
-    // the inode is freed, which cannot happen while this file is open.
-    Ok(unsafe { WRITTEN_FILES.get(facts.inode) }.map(|_| layer::WRITTEN))
+    let inum: u32 = kernel::read(facts.mnt_ns, offsets.mnt_namespace_inum)?;
+    if inum == container.home.mnt_ns {
+        return Ok(true);
+    }
+    let owner = kernel::read_ptr(facts.mnt_ns, offsets.mnt_namespace_user_ns)?;
+    kernel::is_initial_user_ns(owner, offsets)
 }

@@ -5,12 +5,15 @@ use aya_ebpf::{
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
-use enforcer_common::{EPERM, KernelOffsets, SIGKILL, backend, counter, decision, mode, via};
+use enforcer_common::{
+    AT_BASE, AUXV_PAIRS_MAX, EPERM, KernelOffsets, SIGKILL, backend, counter, decision, mode, via,
+};
 
 use crate::{
     drift::{self, Drift, Verdict},
     events, kernel,
-    maps::count,
+    maps::{MMAP_OFFSETS, count},
+    mmap,
 };
 
 /// `bprm->file` and `bprm->filename`.
@@ -82,6 +85,54 @@ pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         Err(_) => count(counter::READ_ERRORS),
     }
     0
+}
+
+/// `sched_process_exec`, like [`sched_process_exec`], for the program's ELF
+/// interpreter (the dynamic loader), which the kernel opened and mapped
+/// itself: no system call to see, and the signal backend has no hook on the
+/// mapping (the lsm backend decides it on `mmap_file`). A dropped loader
+/// written over the image's would otherwise run under every dynamic image
+/// program's name. Found at `AT_BASE` of the new program's auxiliary vector
+/// (`bpf_find_vma`, 5.17+).
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub(crate) fn sched_process_exec_interp(_ctx: RawTracePointContext) -> i32 {
+    let offsets = drift::offsets();
+    let checked = elf_interpreter(&offsets).and_then(|file| match file {
+        Some(file) => drift::check_file(file, via::EXEC, &offsets),
+        None => Ok(Verdict::Allow),
+    });
+    match checked {
+        Ok(Verdict::Allow) => {}
+        Ok(Verdict::Drift(drift)) => kill(&drift, None, &offsets),
+        Err(_) => count(counter::READ_ERRORS),
+    }
+    0
+}
+
+/// The file of the current program's ELF interpreter, if it has one.
+#[inline(always)]
+fn elf_interpreter(offsets: &KernelOffsets) -> Result<Option<u64>, kernel::ReadError> {
+    let auxv_at = MMAP_OFFSETS.load().mm_saved_auxv;
+    let mm = kernel::read_ptr(kernel::current_task(), offsets.task_mm)?;
+    let mut base = 0;
+    let mut pair = 0;
+    while pair < AUXV_PAIRS_MAX {
+        let entry = mm + u64::from(auxv_at) + u64::from(pair) * 16;
+        let kind: u64 = kernel::read_or_zero(entry, 0);
+        if kind == 0 {
+            break;
+        }
+        if kind == AT_BASE {
+            base = kernel::read_or_zero(entry, 8);
+            break;
+        }
+        pair += 1;
+    }
+    // 0: a static program, or the loader run as the program itself.
+    if base == 0 {
+        return Ok(None);
+    }
+    Ok(mmap::file_mapped_at(base, offsets))
 }
 
 /// The signal backend's answer to drift: SIGKILL (enforce), then the event.

@@ -1,7 +1,15 @@
 //! Typed reads of kernel memory through the offsets in [`crate::maps::OFFSETS`].
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated};
-use enforcer_common::{AgentConfig, KernelOffsets, MmapOffsets, OVERLAYFS_SUPER_MAGIC};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_probe_read_kernel, generated},
+};
+use enforcer_common::{
+    AgentConfig, ContainerRoot, KernelOffsets, MmapOffsets, OVERLAYFS_SUPER_MAGIC, OverlayLower,
+    overlay_lower,
+};
+
+use crate::maps::CONTAINER_ROOTS;
 
 /// A `bpf_probe_read_kernel` failed or returned a null pointer where the
 /// kernel guarantees one.
@@ -76,22 +84,34 @@ pub(crate) fn current_parent_tgid(offsets: &KernelOffsets) -> Result<u32, ReadEr
 /// The current task as a container process.
 #[derive(Clone, Copy)]
 pub(crate) struct Container {
+    /// Inode number of the task's mount namespace.
     pub(crate) mnt_ns: u32,
     /// `struct mnt_namespace *` of the task.
     pub(crate) mnt_ns_ptr: u64,
-    /// `struct vfsmount *` of the task's root directory: the container's root
-    /// filesystem.
-    pub(crate) root_mnt: u64,
-    /// `struct super_block *` of the container's root filesystem.
-    pub(crate) root_sb: u64,
+    /// The container's root filesystem and mount namespace as first seen.
+    pub(crate) home: ContainerRoot,
 }
+
+/// The cgroup v2 root's id: every task is there on hosts without cgroup v2,
+/// so it never stands for one container.
+const ROOT_CGROUP: u64 = 1;
 
 /// The current task's container, or `None` for a host process.
 ///
-/// A container process has a mount namespace other than the host's *and* a
-/// root directory other than the host's. The second condition keeps host
-/// services that only get a private mount namespace (systemd's `PrivateTmp=`,
-/// `ProtectSystem=`, ...) on the host side: they still run from the host's root.
+/// A task in a group of `CONTAINER_ROOTS` is a container process unless it
+/// runs in the host's mount namespace (a runtime's helper joining the group,
+/// which no container process can enter), whatever root directory or mount
+/// and user namespaces it has made for itself since: `chroot` into a
+/// read-only hostPath of `/` gives a container process the host's root, and
+/// it must not become a host process by that.
+///
+/// A group not seen yet is a container's when its task has a mount
+/// namespace other than the host's *and* a root directory other than the
+/// host's (the second condition keeps host services that only get a
+/// private mount namespace, systemd's `PrivateTmp=` or `ProtectSystem=`, on
+/// the host side). That is the container's first exec, made by its runtime
+/// after `pivot_root` and before any of the container's own code ran, so
+/// the root recorded then is the one the runtime made.
 #[inline(always)]
 pub(crate) fn current_container(
     offsets: &KernelOffsets,
@@ -104,8 +124,17 @@ pub(crate) fn current_container(
     if mnt_ns == config.host_mnt_ns {
         return Ok(None);
     }
+    // SAFETY: plain helper call.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: the value is two plain integers, copied out at once.
+    if let Some(home) = unsafe { CONTAINER_ROOTS.get(cgroup) }.copied() {
+        return Ok(Some(Container {
+            mnt_ns,
+            mnt_ns_ptr,
+            home,
+        }));
+    }
     let fs = read_ptr(task, offsets.task_fs)?;
-    let root_mnt = read_ptr(fs, offsets.fs_root_mnt)?;
     let root_dentry = read_ptr(fs, offsets.fs_root_dentry)?;
     let root_inode = read_ptr(root_dentry, offsets.dentry_inode)?;
     let root_ino: u64 = read(root_inode, offsets.inode_ino)?;
@@ -114,11 +143,15 @@ pub(crate) fn current_container(
     if root_ino == config.host_root_ino && root_dev == config.host_root_dev {
         return Ok(None);
     }
+    let home = ContainerRoot { root_dev, mnt_ns };
+    if cgroup > ROOT_CGROUP {
+        // BPF_NOEXIST: of two first execs racing, the first record stays.
+        let _ = CONTAINER_ROOTS.insert(cgroup, home, u64::from(BPF_NOEXIST));
+    }
     Ok(Some(Container {
         mnt_ns,
         mnt_ns_ptr,
-        root_mnt,
-        root_sb,
+        home,
     }))
 }
 
@@ -131,14 +164,27 @@ pub(crate) struct FileFacts {
     pub(crate) dentry: u64,
     /// `struct vfsmount *` the file was opened through.
     pub(crate) mnt: u64,
-    /// The mount belongs to no mount namespace: a kernel-internal mount, such
-    /// as the private clones overlayfs makes of its layers.
+    /// The mount's `struct mnt_namespace *`: null for a mount detached from
+    /// its namespace (`umount -l` while a descriptor holds it).
+    pub(crate) mnt_ns: u64,
+    /// The mount is a kernel-internal one (`MNT_NS_INTERNAL`), such as the
+    /// private clones overlayfs makes of its layers.
     pub(crate) mnt_internal: bool,
+    /// `struct super_block *` of the inode.
+    pub(crate) sb: u64,
     pub(crate) ino: u64,
     pub(crate) dev: u32,
     pub(crate) fs_magic: u64,
     pub(crate) sb_flags: u64,
     pub(crate) mnt_flags: u32,
+}
+
+impl FileFacts {
+    /// The mount is in no mount namespace: kernel-internal or detached.
+    #[inline(always)]
+    pub(crate) fn outside_namespaces(&self) -> bool {
+        self.mnt_internal || self.mnt_ns == 0
+    }
 }
 
 /// `ERR_PTR(-MAX_ERRNO)` and up are error pointers (`MNT_NS_INTERNAL` is one).
@@ -175,7 +221,9 @@ pub(crate) fn path_facts(
         inode,
         dentry,
         mnt,
-        mnt_internal: mnt_ns == 0 || mnt_ns >= ERR_PTR_MIN,
+        mnt_ns,
+        mnt_internal: mnt_ns >= ERR_PTR_MIN,
+        sb,
         ino: read(inode, offsets.inode_ino)?,
         dev: read(sb, offsets.sb_dev)?,
         fs_magic: read(sb, offsets.sb_magic)?,
@@ -202,6 +250,74 @@ pub(crate) fn backing_user_path(file: u64, offsets: &KernelOffsets) -> Option<Fi
     path_facts(mnt, dentry, offsets)
         .ok()
         .filter(|facts| facts.fs_magic == OVERLAYFS_SUPER_MAGIC)
+}
+
+/// A kernel pointer read through an offset that may be derived rather than
+/// read from BTF: anything that is not a kernel address is a read error.
+#[inline(always)]
+pub(crate) fn read_kernel_ptr(base: u64, offset: u32) -> Result<u64, ReadError> {
+    match read::<u64>(base, offset)? {
+        0 => Ok(0),
+        pointer if pointer >= KERNEL_SPACE => Ok(pointer),
+        _ => Err(ReadError),
+    }
+}
+
+/// The inode an overlay inode was copied up from or still lives on, or 0
+/// when it has none (created in the upper layer).
+#[inline(always)]
+pub(crate) fn lower_inode(
+    inode: u64,
+    lower: &OverlayLower,
+    offsets: &KernelOffsets,
+) -> Result<u64, ReadError> {
+    let field = read_kernel_ptr(inode, lower.lower)?;
+    if field == 0 {
+        return Ok(0);
+    }
+    match lower.kind {
+        overlay_lower::INODE => Ok(field),
+        overlay_lower::DENTRY => read_kernel_ptr(field, offsets.dentry_inode),
+        overlay_lower::ENTRY => {
+            let layers: u32 = read(field, lower.entry_numlower)?;
+            if layers == 0 {
+                return Ok(0);
+            }
+            let dentry = read_kernel_ptr(field, lower.entry_dentry)?;
+            if dentry == 0 {
+                return Ok(0);
+            }
+            read_kernel_ptr(dentry, offsets.dentry_inode)
+        }
+        _ => Err(ReadError),
+    }
+}
+
+/// The inode whose bytes an overlay inode shows: its upper inode when it
+/// has one (created or copied up), else its lower one.
+#[inline(always)]
+pub(crate) fn overlay_real_inode(
+    inode: u64,
+    lower: &OverlayLower,
+    offsets: &KernelOffsets,
+) -> Result<u64, ReadError> {
+    let upper = read_kernel_ptr(inode, offsets.ovl_inode_upperdentry)?;
+    if upper != 0 {
+        return read_ptr(upper, offsets.dentry_inode);
+    }
+    match lower_inode(inode, lower, offsets)? {
+        0 => Err(ReadError),
+        lower => Ok(lower),
+    }
+}
+
+/// Whether the user namespace at `user_ns` (a `struct user_namespace *`) is
+/// the initial one, whose root is the host's: a filesystem or mount
+/// namespace it owns cannot be changed by a container process without
+/// `CAP_SYS_ADMIN` on the host.
+#[inline(always)]
+pub(crate) fn is_initial_user_ns(user_ns: u64, offsets: &KernelOffsets) -> Result<bool, ReadError> {
+    Ok(read::<u32>(user_ns, offsets.user_ns_level)? == 0)
 }
 
 /// `current->mm->exe_file`: the program the task runs (null for kernel

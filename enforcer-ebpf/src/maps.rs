@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AgentConfig, CONTAINER_SCOPES_MAX, DRIFT_POLICIES_MAX, DriftSettings, FileId, KernelOffsets,
-    MmapOffsets, OverlayLower, PATH_BUF_LEN, PathDfaBank, REPORT_KEYS_MAX, ReportKey, ReportWindow,
-    TaskOffsets, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, VSHIELD_SLOTS, VShieldKey, VShieldRule,
-    WRITTEN_FILES_MAX, counter,
+    AgentConfig, CONTAINER_ROOTS_MAX, CONTAINER_SCOPES_MAX, ContainerRoot, DRIFT_POLICIES_MAX,
+    DriftSettings, FileId, KernelOffsets, MmapOffsets, OverlayLower, PATH_BUF_LEN, PathDfaBank,
+    REPORT_KEYS_MAX, ReportKey, ReportWindow, TaskOffsets, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX,
+    VSHIELD_SLOTS, VShieldKey, VShieldRule, WRITTEN_FILES_MAX, counter,
 };
 
 /// Kernel structure offsets, overridden by the agent at load time.
@@ -79,6 +79,16 @@ pub(crate) static DRIFT_POLICY: Array<DriftSettings> =
 pub(crate) static CONTAINER_DRIFT: HashMap<u64, u32> =
     HashMap::with_max_entries(CONTAINER_SCOPES_MAX, BPF_F_NO_PREALLOC);
 
+/// What each container's processes are measured against, by cgroup id:
+/// its root filesystem and mount namespace as the kernel first saw them (at
+/// the first exec in the group, before any program of the container ran),
+/// or as the agent found them for containers already running when it
+/// started. A process whose group is here is a container process whatever
+/// it does to its root directory or namespaces afterwards.
+#[map]
+pub(crate) static CONTAINER_ROOTS: LruHashMap<u64, ContainerRoot> =
+    LruHashMap::with_max_entries(CONTAINER_ROOTS_MAX, 0);
+
 /// Allowed-path automata: two banks; [`DriftSettings::path_dfa_bank`] says
 /// which one is in force.
 #[map]
@@ -139,6 +149,12 @@ pub(crate) static VSHIELD_GENERATION: Array<u32> = Array::with_max_entries(1, 0)
 /// Where `vshield_identity` leaves the identity it resolved for the agent.
 #[map]
 pub(crate) static RESOLVED_ID: Array<FileId> = Array::with_max_entries(1, 0);
+
+/// The signal backend's walk through the task works of an exec
+/// ([`crate::script`]).
+#[map]
+pub(crate) static SCRIPT_WALK: PerCpuArray<crate::script::Walk> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Where a file's path is built for the allowed-path check.
 #[map]

@@ -199,6 +199,15 @@ fn protected_file(
     if prot & PROT_EXEC == 0 {
         return Ok(None);
     }
+    // No mapping at `addr` (the system call will fail), or the lock was
+    // contended: nothing to decide.
+    Ok(file_mapped_at(addr, offsets))
+}
+
+/// The file mapped at `addr` in the current task, if any (`bpf_find_vma`,
+/// 5.17+); `None` also when the mmap lock was contended.
+#[inline(always)]
+pub(crate) fn file_mapped_at(addr: u64, offsets: &KernelOffsets) -> Option<u64> {
     let mut found = VmaFile {
         vma_file: u64::from(offsets.vma_file),
         file: 0,
@@ -213,12 +222,7 @@ fn protected_file(
             0,
         )
     };
-    // No mapping at `addr` (the system call will fail), or the lock was
-    // contended: nothing to decide.
-    if status != 0 || found.file == 0 {
-        return Ok(None);
-    }
-    Ok(Some(found.file))
+    (status == 0 && found.file != 0).then_some(found.file)
 }
 
 /// The file an `mmap` with these registers maps executable, if any: the

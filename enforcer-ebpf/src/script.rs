@@ -8,51 +8,59 @@
 //!
 //! Task works run at every return to user space, so the list holds only what
 //! this exec queued (and works of other kinds, told apart by their function):
-//! the script first, then whatever the exec released after it (the previous
-//! program, close-on-exec descriptors, the ELF interpreter). New works go at
-//! the head, so the script is the *last* file on the list that the kernel
-//! opened for execution (`__FMODE_EXEC`).
+//! the scripts first (each level of nested scripts), then whatever the exec
+//! released after them (close-on-exec descriptors, and the previous
+//! program and its ELF interpreter when their last user was this process).
+//! New works go at the head, so the scripts are the *last* files on the list
+//! that the kernel opened for execution (`__FMODE_EXEC`).
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
-use enforcer_common::{AgentConfig, KernelOffsets, O_FMODE_EXEC, SCRIPT_WALK_MAX, counter, via};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::bpf_loop, macros::raw_tracepoint, programs::RawTracePointContext,
+};
+use enforcer_common::{
+    KernelOffsets, O_FMODE_EXEC, SCRIPT_FILES_MAX, SCRIPT_WALK_BOUNDED, SCRIPT_WALK_MAX, counter,
+    layer, via,
+};
 
 use crate::{
     drift::{self, Verdict},
     exec,
     kernel::{self, KERNEL_SPACE, ReadError},
-    maps::{CONFIG, count},
-    path,
+    maps::{CONFIG, SCRIPT_WALK, count},
 };
 
-/// `sched_process_exec`, like [`exec::sched_process_exec`], for the script
-/// an exec ran. A program of its own: one program deciding both files is
-/// more than the verifier can check in reasonable time.
+/// `sched_process_exec`, like [`exec::sched_process_exec`], for the scripts
+/// an exec ran, walking the task works with `bpf_loop` (5.17+). A program
+/// of its own: one program deciding both files is more than the verifier
+/// can check in reasonable time.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
 pub(crate) fn sched_process_exec_script(ctx: RawTracePointContext) -> i32 {
+    on_exec(&ctx, true)
+}
+
+/// [`sched_process_exec_script`] for kernels without `bpf_loop`, which
+/// refuse that program: the walk is unrolled, [`SCRIPT_WALK_BOUNDED`] steps.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn sched_process_exec_script_bounded(ctx: RawTracePointContext) -> i32 {
+    on_exec(&ctx, false)
+}
+
+#[inline(always)]
+fn on_exec(ctx: &RawTracePointContext, with_loop: bool) -> i32 {
     let bprm: u64 = ctx.arg(2);
     let offsets = drift::offsets();
-    let config = CONFIG.load();
-    let checked = find(bprm, &offsets, &config).and_then(|script| match script {
-        Script::File { file, filename } => Ok(Some((
-            drift::check_file(file, via::EXEC, &offsets)?,
-            filename,
-        ))),
-        Script::Unresolved => {
-            if kernel::current_container(&offsets, &config)?.is_some() {
-                count(counter::SCRIPT_UNRESOLVED);
-            }
-            Ok(None)
-        }
-        Script::None => Ok(None),
-    });
-    match checked {
-        Ok(Some((Verdict::Drift(drift), filename))) => exec::kill(&drift, Some(filename), &offsets),
-        Ok(_) => {}
-        Err(_) => count(counter::READ_ERRORS),
+    if decide(bprm, &offsets, with_loop).is_err() {
+        count(counter::READ_ERRORS);
     }
     0
 }
@@ -62,57 +70,162 @@ pub(crate) fn sched_process_exec_script(ctx: RawTracePointContext) -> i32 {
 const WORK_NEXT: u32 = 0;
 const WORK_FUNC: u32 = 8;
 
-pub(crate) enum Script {
-    /// The exec ran a program, not a script (`bprm->interp` is the file run).
-    None,
-    /// `struct file *` of the script, and the `bprm->filename` it ran as.
-    File { file: u64, filename: u64 },
-    /// A script, whose file was not on the list (more than
-    /// [`SCRIPT_WALK_MAX`] works queued, or works run early).
-    Unresolved,
+/// The state of a walk through `current->task_works`; plain integers only,
+/// since the `bpf_loop` callback that takes it is not inlined and its types
+/// go into the object's BTF.
+#[repr(C)]
+pub(crate) struct Walk {
+    /// The next `callback_head`; a user-space value (null) ends the list.
+    work: u64,
+    /// `____fput`: the function of a deferred file release.
+    fput_fn: u64,
+    /// [`KernelOffsets::file_task_work`].
+    file_task_work: u64,
+    /// [`KernelOffsets::file_flags`].
+    file_flags: u64,
+    /// Files the kernel opened for execution, the oldest (the outermost
+    /// script) first.
+    files: [u64; SCRIPT_FILES_MAX],
+    /// How many such files the walk found.
+    found: u64,
+    /// 1 once the walk reached the end of the list; 2 when a read failed.
+    ended: u64,
 }
 
-/// The script the exec of `bprm` ran, if it ran one.
+/// One work of the list; non-zero to stop.
 #[inline(always)]
-pub(crate) fn find(
-    bprm: u64,
-    offsets: &KernelOffsets,
-    config: &AgentConfig,
-) -> Result<Script, ReadError> {
+fn step(walk: &mut Walk) -> i64 {
+    let work = walk.work;
+    if work < KERNEL_SPACE {
+        walk.ended = 1;
+        return 1;
+    }
+    let Ok(func) = kernel::read::<u64>(work, WORK_FUNC) else {
+        walk.ended = 2;
+        return 1;
+    };
+    if func == walk.fput_fn {
+        let file = work - walk.file_task_work;
+        let flags: u32 = kernel::read_or_zero(file, walk.file_flags as u32);
+        if flags & O_FMODE_EXEC != 0 {
+            // Each file found is older than those before it: the oldest are
+            // kept, the newest dropped when there are more.
+            let mut slot = SCRIPT_FILES_MAX - 1;
+            while slot > 0 {
+                walk.files[slot] = walk.files[slot - 1];
+                slot -= 1;
+            }
+            walk.files[0] = file;
+            walk.found += 1;
+        }
+    }
+    let Ok(next) = kernel::read::<u64>(work, WORK_NEXT) else {
+        walk.ended = 2;
+        return 1;
+    };
+    walk.work = next;
+    0
+}
+
+/// `bpf_loop` callback: one [`step`]. The helper's context must be on the
+/// caller's stack, where the walk does not fit: the callback finds it in
+/// this CPU's slot of the map, as its caller left it.
+unsafe extern "C" fn walk_step(_index: u64, _context: *mut c_void) -> i64 {
+    match SCRIPT_WALK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, which only the program running on this
+        // CPU uses.
+        Some(walk) => step(unsafe { &mut *walk }),
+        None => 1,
+    }
+}
+
+/// Decides the scripts the exec of `bprm` ran, if it ran any.
+///
+/// Every file on the list that the kernel opened for execution is a
+/// candidate: each level of nested scripts (a dropped script used as the
+/// interpreter of an image script: `#!/usr/bin/env sh` with `/usr/bin/env`
+/// replaced), and, when the exec released the previous program's memory
+/// (`exec` in a shell), the previous program and its ELF interpreter,
+/// which were decided when they ran. The first one that is not image
+/// content is decided in full (allowed paths, exec sessions). A script
+/// whose file is not on the list (works run early, or more than the walk
+/// takes) is refused in enforce mode and reported as `unresolved`.
+#[inline(always)]
+fn decide(bprm: u64, offsets: &KernelOffsets, with_loop: bool) -> Result<(), ReadError> {
+    let config = CONFIG.load();
     if config.fput_fn == 0 {
-        return Ok(Script::None);
+        return Ok(());
     }
     // binfmt_script (and binfmt_misc) replace `interp` with the interpreter's
     // name; `filename` stays what the caller ran.
     let filename: u64 = kernel::read(bprm, offsets.binprm_filename)?;
     let interp: u64 = kernel::read(bprm, offsets.binprm_interp)?;
     if filename == interp {
-        return Ok(Script::None);
+        return Ok(());
     }
-    let mut work: u64 = kernel::read(kernel::current_task(), offsets.task_task_works)?;
-    let mut found = 0;
-    for _ in 0..SCRIPT_WALK_MAX {
-        if work < KERNEL_SPACE {
-            return Ok(if found == 0 {
-                Script::Unresolved
-            } else {
-                Script::File {
-                    file: found,
-                    filename,
-                }
-            });
+    let Some(scope) = drift::scope(offsets)? else {
+        return Ok(());
+    };
+    // The walk's state is too large for the stack beside the decision.
+    let Some(walk) = SCRIPT_WALK.get_ptr_mut(0) else {
+        return Err(ReadError);
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, which nothing else uses
+    // while this program runs on this CPU.
+    let walk = unsafe { &mut *walk };
+    *walk = Walk {
+        work: kernel::read(kernel::current_task(), offsets.task_task_works)?,
+        fput_fn: config.fput_fn,
+        file_task_work: u64::from(offsets.file_task_work),
+        file_flags: u64::from(offsets.file_flags),
+        files: [0; SCRIPT_FILES_MAX],
+        found: 0,
+        ended: 0,
+    };
+    if with_loop {
+        let mut context = 0u64;
+        // SAFETY: the callback only touches this CPU's slot of the map.
+        unsafe {
+            bpf_loop(
+                SCRIPT_WALK_MAX,
+                walk_step as *mut c_void,
+                (&raw mut context).cast::<c_void>(),
+                0,
+            );
         }
-        let func: u64 = kernel::read(work, WORK_FUNC)?;
-        if func == config.fput_fn {
-            let file = work - u64::from(offsets.file_task_work);
-            let flags: u32 = kernel::read(file, offsets.file_flags)?;
-            if flags & O_FMODE_EXEC != 0 {
-                found = file;
+    } else {
+        for _ in 0..SCRIPT_WALK_BOUNDED {
+            if step(walk) != 0 {
+                break;
             }
         }
-        // One verifier state per step, whether a file was found yet or not.
-        found = path::opaque(found);
-        work = kernel::read(work, WORK_NEXT)?;
     }
-    Ok(Script::Unresolved)
+    if walk.ended != 1 || walk.found == 0 {
+        count(counter::SCRIPT_UNRESOLVED);
+        // The interpreter stands for the script that was not found.
+        let file = kernel::read_ptr(bprm, offsets.binprm_file)?;
+        if let Verdict::Drift(drift) =
+            drift::undecided(file, via::EXEC, layer::UNRESOLVED, offsets)?
+        {
+            exec::kill(&drift, Some(filename), offsets);
+        }
+        return Ok(());
+    }
+    let mut chosen = 0;
+    for slot in 0..SCRIPT_FILES_MAX {
+        let file = walk.files[slot];
+        if file == 0 {
+            break;
+        }
+        if drift::layer_of(file, via::EXEC, &scope, offsets)?.is_some() {
+            chosen = file;
+            break;
+        }
+    }
+    if chosen != 0
+        && let Verdict::Drift(drift) = drift::check_file(chosen, via::EXEC, offsets)?
+    {
+        exec::kill(&drift, Some(filename), offsets);
+    }
+    Ok(())
 }

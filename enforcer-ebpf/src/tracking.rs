@@ -14,7 +14,8 @@ use crate::{
 };
 
 /// Marks the file at `dentry` if the current task is a container process
-/// and the file is on its root filesystem, which is not overlayfs.
+/// and the file is on its root filesystem (as the kernel first saw it, not
+/// the task's root directory now), which is not overlayfs.
 #[inline(always)]
 fn mark(dentry: u64) {
     let offsets = drift::offsets();
@@ -24,7 +25,8 @@ fn mark(dentry: u64) {
         };
         let inode = kernel::read_ptr(dentry, offsets.dentry_inode)?;
         let sb = kernel::read_ptr(inode, offsets.inode_sb)?;
-        if sb != container.root_sb {
+        let dev: u32 = kernel::read(sb, offsets.sb_dev)?;
+        if dev != container.home.root_dev {
             return Ok(());
         }
         let magic: u64 = kernel::read(sb, offsets.sb_magic)?;

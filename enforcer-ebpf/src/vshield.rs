@@ -20,7 +20,7 @@ use enforcer_common::{
 
 use crate::{
     drift, events, exec,
-    kernel::{self, FileFacts, KERNEL_SPACE, ReadError},
+    kernel::{self, FileFacts, ReadError},
     maps::{
         CONFIG, CONTAINER_SCOPES, MMAP_OFFSETS, OVERLAY_FILES, OVERLAY_LOWER, RESOLVED_ID,
         VSHIELD_FILES, VSHIELD_GENERATION, VSHIELD_HITS, VSHIELD_RULES, count, lower_offset,
@@ -45,47 +45,6 @@ fn overlay_lower() -> OverlayLower {
     OVERLAY_LOWER.load()
 }
 
-/// A kernel pointer read through an offset that may be derived rather than
-/// read from BTF: anything that is not a kernel address is a read error.
-#[inline(always)]
-fn read_kernel_ptr(base: u64, offset: u32) -> Result<u64, ReadError> {
-    match kernel::read::<u64>(base, offset)? {
-        0 => Ok(0),
-        pointer if pointer >= KERNEL_SPACE => Ok(pointer),
-        _ => Err(ReadError),
-    }
-}
-
-/// The inode an overlay inode was copied up from or still lives on, or 0
-/// when it has none (created in the upper layer).
-#[inline(always)]
-fn lower_inode(
-    inode: u64,
-    lower: &OverlayLower,
-    offsets: &KernelOffsets,
-) -> Result<u64, ReadError> {
-    let field = read_kernel_ptr(inode, lower.lower)?;
-    if field == 0 {
-        return Ok(0);
-    }
-    match lower.kind {
-        overlay_lower::INODE => Ok(field),
-        overlay_lower::DENTRY => read_kernel_ptr(field, offsets.dentry_inode),
-        overlay_lower::ENTRY => {
-            let layers: u32 = kernel::read(field, lower.entry_numlower)?;
-            if layers == 0 {
-                return Ok(0);
-            }
-            let dentry = read_kernel_ptr(field, lower.entry_dentry)?;
-            if dentry == 0 {
-                return Ok(0);
-            }
-            read_kernel_ptr(dentry, offsets.dentry_inode)
-        }
-        _ => Err(ReadError),
-    }
-}
-
 /// The identity of the file whose inode is `inode` (see [`FileId`]).
 #[inline(always)]
 pub(crate) fn identity(inode: u64, offsets: &KernelOffsets) -> Result<FileId, ReadError> {
@@ -98,9 +57,9 @@ pub(crate) fn identity(inode: u64, offsets: &KernelOffsets) -> Result<FileId, Re
             if magic != OVERLAYFS_SUPER_MAGIC {
                 break;
             }
-            let mut next = lower_inode(inode, &lower, offsets)?;
+            let mut next = kernel::lower_inode(inode, &lower, offsets)?;
             if next == 0 {
-                let upper = read_kernel_ptr(inode, offsets.ovl_inode_upperdentry)?;
+                let upper = kernel::read_kernel_ptr(inode, offsets.ovl_inode_upperdentry)?;
                 if upper == 0 {
                     return Err(ReadError);
                 }
@@ -166,7 +125,7 @@ fn check_id(
     // to 6.5 with the overlay's path (so its path's inode is not its
     // `f_inode`), from 6.6 as a backing file on the layer's private mount.
     // The user's open is decided; this one is neither counted nor reported.
-    if op == vshield_op::OPEN && (facts.inode != inode || facts.mnt_internal) {
+    if op == vshield_op::OPEN && (facts.inode != inode || facts.outside_namespaces()) {
         return Ok(None);
     }
     count(counter::VSHIELD_HITS);
@@ -251,7 +210,7 @@ pub(crate) fn check_load(
     offsets: &KernelOffsets,
 ) -> Result<Option<Hit>, ReadError> {
     let facts = kernel::file_facts(file, offsets)?;
-    let inode = if facts.mnt_internal {
+    let inode = if facts.outside_namespaces() {
         kernel::backing_user_path(file, offsets).map_or(facts.inode, |user| user.inode)
     } else {
         facts.inode

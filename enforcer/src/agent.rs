@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use enforcer_common::{ABI_VERSION, AgentConfig};
+use enforcer_common::{ABI_VERSION, AgentConfig, ContainerRoot};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -43,7 +43,7 @@ use crate::{
     },
     kernel::{
         features,
-        host::{HostError, HostIdentity, host_identity},
+        host::{self, HostError, HostIdentity, host_identity},
         layout::{BackingFiles, KernelBtf, Layout, LayoutError, OverlayLayout},
         symbols,
     },
@@ -217,6 +217,41 @@ fn script_check(layout: &Layout) -> Result<u64, String> {
     }
 }
 
+/// Tells the kernel the containers already running, before any program is
+/// attached: the kernel records a container's root at its first exec, which
+/// for these happened before the agent ran; its next exec could come from
+/// a process that has changed its own root since.
+fn seed_container_roots(ebpf: &mut aya::Ebpf, host: &HostIdentity) -> Result<(), AgentError> {
+    let Some(cgroup2) = container::cgroup2_mount() else {
+        tracing::warn!(
+            "no cgroup v2 mount: containers already running are recognised at their next exec, \
+             by their root directory then"
+        );
+        return Ok(());
+    };
+    let running = host::running_containers(host, &cgroup2);
+    let mut roots: aya::maps::HashMap<_, u64, ContainerRoot> =
+        maps::borrow_mut(ebpf, maps::CONTAINER_ROOTS)?;
+    for found in &running {
+        let root = ContainerRoot {
+            root_dev: found.root_dev,
+            mnt_ns: found.mnt_ns,
+        };
+        roots
+            .insert(found.cgroup_id, root, 0)
+            .map_err(|source| MapAccessError::Map {
+                map: maps::CONTAINER_ROOTS,
+                source,
+            })?;
+    }
+    tracing::info!(
+        containers = running.len(),
+        "containers already running: each one's processes are measured against the root \
+         filesystem of its oldest process"
+    );
+    Ok(())
+}
+
 /// Finds out what the host is, and says so.
 fn host(pid: u32) -> Result<HostIdentity, AgentError> {
     let host = host_identity(pid)?;
@@ -277,6 +312,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let (pipeline, mut notices) =
         Pipeline::start(ring, enricher, sinks, webhooks).map_err(AgentError::Pipeline)?;
     Tracker::prepare(&mut ebpf, options.track_writes)?;
+    seed_container_roots(&mut ebpf, &host)?;
 
     // Handlers before attaching: a signal from here on is a clean shutdown.
     let mut signals = Signals::install()?;
@@ -965,6 +1001,7 @@ fn signal_routes(
 ) -> SignalRoutes {
     SignalRoutes {
         scripts: script_check.clone().map(drop),
+        interpreter: layout.syscall_mmap.clone(),
         mappings: if mmap_check {
             layout.syscall_mmap.clone()
         } else {
@@ -1014,12 +1051,32 @@ fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &Drift
     );
     match &signal.scripts {
         Ok(()) => tracing::info!(
-            "signal backend: scripts are decided: the interpreter is killed before it reads a dropped script"
+            "signal backend: scripts are decided, every level of nested scripts: the interpreter is killed \
+             before it reads a dropped script; a script whose file cannot be found is refused and reported \
+             (layer unresolved)"
         ),
         Err(reason) => tracing::warn!(
             %reason,
             "signal backend: scripts are NOT decided: a dropped script runs under its image interpreter"
         ),
+    }
+    match &signal.interpreter {
+        Ok(()) => tracing::info!(
+            "signal backend: the ELF interpreter (dynamic loader) of every exec is decided, by SIGKILL before \
+             the program's first instruction"
+        ),
+        Err(reason) => tracing::warn!(
+            %reason,
+            "signal backend: the ELF interpreter of an exec is NOT decided: a dropped loader written over the \
+             image's runs under the name of every dynamic program"
+        ),
+    }
+    if let Some(reason) = &signal.scripts_bounded {
+        tracing::warn!(
+            %reason,
+            "signal backend: an exec that releases more than 256 files (close-on-exec descriptors) leaves its \
+             script unresolved: refused and reported as such"
+        );
     }
     match &signal.mappings {
         Ok(()) => tracing::info!(
@@ -1178,8 +1235,8 @@ impl Health {
                     self.kernel.script_unresolved,
                     before.kernel.script_unresolved,
                 ),
-                "scripts run in containers whose file the signal backend could not find (over 256 files released \
-                 by the exec, or released early); they ran undecided",
+                "scripts run in containers whose file the signal backend could not find (more files released by \
+                 the exec than the walk takes, or released early): refused in enforce mode and reported",
             ),
         ];
         for (count, what) in checks {

@@ -42,8 +42,14 @@ const TRACKING_HOOKS: [&str; 6] = [
     "inode_link",
 ];
 const SIGNAL_PROGRAM: &str = "sched_process_exec";
-/// Decides the script an exec ran, on the same tracepoint.
+/// Decides the scripts an exec ran, on the same tracepoint (5.17+: its walk
+/// through the exec's released files uses `bpf_loop`)...
 const SIGNAL_SCRIPT_PROGRAM: &str = "sched_process_exec_script";
+/// ...or with a walk of 256 steps, where the kernel refuses that program.
+const SIGNAL_SCRIPT_BOUNDED_PROGRAM: &str = "sched_process_exec_script_bounded";
+/// Decides the ELF interpreter an exec mapped, on the same tracepoint
+/// (5.17+: `bpf_find_vma`).
+const SIGNAL_INTERP_PROGRAM: &str = "sched_process_exec_interp";
 /// Decides executable mappings at `mmap` and `mprotect` entry (5.17+)...
 const SIGNAL_EXEC_MAP_PROGRAM: &str = "sys_enter_exec_map";
 /// ...or at `mmap` entry only, where the kernel refuses that program.
@@ -301,10 +307,23 @@ fn attach_signal(ebpf: &mut Ebpf, wanted: &SignalRoutes) -> Result<SignalExtras,
     let optional = |ebpf: &mut Ebpf, name, tracepoint| {
         attach_raw_tracepoint(ebpf, name, tracepoint).map_err(|error| error_chain(&error))
     };
-    let scripts = wanted
-        .scripts
+    let (scripts, scripts_bounded) = match &wanted.scripts {
+        Err(reason) => (Err(reason.clone()), None),
+        Ok(()) => match optional(ebpf, SIGNAL_SCRIPT_PROGRAM, SIGNAL_TRACEPOINT) {
+            Ok(()) => (Ok(()), None),
+            Err(reason) => (
+                optional(ebpf, SIGNAL_SCRIPT_BOUNDED_PROGRAM, SIGNAL_TRACEPOINT),
+                Some(format!(
+                    "the kernel refused the program that walks every file an exec released (its bpf_loop \
+                     needs 5.17+): {reason}"
+                )),
+            ),
+        },
+    };
+    let interpreter = wanted
+        .interpreter
         .clone()
-        .and_then(|()| optional(ebpf, SIGNAL_SCRIPT_PROGRAM, SIGNAL_TRACEPOINT));
+        .and_then(|()| optional(ebpf, SIGNAL_INTERP_PROGRAM, SIGNAL_TRACEPOINT));
     let (mappings, mprotect) = match &wanted.mappings {
         Err(reason) => (Err(reason.clone()), Err(reason.clone())),
         Ok(()) => match optional(ebpf, SIGNAL_EXEC_MAP_PROGRAM, SIGNAL_MMAP_TRACEPOINT) {
@@ -320,6 +339,8 @@ fn attach_signal(ebpf: &mut Ebpf, wanted: &SignalRoutes) -> Result<SignalExtras,
     };
     Ok(SignalExtras {
         scripts,
+        scripts_bounded,
+        interpreter,
         mappings,
         mprotect,
     })
@@ -331,6 +352,8 @@ fn attach_signal(ebpf: &mut Ebpf, wanted: &SignalRoutes) -> Result<SignalExtras,
 #[derive(Clone, Debug)]
 pub struct SignalRoutes {
     pub scripts: Result<(), String>,
+    /// The ELF interpreter of an exec (its offsets are the mapping check's).
+    pub interpreter: Result<(), String>,
     pub mappings: Result<(), String>,
 }
 
@@ -338,6 +361,9 @@ pub struct SignalRoutes {
 #[derive(Debug)]
 pub struct SignalExtras {
     pub scripts: Result<(), String>,
+    /// Why the script walk stops after 256 released files, when it does.
+    pub scripts_bounded: Option<String>,
+    pub interpreter: Result<(), String>,
     pub mappings: Result<(), String>,
     pub mprotect: Result<(), String>,
 }

@@ -31,6 +31,10 @@ pub const RESOLVED_ID: &str = "RESOLVED_ID";
 /// Cgroup id of a known container -> its vShield scope.
 pub const CONTAINER_SCOPES: &str = "CONTAINER_SCOPES";
 pub const CONTAINER_DRIFT: &str = "CONTAINER_DRIFT";
+/// Each container's root filesystem and mount namespace as first seen (LRU
+/// hash: cgroup id -> `ContainerRoot`); the kernel fills it, the agent adds
+/// the containers already running when it starts.
+pub const CONTAINER_ROOTS: &str = "CONTAINER_ROOTS";
 /// Files written in containers on roots that are not overlayfs.
 pub const WRITTEN_FILES: &str = "WRITTEN_FILES";
 /// The rate limit of decision records (LRU hash: `ReportKey` ->

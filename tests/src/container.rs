@@ -1,6 +1,6 @@
 //! Real containers, minimally: an image directory as the overlayfs lower
 //! layer, a fresh mount namespace, a private tmpfs for the upper layer, a
-//! cgroup v2 group of its own, a tmpfs at /dev/shm, optional bind-mounted
+//! cgroup v2 group of its own, a tmpfs at /dev/shm, /proc, optional bind-mounted
 //! volumes, and `pivot_root` into the overlay. This is what a container runtime
 //! sets up for a container's filesystems.
 
@@ -23,6 +23,16 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "cp", "cat", "ls", "stat", "mv", "ln", "chmod", "rm", "true",
 ];
 const BUSYBOX: &str = "/bin/busybox";
+/// The capabilities a container keeps: Docker's and containerd's default
+/// set (`CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_FOWNER`, `CAP_FSETID`,
+/// `CAP_KILL`, `CAP_SETGID`, `CAP_SETUID`, `CAP_SETPCAP`,
+/// `CAP_NET_BIND_SERVICE`, `CAP_NET_RAW`, `CAP_SYS_CHROOT`, `CAP_MKNOD`,
+/// `CAP_AUDIT_WRITE`, `CAP_SETFCAP`), by number. No `CAP_SYS_ADMIN`: a
+/// container process mounts only in a user namespace of its own.
+const DEFAULT_CAPABILITIES: &[libc::c_int] = &[0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+/// Capability numbers dropped from the bounding set beyond those the
+/// kernel knows (`EINVAL`, ignored).
+const CAPABILITY_MAX: libc::c_int = 63;
 /// Limit for a container's run; a hang is a test failure, not a stuck CI job.
 const RUN_TIMEOUT: Duration = Duration::from_mins(2);
 
@@ -74,17 +84,23 @@ pub struct Image {
     root: Scratch,
     /// Absolute paths (inside the image) of the shared libraries copied in.
     libraries: Vec<String>,
+    /// The image is on a tmpfs of its own, unmounted on drop.
+    on_tmpfs: bool,
 }
 
 impl Image {
     /// A small image: a static busybox with applet links, /tmp, /dev/shm.
     pub fn busybox() -> anyhow::Result<Self> {
+        Self::busybox_in(Scratch::new("image")?, false)
+    }
+
+    fn busybox_in(root: Scratch, on_tmpfs: bool) -> anyhow::Result<Self> {
         let busybox = require::program(BUSYBOX, "busybox-static");
-        let root = Scratch::new("image")?;
         let bin = root.path().join("bin");
         fs::create_dir_all(&bin)?;
         fs::create_dir_all(root.path().join("tmp"))?;
         fs::create_dir_all(root.path().join("dev/shm"))?;
+        fs::create_dir_all(root.path().join("proc"))?;
         fs::copy(busybox, bin.join("busybox")).context("copying busybox into the image")?;
         for applet in APPLETS {
             std::os::unix::fs::symlink("busybox", bin.join(applet))?;
@@ -92,6 +108,7 @@ impl Image {
         Ok(Self {
             root,
             libraries: Vec::new(),
+            on_tmpfs,
         })
     }
 
@@ -99,7 +116,20 @@ impl Image {
     /// with the libraries and dynamic loader it needs, copied from the host
     /// to the same paths (as `ldd` lists them).
     pub fn with_dynamic(program: &Path, name: &str) -> anyhow::Result<Self> {
-        let mut image = Self::busybox()?;
+        Self::dynamic_in(Self::busybox()?, program, name)
+    }
+
+    /// [`Image::with_dynamic`] on a tmpfs of its own rather than in the
+    /// temporary directory, which is overlayfs itself in the VMs: an overlay
+    /// that a container mounts over its own root is then within the
+    /// kernel's stacking limit of two.
+    pub fn with_dynamic_on_tmpfs(program: &Path, name: &str) -> anyhow::Result<Self> {
+        let image = Self::busybox_in(tmpfs_scratch("image")?, true)?;
+        Self::dynamic_in(image, program, name)
+    }
+
+    fn dynamic_in(image: Self, program: &Path, name: &str) -> anyhow::Result<Self> {
+        let mut image = image;
         fs::copy(program, image.root().join("bin").join(name))
             .with_context(|| format!("copying {} into the image", program.display()))?;
         let ldd = Command::new("ldd")
@@ -139,6 +169,17 @@ impl Image {
                 .next()
                 .is_some_and(|name| name.starts_with(prefix))
         })
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if self.on_tmpfs
+            && let Ok(path) = cstring(self.root.path())
+        {
+            // SAFETY: a valid NUL-terminated string.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 }
 
@@ -267,6 +308,7 @@ struct Setup {
     merged: CString,
     overlay_options: CString,
     shm: CString,
+    proc: CString,
     /// (host directory, mount point in the root, read-only)
     volumes: Vec<(CString, CString, bool)>,
 }
@@ -306,6 +348,7 @@ impl Setup {
             upper: cstring(&upper)?,
             work: cstring(&work)?,
             shm: cstring(&merged.join("dev/shm"))?,
+            proc: cstring(&merged.join("proc"))?,
             merged: cstring(&merged)?,
             volumes,
         })
@@ -313,8 +356,8 @@ impl Setup {
 
     /// Joins the cgroup, enters a new mount namespace, mounts the root
     /// filesystem (an overlay with a private tmpfs for its upper layer, or
-    /// the plain root as it is), /dev/shm and the volumes, and pivots into
-    /// the root.
+    /// the plain root as it is), /dev/shm and the volumes, pivots into the
+    /// root, and keeps Docker's default capabilities, as runc does.
     fn enter(&self) -> io::Result<()> {
         fn check(rc: libc::c_int) -> io::Result<()> {
             if rc == 0 {
@@ -372,6 +415,13 @@ impl Setup {
                 0,
                 none.cast(),
             ))?;
+            check(libc::mount(
+                c"proc".as_ptr(),
+                self.proc.as_ptr(),
+                c"proc".as_ptr(),
+                0,
+                none.cast(),
+            ))?;
             for (host, at, read_only) in &self.volumes {
                 // Mount points are created in the container's root, as
                 // runtimes do.
@@ -403,7 +453,17 @@ impl Setup {
                     .unwrap_or(-1),
             )?;
             check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
-            check(libc::chdir(c"/".as_ptr()))
+            check(libc::chdir(c"/".as_ptr()))?;
+            // Root's capabilities after the exec are its bounding set.
+            for capability in 0..=CAPABILITY_MAX {
+                if !DEFAULT_CAPABILITIES.contains(&capability)
+                    && libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) != 0
+                    && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
         }
     }
 }

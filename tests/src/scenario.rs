@@ -1,6 +1,6 @@
 //! What the drift tests share: starting agents, reading their events.
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use serde_json::Value;
 
@@ -8,6 +8,7 @@ use crate::{
     agent::{Agent, Stopped},
     container::{self, Image, Run, Volume},
     require::{self, Requirement},
+    serial,
 };
 
 /// The agent kept running between the tests of a test binary that ask for
@@ -210,4 +211,58 @@ pub fn single_drift_event(stopped: &Stopped) -> &Value {
         stopped.stderr
     );
     events[0]
+}
+
+/// A test's hold on the kernel and its agent.
+pub type Hold = (MutexGuard<'static, ()>, Arc<Agent>);
+
+/// The shared lsm agent, for a test run as root on a kernel with BPF LSM.
+pub fn lsm() -> Option<Hold> {
+    let serial = serial();
+    if !require::root() {
+        return None;
+    }
+    Some((serial, shared_lsm(&[])?))
+}
+
+/// The shared signal agent with `args`, for a test run as root.
+pub fn signal(args: &[&str]) -> Option<Hold> {
+    let serial = serial();
+    if !require::root() {
+        return None;
+    }
+    Some((serial, shared_signal(args)))
+}
+
+/// The drift events.
+pub fn drift(observed: &Observed) -> Vec<&Value> {
+    observed
+        .events
+        .iter()
+        .filter(|event| event["rule"]["name"] == "drift-prevention")
+        .collect()
+}
+
+/// The drift events, each checked for what every drift event must say.
+pub fn events<'a>(observed: &'a Observed, backend: &str) -> Vec<&'a Value> {
+    let events = drift(observed);
+    for event in &events {
+        assert_eq!(event["enforcer"]["backend"], backend, "{event:#}");
+        assert_eq!(event["enforcer"]["reason"], "drift", "{event:#}");
+        assert_eq!(event["event"]["kind"], "alert", "{event:#}");
+        assert!(
+            event["process"]["pid"].as_u64().is_some_and(|pid| pid > 1),
+            "{event:#}"
+        );
+    }
+    events
+}
+
+/// Checks that `event` reports `name` reached `via` from `layer`, decided as
+/// `decision`.
+pub fn assert_event(event: &Value, via: &str, layer: &str, name: &str, decision: &str) {
+    assert_eq!(event["enforcer"]["via"], via, "{event:#}");
+    assert_eq!(event["enforcer"]["layer"], layer, "{event:#}");
+    assert_eq!(event["file"]["name"], name, "{event:#}");
+    assert_eq!(event["enforcer"]["decision"], decision, "{event:#}");
 }

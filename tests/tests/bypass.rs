@@ -15,14 +15,13 @@ use std::{
     os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::Path,
     process::Command,
-    sync::{Arc, MutexGuard},
 };
 
 use enforcer_tests::{
     agent::Agent,
     container::{Image, Run, Scratch, Volume},
     require,
-    scenario::{Observed, observe, run_observed, shared, shared_lsm, shared_signal},
+    scenario::{assert_event, drift, events, lsm, observe, run_observed, shared, signal},
     serial,
 };
 use serde_json::Value;
@@ -43,60 +42,6 @@ fn loader(image: &Image) -> &str {
 
 fn lines(run: &Run) -> Vec<&str> {
     run.stdout.lines().collect()
-}
-
-/// A test's hold on the kernel and its agent.
-type Hold = (MutexGuard<'static, ()>, Arc<Agent>);
-
-/// The shared lsm agent, for a test run as root on a kernel with BPF LSM.
-fn lsm() -> Option<Hold> {
-    let serial = serial();
-    if !require::root() {
-        return None;
-    }
-    Some((serial, shared_lsm(&[])?))
-}
-
-/// The shared signal agent with `args`, for a test run as root.
-fn signal(args: &[&str]) -> Option<Hold> {
-    let serial = serial();
-    if !require::root() {
-        return None;
-    }
-    Some((serial, shared_signal(args)))
-}
-
-/// The drift events.
-fn drift(observed: &Observed) -> Vec<&Value> {
-    observed
-        .events
-        .iter()
-        .filter(|event| event["rule"]["name"] == "drift-prevention")
-        .collect()
-}
-
-/// The drift events, each checked for what every drift event must say.
-fn events<'a>(observed: &'a Observed, backend: &str) -> Vec<&'a Value> {
-    let events = drift(observed);
-    for event in &events {
-        assert_eq!(event["enforcer"]["backend"], backend, "{event:#}");
-        assert_eq!(event["enforcer"]["reason"], "drift", "{event:#}");
-        assert_eq!(event["event"]["kind"], "alert", "{event:#}");
-        assert!(
-            event["process"]["pid"].as_u64().is_some_and(|pid| pid > 1),
-            "{event:#}"
-        );
-    }
-    events
-}
-
-/// Checks that `event` reports `name` reached `via` from `layer`, decided as
-/// `decision`.
-fn assert_event(event: &Value, via: &str, layer: &str, name: &str, decision: &str) {
-    assert_eq!(event["enforcer"]["via"], via, "{event:#}");
-    assert_eq!(event["enforcer"]["layer"], layer, "{event:#}");
-    assert_eq!(event["file"]["name"], name, "{event:#}");
-    assert_eq!(event["enforcer"]["decision"], decision, "{event:#}");
 }
 
 const EXECVEAT: &str = "cp /bin/busybox /tmp/busybox-dropped

@@ -511,6 +511,15 @@ fn layer(code: u32) -> (&'static str, &'static str) {
             "written",
             "file was written, created, made executable, renamed or linked in the container",
         ),
+        layer::CONTAINER_MOUNT => (
+            "container-mount",
+            "file is on a mount the container could have made or made read-only (a user namespace's \
+             filesystem or mount, a detached mount, or a layer of an overlay it mounted)",
+        ),
+        layer::UNRESOLVED => (
+            "unresolved",
+            "the kernel could not tell which file the exec ran (fail closed)",
+        ),
         _ => ("unknown", "file is not part of the container image"),
     }
 }
@@ -635,6 +644,8 @@ mod tests {
             (layer::MEMFD, "memfd", "fileless"),
             (layer::WRITABLE_MOUNT, "writable-mount", "writable mount"),
             (layer::WRITTEN, "written", "written"),
+            (layer::CONTAINER_MOUNT, "container-mount", "user namespace"),
+            (layer::UNRESOLVED, "unresolved", "fail closed"),
         ] {
             event.layer = code;
             let v = json(&event);

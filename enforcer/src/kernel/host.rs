@@ -105,6 +105,77 @@ pub fn container_process(host: &HostIdentity, pid: u32) -> Option<ContainerProce
     })
 }
 
+/// A running container as the kernel programs measure its processes: its
+/// cgroup and the root filesystem and mount namespace of its oldest process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningContainer {
+    pub cgroup_id: u64,
+    pub pid: u32,
+    /// `s_dev` (kernel encoding) of its root filesystem.
+    pub root_dev: u32,
+    pub mnt_ns: u32,
+}
+
+/// The containers running now, one per cgroup v2 group (the root group
+/// excepted), each as its oldest process sees it: the container's first
+/// process, started by its runtime, before any process of the container
+/// could have changed its own root. `cgroup2` is the host's cgroup v2 mount.
+pub fn running_containers(host: &HostIdentity, cgroup2: &Path) -> Vec<RunningContainer> {
+    let mut oldest: std::collections::BTreeMap<u64, (u64, RunningContainer)> =
+        std::collections::BTreeMap::new();
+    for process in container_processes(host) {
+        let dir = Path::new("/proc").join(process.pid.to_string());
+        let Some(started) = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|stat| start_time(&stat))
+        else {
+            continue;
+        };
+        let Some(cgroup_id) = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|text| cgroup_v2_path(&text).map(str::to_owned))
+            .and_then(|path| std::fs::metadata(cgroup2.join(path.trim_start_matches('/'))).ok())
+            .map(|group| group.ino())
+            .filter(|&id| id > ROOT_CGROUP_ID)
+        else {
+            continue;
+        };
+        let Ok(root) = std::fs::metadata(&process.root) else {
+            continue;
+        };
+        let found = RunningContainer {
+            cgroup_id,
+            pid: process.pid,
+            root_dev: kernel_dev(root.dev()),
+            mnt_ns: process.mnt_ns,
+        };
+        match oldest.get(&cgroup_id) {
+            Some((earlier, _)) if *earlier <= started => {}
+            _ => {
+                oldest.insert(cgroup_id, (started, found));
+            }
+        }
+    }
+    oldest.into_values().map(|(_, found)| found).collect()
+}
+
+/// The cgroup v2 root's id (its directory's inode number).
+const ROOT_CGROUP_ID: u64 = 1;
+
+/// The cgroup v2 path of `/proc/PID/cgroup` text (`0::/path`), when it is
+/// an absolute path in the reader's cgroup namespace. Pure.
+fn cgroup_v2_path(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .filter(|path| path.starts_with('/') && !path.split('/').any(|part| part == ".."))
+}
+
+/// `starttime` (the 22nd field) of `/proc/PID/stat` text. Pure.
+fn start_time(stat: &str) -> Option<u64> {
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Whether `/proc/PID/stat` text is a kernel thread's (`flags`, the ninth
 /// field, counted after the command name, which may hold spaces and `)`).
 fn is_kernel_thread(stat: &str) -> Option<bool> {
@@ -152,6 +223,18 @@ mod tests {
     use std::os::unix::fs::MetadataExt as _;
 
     use super::*;
+
+    #[test]
+    fn cgroup_paths_and_start_times_are_read_from_proc_text() {
+        assert_eq!(
+            cgroup_v2_path("0::/kubepods.slice/pod1/cri-containerd-a.scope\n"),
+            Some("/kubepods.slice/pod1/cri-containerd-a.scope")
+        );
+        assert_eq!(cgroup_v2_path("1:name=systemd:/x\n0::/../../x\n"), None);
+        assert_eq!(cgroup_v2_path("1:cpu:/x\n"), None);
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(start_time(stat), Some(98765));
+    }
 
     #[test]
     fn own_identity_matches_proc_self() {

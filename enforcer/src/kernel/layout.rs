@@ -90,6 +90,9 @@ const MOUNT_MNT_PARENT: Field = field("mount", "mnt_parent", Width::Pointer);
 const MOUNT_MNT_MOUNTPOINT: Field = field("mount", "mnt_mountpoint", Width::Pointer);
 const BINPRM_INTERP: Field = field("linux_binprm", "interp", Width::Pointer);
 const FILE_FLAGS: Field = field("file", "f_flags", Width::Bytes(4));
+const SB_USER_NS: Field = field("super_block", "s_user_ns", Width::Pointer);
+const USER_NS_LEVEL: Field = field("user_namespace", "level", Width::Bytes(4));
+const MNT_NAMESPACE_USER_NS: Field = field("mnt_namespace", "user_ns", Width::Pointer);
 const TASK_FILES: Field = field("task_struct", "files", Width::Pointer);
 const FILES_FDT: Field = field("files_struct", "fdt", Width::Pointer);
 const FDTABLE_MAX_FDS: Field = field("fdtable", "max_fds", Width::Bytes(4));
@@ -102,6 +105,7 @@ const REGS_SYSCALL_ARGS: [Field; 4] = [
     field("pt_regs", "r10", Width::Bytes(8)),
     field("pt_regs", "r8", Width::Bytes(8)),
 ];
+const MM_SAVED_AUXV: Field = field("mm_struct", "saved_auxv", Width::Bytes(0));
 const TASK_TASK_WORKS: Field = field("task_struct", "task_works", Width::Pointer);
 /// The `callback_head` `fput` queues, by kernel version: 6.8+, 6.6, 5.x.
 const FILE_TASK_WORK: [Field; 3] = [
@@ -315,37 +319,9 @@ impl KernelBtf {
     pub fn offsets(&self) -> Result<Layout, LayoutError> {
         let core = |field| self.core(field);
 
-        let binprm_file = core(BINPRM_FILE)?;
-        let binprm_filename = core(BINPRM_FILENAME)?;
-        let inode_sb = core(INODE_SB)?;
-        let inode_ino = core(INODE_INO)?;
-        let task_real_parent = core(TASK_REAL_PARENT)?;
-        let task_tgid = core(TASK_TGID)?;
-        let task_nsproxy = core(TASK_NSPROXY)?;
-        let nsproxy_mnt_ns = core(NSPROXY_MNT_NS)?;
-        let mnt_namespace_inum = core(MNT_NAMESPACE_INUM)?;
-        let file_path_mnt = core(FILE_PATH_MNT)?;
-        let file_path_dentry = core(FILE_PATH_DENTRY)?;
-        let dentry_name = core(DENTRY_NAME)?;
-        let dentry_inode = core(DENTRY_INODE)?;
-        let sb_flags = core(SB_FLAGS)?;
-        let vfsmount_flags = core(VFSMOUNT_FLAGS)?;
-        let task_fs = core(TASK_FS)?;
-        let fs_root_mnt = core(FS_ROOT_MNT)?;
-        let fs_root_dentry = core(FS_ROOT_DENTRY)?;
-        let vma_file = core(VMA_FILE)?;
         // The programs hold `struct vfsmount *`, embedded in `struct mount`.
         let mount_mnt = core(MOUNT_MNT)?;
         let vfsmount_mnt_ns = relative(mount_mnt, MOUNT_MNT_NS, core(MOUNT_MNT_NS)?, "mnt")?;
-        let mount_parent = core(MOUNT_MNT_PARENT)?;
-        let mount_mountpoint = core(MOUNT_MNT_MOUNTPOINT)?;
-        let dentry_parent = core(DENTRY_PARENT)?;
-        let dentry_name_len = core(DENTRY_NAME_LEN)?;
-        let vfsmount_mnt_root = core(VFSMOUNT_MNT_ROOT)?;
-        let task_mm = core(TASK_MM)?;
-        let mm_exe_file = core(MM_EXE_FILE)?;
-        let file_mode = core(FILE_MODE)?;
-        let inode_mode = core(INODE_MODE)?;
         let (backing_file_user_path, backing_files) = match core(BACKING_FILE_USER_PATH) {
             Ok(offset) => (offset, BackingFiles::Resolved),
             Err(LayoutError::MissingStruct { .. }) => (0, BackingFiles::Absent),
@@ -368,44 +344,48 @@ impl KernelBtf {
         let (overlay_lower, overlay_lower_source) =
             self.vshield_layout(ovl_inode_upperdentry, &overlay)?;
         let offsets = KernelOffsets {
-            binprm_file,
-            binprm_filename,
-            inode_sb,
-            inode_ino,
+            binprm_file: core(BINPRM_FILE)?,
+            binprm_filename: core(BINPRM_FILENAME)?,
+            inode_sb: core(INODE_SB)?,
+            inode_ino: core(INODE_INO)?,
             sb_magic: core(SB_MAGIC)?,
             sb_dev: core(SB_DEV)?,
             ovl_inode_upperdentry,
-            task_real_parent,
-            task_tgid,
-            task_nsproxy,
-            nsproxy_mnt_ns,
-            mnt_namespace_inum,
-            file_path_mnt,
-            file_path_dentry,
-            dentry_name,
-            dentry_inode,
-            sb_flags,
-            vfsmount_flags,
-            task_fs,
-            fs_root_mnt,
-            fs_root_dentry,
-            vma_file,
+            task_real_parent: core(TASK_REAL_PARENT)?,
+            task_tgid: core(TASK_TGID)?,
+            task_nsproxy: core(TASK_NSPROXY)?,
+            nsproxy_mnt_ns: core(NSPROXY_MNT_NS)?,
+            mnt_namespace_inum: core(MNT_NAMESPACE_INUM)?,
+            file_path_mnt: core(FILE_PATH_MNT)?,
+            file_path_dentry: core(FILE_PATH_DENTRY)?,
+            dentry_name: core(DENTRY_NAME)?,
+            dentry_inode: core(DENTRY_INODE)?,
+            sb_flags: core(SB_FLAGS)?,
+            vfsmount_flags: core(VFSMOUNT_FLAGS)?,
+            task_fs: core(TASK_FS)?,
+            fs_root_mnt: core(FS_ROOT_MNT)?,
+            fs_root_dentry: core(FS_ROOT_DENTRY)?,
+            vma_file: core(VMA_FILE)?,
             vfsmount_mnt_ns,
-            task_mm,
-            mm_exe_file,
+            task_mm: core(TASK_MM)?,
+            mm_exe_file: core(MM_EXE_FILE)?,
             backing_file_user_path,
-            file_mode,
-            inode_mode,
-            dentry_parent,
-            dentry_name_len,
-            vfsmount_mnt_root,
-            mount_parent,
-            mount_mountpoint,
+            file_mode: core(FILE_MODE)?,
+            inode_mode: core(INODE_MODE)?,
+            dentry_parent: core(DENTRY_PARENT)?,
+            dentry_name_len: core(DENTRY_NAME_LEN)?,
+            vfsmount_mnt_root: core(VFSMOUNT_MNT_ROOT)?,
+            mount_parent: core(MOUNT_MNT_PARENT)?,
+            mount_mountpoint: core(MOUNT_MNT_MOUNTPOINT)?,
             mount_mnt,
             binprm_interp,
             task_task_works,
             file_task_work,
             file_flags,
+            sb_user_ns: core(SB_USER_NS)?,
+            user_ns_level: core(USER_NS_LEVEL)?,
+            mnt_namespace_user_ns: core(MNT_NAMESPACE_USER_NS)?,
+            pad: 0,
         };
         Ok(Layout {
             offsets,
@@ -544,6 +524,8 @@ impl KernelBtf {
             regs_arg3: core(arg3)?,
             regs_arg4: core(arg4)?,
             regs_arg5: core(arg5)?,
+            mm_saved_auxv: core(MM_SAVED_AUXV)?,
+            pad: 0,
         })
     }
 

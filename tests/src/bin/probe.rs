@@ -8,6 +8,23 @@
 //!   interpreter opens `/dev/fd/N`)
 //! - `probe exec-deleted PATH ARGS...`: open PATH, unlink it, then
 //!   `execveat` the descriptor of the deleted file
+//! - `probe exec-fd FD ARGS...`: `execveat(FD, "", AT_EMPTY_PATH)` of an
+//!   inherited descriptor, with ARGS as its arguments (`argv[0]` first)
+//! - `probe mmap-exec-fd FD`: map inherited descriptor FD with
+//!   `PROT_READ | PROT_EXEC`
+//! - `probe userns STEP... -- PROGRAM ARGS...`: what a container process
+//!   can do with an unprivileged user namespace and no capabilities on the
+//!   host: enter a new user and mount namespace (root in it, with every
+//!   capability there until it execs), take each STEP, then exec PROGRAM.
+//!   Steps: `bind:SRC:DST`, `ro:DST` (remount a bind mount read-only),
+//!   `tmpfs:DST`, `mkdir:DIR`, `remount-ro:DST` (the filesystem itself), `copy:SRC:DST`
+//!   (mode 0755), `overlay:LOWERS:DST` (read-only, `LOWERS` joined by `+`),
+//!   `overlay-rw:LOWERS:UPPER:WORK:DST`, `detach:DST` (`umount -l`, keeping a
+//!   descriptor of DST open as descriptor 3 and changing to it),
+//!   `chroot:DIR`. A failed step prints `STEP: ERROR` and exits 1.
+//! - `probe exec-with-fds N PATH ARGS...`: open N files (close-on-exec,
+//!   each its own open file), then `execv` PATH with ARGS (`argv[0]` is
+//!   PATH)
 //! - `probe memfd-exec PATH ARGS...`: copy PATH into a memfd and `fexecve` it
 //! - `probe mmap-exec PATH`: map PATH with `PROT_READ | PROT_EXEC`
 //! - `probe mprotect-exec PATH`: map PATH read-only, then `mprotect` to exec
@@ -183,6 +200,196 @@ fn timed(name: &str, count: u32, work: impl FnOnce() -> io::Result<()>) -> ExitC
     }
 }
 
+/// Opens `/proc/self/exe` `count` times, close-on-exec, after raising the
+/// descriptor limit to its hard limit.
+fn open_many(count: u32) -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill, then to set.
+    unsafe {
+        check(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit))?;
+        limit.rlim_cur = limit.rlim_max;
+        check(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit))?;
+    }
+    for _ in 0..count {
+        // SAFETY: a valid C string; the descriptor is left open on purpose.
+        if unsafe { libc::open(c"/proc/self/exe".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `probe userns`: the steps, then the exec.
+fn userns(args: &[String]) -> ExitCode {
+    let Some(split) = args.iter().position(|arg| arg == "--") else {
+        return fail("userns", &"usage: STEP... -- PROGRAM ARGS...", 2);
+    };
+    let (steps, program) = (&args[..split], &args[split + 1..]);
+    if program.is_empty() {
+        return fail("userns", &"usage: STEP... -- PROGRAM ARGS...", 2);
+    }
+    if let Err(error) = enter_userns() {
+        return fail("unshare", &error, 1);
+    }
+    for step in steps {
+        if let Err(error) = take_step(step) {
+            return fail(step, &error, 1);
+        }
+    }
+    let owned: Vec<CString> = program.iter().map(|arg| cstring(arg)).collect();
+    let mut pointers: Vec<*const libc::c_char> = owned.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    // SAFETY: a NULL-terminated array of valid C strings.
+    unsafe { libc::execv(owned[0].as_ptr(), pointers.as_ptr()) };
+    fail("exec", &io::Error::last_os_error(), 126)
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A new user namespace in which this process is root, and a new mount
+/// namespace owned by it.
+fn enter_userns() -> io::Result<()> {
+    // SAFETY: plain system calls.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    // SAFETY: plain system call.
+    check(unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) })?;
+    std::fs::write("/proc/self/setgroups", "deny")?;
+    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    Ok(())
+}
+
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let (source, target, fstype, data) = (
+        cstring(source),
+        cstring(target),
+        cstring(fstype),
+        cstring(data),
+    );
+    // SAFETY: valid C strings.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })
+}
+
+fn take_step(step: &str) -> io::Result<()> {
+    let parts: Vec<&str> = step.split(':').collect();
+    match parts.as_slice() {
+        ["bind", source, target] => mount(source, target, "", libc::MS_BIND, ""),
+        ["ro", target] => mount(
+            "",
+            target,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            "",
+        ),
+        ["tmpfs", target] => mount("tmpfs", target, "tmpfs", 0, ""),
+        ["mkdir", dir] => std::fs::create_dir_all(dir),
+        ["remount-ro", target] => mount("", target, "", libc::MS_REMOUNT | libc::MS_RDONLY, ""),
+        ["copy", source, target] => {
+            std::fs::copy(source, target)?;
+            std::fs::set_permissions(target, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        }
+        ["overlay", lowers, target] => mount(
+            "overlay",
+            target,
+            "overlay",
+            0,
+            &format!("lowerdir={}", lowers.replace('+', ":")),
+        ),
+        ["overlay-rw", lowers, upper, work, target] => mount(
+            "overlay",
+            target,
+            "overlay",
+            0,
+            &format!(
+                "lowerdir={},upperdir={upper},workdir={work}",
+                lowers.replace('+', ":")
+            ),
+        ),
+        ["detach", target] => {
+            let dir = cstring(target);
+            // SAFETY: valid C string; the descriptor is kept for the exec.
+            let fd = unsafe { libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: plain system calls on valid descriptors and strings.
+            unsafe {
+                check(libc::dup2(fd, 3).min(0))?;
+                check(libc::fchdir(3))?;
+                check(libc::umount2(dir.as_ptr(), libc::MNT_DETACH))
+            }
+        }
+        ["chroot", dir] => {
+            let dir = cstring(dir);
+            // SAFETY: valid C strings.
+            unsafe {
+                check(libc::chroot(dir.as_ptr()))?;
+                check(libc::chdir(c"/".as_ptr()))
+            }
+        }
+        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "unknown step")),
+    }
+}
+
+/// `probe exec-with-fds N PATH ARGS...`.
+fn exec_with_fds(rest: &[String]) -> ExitCode {
+    let command = "exec-with-fds";
+    let (Some(count), Some(target)) = (
+        rest.first().and_then(|n| n.parse::<u32>().ok()),
+        rest.get(1),
+    ) else {
+        return fail(command, &"usage: N PATH ARGS...", 2);
+    };
+    if let Err(error) = open_many(count) {
+        return fail("open", &error, 1);
+    }
+    let owned: Vec<CString> = rest[1..].iter().map(|arg| cstring(arg)).collect();
+    let mut pointers: Vec<*const libc::c_char> = owned.iter().map(|arg| arg.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    // SAFETY: a NULL-terminated array of valid C strings.
+    unsafe { libc::execv(cstring(target).as_ptr(), pointers.as_ptr()) };
+    fail("exec", &io::Error::last_os_error(), 126)
+}
+
+/// `probe exec-fd FD ARGS...` and `probe mmap-exec-fd FD`.
+fn on_fd(command: &str, rest: &[String]) -> ExitCode {
+    let path = rest.first().map_or("", String::as_str);
+    let Ok(fd) = path.parse::<libc::c_int>() else {
+        return fail(command, &"usage: FD ARGS...", 2);
+    };
+    if command == "exec-fd" {
+        fail("exec-fd", &exec_fd(fd, &rest[1..]), 126)
+    } else {
+        match map(fd, libc::PROT_READ | libc::PROT_EXEC) {
+            Ok(_) => fail("mmap-exec-fd", &"ok", 0),
+            Err(error) => fail("mmap-exec-fd", &error, 1),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
@@ -199,6 +406,9 @@ fn main() -> ExitCode {
             Ok(fd) => fail("execveat", &exec_fd(fd, rest), 126),
             Err(error) => fail("open", &error, 1),
         },
+        "userns" => userns(rest),
+        "exec-with-fds" => exec_with_fds(rest),
+        "exec-fd" | "mmap-exec-fd" => on_fd(command, rest),
         "exec-deleted" => match open(path).and_then(|fd| std::fs::remove_file(path).map(|()| fd)) {
             Ok(fd) => fail("exec-deleted", &exec_fd(fd, rest), 126),
             Err(error) => fail("open/unlink", &error, 1),
