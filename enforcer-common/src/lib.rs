@@ -422,8 +422,19 @@ pub struct MmapOffsets {
     /// `mm_struct.saved_auxv`: the auxiliary vector of the program, whose
     /// `AT_BASE` is where its ELF interpreter is mapped.
     pub mm_saved_auxv: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// `task_struct.thread_info.status` (x86: [`TS_COMPAT`]).
+    pub thread_status: u32,
+    /// `pt_regs.orig_ax`: the system call number at `sys_exit`.
+    pub regs_orig_ax: u32,
+    /// The 32-bit gate's argument registers not above: `bx` (first), `cx`
+    /// (second), `si` (fourth), `bp` (sixth); `dx` is the third on both
+    /// gates, `di` the fifth here.
+    pub regs_bx: u32,
+    pub regs_cx: u32,
+    pub regs_si: u32,
+    pub regs_bp: u32,
+    /// `pt_regs.ax`: the return value at `sys_exit`.
+    pub regs_ax: u32,
 }
 
 /// Offsets the programs read to name a process's ancestors and its entry
@@ -489,7 +500,37 @@ pub struct AgentConfig {
     pub report_burst: u32,
     /// The rate-limit window, nanoseconds.
     pub report_window_ns: u64,
+    /// Number of `pkey_mprotect`, decided like `mprotect`; zero turns it off.
+    pub pkey_mprotect_syscall: u32,
+    /// Numbers of `execve` and `execveat`, whose failure with `ENOEXEC` the
+    /// signal backend decides; zero turns that check off.
+    pub execve_syscall: u32,
+    pub execveat_syscall: u32,
+    /// Whether the 32-bit system call gate is looked at (1) or not (0): the
+    /// numbers of [`compat_syscall`] on x86-64.
+    pub compat_syscalls: u32,
 }
+
+/// System call numbers of the 32-bit gate on x86-64 (`int $0x80`,
+/// `sysenter`), from the kernel's `arch/x86/entry/syscalls/syscall_32.tbl`,
+/// an ABI that never changes.
+pub mod compat_syscall {
+    /// `old_mmap`: its one argument points at the six of `mmap`.
+    pub const OLD_MMAP: u64 = 90;
+    pub const MPROTECT: u64 = 125;
+    pub const MMAP2: u64 = 192;
+    pub const PKEY_MPROTECT: u64 = 380;
+    pub const EXECVE: u64 = 11;
+    pub const EXECVEAT: u64 = 358;
+}
+
+/// `TS_COMPAT` in x86's `thread_info.status`: the task is in a system call
+/// made through the 32-bit gate.
+pub const TS_COMPAT: u32 = 2;
+
+/// `ENOEXEC`: the kernel knows no format for the file; shells then run it
+/// as a script themselves.
+pub const ENOEXEC: i64 = 8;
 
 /// What the rate limit of decision records counts by: one container (its
 /// cgroup), one file, one decision.
@@ -935,7 +976,7 @@ mod tests {
     #[test]
     fn kernel_offsets_layout() {
         assert_eq!(size_of::<KernelOffsets>(), 42 * 4);
-        assert_eq!(size_of::<MmapOffsets>(), 10 * 4);
+        assert_eq!(size_of::<MmapOffsets>(), 16 * 4);
         assert_eq!(size_of::<TaskOffsets>(), 12 * 4);
         assert_eq!(offset_of!(TaskOffsets, kernfs_node_id), 44);
         assert_eq!(offset_of!(TaskOffsets, upid_nr), 20);
@@ -957,7 +998,7 @@ mod tests {
 
     #[test]
     fn settings_layout() {
-        assert_eq!(size_of::<AgentConfig>(), 48);
+        assert_eq!(size_of::<AgentConfig>(), 64);
         assert_eq!(offset_of!(AgentConfig, report_burst), 36);
         assert_eq!(offset_of!(AgentConfig, report_window_ns), 40);
         assert_eq!(size_of::<ReportKey>(), 24);

@@ -6,12 +6,16 @@
 
 use aya_ebpf::{
     cty::{c_long, c_void},
-    helpers::generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_kernel},
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_kernel},
+    },
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
 use enforcer_common::{
-    KernelOffsets, MAP_ANONYMOUS, MmapOffsets, PROT_EXEC, backend, counter, via,
+    KernelOffsets, MAP_ANONYMOUS, MmapOffsets, PROT_EXEC, TS_COMPAT, backend, compat_syscall,
+    counter, via,
 };
 
 use crate::{
@@ -120,25 +124,115 @@ pub(crate) fn sys_enter_mmap(ctx: RawTracePointContext) -> i32 {
     on_sys_enter(&ctx, false)
 }
 
+/// What a system call at `sys_enter` asks for that the mapping check
+/// decides, and where its arguments are.
+#[derive(Clone, Copy)]
+struct Request {
+    /// Maps a descriptor (`mmap`), rather than changing a mapping
+    /// (`mprotect`, `pkey_mprotect`).
+    maps: bool,
+    /// `mmap`: `prot`, `flags`, `fd`; `mprotect`: `addr`, `prot`, unused.
+    args: [u64; 3],
+}
+
+/// The request system call `id` makes, if it is one the check decides:
+/// native `mmap`, `mprotect` and `pkey_mprotect`, and the same through the
+/// 32-bit gate (`mmap2`, `old_mmap`, `mprotect`, `pkey_mprotect`), told
+/// apart by `TS_COMPAT` (each gate's numbers mean other calls on the other).
+#[inline(always)]
+fn request(
+    id: u64,
+    regs: u64,
+    with_mprotect: bool,
+    mmap: &MmapOffsets,
+) -> Result<Option<Request>, ReadError> {
+    let config = CONFIG.load();
+    let native = |number: u32| number != 0 && id == u64::from(number);
+    let native_map = native(config.mmap_syscall);
+    let native_protect =
+        with_mprotect && (native(config.mprotect_syscall) || native(config.pkey_mprotect_syscall));
+    let compat_map = id == compat_syscall::MMAP2 || id == compat_syscall::OLD_MMAP;
+    let compat_protect =
+        with_mprotect && (id == compat_syscall::MPROTECT || id == compat_syscall::PKEY_MPROTECT);
+    let compat_candidate = config.compat_syscalls != 0 && (compat_map || compat_protect);
+    if !native_map && !native_protect && !compat_candidate {
+        return Ok(None);
+    }
+    let status: u32 = kernel::read_or_zero(kernel::current_task(), mmap.thread_status);
+    let reg = |offset: u32| kernel::read::<u64>(regs, offset);
+    if status & TS_COMPAT == 0 {
+        return Ok(if native_map {
+            Some(Request {
+                maps: true,
+                args: [
+                    reg(mmap.regs_arg3)?,
+                    reg(mmap.regs_arg4)?,
+                    reg(mmap.regs_arg5)?,
+                ],
+            })
+        } else if native_protect {
+            Some(Request {
+                maps: false,
+                args: [reg(mmap.regs_arg1)?, reg(mmap.regs_arg3)?, 0],
+            })
+        } else {
+            None
+        });
+    }
+    if !compat_candidate {
+        return Ok(None);
+    }
+    Ok(Some(if id == compat_syscall::MMAP2 {
+        // ebx, ecx, edx, esi, edi, ebp: addr, len, prot, flags, fd, pgoff.
+        Request {
+            maps: true,
+            args: [
+                reg(mmap.regs_arg3)?,
+                reg(mmap.regs_si)?,
+                reg(mmap.regs_arg1)?,
+            ],
+        }
+    } else if id == compat_syscall::OLD_MMAP {
+        // One pointer to six 32-bit values: addr, len, prot, flags, fd, offset.
+        let block = reg(mmap.regs_bx)? & 0xffff_ffff;
+        // SAFETY: the helper checks the user address itself.
+        let user = |at: u64| unsafe { bpf_probe_read_user((block + at) as *const u32) };
+        match (user(8), user(12), user(16)) {
+            (Ok(prot), Ok(flags), Ok(fd)) => Request {
+                maps: true,
+                args: [u64::from(prot), u64::from(flags), u64::from(fd)],
+            },
+            // The system call will fail the same way.
+            _ => return Ok(None),
+        }
+    } else {
+        Request {
+            maps: false,
+            args: [reg(mmap.regs_bx)? & 0xffff_ffff, reg(mmap.regs_arg3)?, 0],
+        }
+    }))
+}
+
 #[inline(always)]
 fn on_sys_enter(ctx: &RawTracePointContext, with_mprotect: bool) -> i32 {
     let id: u64 = ctx.arg(1);
-    let config = CONFIG.load();
-    let is_mmap = config.mmap_syscall != 0 && id == u64::from(config.mmap_syscall);
-    let is_mprotect =
-        with_mprotect && config.mprotect_syscall != 0 && id == u64::from(config.mprotect_syscall);
-    if !is_mmap && !is_mprotect {
-        return 0;
-    }
     let regs: u64 = ctx.arg(0);
-    let offsets = drift::offsets();
     let mmap = MMAP_OFFSETS.load();
+    let request = match request(id, regs, with_mprotect, &mmap) {
+        Ok(Some(request)) => request,
+        Ok(None) => return 0,
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            return 0;
+        }
+    };
+    let offsets = drift::offsets();
     // Plain matches rather than closures: a closure LLVM leaves out of line
     // puts a Rust enum layout in the object's BTF, which the kernel refuses.
-    let (target, how) = if is_mmap {
-        (mapped_file(regs, &mmap, &offsets), via::MMAP)
+    let (target, how) = if request.maps {
+        (mapped_file(&request.args, &mmap, &offsets), via::MMAP)
     } else {
-        (protected_file(regs, &mmap, &offsets), via::MPROTECT)
+        (Ok(protected_file(&request.args, &offsets)), via::MPROTECT)
     };
     let file = match target {
         Ok(Some(file)) => file,
@@ -186,22 +280,17 @@ unsafe extern "C" fn on_vma(_task: *mut c_void, vma: *mut c_void, found: *mut c_
     0
 }
 
-/// The file of the mapping an `mprotect` with these registers makes
+/// The file of the mapping an `mprotect` of `[addr, prot, _]` makes
 /// executable, if any.
 #[inline(always)]
-fn protected_file(
-    regs: u64,
-    mmap: &MmapOffsets,
-    offsets: &KernelOffsets,
-) -> Result<Option<u64>, ReadError> {
-    let addr: u64 = kernel::read(regs, mmap.regs_arg1)?;
-    let prot: u64 = kernel::read(regs, mmap.regs_arg3)?;
+fn protected_file(args: &[u64; 3], offsets: &KernelOffsets) -> Option<u64> {
+    let [addr, prot, _] = *args;
     if prot & PROT_EXEC == 0 {
-        return Ok(None);
+        return None;
     }
     // No mapping at `addr` (the system call will fail), or the lock was
     // contended: nothing to decide.
-    Ok(file_mapped_at(addr, offsets))
+    file_mapped_at(addr, offsets)
 }
 
 /// The file mapped at `addr` in the current task, if any (`bpf_find_vma`,
@@ -225,17 +314,15 @@ pub(crate) fn file_mapped_at(addr: u64, offsets: &KernelOffsets) -> Option<u64> 
     (status == 0 && found.file != 0).then_some(found.file)
 }
 
-/// The file an `mmap` with these registers maps executable, if any: the
-/// `fd` argument looked up in the task's descriptor table.
+/// The file an `mmap` of `[prot, flags, fd]` maps executable, if any: the
+/// descriptor looked up in the task's descriptor table.
 #[inline(always)]
 fn mapped_file(
-    regs: u64,
+    args: &[u64; 3],
     mmap: &MmapOffsets,
     offsets: &KernelOffsets,
 ) -> Result<Option<u64>, ReadError> {
-    let prot: u64 = kernel::read(regs, mmap.regs_arg3)?;
-    let flags: u64 = kernel::read(regs, mmap.regs_arg4)?;
-    let fd: u64 = kernel::read(regs, mmap.regs_arg5)?;
+    let [prot, flags, fd] = *args;
     // The kernel takes the descriptor as an int.
     let fd = fd as u32;
     if prot & PROT_EXEC == 0 || flags & MAP_ANONYMOUS != 0 || fd > i32::MAX as u32 {

@@ -20,15 +20,15 @@ use aya_ebpf::{
     helpers::generated::bpf_loop, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use enforcer_common::{
-    KernelOffsets, O_FMODE_EXEC, SCRIPT_FILES_MAX, SCRIPT_WALK_BOUNDED, SCRIPT_WALK_MAX, counter,
-    layer, via,
+    ENOEXEC, KernelOffsets, O_FMODE_EXEC, SCRIPT_FILES_MAX, SCRIPT_WALK_BOUNDED, SCRIPT_WALK_MAX,
+    TS_COMPAT, compat_syscall, counter, layer, via,
 };
 
 use crate::{
     drift::{self, Verdict},
     exec,
     kernel::{self, KERNEL_SPACE, ReadError},
-    maps::{CONFIG, SCRIPT_WALK, count},
+    maps::{CONFIG, MMAP_OFFSETS, SCRIPT_WALK, count},
 };
 
 /// `sched_process_exec`, like [`exec::sched_process_exec`], for the scripts
@@ -226,6 +226,83 @@ fn decide(bprm: u64, offsets: &KernelOffsets, with_loop: bool) -> Result<(), Rea
         && let Verdict::Drift(drift) = drift::check_file(chosen, via::EXEC, offsets)?
     {
         exec::kill(&drift, Some(filename), offsets);
+    }
+    Ok(())
+}
+
+/// `sys_exit(struct pt_regs *regs, long ret)`, with the mapping check: an
+/// `execve` or `execveat` of a file with no format the kernel knows (a
+/// script without `#!`) fails with `ENOEXEC`, and the caller (a shell,
+/// glibc's `execvp`, `env`, `find -exec`) then runs the file with `/bin/sh`
+/// itself, which no exec tracepoint sees. The file the failed exec opened
+/// is on the task works as a script's is; when it is not image content, the
+/// caller is killed before it returns to user space and can read it.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+pub(crate) fn sys_exit_exec(ctx: RawTracePointContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
+    if ret != -ENOEXEC {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    let offsets = drift::offsets();
+    if failed_exec(regs, &offsets).is_err() {
+        count(counter::READ_ERRORS);
+    }
+    0
+}
+
+/// Works a failed exec leaves: its own file, and whatever else the system
+/// call released (works run at every return to user space).
+const FAILED_EXEC_WALK: u32 = 16;
+
+#[inline(always)]
+fn failed_exec(regs: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
+    let config = CONFIG.load();
+    let mmap = MMAP_OFFSETS.load();
+    let id: u64 = kernel::read(regs, mmap.regs_orig_ax)?;
+    let status: u32 = kernel::read_or_zero(kernel::current_task(), mmap.thread_status);
+    let is_exec = if status & TS_COMPAT == 0 {
+        (config.execve_syscall != 0 && id == u64::from(config.execve_syscall))
+            || (config.execveat_syscall != 0 && id == u64::from(config.execveat_syscall))
+    } else {
+        config.compat_syscalls != 0
+            && (id == compat_syscall::EXECVE || id == compat_syscall::EXECVEAT)
+    };
+    if !is_exec || config.fput_fn == 0 {
+        return Ok(());
+    }
+    if drift::scope(offsets)?.is_none() {
+        return Ok(());
+    }
+    let Some(walk) = SCRIPT_WALK.get_ptr_mut(0) else {
+        return Err(ReadError);
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, which nothing else uses
+    // while this program runs on this CPU.
+    let walk = unsafe { &mut *walk };
+    *walk = Walk {
+        work: kernel::read(kernel::current_task(), offsets.task_task_works)?,
+        fput_fn: config.fput_fn,
+        file_task_work: u64::from(offsets.file_task_work),
+        file_flags: u64::from(offsets.file_flags),
+        files: [0; SCRIPT_FILES_MAX],
+        found: 0,
+        ended: 0,
+    };
+    for _ in 0..FAILED_EXEC_WALK {
+        if step(walk) != 0 {
+            break;
+        }
+    }
+    let file = walk.files[0];
+    if file != 0
+        && let Verdict::Drift(drift) = drift::check_file(file, via::EXEC, offsets)?
+    {
+        exec::kill(&drift, None, offsets);
     }
     Ok(())
 }

@@ -200,6 +200,11 @@ fn agent_config(
         mprotect_syscall: syscall(libc::SYS_mprotect),
         report_burst: rate_limit.burst,
         report_window_ns: rate_limit.window_ns(),
+        pkey_mprotect_syscall: syscall(libc::SYS_pkey_mprotect),
+        execve_syscall: syscall(libc::SYS_execve),
+        execveat_syscall: syscall(libc::SYS_execveat),
+        // The kernel programs read the 32-bit gate's registers as x86-64's.
+        compat_syscalls: u32::from(cfg!(target_arch = "x86_64") && checks.mappings.is_ok()),
     }
 }
 
@@ -1030,11 +1035,13 @@ fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &Drift
         }
     };
     tracing::info!(
-        overlay_root = "files with an upper-layer copy are drift",
+        overlay_root = "files with an upper-layer copy are drift, however the root is reached",
         non_overlay_root,
         memfd = verdict(rule.allow_memfd),
         writable_mounts = verdict(rule.allow_writable_mounts),
-        read_only_mounts = "allowed",
+        read_only_mounts = "allowed where the host or the runtime made them read-only",
+        container_mounts = "drift: filesystems of a user namespace, read-only flags set in one, detached \
+                            mounts, overlays of a user namespace over writable files",
         allowed_paths = ?rule.allowed_paths,
         exec_sessions = if rule.audit_exec_sessions { "audited" } else { "as the mode says" },
         "drift detection"
@@ -1078,10 +1085,22 @@ fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &Drift
              script unresolved: refused and reported as such"
         );
     }
+    match &signal.failed_exec {
+        Ok(()) => tracing::info!(
+            "signal backend: an exec of a drift file that fails with ENOEXEC (a script without #!) is decided at \
+             system call exit: the caller is killed before it can run the file itself"
+        ),
+        Err(reason) => tracing::warn!(
+            %reason,
+            "signal backend: a dropped script without #! is NOT decided: the shell that ran it runs it itself \
+             after execve fails with ENOEXEC"
+        ),
+    }
     match &signal.mappings {
         Ok(()) => tracing::info!(
             "signal backend: executable mappings of a drift file (the dynamic loader running a dropped program, \
-             LD_PRELOAD, dlopen) are decided at mmap entry: the process is killed before mmap returns"
+             LD_PRELOAD, dlopen) are decided at mmap entry, through both system call gates (mmap, mmap2, old_mmap): \
+             the process is killed before mmap returns"
         ),
         Err(reason) => tracing::warn!(
             %reason,
@@ -1091,7 +1110,8 @@ fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &Drift
     }
     match &signal.mprotect {
         Ok(()) => tracing::info!(
-            "signal backend: mprotect adding PROT_EXEC to a mapping of a drift file is decided at mprotect entry"
+            "signal backend: mprotect and pkey_mprotect adding PROT_EXEC to a mapping of a drift file are decided at \
+             system call entry, through both system call gates"
         ),
         Err(reason) => tracing::warn!(
             %reason,

@@ -55,6 +55,10 @@ const SIGNAL_EXEC_MAP_PROGRAM: &str = "sys_enter_exec_map";
 /// ...or at `mmap` entry only, where the kernel refuses that program.
 const SIGNAL_MMAP_PROGRAM: &str = "sys_enter_mmap";
 const SIGNAL_MMAP_TRACEPOINT: &str = "sys_enter";
+/// Decides the file of an exec that failed with `ENOEXEC` (a script without
+/// `#!`, which the caller then runs itself), at system call exit.
+const SIGNAL_FAILED_EXEC_PROGRAM: &str = "sys_exit_exec";
+const SIGNAL_EXIT_TRACEPOINT: &str = "sys_exit";
 const SIGNAL_TRACEPOINT: &str = "sched_process_exec";
 /// vShield programs, attached once a policy has vShields: LSM (program,
 /// hook, the operation it decides).
@@ -337,10 +341,15 @@ fn attach_signal(ebpf: &mut Ebpf, wanted: &SignalRoutes) -> Result<SignalExtras,
             ),
         },
     };
+    let failed_exec = match (&wanted.mappings, &scripts) {
+        (Err(reason), _) | (_, Err(reason)) => Err(reason.clone()),
+        (Ok(()), Ok(())) => optional(ebpf, SIGNAL_FAILED_EXEC_PROGRAM, SIGNAL_EXIT_TRACEPOINT),
+    };
     Ok(SignalExtras {
         scripts,
         scripts_bounded,
         interpreter,
+        failed_exec,
         mappings,
         mprotect,
     })
@@ -364,6 +373,9 @@ pub struct SignalExtras {
     /// Why the script walk stops after 256 released files, when it does.
     pub scripts_bounded: Option<String>,
     pub interpreter: Result<(), String>,
+    /// Execs that failed with `ENOEXEC` (with the mapping check, whose
+    /// per-system-call cost it shares).
+    pub failed_exec: Result<(), String>,
     pub mappings: Result<(), String>,
     pub mprotect: Result<(), String>,
 }

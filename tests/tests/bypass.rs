@@ -345,7 +345,7 @@ fn signal_with_mmap_check_mprotect_to_executable_of_a_dropped_file_is_refused() 
     };
     let decided = agent
         .log()
-        .contains("mprotect adding PROT_EXEC to a mapping of a drift file is decided");
+        .contains("adding PROT_EXEC to a mapping of a drift file are decided");
     let (run, observed) = run_observed(&agent, &image(), &[], MPROTECT);
     let events = events(&observed, "signal");
     if decided {
@@ -684,9 +684,9 @@ fn signal_a_host_service_in_a_private_mount_namespace_is_not_a_container() {
     check_host_service(&agent);
 }
 
-/// Executable mappings (mmap, mprotect) are only decided with
-/// --signal-mmap-check. Without it these run; the README and the start-up
-/// warnings say so.
+/// Executable mappings (mmap, mprotect) and scripts without `#!` (run by
+/// the shell after `ENOEXEC`) are only decided with --signal-mmap-check.
+/// Without it these run; the README and the start-up warnings say so.
 #[test]
 fn signal_backend_limits_are_as_documented() {
     let Some((_serial, agent)) = signal(&[]) else {
@@ -700,19 +700,28 @@ fn signal_backend_limits_are_as_documented() {
         cp {library} /tmp/libdrop.so
         /bin/probe dlopen /tmp/libdrop.so
         cp /bin/busybox /tmp/code.bin
-        /bin/probe mprotect-exec /tmp/code.bin",
+        /bin/probe mprotect-exec /tmp/code.bin
+        printf 'echo no-shebang-ran\\n' > /tmp/no-shebang
+        chmod +x /tmp/no-shebang
+        /tmp/no-shebang",
         loader = loader(&image)
     );
     for warning in [
         "executable mappings are NOT decided",
         "mprotect adding PROT_EXEC to a mapping of a dropped file is NOT decided",
+        "a dropped script without #! is NOT decided",
     ] {
         assert!(agent.log().contains(warning), "{}", agent.log());
     }
     let (run, observed) = run_observed(&agent, &image, &[], &script);
     assert_eq!(
         lines(&run),
-        ["loader-ran", "dlopen: ok", "mprotect-exec: ok"],
+        [
+            "loader-ran",
+            "dlopen: ok",
+            "mprotect-exec: ok",
+            "no-shebang-ran"
+        ],
         "{run:#?}"
     );
     assert_eq!(events(&observed, "signal"), Vec::<&Value>::new());

@@ -521,3 +521,90 @@ fn signal_a_dropped_dynamic_loader_is_refused() {
     };
     check_dropped_loader(&agent, SIGNAL, "exec");
 }
+
+/// Other system calls that make a dropped file's mapping executable:
+/// `pkey_mprotect`, and `mprotect`, `mmap2` and `old_mmap` through the
+/// 32-bit gate (`int $0x80`, which a 64-bit process may use too), where the
+/// kernel has 32-bit emulation.
+const GATES: &str = "cp /bin/busybox /tmp/code.bin
+    /bin/probe pkey-mprotect-exec /tmp/code.bin
+    /bin/probe compat-available && {
+        /bin/probe compat-mprotect-exec /tmp/code.bin
+        /bin/probe compat-mmap2-exec /tmp/code.bin
+        /bin/probe compat-old-mmap-exec /tmp/code.bin
+    }";
+
+fn check_gates(agent: &Agent, backend: Backend) {
+    let (run, observed) = run_observed(agent, &image(), &[], GATES);
+    let mut expected = vec![("mprotect", "overlay-upper", "code.bin")];
+    if run.stdout.contains("compat-available: yes") {
+        expected.extend([
+            ("mprotect", "overlay-upper", "code.bin"),
+            ("mmap", "overlay-upper", "code.bin"),
+            ("mmap", "overlay-upper", "code.bin"),
+        ]);
+    } else {
+        eprintln!("this kernel has no 32-bit emulation: the 32-bit gate is not there to try");
+    }
+    check(
+        &run,
+        &observed,
+        backend,
+        &[
+            "pkey-mprotect-exec: ok",
+            "compat-mprotect-exec: ok",
+            "compat-mmap2-exec: ok",
+            "compat-old-mmap-exec: ok",
+        ],
+        &expected,
+    );
+}
+
+#[test]
+fn lsm_every_system_call_gate_to_an_executable_mapping_is_decided() {
+    let Some((_serial, agent)) = lsm() else {
+        return;
+    };
+    check_gates(&agent, LSM);
+}
+
+#[test]
+fn signal_with_mmap_check_every_system_call_gate_to_an_executable_mapping_is_decided() {
+    let Some((_serial, agent)) = signal(&["--signal-mmap-check"]) else {
+        return;
+    };
+    check_gates(&agent, SIGNAL);
+}
+
+/// A dropped script without `#!`: `execve` fails with `ENOEXEC`, and the
+/// shell would run it with itself.
+const NO_SHEBANG: &str = "printf 'echo no-shebang-ran\\n' > /tmp/no-shebang
+    chmod +x /tmp/no-shebang
+    /tmp/no-shebang";
+
+fn check_no_shebang(agent: &Agent, backend: Backend) {
+    let (run, observed) = run_observed(agent, &image(), &[], NO_SHEBANG);
+    check(
+        &run,
+        &observed,
+        backend,
+        &["no-shebang-ran"],
+        &[("exec", "overlay-upper", "no-shebang")],
+    );
+}
+
+#[test]
+fn lsm_a_dropped_script_without_an_interpreter_line_is_refused() {
+    let Some((_serial, agent)) = lsm() else {
+        return;
+    };
+    check_no_shebang(&agent, LSM);
+}
+
+#[test]
+fn signal_with_mmap_check_a_dropped_script_without_an_interpreter_line_is_refused() {
+    let Some((_serial, agent)) = signal(&["--signal-mmap-check"]) else {
+        return;
+    };
+    check_no_shebang(&agent, SIGNAL);
+}

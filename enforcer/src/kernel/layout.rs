@@ -105,6 +105,17 @@ const REGS_SYSCALL_ARGS: [Field; 4] = [
     field("pt_regs", "r10", Width::Bytes(8)),
     field("pt_regs", "r8", Width::Bytes(8)),
 ];
+const THREAD_STATUS: Field = field("task_struct", "thread_info.status", Width::Bytes(4));
+const REGS_ORIG_AX: Field = field("pt_regs", "orig_ax", Width::Bytes(8));
+const REGS_AX: Field = field("pt_regs", "ax", Width::Bytes(8));
+/// x86-64's registers of the 32-bit gate's first, second, fourth and sixth
+/// system call arguments.
+const REGS_COMPAT_ARGS: [Field; 4] = [
+    field("pt_regs", "bx", Width::Bytes(8)),
+    field("pt_regs", "cx", Width::Bytes(8)),
+    field("pt_regs", "si", Width::Bytes(8)),
+    field("pt_regs", "bp", Width::Bytes(8)),
+];
 const MM_SAVED_AUXV: Field = field("mm_struct", "saved_auxv", Width::Bytes(0));
 const TASK_TASK_WORKS: Field = field("task_struct", "task_works", Width::Pointer);
 /// The `callback_head` `fput` queues, by kernel version: 6.8+, 6.6, 5.x.
@@ -319,6 +330,9 @@ impl KernelBtf {
     pub fn offsets(&self) -> Result<Layout, LayoutError> {
         let core = |field| self.core(field);
 
+        // First, so that a kernel without usable BTF is named by the exec
+        // hook's own struct.
+        let binprm_file = core(BINPRM_FILE)?;
         // The programs hold `struct vfsmount *`, embedded in `struct mount`.
         let mount_mnt = core(MOUNT_MNT)?;
         let vfsmount_mnt_ns = relative(mount_mnt, MOUNT_MNT_NS, core(MOUNT_MNT_NS)?, "mnt")?;
@@ -344,7 +358,7 @@ impl KernelBtf {
         let (overlay_lower, overlay_lower_source) =
             self.vshield_layout(ovl_inode_upperdentry, &overlay)?;
         let offsets = KernelOffsets {
-            binprm_file: core(BINPRM_FILE)?,
+            binprm_file,
             binprm_filename: core(BINPRM_FILENAME)?,
             inode_sb: core(INODE_SB)?,
             inode_ino: core(INODE_INO)?,
@@ -525,7 +539,13 @@ impl KernelBtf {
             regs_arg4: core(arg4)?,
             regs_arg5: core(arg5)?,
             mm_saved_auxv: core(MM_SAVED_AUXV)?,
-            pad: 0,
+            thread_status: core(THREAD_STATUS)?,
+            regs_orig_ax: core(REGS_ORIG_AX)?,
+            regs_bx: core(REGS_COMPAT_ARGS[0])?,
+            regs_cx: core(REGS_COMPAT_ARGS[1])?,
+            regs_si: core(REGS_COMPAT_ARGS[2])?,
+            regs_bp: core(REGS_COMPAT_ARGS[3])?,
+            regs_ax: core(REGS_AX)?,
         })
     }
 

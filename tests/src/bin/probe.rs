@@ -25,6 +25,14 @@
 //! - `probe exec-with-fds N PATH ARGS...`: open N files (close-on-exec,
 //!   each its own open file), then `execv` PATH with ARGS (`argv[0]` is
 //!   PATH)
+//! - `probe pkey-mprotect-exec PATH`: map PATH read-only, then
+//!   `pkey_mprotect` it executable (no key)
+//! - `probe compat-available`: whether the 32-bit system call gate
+//!   (`int $0x80`) answers (`getpid` through it); dies of `SIGSEGV` where
+//!   the kernel has no 32-bit emulation
+//! - `probe compat-mprotect-exec PATH`, `compat-mmap2-exec PATH`,
+//!   `compat-old-mmap-exec PATH`: the same through the 32-bit gate, on a
+//!   mapping below 4 GiB
 //! - `probe memfd-exec PATH ARGS...`: copy PATH into a memfd and `fexecve` it
 //! - `probe mmap-exec PATH`: map PATH with `PROT_READ | PROT_EXEC`
 //! - `probe mprotect-exec PATH`: map PATH read-only, then `mprotect` to exec
@@ -354,6 +362,114 @@ fn take_step(step: &str) -> io::Result<()> {
     }
 }
 
+/// A system call through the 32-bit gate (`int $0x80`): `eax` the number,
+/// `ebx`, `ecx`, `edx`, `esi`, `edi`, `ebp` the arguments.
+fn int80(number: u32, args: [u32; 6]) -> i32 {
+    let result: i32;
+    // SAFETY: a system call with plain integer arguments; rbx and rbp are
+    // saved and restored around it, since Rust may not name them.
+    unsafe {
+        core::arch::asm!(
+            "push rbx",
+            "push rbp",
+            "mov ebx, {first:e}",
+            "mov ebp, {sixth:e}",
+            "int 0x80",
+            "pop rbp",
+            "pop rbx",
+            first = in(reg) args[0],
+            sixth = in(reg) args[5],
+            inlateout("eax") number => result,
+            in("ecx") args[1],
+            in("edx") args[2],
+            in("esi") args[3],
+            in("edi") args[4],
+        );
+    }
+    result
+}
+
+/// A page of `fd` mapped read-only below 4 GiB, where 32-bit calls reach it.
+fn map_low(fd: libc::c_int) -> io::Result<u32> {
+    // SAFETY: a fresh private mapping of one page of an open file.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_32BIT,
+            fd,
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(address as usize).map_err(|_| io::Error::other("mapping above 4 GiB"))
+}
+
+/// The 32-bit and `pkey_mprotect` commands.
+fn gate(command: &str, path: &str) -> ExitCode {
+    const READ_EXEC: u32 = (libc::PROT_READ | libc::PROT_EXEC) as u32;
+    let answer = |result: i32| {
+        if (-4095..0).contains(&result) {
+            fail(command, &io::Error::from_raw_os_error(-result), 1)
+        } else {
+            fail(command, &"ok", 0)
+        }
+    };
+    if command == "compat-available" {
+        // SAFETY: getpid cannot fail.
+        let native = unsafe { libc::getpid() };
+        return if int80(20, [0; 6]) == native {
+            fail(command, &"yes", 0)
+        } else {
+            fail(command, &"no", 1)
+        };
+    }
+    let fd = match open(path) {
+        Ok(fd) => fd,
+        Err(error) => return fail("open", &error, 1),
+    };
+    let fd_arg = u32::try_from(fd).unwrap_or(0);
+    let private = libc::MAP_PRIVATE as u32;
+    match command {
+        "pkey-mprotect-exec" => match map(fd, libc::PROT_READ) {
+            // SAFETY: changes the protection of the page just mapped.
+            Ok(address) => answer(unsafe {
+                libc::syscall(libc::SYS_pkey_mprotect, address, 4096, READ_EXEC, -1) as i32
+            }),
+            Err(error) => fail("mmap", &error, 1),
+        },
+        "compat-mprotect-exec" => match map_low(fd) {
+            Ok(address) => answer(int80(125, [address, 4096, READ_EXEC, 0, 0, 0])),
+            Err(error) => fail("mmap", &error, 1),
+        },
+        "compat-mmap2-exec" => answer(int80(192, [0, 4096, READ_EXEC, private, fd_arg, 0])),
+        "compat-old-mmap-exec" => {
+            // SAFETY: a fresh anonymous page below 4 GiB for the arguments.
+            let block = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                    -1,
+                    0,
+                )
+            };
+            if block == libc::MAP_FAILED {
+                return fail("mmap", &io::Error::last_os_error(), 1);
+            }
+            let values: [u32; 6] = [0, 4096, READ_EXEC, private, fd_arg, 0];
+            // SAFETY: the page is writable and holds six u32 values.
+            unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), block.cast::<u32>(), 6) };
+            answer(int80(90, [block as usize as u32, 0, 0, 0, 0, 0]))
+        }
+        _ => fail("unknown command", &command, 2),
+    }
+}
+
 /// `probe exec-with-fds N PATH ARGS...`.
 fn exec_with_fds(rest: &[String]) -> ExitCode {
     let command = "exec-with-fds";
@@ -407,6 +523,11 @@ fn main() -> ExitCode {
             Err(error) => fail("open", &error, 1),
         },
         "userns" => userns(rest),
+        "pkey-mprotect-exec"
+        | "compat-available"
+        | "compat-mprotect-exec"
+        | "compat-mmap2-exec"
+        | "compat-old-mmap-exec" => gate(command, path),
         "exec-with-fds" => exec_with_fds(rest),
         "exec-fd" | "mmap-exec-fd" => on_fd(command, rest),
         "exec-deleted" => match open(path).and_then(|fd| std::fs::remove_file(path).map(|()| fd)) {
