@@ -28,7 +28,7 @@ use crate::{
     drift::{self, Verdict},
     exec,
     kernel::{self, KERNEL_SPACE, ReadError},
-    maps::{CONFIG, MMAP_OFFSETS, SCRIPT_WALK, count},
+    maps::{CONFIG, MMAP_OFFSETS, SCRIPT_WALK, count, offset},
 };
 
 /// `sched_process_exec`, like [`exec::sched_process_exec`], for the scripts
@@ -58,8 +58,34 @@ pub(crate) fn sched_process_exec_script_bounded(ctx: RawTracePointContext) -> i3
 #[inline(always)]
 fn on_exec(ctx: &RawTracePointContext, with_loop: bool) -> i32 {
     let bprm: u64 = ctx.arg(2);
+    match walk_works(bprm, with_loop) {
+        // Without `bpf_loop` the program has no callback, and no second
+        // function: a kernel that checks functions' BTF arguments (6.1)
+        // refuses this program's context type on a function of its own.
+        Ok(true) if !with_loop => {
+            let offsets = drift::offsets();
+            if decide(bprm, &offsets).is_err() {
+                count(counter::READ_ERRORS);
+            }
+            0
+        }
+        Ok(true) => decide_walked(bprm),
+        Ok(false) => 0,
+        Err(_) => {
+            count(counter::READ_ERRORS);
+            0
+        }
+    }
+}
+
+/// The decision, in a function of its own: the verifier adds the stack of
+/// the `bpf_loop` callback to that of the function that calls the helper,
+/// and the decision's stack (the kernel layout, the file's facts) beside
+/// the walk's would be more than the 512 bytes all frames may take.
+#[inline(never)]
+fn decide_walked(bprm: u64) -> i32 {
     let offsets = drift::offsets();
-    if decide(bprm, &offsets, with_loop).is_err() {
+    if decide(bprm, &offsets).is_err() {
         count(counter::READ_ERRORS);
     }
     0
@@ -88,11 +114,34 @@ pub(crate) struct Walk {
     files: [u64; SCRIPT_FILES_MAX],
     /// How many such files the walk found.
     found: u64,
-    /// 1 once the walk reached the end of the list; 2 when a read failed.
+    /// 1 once the walk reached the end of the list.
     ended: u64,
 }
 
-/// One work of the list; non-zero to stop.
+impl Walk {
+    /// Starts a walk at `work`, field by field: zeroed fields side by side
+    /// become a call to `memset`, one more function frame on the stack.
+    #[inline(always)]
+    fn start(&mut self, work: u64, fput_fn: u64, file_task_work: u32, file_flags: u32) {
+        self.work = work;
+        self.fput_fn = fput_fn;
+        self.file_task_work = u64::from(file_task_work);
+        self.file_flags = u64::from(file_flags);
+        // SAFETY: fields of `self`, written in place.
+        unsafe {
+            for slot in 0..SCRIPT_FILES_MAX {
+                core::ptr::write_volatile(&raw mut self.files[slot], 0);
+            }
+            core::ptr::write_volatile(&raw mut self.found, 0);
+            core::ptr::write_volatile(&raw mut self.ended, 0);
+        }
+    }
+}
+
+/// One work of the list; non-zero to stop. Without a branch but the one
+/// at the end of the list: unrolled 256 times for kernels without
+/// `bpf_loop`, each branch would double what the verifier walks (5.10
+/// refuses the program as too large).
 #[inline(always)]
 fn step(walk: &mut Walk) -> i64 {
     let work = walk.work;
@@ -100,30 +149,28 @@ fn step(walk: &mut Walk) -> i64 {
         walk.ended = 1;
         return 1;
     }
-    let Ok(func) = kernel::read::<u64>(work, WORK_FUNC) else {
-        walk.ended = 2;
-        return 1;
-    };
-    if func == walk.fput_fn {
-        let file = work - walk.file_task_work;
-        let flags: u32 = kernel::read_or_zero(file, walk.file_flags as u32);
-        if flags & O_FMODE_EXEC != 0 {
-            // Each file found is older than those before it: the oldest are
-            // kept, the newest dropped when there are more.
-            let mut slot = SCRIPT_FILES_MAX - 1;
-            while slot > 0 {
-                walk.files[slot] = walk.files[slot - 1];
-                slot -= 1;
-            }
-            walk.files[0] = file;
-            walk.found += 1;
-        }
+    let func: u64 = kernel::read_or_zero(work, WORK_FUNC);
+    let file = work.wrapping_sub(walk.file_task_work);
+    // Read whatever the work is: for other kinds of works these are bytes
+    // of some other object, and the result is masked away.
+    let flags: u32 = kernel::read_or_zero(file, walk.file_flags as u32);
+    let different = func ^ walk.fput_fn;
+    // 1 when `func` is `____fput` and the file was opened for execution.
+    let is_fput = 1 - ((different | different.wrapping_neg()) >> 63);
+    let hit = is_fput & u64::from((flags & O_FMODE_EXEC) >> O_FMODE_EXEC.trailing_zeros());
+    let keep = hit.wrapping_sub(1);
+    let take = !keep;
+    // Each file found is older than those before it: the oldest are kept,
+    // the newest dropped when there are more.
+    let mut slot = SCRIPT_FILES_MAX - 1;
+    while slot > 0 {
+        walk.files[slot] = (walk.files[slot - 1] & take) | (walk.files[slot] & keep);
+        slot -= 1;
     }
-    let Ok(next) = kernel::read::<u64>(work, WORK_NEXT) else {
-        walk.ended = 2;
-        return 1;
-    };
-    walk.work = next;
+    walk.files[0] = (file & take) | (walk.files[0] & keep);
+    walk.found += hit;
+    // A failed read ends the list like a null one: what was found stays.
+    walk.work = kernel::read_or_zero(work, WORK_NEXT);
     0
 }
 
@@ -139,33 +186,21 @@ unsafe extern "C" fn walk_step(_index: u64, _context: *mut c_void) -> i64 {
     }
 }
 
-/// Decides the scripts the exec of `bprm` ran, if it ran any.
-///
-/// Every file on the list that the kernel opened for execution is a
-/// candidate: each level of nested scripts (a dropped script used as the
-/// interpreter of an image script: `#!/usr/bin/env sh` with `/usr/bin/env`
-/// replaced), and, when the exec released the previous program's memory
-/// (`exec` in a shell), the previous program and its ELF interpreter,
-/// which were decided when they ran. The first one that is not image
-/// content is decided in full (allowed paths, exec sessions). A script
-/// whose file is not on the list (works run early, or more than the walk
-/// takes) is refused in enforce mode and reported as `unresolved`.
+/// Walks the works the exec of `bprm` queued into `SCRIPT_WALK`, when the
+/// exec ran a script; whether it did.
 #[inline(always)]
-fn decide(bprm: u64, offsets: &KernelOffsets, with_loop: bool) -> Result<(), ReadError> {
+fn walk_works(bprm: u64, with_loop: bool) -> Result<bool, ReadError> {
     let config = CONFIG.load();
     if config.fput_fn == 0 {
-        return Ok(());
+        return Ok(false);
     }
     // binfmt_script (and binfmt_misc) replace `interp` with the interpreter's
     // name; `filename` stays what the caller ran.
-    let filename: u64 = kernel::read(bprm, offsets.binprm_filename)?;
-    let interp: u64 = kernel::read(bprm, offsets.binprm_interp)?;
+    let filename: u64 = kernel::read(bprm, offset!(binprm_filename))?;
+    let interp: u64 = kernel::read(bprm, offset!(binprm_interp))?;
     if filename == interp {
-        return Ok(());
+        return Ok(false);
     }
-    let Some(scope) = drift::scope(offsets)? else {
-        return Ok(());
-    };
     // The walk's state is too large for the stack beside the decision.
     let Some(walk) = SCRIPT_WALK.get_ptr_mut(0) else {
         return Err(ReadError);
@@ -173,15 +208,12 @@ fn decide(bprm: u64, offsets: &KernelOffsets, with_loop: bool) -> Result<(), Rea
     // SAFETY: this CPU's slot of a per-CPU array, which nothing else uses
     // while this program runs on this CPU.
     let walk = unsafe { &mut *walk };
-    *walk = Walk {
-        work: kernel::read(kernel::current_task(), offsets.task_task_works)?,
-        fput_fn: config.fput_fn,
-        file_task_work: u64::from(offsets.file_task_work),
-        file_flags: u64::from(offsets.file_flags),
-        files: [0; SCRIPT_FILES_MAX],
-        found: 0,
-        ended: 0,
-    };
+    walk.start(
+        kernel::read(kernel::current_task(), offset!(task_task_works))?,
+        config.fput_fn,
+        offset!(file_task_work),
+        offset!(file_flags),
+    );
     if with_loop {
         let mut context = 0u64;
         // SAFETY: the callback only touches this CPU's slot of the map.
@@ -200,31 +232,57 @@ fn decide(bprm: u64, offsets: &KernelOffsets, with_loop: bool) -> Result<(), Rea
             }
         }
     }
-    if walk.ended != 1 || walk.found == 0 {
+    Ok(true)
+}
+
+/// Decides the scripts the exec of `bprm` ran, from the walk
+/// [`walk_works`] left in `SCRIPT_WALK`.
+///
+/// Every file on the list that the kernel opened for execution is a
+/// candidate: each level of nested scripts (a dropped script used as the
+/// interpreter of an image script: `#!/usr/bin/env sh` with `/usr/bin/env`
+/// replaced), and, when the exec released the previous program's memory
+/// (`exec` in a shell), the previous program and its ELF interpreter,
+/// which were decided when they ran. The first one that is not image
+/// content is decided in full (allowed paths, exec sessions). A script
+/// whose file is not on the list (works run early, or more than the walk
+/// takes) is refused in enforce mode and reported as `unresolved`.
+#[inline(always)]
+fn decide(bprm: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
+    let Some(scope) = drift::scope(offsets)? else {
+        return Ok(());
+    };
+    let filename: u64 = kernel::read(bprm, offsets.binprm_filename)?;
+    let Some(walk) = SCRIPT_WALK.get_ptr_mut(0) else {
+        return Err(ReadError);
+    };
+    // SAFETY: as in `walk_works`, which filled it.
+    let walk = unsafe { &mut *walk };
+    let verdict = if walk.ended != 1 || walk.found == 0 {
         count(counter::SCRIPT_UNRESOLVED);
         // The interpreter stands for the script that was not found.
         let file = kernel::read_ptr(bprm, offsets.binprm_file)?;
-        if let Verdict::Drift(drift) =
-            drift::undecided(file, via::EXEC, layer::UNRESOLVED, offsets)?
-        {
-            exec::kill(&drift, Some(filename), offsets);
+        drift::undecided(file, via::EXEC, layer::UNRESOLVED, offsets)?
+    } else {
+        let mut chosen = 0;
+        for slot in 0..SCRIPT_FILES_MAX {
+            let file = walk.files[slot];
+            if file == 0 {
+                break;
+            }
+            if drift::layer_of(file, via::EXEC, &scope, offsets)?.is_some() {
+                chosen = file;
+                break;
+            }
         }
-        return Ok(());
-    }
-    let mut chosen = 0;
-    for slot in 0..SCRIPT_FILES_MAX {
-        let file = walk.files[slot];
-        if file == 0 {
-            break;
+        if chosen == 0 {
+            return Ok(());
         }
-        if drift::layer_of(file, via::EXEC, &scope, offsets)?.is_some() {
-            chosen = file;
-            break;
-        }
-    }
-    if chosen != 0
-        && let Verdict::Drift(drift) = drift::check_file(chosen, via::EXEC, offsets)?
-    {
+        drift::check_file(chosen, via::EXEC, offsets)?
+    };
+    // One place that kills and reports: two would each take their own
+    // stack, and this function's must leave room for the walk's callback.
+    if let Verdict::Drift(drift) = verdict {
         exec::kill(&drift, Some(filename), offsets);
     }
     Ok(())
@@ -284,15 +342,12 @@ fn failed_exec(regs: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
     // SAFETY: this CPU's slot of a per-CPU array, which nothing else uses
     // while this program runs on this CPU.
     let walk = unsafe { &mut *walk };
-    *walk = Walk {
-        work: kernel::read(kernel::current_task(), offsets.task_task_works)?,
-        fput_fn: config.fput_fn,
-        file_task_work: u64::from(offsets.file_task_work),
-        file_flags: u64::from(offsets.file_flags),
-        files: [0; SCRIPT_FILES_MAX],
-        found: 0,
-        ended: 0,
-    };
+    walk.start(
+        kernel::read(kernel::current_task(), offsets.task_task_works)?,
+        config.fput_fn,
+        offsets.file_task_work,
+        offsets.file_flags,
+    );
     for _ in 0..FAILED_EXEC_WALK {
         if step(walk) != 0 {
             break;

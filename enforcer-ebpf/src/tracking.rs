@@ -5,7 +5,7 @@
 //! tracked file.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use enforcer_common::{FMODE_WRITE, MODE_EXEC_BITS, OVERLAYFS_SUPER_MAGIC, counter};
+use enforcer_common::{FMODE_WRITE, KernelOffsets, MODE_EXEC_BITS, OVERLAYFS_SUPER_MAGIC, counter};
 
 use crate::{
     drift,
@@ -18,29 +18,33 @@ use crate::{
 /// the task's root directory now), which is not overlayfs.
 #[inline(always)]
 fn mark(dentry: u64) {
-    let offsets = drift::offsets();
-    let marked = || -> Result<(), ReadError> {
-        let Some(container) = kernel::current_container(&offsets, &CONFIG.load())? else {
-            return Ok(());
-        };
-        let inode = kernel::read_ptr(dentry, offsets.dentry_inode)?;
-        let sb = kernel::read_ptr(inode, offsets.inode_sb)?;
-        let dev: u32 = kernel::read(sb, offsets.sb_dev)?;
-        if dev != container.home.root_dev {
-            return Ok(());
-        }
-        let magic: u64 = kernel::read(sb, offsets.sb_magic)?;
-        if magic == OVERLAYFS_SUPER_MAGIC {
-            return Ok(());
-        }
-        if WRITTEN_FILES.insert(inode, 1, 0).is_err() {
-            count(counter::WRITTEN_TABLE_FULL);
-        }
-        Ok(())
-    };
-    if marked().is_err() {
+    if try_mark(dentry, &drift::offsets()).is_err() {
         count(counter::READ_ERRORS);
     }
+}
+
+/// [`mark`], in a function rather than a closure: LLVM leaves a closure out
+/// of line, and its frame beside the program's is more stack than the
+/// verifier allows.
+#[inline(always)]
+fn try_mark(dentry: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
+    let Some(container) = kernel::current_container(offsets, &CONFIG.load())? else {
+        return Ok(());
+    };
+    let inode = kernel::read_ptr(dentry, offsets.dentry_inode)?;
+    let sb = kernel::read_ptr(inode, offsets.inode_sb)?;
+    let dev: u32 = kernel::read(sb, offsets.sb_dev)?;
+    if dev != container.home.root_dev {
+        return Ok(());
+    }
+    let magic: u64 = kernel::read(sb, offsets.sb_magic)?;
+    if magic == OVERLAYFS_SUPER_MAGIC {
+        return Ok(());
+    }
+    if WRITTEN_FILES.insert(inode, 1, 0).is_err() {
+        count(counter::WRITTEN_TABLE_FULL);
+    }
+    Ok(())
 }
 
 /// `file_open(struct file *file)`: opening for writing covers creating,
