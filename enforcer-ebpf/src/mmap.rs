@@ -231,8 +231,12 @@ fn on_sys_enter(ctx: &RawTracePointContext, with_mprotect: bool) -> i32 {
     // puts a Rust enum layout in the object's BTF, which the kernel refuses.
     let (target, how) = if request.maps {
         (mapped_file(&request.args, &mmap, &offsets), via::MMAP)
-    } else {
+    } else if with_mprotect {
         (Ok(protected_file(&request.args, &offsets)), via::MPROTECT)
+    } else {
+        // Not reached; the constant keeps `bpf_find_vma` out of the program
+        // for kernels that do not have it (before 5.17).
+        return 0;
     };
     let file = match target {
         Ok(Some(file)) => file,

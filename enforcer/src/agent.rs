@@ -271,7 +271,8 @@ fn host(pid: u32) -> Result<HostIdentity, AgentError> {
         mount_namespace = host.mnt_ns,
         root = format!("{}:{} inode {}", host.root_dev >> 20, host.root_dev & 0xf_ffff, host.root_ino),
         source = %host.source.display(),
-        "host identity: processes with another mount namespace and another root are container processes"
+        "host identity: the first process of a cgroup with another mount namespace and another root makes the \
+         cgroup a container's, whose processes stay container processes"
     );
     Ok(host)
 }

@@ -78,6 +78,15 @@ pub fn tmpfs_scratch(what: &str) -> anyhow::Result<Scratch> {
     Ok(dir)
 }
 
+/// Unmounts what is mounted at `path` (lazily: a test's leftovers must not
+/// fail the next one).
+pub fn unmount(path: &Path) {
+    if let Ok(path) = cstring(path) {
+        // SAFETY: a valid NUL-terminated string.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 /// A container image: the read-only lower layer.
 #[derive(Debug)]
 pub struct Image {
@@ -174,11 +183,8 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        if self.on_tmpfs
-            && let Ok(path) = cstring(self.root.path())
-        {
-            // SAFETY: a valid NUL-terminated string.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        if self.on_tmpfs {
+            unmount(self.root.path());
         }
     }
 }
@@ -515,10 +521,7 @@ impl PlainRoot {
 
 impl Drop for PlainRoot {
     fn drop(&mut self) {
-        if let Ok(path) = cstring(&self.path) {
-            // SAFETY: a valid NUL-terminated string.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        }
+        unmount(&self.path);
     }
 }
 

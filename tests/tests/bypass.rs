@@ -9,17 +9,11 @@
 //! and their names group them (`lsm_`, `signal_`, `signal_with_mmap_check_`)
 //! so that they run one after another: one agent start per group.
 
-use std::{
-    ffi::CString,
-    fs,
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
-    path::Path,
-    process::Command,
-};
+use std::{fs, os::unix::process::CommandExt as _, path::Path, process::Command};
 
 use enforcer_tests::{
     agent::Agent,
-    container::{Image, Run, Scratch, Volume},
+    container::{self, Image, Run, Scratch, Volume},
     require,
     scenario::{assert_event, drift, events, lsm, observe, run_observed, shared, signal},
     serial,
@@ -636,19 +630,7 @@ fn run_in_private_mount_ns(program: &Path, args: &[&str]) -> std::process::Outpu
 /// from a tmpfs mounted on the host: not a container, not drift.
 fn check_host_service(agent: &Agent) {
     // A writable tmpfs mounted on the host, holding a dropped binary.
-    let scratch = Scratch::new("host-tmpfs").expect("scratch directory");
-    let dir = CString::new(scratch.path().as_os_str().as_bytes()).expect("a path without NUL");
-    // SAFETY: valid NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            dir.as_ptr(),
-            c"tmpfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+    let scratch = container::tmpfs_scratch("host-tmpfs").expect("a tmpfs");
     let dropped = scratch.path().join("busybox-host");
     fs::copy("/bin/busybox", &dropped).expect("dropping a binary on the tmpfs");
     // No container group to tell its events by: all of them, between two
@@ -658,8 +640,7 @@ fn check_host_service(agent: &Agent) {
         || run_in_private_mount_ns(&dropped, &["echo", "service-ran"]),
         |_| None,
     );
-    // SAFETY: valid NUL-terminated string.
-    unsafe { libc::umount2(dir.as_ptr(), libc::MNT_DETACH) };
+    container::unmount(scratch.path());
     assert!(
         output.status.success() && String::from_utf8_lossy(&output.stdout).contains("service-ran"),
         "a host service with a private mount namespace was stopped: {output:?}\n{}",

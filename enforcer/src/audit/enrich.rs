@@ -339,8 +339,8 @@ impl Enricher {
                 executable,
             },
             file: File {
+                name: file_name(e, path.as_deref()),
                 path,
-                name: c_string(&e.name),
                 inode: e.inode.to_string(),
                 device: format!("{}:{}", e.dev >> 20, e.dev & 0xf_ffff),
                 r#type: "file",
@@ -518,9 +518,21 @@ fn layer(code: u32) -> (&'static str, &'static str) {
         ),
         layer::UNRESOLVED => (
             "unresolved",
-            "the kernel could not tell which file the exec ran (fail closed)",
+            "the kernel could not find the script the exec ran (fail closed); inode and device are its \
+             interpreter's",
         ),
         _ => ("unknown", "file is not part of the container image"),
+    }
+}
+
+/// `file.name`: the kernel's name of the file, or for a script the kernel
+/// could not find (`layer::UNRESOLVED`, where the record's file is the
+/// interpreter that stands for it) the last component of the path it ran
+/// as.
+fn file_name(e: &DecisionEvent, path: Option<&str>) -> String {
+    match path.and_then(|path| path.rsplit('/').next()) {
+        Some(name) if e.layer == layer::UNRESOLVED && !name.is_empty() => name.to_owned(),
+        _ => c_string(&e.name),
     }
 }
 
@@ -630,6 +642,16 @@ mod tests {
 
         event.via = via::MPROTECT;
         assert_eq!(json(&event)["event"]["action"], "mprotect-denied");
+    }
+
+    #[test]
+    fn an_unresolved_script_is_named_by_the_path_it_ran_as() {
+        let mut event = drift_event("/tmp/dropped.sh");
+        event.name[..8].copy_from_slice(b"busybox\0");
+        event.layer = layer::UNRESOLVED;
+        assert_eq!(json(&event)["file"]["name"], "dropped.sh");
+        event.layer = layer::OVERLAY_UPPER;
+        assert_eq!(json(&event)["file"]["name"], "busybox");
     }
 
     #[test]
