@@ -227,14 +227,14 @@ fn script_check(layout: &Layout) -> Result<u64, String> {
 /// for these happened before the agent ran; its next exec could come from
 /// a process that has changed its own root since.
 fn seed_container_roots(ebpf: &mut aya::Ebpf, host: &HostIdentity) -> Result<(), AgentError> {
-    let Some(cgroup2) = container::cgroup2_mount() else {
+    let Some((cgroup2, cgroup2_root)) = container::cgroup2_mount_and_root() else {
         tracing::warn!(
             "no cgroup v2 mount: containers already running are recognised at their next exec, \
              by their root directory then"
         );
         return Ok(());
     };
-    let running = host::running_containers(host, &cgroup2);
+    let running = host::running_containers(host, &cgroup2, &cgroup2_root);
     let mut roots: aya::maps::HashMap<_, u64, ContainerRoot> =
         maps::borrow_mut(ebpf, maps::CONTAINER_ROOTS)?;
     for found in &running {

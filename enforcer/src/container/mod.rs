@@ -320,6 +320,12 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     topmost_cgroup2(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
 }
 
+/// [`cgroup2_mount`] with its root, as this process's cgroup namespace
+/// names it (`/` on a host, `/../..` for the host's tree in a pod).
+pub fn cgroup2_mount_and_root() -> Option<(PathBuf, String)> {
+    topmost_cgroup2_and_root(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)
+}
+
 /// The cgroup2 mount of `mountinfo` whose root is highest in the cgroup
 /// tree; the first of those. Pure.
 ///
@@ -330,6 +336,11 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 /// `/../..` (above the namespace's root): only that one shows every
 /// container's cgroup, so the one with the most `..` wins.
 pub fn topmost_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    topmost_cgroup2_and_root(mountinfo).map(|(mountpoint, _)| mountpoint)
+}
+
+/// [`topmost_cgroup2`], with the mount's root. Pure.
+pub fn topmost_cgroup2_and_root(mountinfo: &str) -> Option<(PathBuf, String)> {
     // Fields: id parent maj:min root mountpoint options ... - fstype source superopts
     let depth = |root: &str| {
         root.split('/')
@@ -337,7 +348,7 @@ pub fn topmost_cgroup2(mountinfo: &str) -> Option<PathBuf> {
             .map(|part| if part == ".." { -1 } else { 1 })
             .sum::<i32>()
     };
-    let mut best: Option<(i32, PathBuf)> = None;
+    let mut best: Option<(i32, PathBuf, String)> = None;
     for line in mountinfo.lines() {
         let Some((before, after)) = line.split_once(" - ") else {
             continue;
@@ -350,11 +361,11 @@ pub fn topmost_cgroup2(mountinfo: &str) -> Option<PathBuf> {
             continue;
         };
         let depth = depth(root);
-        if best.as_ref().is_none_or(|(best, _)| depth < *best) {
-            best = Some((depth, PathBuf::from(mountpoint)));
+        if best.as_ref().is_none_or(|(best, _, _)| depth < *best) {
+            best = Some((depth, PathBuf::from(mountpoint), root.to_owned()));
         }
     }
-    best.map(|(_, mountpoint)| mountpoint)
+    best.map(|(_, mountpoint, root)| (mountpoint, root))
 }
 
 #[cfg(test)]

@@ -119,8 +119,13 @@ pub struct RunningContainer {
 /// The containers running now, one per cgroup v2 group (the root group
 /// excepted), each as its oldest process sees it: the container's first
 /// process, started by its runtime, before any process of the container
-/// could have changed its own root. `cgroup2` is the host's cgroup v2 mount.
-pub fn running_containers(host: &HostIdentity, cgroup2: &Path) -> Vec<RunningContainer> {
+/// could have changed its own root. `cgroup2` is the host's cgroup v2 mount
+/// and `cgroup2_root` its root as the agent's cgroup namespace names it.
+pub fn running_containers(
+    host: &HostIdentity,
+    cgroup2: &Path,
+    cgroup2_root: &str,
+) -> Vec<RunningContainer> {
     let mut oldest: std::collections::BTreeMap<u64, (u64, RunningContainer)> =
         std::collections::BTreeMap::new();
     for process in container_processes(host) {
@@ -134,7 +139,8 @@ pub fn running_containers(host: &HostIdentity, cgroup2: &Path) -> Vec<RunningCon
         let Some(cgroup_id) = std::fs::read_to_string(dir.join("cgroup"))
             .ok()
             .and_then(|text| cgroup_v2_path(&text).map(str::to_owned))
-            .and_then(|path| std::fs::metadata(cgroup2.join(path.trim_start_matches('/'))).ok())
+            .and_then(|path| in_mount(&path, cgroup2_root))
+            .and_then(|path| std::fs::metadata(cgroup2.join(path)).ok())
             .map(|group| group.ino())
             .filter(|&id| id > ROOT_CGROUP_ID)
         else {
@@ -162,12 +168,25 @@ pub fn running_containers(host: &HostIdentity, cgroup2: &Path) -> Vec<RunningCon
 /// The cgroup v2 root's id (its directory's inode number).
 const ROOT_CGROUP_ID: u64 = 1;
 
-/// The cgroup v2 path of `/proc/PID/cgroup` text (`0::/path`), when it is
-/// an absolute path in the reader's cgroup namespace. Pure.
+/// The cgroup v2 path of `/proc/PID/cgroup` text (`0::/path`), relative to
+/// the reader's cgroup namespace (`/../..` and up when the process is
+/// outside it, as a node's containers are for an agent in a pod). Pure.
 fn cgroup_v2_path(text: &str) -> Option<&str> {
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
-        .filter(|path| path.starts_with('/') && !path.split('/').any(|part| part == ".."))
+        .filter(|path| path.starts_with('/'))
+}
+
+/// Where the group at `path` is inside a cgroup v2 mount whose root is
+/// `root`, both as the reader's cgroup namespace names them; `None` when
+/// the group is not under that root. Pure.
+fn in_mount(path: &str, root: &str) -> Option<String> {
+    fn parts(text: &str) -> Vec<&str> {
+        text.split('/').filter(|part| !part.is_empty()).collect()
+    }
+    let (path, root) = (parts(path), parts(root));
+    let rest = path.strip_prefix(root.as_slice())?;
+    (!rest.contains(&"..")).then(|| rest.join("/"))
 }
 
 /// `starttime` (the 22nd field) of `/proc/PID/stat` text. Pure.
@@ -230,8 +249,22 @@ mod tests {
             cgroup_v2_path("0::/kubepods.slice/pod1/cri-containerd-a.scope\n"),
             Some("/kubepods.slice/pod1/cri-containerd-a.scope")
         );
-        assert_eq!(cgroup_v2_path("1:name=systemd:/x\n0::/../../x\n"), None);
+        assert_eq!(
+            cgroup_v2_path("1:name=systemd:/x\n0::/../../x\n"),
+            Some("/../../x")
+        );
         assert_eq!(cgroup_v2_path("1:cpu:/x\n"), None);
+        // A host's tree seen from a pod's cgroup namespace.
+        assert_eq!(
+            in_mount("/../../kubepods/pod1/c", "/../.."),
+            Some("kubepods/pod1/c".to_owned())
+        );
+        assert_eq!(
+            in_mount("/kubepods/pod1/c", "/"),
+            Some("kubepods/pod1/c".to_owned())
+        );
+        assert_eq!(in_mount("/../x", "/../.."), None);
+        assert_eq!(in_mount("/../../../x", "/../.."), None);
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(start_time(stat), Some(98765));
     }
