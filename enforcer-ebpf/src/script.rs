@@ -178,12 +178,19 @@ fn step(walk: &mut Walk) -> i64 {
 /// caller's stack, where the walk does not fit: the callback finds it in
 /// this CPU's slot of the map, as its caller left it.
 unsafe extern "C" fn walk_step(_index: u64, _context: *mut c_void) -> i64 {
-    match SCRIPT_WALK.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, which only the program running on this
-        // CPU uses.
-        Some(walk) => step(unsafe { &mut *walk }),
-        None => 1,
+    match walk_state() {
+        Ok(walk) => step(walk),
+        Err(ReadError) => 1,
     }
+}
+
+/// This CPU's walk state: too large for the stack beside the decision.
+#[inline(always)]
+fn walk_state() -> Result<&'static mut Walk, ReadError> {
+    let walk = SCRIPT_WALK.get_ptr_mut(0).ok_or(ReadError)?;
+    // SAFETY: this CPU's slot of a per-CPU array, which only the program
+    // running on this CPU uses.
+    Ok(unsafe { &mut *walk })
 }
 
 /// Walks the works the exec of `bprm` queued into `SCRIPT_WALK`, when the
@@ -201,13 +208,7 @@ fn walk_works(bprm: u64, with_loop: bool) -> Result<bool, ReadError> {
     if filename == interp {
         return Ok(false);
     }
-    // The walk's state is too large for the stack beside the decision.
-    let Some(walk) = SCRIPT_WALK.get_ptr_mut(0) else {
-        return Err(ReadError);
-    };
-    // SAFETY: this CPU's slot of a per-CPU array, which nothing else uses
-    // while this program runs on this CPU.
-    let walk = unsafe { &mut *walk };
+    let walk = walk_state()?;
     walk.start(
         kernel::read(kernel::current_task(), offset!(task_task_works))?,
         config.fput_fn,
@@ -253,11 +254,8 @@ fn decide(bprm: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
         return Ok(());
     };
     let filename: u64 = kernel::read(bprm, offsets.binprm_filename)?;
-    let Some(walk) = SCRIPT_WALK.get_ptr_mut(0) else {
-        return Err(ReadError);
-    };
-    // SAFETY: as in `walk_works`, which filled it.
-    let walk = unsafe { &mut *walk };
+    // As `walk_works` left it.
+    let walk = walk_state()?;
     let verdict = if walk.ended != 1 || walk.found == 0 {
         count(counter::SCRIPT_UNRESOLVED);
         // The interpreter stands for the script that was not found.
@@ -336,12 +334,7 @@ fn failed_exec(regs: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
     if drift::scope(offsets)?.is_none() {
         return Ok(());
     }
-    let Some(walk) = SCRIPT_WALK.get_ptr_mut(0) else {
-        return Err(ReadError);
-    };
-    // SAFETY: this CPU's slot of a per-CPU array, which nothing else uses
-    // while this program runs on this CPU.
-    let walk = unsafe { &mut *walk };
+    let walk = walk_state()?;
     walk.start(
         kernel::read(kernel::current_task(), offsets.task_task_works)?,
         config.fput_fn,
