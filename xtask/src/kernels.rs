@@ -1,12 +1,10 @@
 //! Debian kernels for the VM tests, downloaded once into the cache.
 //!
-//! apt is pointed at a private source list, list directory and package cache
-//! under the cache directory, so the machine's own apt configuration is never
-//! touched. The kernel version is resolved from the suite's
+//! apt runs with a private configuration under the cache directory (see
+//! [`Apt`]). The kernel version is resolved from the suite's
 //! `linux-image-amd64` metapackage: ABI numbers change with security updates.
 
 use std::{
-    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -14,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 
-use crate::cmd;
+use crate::{apt::Apt, cmd};
 
 /// A Debian kernel the VM tests run on.
 #[derive(Debug)]
@@ -116,9 +114,9 @@ pub(crate) fn fetch(spec: &KernelSpec, dir: &Path) -> anyhow::Result<Kernel> {
         }
     }
     eprintln!("setup: downloading Debian's {} kernel", spec.name);
-    let apt = Apt::new(&home.join("apt"), spec)?;
+    let apt = Apt::new(&home.join("apt"), spec.sources)?;
     apt.update()?;
-    let image = apt.kernel_image_package()?;
+    let image = kernel_image_package(&apt)?;
     let version = image
         .strip_prefix("linux-image-")
         .ok_or_else(|| anyhow!("unexpected kernel package name {image}"))?
@@ -175,82 +173,27 @@ fn vmlinuz(root: &Path, version: &str) -> PathBuf {
     }
 }
 
-/// apt with a private configuration.
-struct Apt {
-    options: Vec<String>,
-}
-
-impl Apt {
-    fn new(dir: &Path, spec: &KernelSpec) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir.join("lists/partial"))?;
-        fs::create_dir_all(dir.join("cache/archives/partial"))?;
-        let mut sources = String::new();
-        for (archive, suite) in spec.sources {
-            let _ = writeln!(
-                sources,
-                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
-                 http://deb.debian.org/{archive} {suite} main"
-            );
-        }
-        let list = dir.join("sources.list");
-        fs::write(&list, sources)?;
-        let path = |p: &Path| p.display().to_string();
-        Ok(Self {
-            options: vec![
-                format!("Dir::Etc::SourceList={}", path(&list)),
-                "Dir::Etc::SourceParts=/dev/null".to_owned(),
-                format!("Dir::State::Lists={}", path(&dir.join("lists"))),
-                format!("Dir::Cache={}", path(&dir.join("cache"))),
-                "Debug::NoLocking=1".to_owned(),
-                // The private directories belong to the caller, not to _apt.
-                "APT::Sandbox::User=root".to_owned(),
-            ],
+/// The versioned kernel image package the candidate version of the
+/// `linux-image-amd64` metapackage depends on (sid's also depends on
+/// linux-base-amd64, so the first dependency will not do).
+fn kernel_image_package(apt: &Apt) -> anyhow::Result<String> {
+    let depends = cmd::output(
+        apt.command("apt-cache")
+            .args(["depends", "linux-image-amd64"]),
+    )?;
+    depends
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Depends: "))
+        .map(str::trim)
+        .find(|package| {
+            package
+                .strip_prefix("linux-image-")
+                .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
         })
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut command = Command::new(program);
-        for option in &self.options {
-            command.arg("-o").arg(option);
-        }
-        command
-    }
-
-    fn update(&self) -> anyhow::Result<()> {
-        cmd::run(self.command("apt-get").args(["update", "-q"]))
-    }
-
-    /// The versioned kernel image package the candidate version of the
-    /// `linux-image-amd64` metapackage depends on (sid's also depends on
-    /// linux-base-amd64, so the first dependency will not do).
-    fn kernel_image_package(&self) -> anyhow::Result<String> {
-        let depends = cmd::output(
-            self.command("apt-cache")
-                .args(["depends", "linux-image-amd64"]),
-        )?;
-        depends
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("Depends: "))
-            .map(str::trim)
-            .find(|package| {
-                package
-                    .strip_prefix("linux-image-")
-                    .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
-            })
-            .map(str::to_owned)
-            .with_context(|| {
-                format!("linux-image-amd64 depends on no versioned kernel image:\n{depends}")
-            })
-    }
-
-    fn download(&self, packages: &[String], into: &Path) -> anyhow::Result<()> {
-        cmd::run(
-            self.command("apt-get")
-                .current_dir(into)
-                .arg("download")
-                .args(packages),
-        )
-    }
+        .map(str::to_owned)
+        .with_context(|| {
+            format!("linux-image-amd64 depends on no versioned kernel image:\n{depends}")
+        })
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Project tasks. `cargo xtask --help` lists them.
 
+mod apt;
 mod cmd;
+mod debian;
 mod kernels;
 mod setup;
 mod vm;
@@ -32,7 +34,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what the build and the tests need (apt packages, rust-src,
-    /// bpf-linker, virtme-ng, Debian kernels). Idempotent.
+    /// bpf-linker, virtme-ng, Debian kernels, a Debian root filesystem).
+    /// Idempotent.
     Setup {
         /// Kernels to download: `all` or a list such as `6.1,7.2`.
         #[arg(long, default_value = DEFAULT_KERNEL)]
@@ -181,6 +184,11 @@ fn test(workspace: &Path, kernels: &[&KernelSpec], vm_jobs: Option<usize>) -> an
         ])),
     );
     let agent = build(workspace)?;
+    let debian = tools
+        .debian
+        .context("setup did not provide the Debian image")?
+        .display()
+        .to_string();
     // Unit tests and host integration tests (signal backend on this kernel).
     stage(
         "unit and host tests",
@@ -188,32 +196,20 @@ fn test(workspace: &Path, kernels: &[&KernelSpec], vm_jobs: Option<usize>) -> an
             cargo(workspace)
                 .arg("test")
                 .env("ENFORCER_BIN", &agent)
-                .env("ENFORCER_TEST_REQUIRE", "root"),
+                .env(DEBIAN_ENV, &debian)
+                .env("ENFORCER_TEST_REQUIRE", "root,debian"),
         ),
     );
 
-    let commands: Vec<vm::VmCommand> = test_binaries(workspace)?
-        .into_iter()
-        .map(|binary| {
-            let mut argv = vec![
-                binary.path.display().to_string(),
-                "--test-threads=1".to_owned(),
-                "--color=never".to_owned(),
-            ];
-            argv.extend(binary.filter.map(str::to_owned));
-            vm::VmCommand {
-                argv,
-                default_kernel_only: DEFAULT_KERNEL_ONLY.contains(&binary.name.as_str()),
-            }
-        })
-        .collect();
+    let commands = vm_commands(workspace)?;
     let vng = tools.vng.context("setup did not provide virtme-ng")?;
     let work_dir = target_dir(workspace)?.join("vm");
     let env = [
         ("ENFORCER_BIN", agent.display().to_string()),
+        (DEBIAN_ENV, debian),
         (
             "ENFORCER_TEST_REQUIRE",
-            "root,lsm,podman,cgroup2,containerd".to_owned(),
+            "root,lsm,podman,cgroup2,containerd,debian".to_owned(),
         ),
         ("RUST_BACKTRACE", "1".to_owned()),
         // Tests of what does not depend on the kernel (sinks) or of volume
@@ -249,6 +245,25 @@ fn test(workspace: &Path, kernels: &[&KernelSpec], vm_jobs: Option<usize>) -> an
     }
 
     stages.finish()
+}
+
+/// The test binaries, as the VMs run them.
+fn vm_commands(workspace: &Path) -> anyhow::Result<Vec<vm::VmCommand>> {
+    Ok(test_binaries(workspace)?
+        .into_iter()
+        .map(|binary| {
+            let mut argv = vec![
+                binary.path.display().to_string(),
+                "--test-threads=1".to_owned(),
+                "--color=never".to_owned(),
+            ];
+            argv.extend(binary.filter.map(str::to_owned));
+            vm::VmCommand {
+                argv,
+                default_kernel_only: DEFAULT_KERNEL_ONLY.contains(&binary.name.as_str()),
+            }
+        })
+        .collect())
 }
 
 /// The stages of a test run: each one's outcome, with the time since the run
@@ -393,6 +408,9 @@ fn bench(workspace: &Path, kernels: &[&KernelSpec], rounds: u32) -> anyhow::Resu
         )
     }
 }
+
+/// Tells the tests where setup put the Debian image (`debian::fetch`).
+const DEBIAN_ENV: &str = "ENFORCER_TEST_DEBIAN";
 
 /// Integration test files that run in the default kernel's VM only. They
 /// test the agent against container runtimes, the Kubernetes API and policy

@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     cmd::{self, as_root},
+    debian,
     kernels::{self, KernelSpec},
 };
 
@@ -87,7 +88,16 @@ pub(crate) fn setup(scope: Scope, kernels: &[&KernelSpec]) -> anyhow::Result<Too
         .iter()
         .map(|spec| kernels::fetch(spec, &cache.join("kernels")))
         .collect::<anyhow::Result<_>>()?;
-    Ok(Tools { vng, kernels })
+    let debian = if scope == Scope::Test {
+        Some(debian::fetch(&cache)?)
+    } else {
+        None
+    };
+    Ok(Tools {
+        vng,
+        kernels,
+        debian,
+    })
 }
 
 /// What setup provides to the other tasks.
@@ -96,6 +106,8 @@ pub(crate) struct Tools {
     /// The virtme-ng command.
     pub(crate) vng: Option<PathBuf>,
     pub(crate) kernels: Vec<kernels::Kernel>,
+    /// The Debian image of the tests (see `debian::fetch`).
+    pub(crate) debian: Option<PathBuf>,
 }
 
 fn dpkg_installed(package: &str) -> bool {
