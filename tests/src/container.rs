@@ -90,7 +90,10 @@ pub fn unmount(path: &Path) {
 /// A container image: the read-only lower layer.
 #[derive(Debug)]
 pub struct Image {
-    root: Scratch,
+    root: PathBuf,
+    /// The directory the image was made in, removed on drop; `None` for a
+    /// root filesystem made elsewhere ([`Image::from_root`]).
+    _scratch: Option<Scratch>,
     /// Absolute paths (inside the image) of the shared libraries copied in.
     libraries: Vec<String>,
     /// The image is on a tmpfs of its own, unmounted on drop.
@@ -115,10 +118,22 @@ impl Image {
             std::os::unix::fs::symlink("busybox", bin.join(applet))?;
         }
         Ok(Self {
-            root,
+            root: root.path().to_owned(),
+            _scratch: Some(root),
             libraries: Vec::new(),
             on_tmpfs,
         })
+    }
+
+    /// A root filesystem made elsewhere (such as the Debian image `cargo
+    /// xtask setup` builds), used where it is and left there.
+    pub fn from_root(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            _scratch: None,
+            libraries: Vec::new(),
+            on_tmpfs: false,
+        }
     }
 
     /// The busybox image plus a dynamically linked program at `/bin/NAME`
@@ -167,7 +182,7 @@ impl Image {
     }
 
     pub fn root(&self) -> &Path {
-        self.root.path()
+        &self.root
     }
 
     /// The image path of the copied library whose file name starts with
@@ -184,7 +199,7 @@ impl Image {
 impl Drop for Image {
     fn drop(&mut self) {
         if self.on_tmpfs {
-            unmount(self.root.path());
+            unmount(&self.root);
         }
     }
 }

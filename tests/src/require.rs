@@ -3,7 +3,7 @@
 //! by `cargo xtask test`) turns such a skip into a failure, so a test run
 //! that is meant to exercise a feature cannot pass by skipping it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Environment variable listing requirements that must be met.
 pub const REQUIRE_ENV: &str = "ENFORCER_TEST_REQUIRE";
@@ -23,6 +23,8 @@ pub enum Requirement {
     /// containerd runs containers through its CRI plugin (installed,
     /// cgroup v2).
     Containerd,
+    /// The Debian image `cargo xtask setup` builds is there ([`debian`]).
+    Debian,
 }
 
 impl Requirement {
@@ -33,6 +35,7 @@ impl Requirement {
             Self::Podman => "podman",
             Self::Cgroup2 => "cgroup2",
             Self::Containerd => "containerd",
+            Self::Debian => "debian",
         }
     }
 
@@ -157,5 +160,53 @@ pub fn patience(limit: std::time::Duration) -> std::time::Duration {
         limit * EMULATION_SLOWDOWN
     } else {
         limit
+    }
+}
+
+/// Where `cargo xtask test` says the Debian image is.
+pub const DEBIAN_ENV: &str = "ENFORCER_TEST_DEBIAN";
+
+/// The Debian image `cargo xtask setup` builds (a `debootstrap
+/// --variant=minbase bookworm` root filesystem in `root/`, and in `debs/`
+/// the packages of wget and less and of what they need that minbase
+/// lacks):
+/// `$ENFORCER_TEST_DEBIAN`, else where setup puts it in the cache
+/// (`$ENFORCER_CACHE`, `$XDG_CACHE_HOME/enforcer` or `~/.cache/enforcer`,
+/// then `debian-bookworm`). `None`, with the skip reported, when it is not
+/// there.
+#[must_use]
+pub fn debian() -> Option<PathBuf> {
+    let dir = std::env::var_os(DEBIAN_ENV).map(PathBuf::from).or_else(|| {
+        let cache = std::env::var_os("ENFORCER_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME").map(|dir| Path::new(&dir).join("enforcer"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/enforcer"))
+            })?;
+        Some(cache.join("debian-bookworm"))
+    });
+    match dir {
+        Some(dir) if dir.join("root/usr/bin/dpkg").exists() && dir.join("debs").is_dir() => {
+            Some(dir)
+        }
+        Some(dir) => {
+            unavailable(
+                Requirement::Debian,
+                &format!(
+                    "{} holds no Debian image (`cargo xtask setup` builds it)",
+                    dir.display()
+                ),
+            );
+            None
+        }
+        None => {
+            unavailable(
+                Requirement::Debian,
+                &format!("neither {DEBIAN_ENV} nor HOME is set"),
+            );
+            None
+        }
     }
 }
