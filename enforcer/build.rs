@@ -1,5 +1,6 @@
 //! Builds the kernel programs (`enforcer-ebpf`) for the BPF target and leaves
-//! the object in `OUT_DIR/enforcer`, where `src/backend.rs` embeds it.
+//! the objects in `OUT_DIR/enforcer` and `OUT_DIR/enforcer-bounded` (for
+//! kernels without `bpf_loop`), where `src/backend.rs` embeds them.
 
 use std::{env, fs, path::PathBuf, process::Command};
 
@@ -17,8 +18,10 @@ fn main() -> anyhow::Result<()> {
     if env::var(SKIP).is_ok_and(|value| value == "1" || value.eq_ignore_ascii_case("true")) {
         // Lets `cargo check` and IDEs work without the BPF toolchain. The
         // empty object is detected at start-up and the agent refuses to run.
-        fs::write(out_dir.join("enforcer"), [])
-            .with_context(|| format!("writing {}", out_dir.display()))?;
+        for object in ["enforcer", "enforcer-bounded"] {
+            fs::write(out_dir.join(object), [])
+                .with_context(|| format!("writing {}", out_dir.display()))?;
+        }
         println!(
             "cargo:warning={SKIP} is set: this agent binary has no kernel programs and will refuse to run"
         );

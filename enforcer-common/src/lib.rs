@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 15;
+pub const ABI_VERSION: u32 = 16;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -392,8 +392,10 @@ pub struct KernelOffsets {
     /// `mnt_namespace.user_ns`: the user namespace that owns a mount
     /// namespace, whose root may change the flags of its mounts.
     pub mnt_namespace_user_ns: u32,
-    /// Reserved, zero.
-    pub pad: u32,
+    /// `mnt_namespace.seq` (up to 6.17) or `mnt_namespace.ns.ns_id`: a
+    /// 64-bit number never given to another mount namespace until reboot,
+    /// unlike the inode number, which the next namespace may get.
+    pub mnt_namespace_id: u32,
 }
 
 /// Offsets only the signal backend's `mmap` check reads, apart from
@@ -468,6 +470,68 @@ pub struct TaskOffsets {
     /// `kernfs_node.id`: what `bpf_get_current_cgroup_id` reports.
     pub kernfs_node_id: u32,
 }
+
+/// Offsets for the walk over a filesystem's mounts (is a read-only mount's
+/// filesystem also mounted writable by a container?), apart from
+/// [`KernelOffsets`] for the same reason as [`MmapOffsets`]; read by a
+/// `bpf_loop` callback, which has a stack frame of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountOffsets {
+    /// One of [`mount_walk`].
+    pub walk: u32,
+    /// `super_block.s_mounts`: the filesystem's mounts. Up to 6.15 a
+    /// `struct list_head` whose nodes are `mount.mnt_instance`
+    /// ([`Self::list_head`] 1); since, a `struct mount *` whose mounts are
+    /// chained by `mount.mnt_next_for_sb` up to a null one.
+    pub sb_mounts: u32,
+    /// 1 for the `list_head` layout, 0 for the chain of pointers.
+    pub list_head: u32,
+    /// `mount.mnt_instance` or `mount.mnt_next_for_sb`: the link in
+    /// `struct mount`.
+    pub mount_link: u32,
+    /// `mount.mnt`: between a `struct mount *` and its `struct vfsmount`.
+    pub mount_mnt: u32,
+    /// `vfsmount.mnt_flags`
+    pub vfsmount_flags: u32,
+    /// `vfsmount.mnt_root`
+    pub vfsmount_mnt_root: u32,
+    /// `mount.mnt_ns` minus `mount.mnt`.
+    pub vfsmount_mnt_ns: u32,
+    /// `dentry.d_parent`
+    pub dentry_parent: u32,
+    /// [`KernelOffsets::mnt_namespace_id`]
+    pub mnt_namespace_id: u32,
+    /// `mnt_namespace.user_ns`
+    pub mnt_namespace_user_ns: u32,
+    /// `user_namespace.level`
+    pub user_ns_level: u32,
+}
+
+/// Directories between a file and its filesystem's root that the mount walk
+/// compares mount roots with; a file deeper than this is not decided by
+/// the walk (it is reported as `unresolved`).
+pub const MOUNT_ANCESTORS_MAX: usize = 64;
+
+/// Mounts of one filesystem the walk looks at before it gives up (and the
+/// file is reported as `unresolved`): far more than a node holds.
+pub const MOUNT_WALK_MAX: u32 = 1 << 16;
+
+/// How the kernel programs walk a filesystem's mounts.
+pub mod mount_walk {
+    /// Not at all: the offsets did not resolve. Read-only mounts the
+    /// runtime made are trusted, which the agent says at start-up.
+    pub const OFF: u32 = 0;
+    /// With `bpf_loop` (5.17+), up to [`super::MOUNT_WALK_MAX`] mounts.
+    pub const LOOP: u32 = 1;
+    /// Not at all, for want of `bpf_loop`: the programs for such kernels
+    /// are built without the walk, and the agent says so at start-up.
+    pub const NO_LOOP: u32 = 2;
+}
+
+/// Entries of `CONTAINER_MOUNT_NS`: the mount namespaces of the containers
+/// in `CONTAINER_ROOTS`.
+pub const CONTAINER_MOUNT_NS_MAX: u32 = 65_536;
 
 /// Settings fixed for the lifetime of the loaded programs.
 #[repr(C)]
@@ -863,7 +927,8 @@ pub struct RootNotice {
 mod pod {
     use super::{
         AgentConfig, ContainerRoot, DriftSettings, FileId, KernelOffsets, MmapOffsets,
-        OverlayLower, PathDfaState, ReportKey, ReportWindow, TaskOffsets, VShieldKey, VShieldRule,
+        MountOffsets, OverlayLower, PathDfaState, ReportKey, ReportWindow, TaskOffsets, VShieldKey,
+        VShieldRule,
     };
 
     // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (pinned
@@ -873,6 +938,8 @@ mod pod {
     unsafe impl aya::Pod for MmapOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TaskOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MountOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for AgentConfig {}
     // SAFETY: as above.
@@ -901,8 +968,8 @@ mod tests {
 
     use super::{
         AgentConfig, DecisionEvent, DriftSettings, EventHeader, FileId, KernelOffsets, MmapOffsets,
-        OverlayLower, PathDfaState, ReportKey, ReportWindow, RootNotice, TaskOffsets, VShieldKey,
-        VShieldRule,
+        MountOffsets, OverlayLower, PathDfaState, ReportKey, ReportWindow, RootNotice, TaskOffsets,
+        VShieldKey, VShieldRule,
     };
 
     #[test]
@@ -978,6 +1045,9 @@ mod tests {
         assert_eq!(size_of::<KernelOffsets>(), 42 * 4);
         assert_eq!(size_of::<MmapOffsets>(), 16 * 4);
         assert_eq!(size_of::<TaskOffsets>(), 12 * 4);
+        assert_eq!(size_of::<MountOffsets>(), 12 * 4);
+        assert_eq!(offset_of!(MountOffsets, walk), 0);
+        assert_eq!(offset_of!(MountOffsets, user_ns_level), 44);
         assert_eq!(offset_of!(TaskOffsets, kernfs_node_id), 44);
         assert_eq!(offset_of!(TaskOffsets, upid_nr), 20);
         assert_eq!(offset_of!(KernelOffsets, binprm_file), 0);

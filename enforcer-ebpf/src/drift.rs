@@ -12,10 +12,10 @@ use crate::{
     events,
     kernel::{self, Container, FileFacts, ReadError},
     maps::{
-        CONFIG, CONTAINER_DRIFT, DRIFT_POLICY, OFFSETS, OVERLAY_LOWER, TRACKING, WRITTEN_FILES,
+        CONFIG, CONTAINER_DRIFT, CONTAINER_SUPERBLOCKS, DRIFT_POLICY, OFFSETS, OVERLAY_LOWER, TRACKING, WRITTEN_FILES,
         count,
     },
-    path,
+    mounts, path,
 };
 
 /// A container process is about to run a file that is not from its image.
@@ -277,9 +277,12 @@ fn classify(
     // Another filesystem. One that a user namespace owns was made by a
     // container process (or for one, by a rootless runtime): it could have
     // filled it and made it read-only, so nothing on it is image content.
-    // So is an overlay of one nested deeper than overlayfs allows.
+    // So is an overlay of one nested deeper than overlayfs allows, and one
+    // a container process made or remounted with the host's privileges.
     let owner = kernel::read_ptr(sb, offsets.sb_user_ns)?;
-    if !kernel::is_initial_user_ns(owner, offsets)? {
+    // SAFETY: a plain value, only tested for presence.
+    let made_by_a_container = unsafe { CONTAINER_SUPERBLOCKS.get(sb) }.is_some();
+    if made_by_a_container || !kernel::is_initial_user_ns(owner, offsets)? {
         return Ok(Some(layer::CONTAINER_MOUNT));
     }
     let sb_flags: u64 = if stacked {
@@ -303,7 +306,21 @@ fn classify(
         let allowed = flags & drift_flags::ALLOW_WRITABLE_MOUNTS != 0;
         return Ok((!allowed).then_some(layer::WRITABLE_MOUNT));
     }
-    Ok((!read_only_by_the_host(facts, container, offsets)?).then_some(layer::CONTAINER_MOUNT))
+    if !read_only_by_the_host(facts, container, offsets)? {
+        return Ok(Some(layer::CONTAINER_MOUNT));
+    }
+    // Read-only here, but perhaps written through another mount of the same
+    // filesystem: one volume mounted read-write and read-only in one pod.
+    if !mounts::enabled() {
+        return Ok(None);
+    }
+    Ok(
+        match mounts::writable_by_a_container(facts.sb, facts.dentry) {
+            mounts::found::NOTHING => None,
+            mounts::found::WRITABLE => Some(layer::CONTAINER_MOUNT),
+            _ => Some(layer::UNRESOLVED),
+        },
+    )
 }
 
 /// Whether the read-only flag of the mount `facts` was reached through is
@@ -313,7 +330,9 @@ fn classify(
 /// namespace, and stays so there), or the mount is in a mount namespace
 /// that the initial user namespace owns, or in the container's own, made by
 /// its runtime. A read-only bind mount a container process made in a user
-/// namespace of its own, or a mount detached from every namespace, is not.
+/// namespace of its own, or a mount detached from every namespace, is not;
+/// nor is any mount of a namespace in which a container process mounted,
+/// moved or re-flagged anything (lsm backend, [`crate::mount_changes`]).
 #[inline(always)]
 fn read_only_by_the_host(
     facts: &FileFacts,
@@ -324,6 +343,9 @@ fn read_only_by_the_host(
         return Ok(true);
     }
     if facts.mnt_ns == 0 {
+        return Ok(false);
+    }
+    if mounts::namespace_changed(facts.mnt_ns) {
         return Ok(false);
     }
     let inum: u32 = kernel::read(facts.mnt_ns, offsets.mnt_namespace_inum)?;

@@ -44,6 +44,7 @@ pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
     }
     count(counter::EXEC_CHECKED);
     let offsets = drift::offsets();
+    kernel::note_mount_namespace();
     let checked = exec_file(bprm, &offsets)
         .and_then(|(file, filename)| Ok((drift::check_file(file, via::EXEC, &offsets)?, filename)));
     match checked {
@@ -84,6 +85,7 @@ pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
         Ok((Verdict::Drift(drift), filename)) => kill(&drift, Some(filename), &offsets),
         Err(_) => count(counter::READ_ERRORS),
     }
+    kernel::note_mount_namespace();
     0
 }
 

@@ -9,7 +9,7 @@ use enforcer_common::{
     overlay_lower,
 };
 
-use crate::maps::CONTAINER_ROOTS;
+use crate::maps::{CONTAINER_MOUNT_NS, CONTAINER_ROOTS, offset};
 
 /// A `bpf_probe_read_kernel` failed or returned a null pointer where the
 /// kernel guarantees one.
@@ -153,6 +153,32 @@ pub(crate) fn current_container(
         mnt_ns_ptr,
         home,
     }))
+}
+
+/// Notes that the current task, a container process, runs in its mount
+/// namespace: that namespace's writable mounts are ways for a container to
+/// write a filesystem ([`crate::mounts`]). Called by the exec programs after
+/// their decision, not inside it, where its stack would add to the
+/// decision's: at each exec, which also keeps the entry recent in the LRU
+/// table and covers containers already running when the agent started.
+///
+/// A function of its own: its stack is then beside the decision's, not on
+/// top of it.
+#[inline(never)]
+pub(crate) fn note_mount_namespace() {
+    // SAFETY: a plain helper call, and a value only tested for presence.
+    if unsafe { CONTAINER_ROOTS.get(bpf_get_current_cgroup_id()) }.is_none() {
+        return;
+    }
+    let nsproxy: u64 = read_or_zero(current_task(), offset!(task_nsproxy));
+    let mnt_ns: u64 = read_or_zero(nsproxy, offset!(nsproxy_mnt_ns));
+    let id: u64 = read_or_zero(mnt_ns, offset!(mnt_namespace_id));
+    // SAFETY: a plain value, only tested for presence.
+    if id != 0 && unsafe { CONTAINER_MOUNT_NS.get(id) }.is_none() {
+        // A failed insert leaves the namespace's writable mounts unseen by
+        // the mount walk: nothing to do about it here.
+        let _ = CONTAINER_MOUNT_NS.insert(id, 0, 0);
+    }
 }
 
 /// What the drift check needs to know about a file.

@@ -8,10 +8,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    AgentConfig, CONTAINER_ROOTS_MAX, CONTAINER_SCOPES_MAX, ContainerRoot, DRIFT_POLICIES_MAX,
-    DriftSettings, FileId, KernelOffsets, MmapOffsets, OverlayLower, PATH_BUF_LEN, PathDfaBank,
-    REPORT_KEYS_MAX, ReportKey, ReportWindow, TaskOffsets, VSHIELD_FILES_MAX, VSHIELD_RULES_MAX,
-    VSHIELD_SLOTS, VShieldKey, VShieldRule, WRITTEN_FILES_MAX, counter,
+    AgentConfig, CONTAINER_MOUNT_NS_MAX, CONTAINER_ROOTS_MAX, CONTAINER_SCOPES_MAX, ContainerRoot,
+    DRIFT_POLICIES_MAX, DriftSettings, FileId, KernelOffsets, MmapOffsets, MountOffsets,
+    OverlayLower, PATH_BUF_LEN, PathDfaBank, REPORT_KEYS_MAX, ReportKey, ReportWindow, TaskOffsets,
+    VSHIELD_FILES_MAX, VSHIELD_RULES_MAX, VSHIELD_SLOTS, VShieldKey, VShieldRule,
+    WRITTEN_FILES_MAX, counter,
 };
 
 /// Kernel structure offsets, overridden by the agent at load time.
@@ -34,6 +35,11 @@ pub(crate) static OVERLAY_LOWER: Global<OverlayLower> = Global::new(unsafe { cor
 #[unsafe(no_mangle)]
 // SAFETY: as above.
 pub(crate) static TASK_OFFSETS: Global<TaskOffsets> = Global::new(unsafe { core::mem::zeroed() });
+
+/// Offsets for the walk over a filesystem's mounts, overridden at load time.
+#[unsafe(no_mangle)]
+// SAFETY: as above.
+pub(crate) static MOUNT_OFFSETS: Global<MountOffsets> = Global::new(unsafe { core::mem::zeroed() });
 
 /// Settings fixed while the programs are loaded, overridden at load time.
 #[unsafe(no_mangle)]
@@ -88,6 +94,31 @@ pub(crate) static CONTAINER_DRIFT: HashMap<u64, u32> =
 #[map]
 pub(crate) static CONTAINER_ROOTS: LruHashMap<u64, ContainerRoot> =
     LruHashMap::with_max_entries(CONTAINER_ROOTS_MAX, 0);
+
+/// The mount namespaces container processes have run programs in, by id
+/// (`KernelOffsets::mnt_namespace_id`): a writable mount in one of them is
+/// one a container can write through ([`crate::mounts`]).
+#[map]
+pub(crate) static CONTAINER_MOUNT_NS: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(CONTAINER_MOUNT_NS_MAX, 0);
+
+/// Superblocks a container process created or remounted, by address
+/// ([`crate::mount_changes`]); deleted when the kernel frees the superblock.
+#[map]
+pub(crate) static CONTAINER_SUPERBLOCKS: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(CONTAINER_MOUNT_NS_MAX, 0);
+
+/// Mount namespaces, by id, in which a container process mounted, moved or
+/// re-flagged anything ([`crate::mount_changes`]). By id: the inode number
+/// of a namespace that is gone goes to the next one made.
+#[map]
+pub(crate) static CONTAINER_REMOUNTS: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(CONTAINER_MOUNT_NS_MAX, 0);
+
+/// The walk over a filesystem's mounts ([`crate::mounts`]).
+#[map]
+pub(crate) static MOUNT_WALK: PerCpuArray<crate::mounts::Walk> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Allowed-path automata: two banks; [`DriftSettings::path_dfa_bank`] says
 /// which one is in force.

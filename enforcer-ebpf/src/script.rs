@@ -40,6 +40,9 @@ use crate::{
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+// Into the function the macro wraps it in: a frame of its own would take
+// 32 bytes from those the decision and the walks' callbacks share.
+#[inline(always)]
 pub(crate) fn sched_process_exec_script(ctx: RawTracePointContext) -> i32 {
     on_exec(&ctx, true)
 }
@@ -51,6 +54,9 @@ pub(crate) fn sched_process_exec_script(ctx: RawTracePointContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+// Into the function the macro wraps it in: a frame of its own would take
+// 32 bytes from those the decision and the walks' callbacks share.
+#[inline(always)]
 pub(crate) fn sched_process_exec_script_bounded(ctx: RawTracePointContext) -> i32 {
     on_exec(&ctx, false)
 }
@@ -59,36 +65,24 @@ pub(crate) fn sched_process_exec_script_bounded(ctx: RawTracePointContext) -> i3
 fn on_exec(ctx: &RawTracePointContext, with_loop: bool) -> i32 {
     let bprm: u64 = ctx.arg(2);
     match walk_works(bprm, with_loop) {
-        // Without `bpf_loop` the program has no callback, and no second
-        // function: a kernel that checks functions' BTF arguments (6.1)
-        // refuses this program's context type on a function of its own.
-        Ok(true) if !with_loop => {
+        // Inlined, with or without `bpf_loop`: a kernel that counts a
+        // callback's frame on top of the frame that passes it (6.1) allows
+        // the program 480 bytes beside the callbacks' 32 (the task works
+        // walk's, and the mount walk's inside the decision), and a function
+        // of its own for the decision would take 32 more.
+        Ok(true) => {
             let offsets = drift::offsets();
             if decide(bprm, &offsets).is_err() {
                 count(counter::READ_ERRORS);
             }
             0
         }
-        Ok(true) => decide_walked(bprm),
         Ok(false) => 0,
         Err(_) => {
             count(counter::READ_ERRORS);
             0
         }
     }
-}
-
-/// The decision, in a function of its own: the verifier adds the stack of
-/// the `bpf_loop` callback to that of the function that calls the helper,
-/// and the decision's stack (the kernel layout, the file's facts) beside
-/// the walk's would be more than the 512 bytes all frames may take.
-#[inline(never)]
-fn decide_walked(bprm: u64) -> i32 {
-    let offsets = drift::offsets();
-    if decide(bprm, &offsets).is_err() {
-        count(counter::READ_ERRORS);
-    }
-    0
 }
 
 /// `callback_head.next` and `callback_head.func`: two pointers, a layout that

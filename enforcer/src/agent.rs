@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use enforcer_common::{ABI_VERSION, AgentConfig, ContainerRoot};
+use enforcer_common::{ABI_VERSION, AgentConfig, ContainerRoot, mount_walk};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -162,6 +162,20 @@ fn kernel_layout(btf_path: Option<&std::path::Path>) -> Result<Layout, AgentErro
             "struct backing_file has an unknown layout: mprotect to executable of files on stacked overlays \
              (an image stored on overlayfs) may be refused although they are image files"
         );
+    }
+    match &layout.mount_walk {
+        Err(reason) => tracing::warn!(
+            %reason,
+            "the mounts of a filesystem cannot be listed: a read-only mount the runtime made is trusted \
+             even when a container also has its filesystem mounted writable (one volume mounted \
+             read-write and read-only in a pod)"
+        ),
+        Ok(()) if layout.mount_offsets.walk == mount_walk::NO_LOOP => tracing::warn!(
+            "the kernel has no bpf_loop (5.17+): a read-only mount the runtime made is trusted even \
+             when a container also has its filesystem mounted writable (one volume mounted read-write \
+             and read-only in a pod)"
+        ),
+        Ok(()) => {}
     }
     if let OverlayLayout::DerivedFromInodeSize { reason } = &layout.overlay {
         tracing::warn!(
@@ -637,6 +651,7 @@ fn load(
         &layout.offsets,
         &layout.mmap_offsets,
         &layout.task_offsets,
+        &layout.mount_offsets,
         &layout.overlay_lower,
         &config,
     )?;
@@ -1019,6 +1034,22 @@ fn signal_routes(
     }
 }
 
+/// Says whether what container processes do to mounts is seen.
+fn log_mount_changes(attached: &Attached) {
+    match &attached.mount_changes {
+        Ok(()) => tracing::info!(
+            "filesystems that container processes create or remount, and mount namespaces in which they \
+             mount, move or re-flag anything (mount, mount_setattr, move_mount), are marked: no read-only \
+             flag there is trusted"
+        ),
+        Err(reason) => tracing::warn!(
+            %reason,
+            "what container processes do to mounts is NOT seen: a privileged container (CAP_SYS_ADMIN) can \
+             fill a filesystem and make it read-only, and what it holds then runs as image content"
+        ),
+    }
+}
+
 /// Says at start-up which drift routes are decided, and how.
 fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &DriftRule) {
     let verdict = |allowed: bool| if allowed { "allowed" } else { "drift" };
@@ -1047,6 +1078,7 @@ fn log_drift_methods(attached: &Attached, tracking: &TrackingState, rule: &Drift
         exec_sessions = if rule.audit_exec_sessions { "audited" } else { "as the mode says" },
         "drift detection"
     );
+    log_mount_changes(attached);
     let Some(signal) = &attached.signal else {
         tracing::info!(
             "routes decided before anything runs: exec (also scripts and execveat), executable mappings by the \

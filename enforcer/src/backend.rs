@@ -13,10 +13,11 @@ use std::{fmt, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    programs::{Lsm, ProgramError, ProgramInfo, RawTracePoint},
+    programs::{FEntry, Lsm, ProgramError, ProgramInfo, RawTracePoint},
 };
 use enforcer_common::{
-    AgentConfig, KernelOffsets, MmapOffsets, OverlayLower, TaskOffsets, vshield_op,
+    AgentConfig, KernelOffsets, MmapOffsets, MountOffsets, OverlayLower, TaskOffsets, mount_walk,
+    vshield_op,
 };
 
 use crate::{
@@ -26,6 +27,10 @@ use crate::{
 
 /// The kernel object built from `enforcer-ebpf` by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+/// The same programs for kernels without `bpf_loop` (before 5.17), which
+/// refuse a program that names a callback function at all.
+static OBJECT_BOUNDED: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-bounded"));
 
 /// LSM programs that decide, named after their hooks. All are required.
 const LSM_HOOKS: [&str; 3] = ["bprm_check_security", "mmap_file", "file_mprotect"];
@@ -136,24 +141,32 @@ pub enum BackendError {
 }
 
 /// Loads the object with the kernel layout and agent settings baked into its
-/// read-only globals. Nothing is attached yet.
+/// read-only globals: the one that walks with `bpf_loop` when
+/// `mount_offsets` says the kernel has it. Nothing is attached yet.
 pub fn load_object(
     offsets: &KernelOffsets,
     mmap_offsets: &MmapOffsets,
     task_offsets: &TaskOffsets,
+    mount_offsets: &MountOffsets,
     overlay_lower: &OverlayLower,
     config: &AgentConfig,
 ) -> Result<Ebpf, BackendError> {
-    if OBJECT.is_empty() {
+    let object = if mount_offsets.walk == mount_walk::NO_LOOP {
+        OBJECT_BOUNDED
+    } else {
+        OBJECT
+    };
+    if object.is_empty() {
         return Err(BackendError::NoPrograms);
     }
     EbpfLoader::new()
         .override_global("OFFSETS", offsets, true)
         .override_global("MMAP_OFFSETS", mmap_offsets, true)
         .override_global("TASK_OFFSETS", task_offsets, true)
+        .override_global("MOUNT_OFFSETS", mount_offsets, true)
         .override_global("OVERLAY_LOWER", overlay_lower, true)
         .override_global("CONFIG", config, true)
-        .load(OBJECT)
+        .load(object)
         .map_err(BackendError::Object)
 }
 
@@ -168,9 +181,31 @@ pub struct Attached {
     /// Signal backend: which optional programs are attached, and why not
     /// (`None` for the lsm backend, whose hooks see every route).
     pub signal: Option<SignalExtras>,
+    /// Whether the programs that see container processes make, remount
+    /// and re-flag filesystems and mounts are attached, and why not.
+    pub mount_changes: Result<(), String>,
 }
 
 const TRACKING_NEEDS_LSM: &str = "tracking needs BPF LSM hooks";
+const MOUNT_CHANGES_NEED_LSM: &str = "the signal backend has no hooks on mounts";
+
+/// LSM programs that mark what container processes do to filesystems and
+/// mounts. `sb_free_security` first: no mark may exist without the hook
+/// that deletes it.
+const MOUNT_CHANGE_HOOKS: [&str; 5] = [
+    "sb_free_security",
+    "sb_alloc_security",
+    "sb_remount",
+    "sb_mount",
+    "move_mount",
+];
+/// The program on the `mount_setattr` system call, which has no LSM hook.
+const MOUNT_SETATTR_PROGRAM: &str = "mount_setattr";
+/// The architecture's entry of that system call.
+#[cfg(target_arch = "aarch64")]
+const MOUNT_SETATTR_FUNCTION: &str = "__arm64_sys_mount_setattr";
+#[cfg(not(target_arch = "aarch64"))]
+const MOUNT_SETATTR_FUNCTION: &str = "__x64_sys_mount_setattr";
 
 /// Attaches the backend `choice` asks for. Call after the policy maps are
 /// filled: from this point on, execs are decided.
@@ -181,23 +216,29 @@ pub fn attach(
     signal_routes: &SignalRoutes,
 ) -> Result<Attached, BackendError> {
     match choice {
-        BackendChoice::Lsm => Ok(Attached {
-            tracking: attach_lsm(ebpf)?,
-            kind: BackendKind::Lsm,
-            fallback_reason: None,
-            signal: None,
-        }),
+        BackendChoice::Lsm => {
+            let extras = attach_lsm(ebpf)?;
+            Ok(Attached {
+                tracking: extras.tracking,
+                mount_changes: extras.mount_changes,
+                kind: BackendKind::Lsm,
+                fallback_reason: None,
+                signal: None,
+            })
+        }
         BackendChoice::Signal => Ok(Attached {
             signal: Some(attach_signal(ebpf, signal_routes)?),
             kind: BackendKind::Signal,
             fallback_reason: None,
             tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
+            mount_changes: Err(MOUNT_CHANGES_NEED_LSM.to_owned()),
         }),
         BackendChoice::Auto => match attach_lsm(ebpf) {
-            Ok(tracking) => Ok(Attached {
+            Ok(extras) => Ok(Attached {
                 kind: BackendKind::Lsm,
                 fallback_reason: None,
-                tracking,
+                tracking: extras.tracking,
+                mount_changes: extras.mount_changes,
                 signal: None,
             }),
             Err(lsm_error) => Ok(Attached {
@@ -205,6 +246,7 @@ pub fn attach(
                 kind: BackendKind::Signal,
                 fallback_reason: Some(error_chain(&lsm_error)),
                 tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
+                mount_changes: Err(MOUNT_CHANGES_NEED_LSM.to_owned()),
             }),
         },
     }
@@ -213,8 +255,8 @@ pub fn attach(
 /// Checks that `bpf` is an active LSM, then loads and attaches the LSM
 /// programs. A successful load is the real probe: kernels can list `bpf` and
 /// still refuse LSM programs (lockdown, or a policy on `BPF_PROG_LOAD`).
-/// Returns whether the optional tracking programs could be loaded too.
-fn attach_lsm(ebpf: &mut Ebpf) -> Result<Result<(), String>, BackendError> {
+/// Returns whether the optional programs could be loaded too.
+fn attach_lsm(ebpf: &mut Ebpf) -> Result<LsmExtras, BackendError> {
     let lsms: ActiveLsms = features::active_lsms()?;
     if !lsms.contains_bpf() {
         return Err(BackendError::LsmUnavailable(format!(
@@ -222,6 +264,9 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<Result<(), String>, BackendError> {
         )));
     }
     let btf = Btf::from_sys_fs().map_err(BackendError::Btf)?;
+    // Before the decisions: a filesystem a container process makes once
+    // they are attached is already marked.
+    let mount_changes = attach_mount_changes(ebpf, &btf).map_err(|error| error_chain(&error));
     for hook in LSM_HOOKS {
         attach_lsm_program(ebpf, hook, &btf).map_err(|error| {
             BackendError::LsmUnavailable(format!(
@@ -230,12 +275,47 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<Result<(), String>, BackendError> {
             ))
         })?;
     }
+    let mut tracking = Ok(());
     for hook in TRACKING_HOOKS {
         if let Err(error) = load_lsm_program(ebpf, hook, &btf) {
-            return Ok(Err(error_chain(&error)));
+            tracking = Err(error_chain(&error));
+            break;
         }
     }
-    Ok(Ok(()))
+    Ok(LsmExtras {
+        tracking,
+        mount_changes,
+    })
+}
+
+/// The lsm backend's optional programs: loaded or attached, or why not.
+struct LsmExtras {
+    tracking: Result<(), String>,
+    mount_changes: Result<(), String>,
+}
+
+/// Attaches the programs of [`MOUNT_CHANGE_HOOKS`], and the one on
+/// `mount_setattr` where the kernel has that system call (5.12+).
+fn attach_mount_changes(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), BackendError> {
+    for hook in MOUNT_CHANGE_HOOKS {
+        attach_lsm_program(ebpf, hook, btf)?;
+    }
+    let program_error = program_error(MOUNT_SETATTR_PROGRAM);
+    let program: &mut FEntry = ebpf
+        .program_mut(MOUNT_SETATTR_PROGRAM)
+        .ok_or(BackendError::MissingProgram(MOUNT_SETATTR_PROGRAM))?
+        .try_into()
+        .map_err(&program_error)?;
+    let started = Instant::now();
+    match program.load(MOUNT_SETATTR_FUNCTION, btf) {
+        Ok(()) => {}
+        // No such system call (before 5.12): nothing to watch.
+        Err(ProgramError::Btf(aya::BtfError::UnknownBtfTypeName { .. })) => return Ok(()),
+        Err(error) => return Err(program_error(error)),
+    }
+    log_loaded(MOUNT_SETATTR_PROGRAM, started, program.info());
+    program.attach().map_err(&program_error)?;
+    Ok(())
 }
 
 /// Attaches the tracking programs, which [`attach`] loaded. From here on,

@@ -332,6 +332,9 @@ struct Setup {
     proc: CString,
     /// (host directory, mount point in the root, read-only)
     volumes: Vec<(CString, CString, bool)>,
+    /// Keep every capability (`--privileged`), instead of Docker's default
+    /// set.
+    privileged: bool,
 }
 
 impl Setup {
@@ -372,6 +375,7 @@ impl Setup {
             proc: cstring(&merged.join("proc"))?,
             merged: cstring(&merged)?,
             volumes,
+            privileged: false,
         })
     }
 
@@ -475,18 +479,28 @@ impl Setup {
             )?;
             check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
             check(libc::chdir(c"/".as_ptr()))?;
-            // Root's capabilities after the exec are its bounding set.
-            for capability in 0..=CAPABILITY_MAX {
-                if !DEFAULT_CAPABILITIES.contains(&capability)
-                    && libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) != 0
-                    && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
+        }
+        if self.privileged {
+            return Ok(());
+        }
+        drop_capabilities()
+    }
+}
+
+/// Keeps Docker's default capabilities: root's capabilities after the exec
+/// are its bounding set.
+fn drop_capabilities() -> io::Result<()> {
+    for capability in 0..=CAPABILITY_MAX {
+        if DEFAULT_CAPABILITIES.contains(&capability) {
+            continue;
+        }
+        // SAFETY: a plain system call.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) };
+        if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(io::Error::last_os_error());
         }
     }
+    Ok(())
 }
 
 /// A container's root filesystem.
@@ -583,10 +597,29 @@ pub fn run_in_group(
     script: &str,
 ) -> anyhow::Result<Run> {
     let state = Scratch::new("container")?;
+    let setup = Setup::new(state.path(), root, cgroup, volumes)?;
+    start(setup, cgroup, script)
+}
+
+/// [`run_with`] in a privileged container: every capability, as
+/// `--privileged` gives (`CAP_SYS_ADMIN` on the host among them).
+pub fn run_privileged(image: &Image, volumes: &[Volume], script: &str) -> anyhow::Result<Run> {
+    let state = Scratch::new("container")?;
+    let cgroup = Cgroup::create()?;
+    let mut setup = Setup::new(
+        state.path(),
+        &Root::Overlay(image),
+        cgroup.as_ref(),
+        volumes,
+    )?;
+    setup.privileged = true;
+    start(setup, cgroup.as_ref(), script)
+}
+
+/// Runs `script` in the container `setup` makes, in `cgroup`.
+fn start(setup: Setup, cgroup: Option<&Cgroup>, script: &str) -> anyhow::Result<Run> {
     let cgroup_id = cgroup.map(Cgroup::id).transpose()?;
     let container_id = cgroup.map(|cgroup| cgroup.container_id.clone());
-    let setup = Setup::new(state.path(), root, cgroup, volumes)?;
-
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")

@@ -18,7 +18,7 @@ use std::{fs, path::Path};
 use enforcer_tests::{
     agent::Agent,
     container::{self, Image, Run, Scratch, Volume},
-    scenario::{Observed, assert_event, events, lsm, run_observed, signal},
+    scenario::{Observed, assert_event, events, lsm, observe, run_observed, signal},
 };
 use serde_json::Value;
 
@@ -307,10 +307,17 @@ struct HostTmpfs {
 }
 
 impl HostTmpfs {
+    fn empty() -> Self {
+        Self {
+            scratch: container::tmpfs_scratch("volume").expect("a tmpfs"),
+        }
+    }
+
     fn with_busybox() -> Self {
-        let scratch = container::tmpfs_scratch("secret").expect("a tmpfs");
-        fs::copy("/bin/busybox", scratch.path().join("busybox-secret")).expect("filling the tmpfs");
-        Self { scratch }
+        let tmpfs = Self::empty();
+        fs::copy("/bin/busybox", tmpfs.scratch.path().join("busybox-secret"))
+            .expect("filling the tmpfs");
+        tmpfs
     }
 }
 
@@ -318,6 +325,190 @@ impl Drop for HostTmpfs {
     fn drop(&mut self) {
         container::unmount(self.scratch.path());
     }
+}
+
+/// One volume mounted read-write and read-only in the same container (an
+/// `emptyDir` listed twice in a pod): what was written through the writable
+/// mount is not image content when run through the read-only one, whether
+/// the read-only mount shows the same directory, one below the writable
+/// mount's root, or one above it.
+const TWICE: &str = "cp /bin/busybox /rw/busybox-twice
+    /ro/busybox-twice echo twice-ran
+    cp /bin/busybox /rw/sub/busybox-sub
+    /ro-sub/busybox-sub echo sub-ran
+    cp /bin/busybox /rw-low/busybox-low
+    /ro-above/low/busybox-low echo low-ran
+    /bin/busybox echo image-ran";
+
+fn check_mounted_twice(agent: &Agent, backend: Backend) {
+    let same = HostTmpfs::empty();
+    fs::create_dir(same.scratch.path().join("sub")).expect("making a directory in the volume");
+    let above = HostTmpfs::empty();
+    let low = above.scratch.path().join("low");
+    fs::create_dir(&low).expect("making a directory in the volume");
+    let volume = |host: &Path, at: &str, read_only| Volume {
+        host: host.to_owned(),
+        at: at.to_owned(),
+        read_only,
+    };
+    let volumes = [
+        volume(same.scratch.path(), "/rw", false),
+        volume(same.scratch.path(), "/ro", true),
+        volume(&same.scratch.path().join("sub"), "/ro-sub", true),
+        volume(&low, "/rw-low", false),
+        volume(above.scratch.path(), "/ro-above", true),
+    ];
+    let (run, observed) = run_observed(agent, &image(), &volumes, TWICE);
+    assert!(run.stdout.contains("image-ran"), "{run:#?}");
+    if observed.log.contains("the kernel has no bpf_loop") {
+        // Before 5.17 the mounts are not walked, as the agent said.
+        for marker in ["twice-ran", "sub-ran", "low-ran"] {
+            assert!(run.stdout.contains(marker), "{marker}: {run:#?}");
+        }
+        assert_eq!(events(&observed, backend.name), Vec::<&Value>::new());
+        return;
+    }
+    check(
+        &run,
+        &observed,
+        backend,
+        &["twice-ran", "sub-ran", "low-ran"],
+        &[
+            ("exec", "container-mount", "busybox-twice"),
+            ("exec", "container-mount", "busybox-sub"),
+            ("exec", "container-mount", "busybox-low"),
+        ],
+    );
+}
+
+#[test]
+fn lsm_a_volume_mounted_read_write_and_read_only_is_not_image_content() {
+    let Some((_serial, agent)) = lsm() else {
+        return;
+    };
+    check_mounted_twice(&agent, LSM);
+}
+
+#[test]
+fn signal_a_volume_mounted_read_write_and_read_only_is_not_image_content() {
+    let Some((_serial, agent)) = signal(&[]) else {
+        return;
+    };
+    check_mounted_twice(&agent, SIGNAL);
+}
+
+/// A privileged container (every capability, `CAP_SYS_ADMIN` on the host
+/// among them) fills a tmpfs it mounted and remounts it read-only, makes
+/// the runtime's writable volume read-only where it is mounted (`mount -o
+/// remount,bind,ro`), and does the same to another one with
+/// `mount_setattr`. The runtime's read-only volume runs before any of that.
+const PRIVILEGED: &str = "/secret/busybox-secret echo secret-ran
+        mkdir -p /mnt/t
+        mount -t tmpfs tmpfs /mnt/t
+        cp /bin/busybox /mnt/t/busybox-tmpfs
+        mount -o remount,ro /mnt/t
+        /mnt/t/busybox-tmpfs echo tmpfs-ran
+        cp /bin/busybox /data/busybox-reflag
+        mount -o remount,bind,ro /data
+        /data/busybox-reflag echo reflag-ran
+        cp /bin/busybox /other/busybox-setattr
+        /bin/probe setattr-ro /other
+        /other/busybox-setattr echo setattr-ran";
+
+fn run_privileged(agent: &Agent) -> (Run, Observed) {
+    let secret = HostTmpfs::with_busybox();
+    let (data, other) = (HostTmpfs::empty(), HostTmpfs::empty());
+    let volumes = [
+        Volume {
+            host: secret.scratch.path().to_owned(),
+            at: "/secret".to_owned(),
+            read_only: true,
+        },
+        Volume {
+            host: data.scratch.path().to_owned(),
+            at: "/data".to_owned(),
+            read_only: false,
+        },
+        Volume {
+            host: other.scratch.path().to_owned(),
+            at: "/other".to_owned(),
+            read_only: false,
+        },
+    ];
+    observe(
+        agent,
+        || {
+            container::run_privileged(&image(), &volumes, PRIVILEGED)
+                .expect("running the container")
+        },
+        |run| run.cgroup_id,
+    )
+}
+
+#[test]
+fn lsm_read_only_flags_a_privileged_container_set_are_not_trusted() {
+    let Some((_serial, agent)) = lsm() else {
+        return;
+    };
+    let (run, observed) = run_privileged(&agent);
+    assert!(run.stdout.contains("secret-ran"), "{run:#?}");
+    check(
+        &run,
+        &observed,
+        LSM,
+        &["tmpfs-ran", "reflag-ran", "setattr-ran"],
+        &[
+            ("exec", "container-mount", "busybox-tmpfs"),
+            ("exec", "container-mount", "busybox-reflag"),
+            ("exec", setattr_layer(&run), "busybox-setattr"),
+        ],
+    );
+}
+
+/// The layer of the file on the volume `mount_setattr` made read-only: a
+/// writable mount still on kernels without that system call (before 5.12).
+fn setattr_layer(run: &Run) -> &'static str {
+    if run.stdout.contains("setattr-ro: ok") {
+        "container-mount"
+    } else {
+        assert!(
+            run.stdout.contains("setattr-ro: Function not implemented"),
+            "{run:#?}"
+        );
+        "writable-mount"
+    }
+}
+
+/// The signal backend has no hook on mounts: what a privileged container
+/// made read-only runs, as the agent says at start-up.
+#[test]
+fn signal_read_only_flags_a_privileged_container_set_are_trusted() {
+    let Some((_serial, agent)) = signal(&[]) else {
+        return;
+    };
+    let (run, observed) = run_privileged(&agent);
+    for marker in ["secret-ran", "tmpfs-ran", "reflag-ran"] {
+        assert!(run.stdout.contains(marker), "{marker}: {run:#?}");
+    }
+    if setattr_layer(&run) == "container-mount" {
+        assert!(run.stdout.contains("setattr-ran"), "{run:#?}");
+        assert_eq!(events(&observed, SIGNAL.name), Vec::<&Value>::new());
+    } else {
+        check(
+            &run,
+            &observed,
+            SIGNAL,
+            &["setattr-ran"],
+            &[("exec", "writable-mount", "busybox-setattr")],
+        );
+    }
+    assert!(
+        observed
+            .log
+            .contains("what container processes do to mounts is NOT seen"),
+        "{}",
+        observed.log
+    );
 }
 
 /// What must keep running without an event: a Secret-like read-only tmpfs,

@@ -14,7 +14,9 @@ use std::{
 use std::os::fd::FromRawFd as _;
 
 use btf_rs::{Btf, Type};
-use enforcer_common::{KernelOffsets, MmapOffsets, OverlayLower, TaskOffsets, overlay_lower};
+use enforcer_common::{
+    KernelOffsets, MmapOffsets, MountOffsets, OverlayLower, TaskOffsets, mount_walk, overlay_lower,
+};
 
 /// BTF of the kernel image.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -93,6 +95,12 @@ const FILE_FLAGS: Field = field("file", "f_flags", Width::Bytes(4));
 const SB_USER_NS: Field = field("super_block", "s_user_ns", Width::Pointer);
 const USER_NS_LEVEL: Field = field("user_namespace", "level", Width::Bytes(4));
 const MNT_NAMESPACE_USER_NS: Field = field("mnt_namespace", "user_ns", Width::Pointer);
+const MNT_NAMESPACE_SEQ: Field = field("mnt_namespace", "seq", Width::Bytes(8));
+const MNT_NAMESPACE_NS_ID: Field = field("mnt_namespace", "ns.ns_id", Width::Bytes(8));
+const SB_MOUNTS_LIST: Field = field("super_block", "s_mounts.next", Width::Pointer);
+const MOUNT_MNT_INSTANCE: Field = field("mount", "mnt_instance.next", Width::Pointer);
+const SB_MOUNTS: Field = field("super_block", "s_mounts", Width::Pointer);
+const MOUNT_NEXT_FOR_SB: Field = field("mount", "mnt_next_for_sb", Width::Pointer);
 const TASK_FILES: Field = field("task_struct", "files", Width::Pointer);
 const FILES_FDT: Field = field("files_struct", "fdt", Width::Pointer);
 const FDTABLE_MAX_FDS: Field = field("fdtable", "max_fds", Width::Bytes(4));
@@ -241,6 +249,11 @@ pub struct Layout {
     pub overlay_lower_source: Result<String, String>,
     /// What decision records read to name a process's ancestors.
     pub task_offsets: TaskOffsets,
+    /// What the walk over a filesystem's mounts reads; its `walk` is set by
+    /// the agent, which knows whether the kernel has `bpf_loop`.
+    pub mount_offsets: MountOffsets,
+    /// Whether those fields resolved, or why not.
+    pub mount_walk: Result<(), String>,
 }
 
 /// Parsed vmlinux BTF plus, where present, the path of the overlay module's
@@ -354,6 +367,11 @@ impl KernelBtf {
             Err(error) => (MmapOffsets::default(), Err(error.to_string())),
         };
 
+        let (mount_offsets, mount_walk) = match self.mount_offsets(&core) {
+            Ok(offsets) => (offsets, Ok(())),
+            Err(error) => (MountOffsets::default(), Err(error.to_string())),
+        };
+
         let (ovl_inode_upperdentry, overlay) = self.ovl_inode_upperdentry()?;
         let (overlay_lower, overlay_lower_source) =
             self.vshield_layout(ovl_inode_upperdentry, &overlay)?;
@@ -399,7 +417,7 @@ impl KernelBtf {
             sb_user_ns: core(SB_USER_NS)?,
             user_ns_level: core(USER_NS_LEVEL)?,
             mnt_namespace_user_ns: core(MNT_NAMESPACE_USER_NS)?,
-            pad: 0,
+            mnt_namespace_id: self.mnt_namespace_id()?,
         };
         Ok(Layout {
             offsets,
@@ -411,6 +429,68 @@ impl KernelBtf {
             overlay_lower,
             overlay_lower_source,
             task_offsets: self.task_offsets()?,
+            mount_offsets,
+            mount_walk,
+        })
+    }
+
+    /// Where a mount namespace keeps its 64-bit id: `seq` up to 6.17,
+    /// `ns.ns_id` since.
+    fn mnt_namespace_id(&self) -> Result<u32, LayoutError> {
+        match self.core(MNT_NAMESPACE_SEQ) {
+            Err(LayoutError::MissingField { .. }) => self.core(MNT_NAMESPACE_NS_ID),
+            other => other,
+        }
+    }
+
+    /// Whether the kernel has the `bpf_loop` helper (5.17, and kernels it
+    /// was backported to): its number is in the `bpf_func_id` enum of the
+    /// kernel's own BTF.
+    fn has_bpf_loop(&self) -> bool {
+        let btf = &self.vmlinux;
+        btf.resolve_types_by_name("bpf_func_id")
+            .unwrap_or_default()
+            .iter()
+            .any(|ty| match ty {
+                Type::Enum(list) => list.members.iter().any(|member| {
+                    btf.resolve_name(member)
+                        .is_ok_and(|name| name == "BPF_FUNC_loop")
+                }),
+                _ => false,
+            })
+    }
+
+    fn mount_offsets(
+        &self,
+        core: &impl Fn(Field) -> Result<u32, LayoutError>,
+    ) -> Result<MountOffsets, LayoutError> {
+        let mount_mnt = core(MOUNT_MNT)?;
+        // Up to 6.15 a list of `mnt_instance` nodes; since, a chain of
+        // pointers.
+        let (sb_mounts, list_head, mount_link) = match core(MOUNT_NEXT_FOR_SB) {
+            Ok(link) => (core(SB_MOUNTS)?, 0, link),
+            Err(LayoutError::MissingField { .. }) => {
+                (core(SB_MOUNTS_LIST)?, 1, core(MOUNT_MNT_INSTANCE)?)
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(MountOffsets {
+            walk: if self.has_bpf_loop() {
+                mount_walk::LOOP
+            } else {
+                mount_walk::NO_LOOP
+            },
+            sb_mounts,
+            list_head,
+            mount_link,
+            mount_mnt,
+            vfsmount_flags: core(VFSMOUNT_FLAGS)?,
+            vfsmount_mnt_root: core(VFSMOUNT_MNT_ROOT)?,
+            vfsmount_mnt_ns: relative(mount_mnt, MOUNT_MNT_NS, core(MOUNT_MNT_NS)?, "mnt")?,
+            dentry_parent: core(DENTRY_PARENT)?,
+            mnt_namespace_id: self.mnt_namespace_id()?,
+            mnt_namespace_user_ns: core(MNT_NAMESPACE_USER_NS)?,
+            user_ns_level: core(USER_NS_LEVEL)?,
         })
     }
 
@@ -915,6 +995,12 @@ mod tests {
         // of the matrix (this test runs in each VM).
         assert_eq!(layout.deferred_release, Ok(()));
         assert_eq!(layout.syscall_mmap, Ok(()));
+        assert_eq!(layout.mount_walk, Ok(()));
+        // The helper arrived in 5.17; the matrix has kernels on both sides.
+        assert_eq!(
+            layout.mount_offsets.walk == mount_walk::LOOP,
+            !release_before(&super::super::features::kernel_release(), (5, 17))
+        );
         let offsets = layout.offsets;
         // Fields that cannot be first in their struct on any kernel.
         for (name, value) in [
@@ -942,6 +1028,8 @@ mod tests {
             ("fs_struct.root.mnt", offsets.fs_root_mnt),
             ("vm_area_struct.vm_file", offsets.vma_file),
             ("mount.mnt_ns - mount.mnt", offsets.vfsmount_mnt_ns),
+            ("super_block.s_mounts", layout.mount_offsets.sb_mounts),
+            ("mount.mnt_instance", layout.mount_offsets.mount_link),
             ("task_struct.mm", offsets.task_mm),
             ("dentry.d_parent", offsets.dentry_parent),
             ("dentry.d_name.len", offsets.dentry_name_len),

@@ -22,6 +22,8 @@
 //!   `overlay-rw:LOWERS:UPPER:WORK:DST`, `detach:DST` (`umount -l`, keeping a
 //!   descriptor of DST open as descriptor 3 and changing to it),
 //!   `chroot:DIR`. A failed step prints `STEP: ERROR` and exits 1.
+//! - `probe setattr-ro PATH`: make the mount at PATH read-only in place
+//!   with `mount_setattr` (5.12+), which needs `CAP_SYS_ADMIN`
 //! - `probe exec-with-fds N PATH ARGS...`: open N files (close-on-exec,
 //!   each its own open file), then `execv` PATH with ARGS (`argv[0]` is
 //!   PATH)
@@ -506,6 +508,43 @@ fn on_fd(command: &str, rest: &[String]) -> ExitCode {
     }
 }
 
+/// `mount_setattr(AT_FDCWD, path, 0, {attr_set: MOUNT_ATTR_RDONLY})`.
+fn setattr_read_only(path: &str) -> ExitCode {
+    /// `struct mount_attr`: `attr_set`, `attr_clr`, `propagation`,
+    /// `userns_fd`.
+    #[repr(C)]
+    struct MountAttr {
+        set: u64,
+        clear: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 1;
+    let target = CString::new(path).expect("path without NUL");
+    let attr = MountAttr {
+        set: MOUNT_ATTR_RDONLY,
+        clear: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid C string and a struct of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            0,
+            &raw const attr,
+            size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        fail("setattr-ro", &"ok", 0)
+    } else {
+        fail("setattr-ro", &io::Error::last_os_error(), 1)
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
@@ -529,6 +568,7 @@ fn main() -> ExitCode {
         | "compat-mmap2-exec"
         | "compat-old-mmap-exec" => gate(command, path),
         "exec-with-fds" => exec_with_fds(rest),
+        "setattr-ro" => setattr_read_only(path),
         "exec-fd" | "mmap-exec-fd" => on_fd(command, rest),
         "exec-deleted" => match open(path).and_then(|fd| std::fs::remove_file(path).map(|()| fd)) {
             Ok(fd) => fail("exec-deleted", &exec_fd(fd, rest), 126),
