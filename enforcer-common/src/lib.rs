@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 16;
+pub const ABI_VERSION: u32 = 17;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -469,6 +469,9 @@ pub struct TaskOffsets {
     pub cgroup_kn: u32,
     /// `kernfs_node.id`: what `bpf_get_current_cgroup_id` reports.
     pub kernfs_node_id: u32,
+    /// `cgroup.self.parent`: the parent group's `cgroup_subsys_state`,
+    /// which is its `struct cgroup` (`self` comes first).
+    pub cgroup_parent: u32,
 }
 
 /// Offsets for the walk over a filesystem's mounts (is a read-only mount's
@@ -1044,7 +1047,7 @@ mod tests {
     fn kernel_offsets_layout() {
         assert_eq!(size_of::<KernelOffsets>(), 42 * 4);
         assert_eq!(size_of::<MmapOffsets>(), 16 * 4);
-        assert_eq!(size_of::<TaskOffsets>(), 12 * 4);
+        assert_eq!(size_of::<TaskOffsets>(), 13 * 4);
         assert_eq!(size_of::<MountOffsets>(), 12 * 4);
         assert_eq!(offset_of!(MountOffsets, walk), 0);
         assert_eq!(offset_of!(MountOffsets, user_ns_level), 44);

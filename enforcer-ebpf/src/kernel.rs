@@ -9,7 +9,7 @@ use enforcer_common::{
     overlay_lower,
 };
 
-use crate::maps::{CONTAINER_MOUNT_NS, CONTAINER_ROOTS, offset};
+use crate::maps::{CONTAINER_MOUNT_NS, CONTAINER_ROOTS, offset, task_offset};
 
 /// A `bpf_probe_read_kernel` failed or returned a null pointer where the
 /// kernel guarantees one.
@@ -111,7 +111,8 @@ const ROOT_CGROUP: u64 = 1;
 /// private mount namespace, systemd's `PrivateTmp=` or `ProtectSystem=`, on
 /// the host side). That is the container's first exec, made by its runtime
 /// after `pivot_root` and before any of the container's own code ran, so
-/// the root recorded then is the one the runtime made.
+/// the root recorded then is the one the runtime made. A group made below
+/// a recorded one is that container's too (see the body for when).
 #[inline(always)]
 pub(crate) fn current_container(
     offsets: &KernelOffsets,
@@ -140,7 +141,28 @@ pub(crate) fn current_container(
     let root_ino: u64 = read(root_inode, offsets.inode_ino)?;
     let root_sb = read_ptr(root_inode, offsets.inode_sb)?;
     let root_dev: u32 = read(root_sb, offsets.sb_dev)?;
-    if root_ino == config.host_root_ino && root_dev == config.host_root_dev {
+    let host_root = root_ino == config.host_root_ino && root_dev == config.host_root_dev;
+    // A group made below a container's, by a process that can write the
+    // cgroup tree and moved into it, is that container's when the process
+    // is still in the container's mount namespace or has the host's root
+    // (a chroot into a hostPath of `/` before its first exec there). A
+    // container runtime inside the container (Docker in Docker, kind's
+    // nodes) gives its own containers a namespace and a root of their own:
+    // those are recorded as containers of their own.
+    let inherited = inherited_root();
+    if inherited != 0 && (host_root || mnt_ns == inherited as u32) {
+        let home = ContainerRoot {
+            root_dev: (inherited >> 32) as u32,
+            mnt_ns: inherited as u32,
+        };
+        let _ = CONTAINER_ROOTS.insert(cgroup, home, u64::from(BPF_NOEXIST));
+        return Ok(Some(Container {
+            mnt_ns,
+            mnt_ns_ptr,
+            home,
+        }));
+    }
+    if host_root {
         return Ok(None);
     }
     let home = ContainerRoot { root_dev, mnt_ns };
@@ -153,6 +175,31 @@ pub(crate) fn current_container(
         mnt_ns_ptr,
         home,
     }))
+}
+
+/// Groups above the current task's looked at for a container's record.
+const CGROUP_ANCESTORS_MAX: u32 = 8;
+
+/// The record of the nearest group above the current task's that has one,
+/// as `root_dev << 32 | mnt_ns`, or 0. A function of its own: its stack is
+/// then beside the decision's, not on top of it.
+#[inline(never)]
+fn inherited_root() -> u64 {
+    let css_set: u64 = read_or_zero(current_task(), task_offset!(task_cgroups));
+    let mut group: u64 = read_or_zero(css_set, task_offset!(css_set_dfl_cgrp));
+    for _ in 0..CGROUP_ANCESTORS_MAX {
+        group = read_or_zero(group, task_offset!(cgroup_parent));
+        if group < KERNEL_SPACE {
+            return 0;
+        }
+        let node: u64 = read_or_zero(group, task_offset!(cgroup_kn));
+        let id: u64 = read_or_zero(node, task_offset!(kernfs_node_id));
+        // SAFETY: the value is two plain integers, copied out at once.
+        if let Some(home) = unsafe { CONTAINER_ROOTS.get(id) } {
+            return (u64::from(home.root_dev) << 32) | u64::from(home.mnt_ns);
+        }
+    }
+    0
 }
 
 /// Notes that the current task, a container process, runs in its mount

@@ -511,6 +511,77 @@ fn signal_read_only_flags_a_privileged_container_set_are_trusted() {
     );
 }
 
+/// A privileged container process that can write the cgroup tree moves
+/// into a group it made below its own, `chroot`s into a read-only hostPath
+/// of the host's `/` and only then execs: that first exec in the new group
+/// has the host's root directory, and must not make it a host process.
+/// Then it runs a dropped file through a descriptor opened before.
+fn child_cgroup_script() -> String {
+    format!(
+        "mkdir -p /cg
+        mount -t cgroup2 none /cg
+        group=$(grep '^0::' /proc/self/cgroup | cut -d: -f3)
+        cp /bin/busybox /tmp/busybox-child
+        exec 3< /tmp/busybox-child
+        /bin/probe steps cgroup:/cg$group/escaped chroot:/host -- {PROBE} exec-fd 3 echo child-cgroup-ran"
+    )
+}
+
+fn check_child_cgroup(agent: &Agent, backend: Backend) {
+    let (run, observed) = observe(
+        agent,
+        || {
+            container::run_privileged(&image(), &host_root(), &child_cgroup_script())
+                .expect("running the container")
+        },
+        // The records are the new group's, not the container's: all of
+        // those made while it ran.
+        |_| None,
+    );
+    // Either way the new group's processes are container processes: the
+    // dropped file is refused, or, on the lsm backend where mounting the
+    // cgroup tree marked the container's mount namespace, already the host
+    // program reached through the read-only hostPath (unless the host's
+    // root filesystem is itself read-only, as in the test VMs).
+    let events = events(&observed, backend.name);
+    assert!(!run.stdout.contains("child-cgroup-ran"), "{run:#?}");
+    assert_eq!(events.len(), 1, "{events:#?}\n{run:#?}");
+    let refused_first = backend.name == LSM.name && events[0]["file"]["name"] == "probe";
+    if refused_first {
+        assert_event(
+            events[0],
+            "exec",
+            "container-mount",
+            "probe",
+            backend.decision,
+        );
+    } else {
+        assert_event(
+            events[0],
+            "exec",
+            "overlay-upper",
+            "busybox-child",
+            backend.decision,
+        );
+    }
+}
+
+#[test]
+fn lsm_a_new_cgroup_below_the_containers_stays_in_the_container() {
+    let Some((_serial, agent)) = lsm() else {
+        return;
+    };
+    check_child_cgroup(&agent, LSM);
+}
+
+#[test]
+fn signal_a_new_cgroup_below_the_containers_stays_in_the_container() {
+    let Some((_serial, agent)) = signal(&[]) else {
+        return;
+    };
+    check_child_cgroup(&agent, SIGNAL);
+}
+
 /// What must keep running without an event: a Secret-like read-only tmpfs,
 /// the same seen from a user namespace (its read-only flag is locked
 /// there), image directories bound read-only in a user namespace, and a

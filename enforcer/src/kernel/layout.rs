@@ -154,6 +154,8 @@ const TASK_CGROUPS: Field = field("task_struct", "cgroups", Width::Pointer);
 const CSS_SET_DFL_CGRP: Field = field("css_set", "dfl_cgrp", Width::Pointer);
 const CGROUP_KN: Field = field("cgroup", "kn", Width::Pointer);
 const KERNFS_NODE_ID: Field = field("kernfs_node", "id", Width::Bytes(8));
+const CGROUP_SELF: Field = field("cgroup", "self", Width::Bytes(0));
+const CGROUP_PARENT: Field = field("cgroup", "self.parent", Width::Pointer);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -603,6 +605,19 @@ impl KernelBtf {
             css_set_dfl_cgrp: core(CSS_SET_DFL_CGRP)?,
             cgroup_kn: core(CGROUP_KN)?,
             kernfs_node_id: core(KERNFS_NODE_ID)?,
+            cgroup_parent: {
+                // The parent's css is its cgroup only while `self` comes
+                // first, as it has since cgroup v2 exists.
+                if core(CGROUP_SELF)? != 0 {
+                    return Err(LayoutError::UnexpectedWidth {
+                        strukt: "cgroup",
+                        path: "self",
+                        expected: "at offset 0".to_owned(),
+                        found: "elsewhere".to_owned(),
+                    });
+                }
+                core(CGROUP_PARENT)?
+            },
         })
     }
 

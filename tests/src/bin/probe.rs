@@ -21,7 +21,11 @@
 //!   (mode 0755), `overlay:LOWERS:DST` (read-only, `LOWERS` joined by `+`),
 //!   `overlay-rw:LOWERS:UPPER:WORK:DST`, `detach:DST` (`umount -l`, keeping a
 //!   descriptor of DST open as descriptor 3 and changing to it),
-//!   `chroot:DIR`. A failed step prints `STEP: ERROR` and exits 1.
+//!   `chroot:DIR`, `cgroup:DIR` (make the cgroup DIR and move this process
+//!   into it). A failed step prints `STEP: ERROR` and exits 1.
+//! - `probe steps STEP... -- PROGRAM ARGS...`: the same steps, in the
+//!   process's own namespaces and with its own capabilities (a privileged
+//!   container's)
 //! - `probe setattr-ro PATH`: make the mount at PATH read-only in place
 //!   with `mount_setattr` (5.12+), which needs `CAP_SYS_ADMIN`
 //! - `probe exec-with-fds N PATH ARGS...`: open N files (close-on-exec,
@@ -233,7 +237,7 @@ fn open_many(count: u32) -> io::Result<()> {
 }
 
 /// `probe userns`: the steps, then the exec.
-fn userns(args: &[String]) -> ExitCode {
+fn userns(args: &[String], enter: bool) -> ExitCode {
     let Some(split) = args.iter().position(|arg| arg == "--") else {
         return fail("userns", &"usage: STEP... -- PROGRAM ARGS...", 2);
     };
@@ -241,7 +245,7 @@ fn userns(args: &[String]) -> ExitCode {
     if program.is_empty() {
         return fail("userns", &"usage: STEP... -- PROGRAM ARGS...", 2);
     }
-    if let Err(error) = enter_userns() {
+    if enter && let Err(error) = enter_userns() {
         return fail("unshare", &error, 1);
     }
     for step in steps {
@@ -351,6 +355,13 @@ fn take_step(step: &str) -> io::Result<()> {
                 check(libc::fchdir(3))?;
                 check(libc::umount2(dir.as_ptr(), libc::MNT_DETACH))
             }
+        }
+        ["cgroup", dir] => {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(
+                std::path::Path::new(dir).join("cgroup.procs"),
+                std::process::id().to_string(),
+            )
         }
         ["chroot", dir] => {
             let dir = cstring(dir);
@@ -561,7 +572,8 @@ fn main() -> ExitCode {
             Ok(fd) => fail("execveat", &exec_fd(fd, rest), 126),
             Err(error) => fail("open", &error, 1),
         },
-        "userns" => userns(rest),
+        "userns" => userns(rest, true),
+        "steps" => userns(rest, false),
         "pkey-mprotect-exec"
         | "compat-available"
         | "compat-mprotect-exec"
