@@ -261,7 +261,7 @@ impl FileFacts {
 }
 
 /// `ERR_PTR(-MAX_ERRNO)` and up are error pointers (`MNT_NS_INTERNAL` is one).
-const ERR_PTR_MIN: u64 = 0u64.wrapping_sub(4095);
+pub(crate) const ERR_PTR_MIN: u64 = 0u64.wrapping_sub(4095);
 
 /// Facts about `file` (a `struct file *`).
 ///

@@ -20,7 +20,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::{KERNEL_SPACE, read_or_zero},
+    kernel::{ERR_PTR_MIN, KERNEL_SPACE, read_or_zero},
     maps::{CONTAINER_MOUNT_NS, CONTAINER_REMOUNTS, MOUNT_OFFSETS, MOUNT_WALK, offset},
 };
 
@@ -276,9 +276,6 @@ fn mount(walk: &mut Walk) -> i64 {
     walk.node = read_or_zero(next, 0);
     0
 }
-
-/// `ERR_PTR(-MAX_ERRNO)` and up are error pointers (`MNT_NS_INTERNAL` is one).
-const ERR_PTR_MIN: u64 = 0u64.wrapping_sub(4095);
 
 /// Whether a container process may write through the mount `mnt`: it is in
 /// the mount namespace of a container, or of a user namespace (made by a
