@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 17;
+pub const ABI_VERSION: u32 = 18;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -208,6 +208,17 @@ pub mod layer {
     /// The kernel could not tell which file an exec ran (the signal
     /// backend's script lookup); refused, since it may be drift.
     pub const UNRESOLVED: u32 = 6;
+    /// The check could not be done: a read of kernel memory failed. Refused
+    /// for a process of a container the kernel or the agent knows, in
+    /// enforce mode (fail closed); allowed and reported otherwise, since the
+    /// process may be the host's. The record has no file, only the path
+    /// given to exec where there is one.
+    pub const READ_ERROR: u32 = 7;
+    /// On a read-only mount made by the host or the runtime, whose
+    /// filesystem the kernel could not look at for a mount the container
+    /// can write (no `bpf_loop` before 5.17): allowed, and reported, since
+    /// it may have been written through another mount of the same volume.
+    pub const UNCHECKED_MOUNT: u32 = 8;
 }
 
 /// How the file was about to be used ([`DecisionEvent::via`]).
@@ -269,7 +280,9 @@ pub mod counter {
     pub const EXEC_CHECKED: u32 = 0;
     /// Execs of container processes whose file was drift.
     pub const DRIFT_DETECTED: u32 = 1;
-    /// Kernel reads that failed; the exec was allowed (fail-open).
+    /// Checks that could not be done because a kernel read failed; each
+    /// one reported with [`layer::READ_ERROR`](super::layer::READ_ERROR),
+    /// and refused for a container process in enforce mode.
     pub const READ_ERRORS: u32 = 2;
     /// Events that did not fit in the ring buffer.
     pub const EVENTS_LOST: u32 = 3;
@@ -293,8 +306,13 @@ pub mod counter {
     /// same decision about the same file too often in the rate-limit window
     /// (the decision itself was carried out).
     pub const EVENTS_SUPPRESSED: u32 = 10;
+    /// Container files run from a read-only mount that the kernel could not
+    /// look at for a writable mount of the same filesystem (no `bpf_loop`
+    /// before 5.17); allowed, each reported with
+    /// [`layer::UNCHECKED_MOUNT`](super::layer::UNCHECKED_MOUNT).
+    pub const UNCHECKED_MOUNTS: u32 = 11;
     /// Number of slots in the array.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Kernel structure offsets, in bytes, read from the running kernel's BTF at
@@ -589,6 +607,12 @@ pub mod compat_syscall {
     pub const PKEY_MPROTECT: u64 = 380;
     pub const EXECVE: u64 = 11;
     pub const EXECVEAT: u64 = 358;
+    /// The calls that change mounts: the signal backend's tracepoints on
+    /// them do not see this gate.
+    pub const MOUNT: u64 = 21;
+    pub const MOVE_MOUNT: u64 = 429;
+    pub const FSCONFIG: u64 = 431;
+    pub const MOUNT_SETATTR: u64 = 442;
 }
 
 /// `TS_COMPAT` in x86's `thread_info.status`: the task is in a system call

@@ -12,8 +12,8 @@ use crate::{
     events,
     kernel::{self, Container, FileFacts, ReadError},
     maps::{
-        CONFIG, CONTAINER_DRIFT, CONTAINER_SUPERBLOCKS, DRIFT_POLICY, OFFSETS, OVERLAY_LOWER, TRACKING, WRITTEN_FILES,
-        count,
+        CONFIG, CONTAINER_DRIFT, CONTAINER_ROOTS, CONTAINER_SUPERBLOCKS, DRIFT_POLICY, OFFSETS,
+        OVERLAY_LOWER, TRACKING, WRITTEN_FILES, count,
     },
     mounts, path,
 };
@@ -24,7 +24,12 @@ pub(crate) struct Drift {
     /// One of `mode::ENFORCE`, `mode::AUDIT`.
     pub(crate) mode: u32,
     pub(crate) mnt_ns: u32,
-    pub(crate) file: FileFacts,
+    /// The file's `struct dentry *` (for its name), inode number and
+    /// device: what the record says of it, and no more, since a `Drift`
+    /// sits on stacks the exec programs have nearly filled.
+    pub(crate) dentry: u64,
+    pub(crate) ino: u64,
+    pub(crate) dev: u32,
     /// One of `layer::*`.
     pub(crate) layer: u32,
     /// One of `via::*`.
@@ -40,10 +45,20 @@ pub(crate) enum Verdict {
     Drift(Drift),
 }
 
-/// The offsets the agent resolved at load time.
+/// The offsets the agent resolved at load time, read where they are.
+///
+/// `Global::load` is one volatile read of the whole struct (so that LLVM
+/// cannot fold the object's zeroes into the code): 168 bytes copied onto
+/// every program's stack, which the exec programs cannot spare. A reference
+/// to the read-only map whose address LLVM cannot see through (`black_box`)
+/// keeps the values unfolded without the copy; each field is then one load
+/// from the frozen map, a constant to the verifier.
 #[inline(always)]
-pub(crate) fn offsets() -> KernelOffsets {
-    OFFSETS.load()
+pub(crate) fn offsets() -> &'static KernelOffsets {
+    let offsets = core::ptr::from_ref(&OFFSETS).cast::<KernelOffsets>();
+    // SAFETY: `Global<T>` is `repr(transparent)` over an initialised `T`,
+    // which lives as long as the program.
+    unsafe { &*core::hint::black_box(offsets) }
 }
 
 /// The drift policy over the current task, when it is a container process
@@ -118,15 +133,68 @@ pub(crate) fn undecided(
     let Some(scope) = scope(offsets)? else {
         return Ok(Verdict::Allow);
     };
+    let facts = kernel::file_facts(file, offsets)?;
     Ok(Verdict::Drift(Drift {
         mode: scope.settings.mode,
         mnt_ns: scope.container.mnt_ns,
-        file: kernel::file_facts(file, offsets)?,
+        dentry: facts.dentry,
+        ino: facts.ino,
+        dev: facts.dev,
         layer,
         via,
         policy: scope.policy,
         flags: 0,
     }))
+}
+
+/// The verdict on a check that a failed read of kernel memory left
+/// undecided (`via`): drift of layer `READ_ERROR`, so that it is reported.
+/// For a process of a container the kernel recorded or the agent placed, in
+/// its drift policy's mode: refused in enforce mode (fail closed). For any
+/// other process in audit mode, allowed: it may be the host's, which must
+/// keep running.
+#[inline(always)]
+pub(crate) fn unreadable(via: u32) -> Verdict {
+    count(counter::READ_ERRORS);
+    // SAFETY: a plain helper call.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: a plain value, copied out.
+    let placed = unsafe { CONTAINER_DRIFT.get(cgroup) }.copied();
+    let policy = placed.unwrap_or(drift_policy::UNKNOWN);
+    let mut mode = match DRIFT_POLICY.get(policy) {
+        Some(settings) => settings.mode,
+        None => mode::AUDIT,
+    };
+    if mode == mode::OFF {
+        return Verdict::Allow;
+    }
+    // Nested rather than `placed.is_some() || recorded`, which LLVM makes
+    // one OR of the two lookups' pointers, and the verifier refuses that.
+    // SAFETY: a plain value, only tested for presence.
+    if placed.is_none() && unsafe { CONTAINER_ROOTS.get(cgroup) }.is_none() {
+        mode = mode::AUDIT;
+    }
+    Verdict::Drift(Drift {
+        mode,
+        mnt_ns: 0,
+        dentry: 0,
+        ino: 0,
+        dev: 0,
+        layer: layer::READ_ERROR,
+        via,
+        policy,
+        flags: 0,
+    })
+}
+
+/// `checked`, or [`unreadable`] when a read failed: one verdict, carried
+/// out and reported at one place in each program.
+#[inline(always)]
+pub(crate) fn or_unreadable(checked: Result<Verdict, ReadError>, via: u32) -> Verdict {
+    match checked {
+        Ok(verdict) => verdict,
+        Err(ReadError) => unreadable(via),
+    }
 }
 
 /// Decides whether the current task may run `file` (a `struct file *`)
@@ -182,6 +250,9 @@ pub(crate) fn check_file(
         && events::in_exec_session(offsets);
     let (mode, flags) = if exec_session {
         (mode::AUDIT, event_flags::EXEC_SESSION)
+    } else if layer == layer::UNCHECKED_MOUNT {
+        count(counter::UNCHECKED_MOUNTS);
+        (mode::AUDIT, 0)
     } else {
         (settings.mode, 0)
     };
@@ -190,7 +261,9 @@ pub(crate) fn check_file(
         mode: path::opaque(mode),
         flags: path::opaque(flags),
         mnt_ns: container.mnt_ns,
-        file: facts,
+        dentry: facts.dentry,
+        ino: facts.ino,
+        dev: facts.dev,
         layer,
         via,
         policy,
@@ -291,9 +364,12 @@ fn classify(
         facts.sb_flags
     };
     // A read-only filesystem of the initial user namespace: only the host
-    // can have made it so.
+    // can have made it so, or a process of this container that changed
+    // mounts with the host's privileges (a tmpfs it filled and remounted
+    // read-only, which the signal backend cannot mark by its superblock).
     if sb_flags & SB_RDONLY != 0 {
-        return Ok(None);
+        return Ok(mounts::container_changed_mounts(container.home.mnt_ns)
+            .then_some(layer::CONTAINER_MOUNT));
     }
     if stacked {
         // A layer of an overlay the container mounted, on a filesystem it
@@ -312,7 +388,7 @@ fn classify(
     // Read-only here, but perhaps written through another mount of the same
     // filesystem: one volume mounted read-write and read-only in one pod.
     if !mounts::enabled() {
-        return Ok(None);
+        return Ok(Some(layer::UNCHECKED_MOUNT));
     }
     Ok(
         match mounts::writable_by_a_container(facts.sb, facts.dentry) {
@@ -332,7 +408,8 @@ fn classify(
 /// its runtime. A read-only bind mount a container process made in a user
 /// namespace of its own, or a mount detached from every namespace, is not;
 /// nor is any mount of a namespace in which a container process mounted,
-/// moved or re-flagged anything (lsm backend, [`crate::mount_changes`]).
+/// moved or re-flagged anything, or any mount at all once the container did
+/// so with the host's privileges ([`crate::mount_changes`]).
 #[inline(always)]
 fn read_only_by_the_host(
     facts: &FileFacts,
@@ -345,7 +422,9 @@ fn read_only_by_the_host(
     if facts.mnt_ns == 0 {
         return Ok(false);
     }
-    if mounts::namespace_changed(facts.mnt_ns) {
+    if mounts::namespace_changed(facts.mnt_ns)
+        || mounts::container_changed_mounts(container.home.mnt_ns)
+    {
         return Ok(false);
     }
     let inum: u32 = kernel::read(facts.mnt_ns, offsets.mnt_namespace_inum)?;

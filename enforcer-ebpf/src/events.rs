@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{
 use enforcer_common::{
     COMM_LEN, DecisionEvent, EXEC_PATH_LEN, EventHeader, KernelOffsets, LINEAGE_MAX,
     LINEAGE_WALK_MAX, NAME_LEN, ReportKey, ReportWindow, RootNotice, counter, event_flags,
-    event_kind, reason,
+    event_kind, layer, reason,
 };
 
 use crate::{
@@ -255,10 +255,10 @@ fn leader_ids(task: u64, offsets: &KernelOffsets) -> (u32, u32, u32) {
 }
 
 /// What a decision record says, apart from the task's own context.
-struct Report<'a> {
+struct Report {
     mnt_ns: u32,
-    /// For the name.
-    file: &'a FileFacts,
+    /// The file's `struct dentry *`, for the name.
+    dentry: u64,
     /// The inode number and device reported.
     ino: u64,
     dev: u32,
@@ -285,7 +285,7 @@ struct Report<'a> {
 /// lose one count of the carried number. The per-CPU counter of suppressed
 /// records is exact.
 #[inline(always)]
-fn rate_limit(report: &Report<'_>, cgroup_id: u64, now: u64) -> Option<u32> {
+fn rate_limit(report: &Report, cgroup_id: u64, now: u64) -> Option<u32> {
     let config = CONFIG.load();
     if config.report_burst == 0 {
         return Some(0);
@@ -332,7 +332,7 @@ fn rate_limit(report: &Report<'_>, cgroup_id: u64, now: u64) -> Option<u32> {
 /// is the `char *` path given to exec, absent for mappings and opens. A full
 /// ring buffer is counted, never silent.
 #[inline(always)]
-fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
+fn report(report: &Report, filename: Option<u64>, offsets: &KernelOffsets) {
     // SAFETY: helpers without arguments, callable from every program type
     // that reports.
     let (now, cgroup_id) = unsafe { (bpf_ktime_get_boot_ns(), bpf_get_current_cgroup_id()) };
@@ -389,7 +389,7 @@ fn report(report: &Report<'_>, filename: Option<u64>, offsets: &KernelOffsets) {
             comm.add(1).write_volatile(0);
         }
 
-        let name = kernel::read::<u64>(report.file.dentry, offsets.dentry_name).unwrap_or(0);
+        let name = kernel::read::<u64>(report.dentry, offsets.dentry_name).unwrap_or(0);
         let _ = read_str((&raw mut (*event).name).cast::<u8>(), NAME_LEN, name);
 
         let path = (&raw mut (*event).path).cast::<u8>();
@@ -428,9 +428,9 @@ fn drift(
     report(
         &Report {
             mnt_ns: drift.mnt_ns,
-            file: &drift.file,
-            ino: drift.file.ino,
-            dev: drift.file.dev,
+            dentry: drift.dentry,
+            ino: drift.ino,
+            dev: drift.dev,
             reason: reason::DRIFT,
             layer: drift.layer,
             via: drift.via,
@@ -456,11 +456,12 @@ pub(crate) fn vshield(
     report(
         &Report {
             mnt_ns: hit.mnt_ns,
-            file: &hit.file,
+            dentry: hit.dentry,
             ino: hit.id.ino,
             dev: hit.id.dev,
             reason: reason::VSHIELD,
-            layer: 0,
+            // Slot 0 is no vShield: a check a failed read left undecided.
+            layer: if hit.rule.rule == 0 { layer::READ_ERROR } else { 0 },
             via: hit.via,
             rule: hit.rule.rule,
             decision,
@@ -472,7 +473,8 @@ pub(crate) fn vshield(
     );
 }
 
-/// Counts and reports a drift decision.
+/// Counts and reports a drift decision. What the kernel could not decide
+/// (`READ_ERROR`, `UNCHECKED_MOUNT`) has counters of its own.
 #[inline(always)]
 pub(crate) fn decided(
     drift: &Drift,
@@ -481,7 +483,9 @@ pub(crate) fn decided(
     decision: u32,
     backend: u32,
 ) {
-    count(counter::DRIFT_DETECTED);
+    if drift.layer < layer::READ_ERROR {
+        count(counter::DRIFT_DETECTED);
+    }
     self::drift(drift, filename, offsets, decision, backend);
 }
 

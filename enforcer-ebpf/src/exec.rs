@@ -16,18 +16,6 @@ use crate::{
     mmap,
 };
 
-/// `bprm->file` and `bprm->filename`.
-#[inline(always)]
-pub(crate) fn exec_file(
-    bprm: u64,
-    offsets: &KernelOffsets,
-) -> Result<(u64, u64), kernel::ReadError> {
-    Ok((
-        kernel::read_ptr(bprm, offsets.binprm_file)?,
-        kernel::read::<u64>(bprm, offsets.binprm_filename)?,
-    ))
-}
-
 /// `bprm_check_security(struct linux_binprm *bprm)`: runs before the new
 /// program is loaded, for the file and again for each interpreter (scripts).
 #[lsm(hook = "bprm_check_security")]
@@ -35,6 +23,7 @@ pub(crate) fn exec_file(
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
     let bprm: u64 = ctx.arg(0);
     // A previous LSM's refusal stands.
@@ -45,22 +34,23 @@ pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
     count(counter::EXEC_CHECKED);
     let offsets = drift::offsets();
     kernel::note_mount_namespace();
-    let checked = exec_file(bprm, &offsets)
-        .and_then(|(file, filename)| Ok((drift::check_file(file, via::EXEC, &offsets)?, filename)));
-    match checked {
-        Ok((Verdict::Allow, _)) => 0,
-        Ok((Verdict::Drift(drift), filename)) => {
+    match drift::or_unreadable(check_exec(bprm, offsets), via::EXEC) {
+        Verdict::Allow => 0,
+        Verdict::Drift(drift) => {
             let (decision, verdict) = lsm_verdict(drift.mode);
-            events::decided(&drift, Some(filename), &offsets, decision, backend::LSM);
+            let filename = kernel::read_or_zero(bprm, offsets.binprm_filename);
+            events::decided(&drift, Some(filename), offsets, decision, backend::LSM);
             verdict
         }
-        // Fail open: a read error must not stop the host from running
-        // programs. It is counted and reported by the agent.
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            0
-        }
     }
+}
+
+/// The verdict on the exec of `bprm`'s file. For the record, the path is
+/// `bprm->filename` (null when unreadable: the record then has none).
+#[inline(always)]
+fn check_exec(bprm: u64, offsets: &KernelOffsets) -> Result<Verdict, kernel::ReadError> {
+    kernel::read_ptr(bprm, offsets.binprm_file)
+        .and_then(|file| drift::check_file(file, via::EXEC, offsets))
 }
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`:
@@ -74,16 +64,14 @@ pub(crate) fn bprm_check_security(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let bprm: u64 = ctx.arg(2);
     count(counter::EXEC_CHECKED);
     let offsets = drift::offsets();
-    let checked = exec_file(bprm, &offsets)
-        .and_then(|(file, filename)| Ok((drift::check_file(file, via::EXEC, &offsets)?, filename)));
-    match checked {
-        Ok((Verdict::Allow, _)) => {}
-        Ok((Verdict::Drift(drift), filename)) => kill(&drift, Some(filename), &offsets),
-        Err(_) => count(counter::READ_ERRORS),
+    if let Verdict::Drift(drift) = drift::or_unreadable(check_exec(bprm, offsets), via::EXEC) {
+        let filename = kernel::read_or_zero(bprm, offsets.binprm_filename);
+        kill(&drift, Some(filename), offsets);
     }
     kernel::note_mount_namespace();
     0
@@ -97,16 +85,15 @@ pub(crate) fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
 /// program's name. Found at `AT_BASE` of the new program's auxiliary vector
 /// (`bpf_find_vma`, 5.17+).
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
+#[inline(always)]
 pub(crate) fn sched_process_exec_interp(_ctx: RawTracePointContext) -> i32 {
     let offsets = drift::offsets();
-    let checked = elf_interpreter(&offsets).and_then(|file| match file {
-        Some(file) => drift::check_file(file, via::EXEC, &offsets),
+    let checked = elf_interpreter(offsets).and_then(|file| match file {
+        Some(file) => drift::check_file(file, via::EXEC, offsets),
         None => Ok(Verdict::Allow),
     });
-    match checked {
-        Ok(Verdict::Allow) => {}
-        Ok(Verdict::Drift(drift)) => kill(&drift, None, &offsets),
-        Err(_) => count(counter::READ_ERRORS),
+    if let Verdict::Drift(drift) = drift::or_unreadable(checked, via::EXEC) {
+        kill(&drift, None, offsets);
     }
     0
 }

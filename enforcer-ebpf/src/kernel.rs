@@ -166,9 +166,13 @@ pub(crate) fn current_container(
         return Ok(None);
     }
     let home = ContainerRoot { root_dev, mnt_ns };
-    if cgroup > ROOT_CGROUP {
-        // BPF_NOEXIST: of two first execs racing, the first record stays.
-        let _ = CONTAINER_ROOTS.insert(cgroup, home, u64::from(BPF_NOEXIST));
+    // BPF_NOEXIST: of two first execs racing, the first record stays.
+    if cgroup > ROOT_CGROUP
+        && CONTAINER_ROOTS
+            .insert(cgroup, home, u64::from(BPF_NOEXIST))
+            .is_ok()
+    {
+        crate::mounts::forget_container(mnt_ns);
     }
     Ok(Some(Container {
         mnt_ns,
@@ -217,15 +221,21 @@ pub(crate) fn note_mount_namespace() {
     if unsafe { CONTAINER_ROOTS.get(bpf_get_current_cgroup_id()) }.is_none() {
         return;
     }
-    let nsproxy: u64 = read_or_zero(current_task(), offset!(task_nsproxy));
-    let mnt_ns: u64 = read_or_zero(nsproxy, offset!(nsproxy_mnt_ns));
-    let id: u64 = read_or_zero(mnt_ns, offset!(mnt_namespace_id));
+    let id: u64 = read_or_zero(current_mnt_ns(), offset!(mnt_namespace_id));
     // SAFETY: a plain value, only tested for presence.
     if id != 0 && unsafe { CONTAINER_MOUNT_NS.get(id) }.is_none() {
         // A failed insert leaves the namespace's writable mounts unseen by
         // the mount walk: nothing to do about it here.
         let _ = CONTAINER_MOUNT_NS.insert(id, 0, 0);
     }
+}
+
+/// The current task's `struct mnt_namespace *`; null when it cannot be read
+/// (every read from it then gives zero).
+#[inline(always)]
+pub(crate) fn current_mnt_ns() -> u64 {
+    let nsproxy: u64 = read_or_zero(current_task(), offset!(task_nsproxy));
+    read_or_zero(nsproxy, offset!(nsproxy_mnt_ns))
 }
 
 /// What the drift check needs to know about a file.

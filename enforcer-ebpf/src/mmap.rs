@@ -15,31 +15,28 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     KernelOffsets, MAP_ANONYMOUS, MmapOffsets, PROT_EXEC, TS_COMPAT, backend, compat_syscall,
-    counter, via,
+    via,
 };
 
 use crate::{
     drift::{self, Verdict},
     events, exec,
     kernel::{self, ReadError},
-    maps::{CONFIG, MMAP_OFFSETS, count},
+    maps::{CONFIG, MMAP_OFFSETS},
+    mount_changes,
     path,
 };
 
-/// Decides on an executable mapping of `file`; returns the hook's result.
+/// Carries out and reports the verdict on an executable mapping; returns
+/// the hook's result.
 #[inline(always)]
-fn decide(file: u64, how: u32) -> i32 {
-    let offsets = drift::offsets();
-    match drift::check_file(file, how, &offsets) {
-        Ok(Verdict::Allow) => 0,
-        Ok(Verdict::Drift(drift)) => {
+fn respond(checked: Result<Verdict, ReadError>, how: u32, offsets: &KernelOffsets) -> i32 {
+    match drift::or_unreadable(checked, how) {
+        Verdict::Allow => 0,
+        Verdict::Drift(drift) => {
             let (decision, verdict) = exec::lsm_verdict(drift.mode);
-            events::decided(&drift, None, &offsets, decision, backend::LSM);
+            events::decided(&drift, None, offsets, decision, backend::LSM);
             verdict
-        }
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            0
         }
     }
 }
@@ -51,6 +48,7 @@ fn decide(file: u64, how: u32) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn mmap_file(ctx: LsmContext) -> i32 {
     let file: u64 = ctx.arg(0);
     let prot: u64 = ctx.arg(2);
@@ -63,10 +61,12 @@ pub(crate) fn mmap_file(ctx: LsmContext) -> i32 {
     }
     // The kernel mapping the program it is executing (and the program
     // mapping itself later): already decided at exec.
-    if kernel::is_current_exe(file, &drift::offsets()) {
+    let offsets = drift::offsets();
+    if kernel::is_current_exe(file, offsets) {
         return 0;
     }
-    decide(file, via::MMAP)
+    let checked = drift::check_file(file, via::MMAP, offsets);
+    respond(checked, via::MMAP, offsets)
 }
 
 /// `file_mprotect(struct vm_area_struct *vma, unsigned long reqprot,
@@ -76,6 +76,7 @@ pub(crate) fn mmap_file(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn file_mprotect(ctx: LsmContext) -> i32 {
     let vma: u64 = ctx.arg(0);
     let prot: u64 = ctx.arg(2);
@@ -87,14 +88,11 @@ pub(crate) fn file_mprotect(ctx: LsmContext) -> i32 {
         return 0;
     }
     let offsets = drift::offsets();
-    match kernel::read::<u64>(vma, offsets.vma_file) {
-        Ok(0) => 0,
-        Ok(file) => decide(file, via::MPROTECT),
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            0
-        }
-    }
+    let checked = kernel::read::<u64>(vma, offsets.vma_file).and_then(|file| match file {
+        0 => Ok(Verdict::Allow),
+        file => drift::check_file(file, via::MPROTECT, offsets),
+    });
+    respond(checked, via::MPROTECT, offsets)
 }
 
 /// `sys_enter(struct pt_regs *regs, long id)`, for the signal backend, which
@@ -109,6 +107,7 @@ pub(crate) fn file_mprotect(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sys_enter_exec_map(ctx: RawTracePointContext) -> i32 {
     on_sys_enter(&ctx, true)
 }
@@ -120,6 +119,7 @@ pub(crate) fn sys_enter_exec_map(ctx: RawTracePointContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sys_enter_mmap(ctx: RawTracePointContext) -> i32 {
     on_sys_enter(&ctx, false)
 }
@@ -213,44 +213,58 @@ fn request(
     }))
 }
 
+/// Whether `id` is a call that changes mounts on the 32-bit gate.
+#[inline(always)]
+fn is_mount_call(id: u64) -> bool {
+    id == compat_syscall::MOUNT
+        || id == compat_syscall::MOVE_MOUNT
+        || id == compat_syscall::FSCONFIG
+        || id == compat_syscall::MOUNT_SETATTR
+}
+
 #[inline(always)]
 fn on_sys_enter(ctx: &RawTracePointContext, with_mprotect: bool) -> i32 {
     let id: u64 = ctx.arg(1);
     let regs: u64 = ctx.arg(0);
     let mmap = MMAP_OFFSETS.load();
-    let request = match request(id, regs, with_mprotect, &mmap) {
-        Ok(Some(request)) => request,
-        Ok(None) => return 0,
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            return 0;
+    if is_mount_call(id) && CONFIG.load().compat_syscalls != 0 {
+        // Through the 32-bit gate, where the mount change programs' system
+        // call tracepoints do not see it (the other gate's numbers mean
+        // calls that change nothing).
+        let status: u32 = kernel::read_or_zero(kernel::current_task(), mmap.thread_status);
+        if status & TS_COMPAT != 0 {
+            mount_changes::mark_mount_change(0);
         }
-    };
+        return 0;
+    }
     let offsets = drift::offsets();
     // Plain matches rather than closures: a closure LLVM leaves out of line
     // puts a Rust enum layout in the object's BTF, which the kernel refuses.
-    let (target, how) = if request.maps {
-        (mapped_file(&request.args, &mmap, &offsets), via::MMAP)
-    } else if with_mprotect {
-        (Ok(protected_file(&request.args, &offsets)), via::MPROTECT)
-    } else {
-        // Not reached; the constant keeps `bpf_find_vma` out of the program
-        // for kernels that do not have it (before 5.17).
-        return 0;
-    };
-    let file = match target {
-        Ok(Some(file)) => file,
+    let (target, how) = match request(id, regs, with_mprotect, &mmap) {
         Ok(None) => return 0,
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            return 0;
+        Err(ReadError) => (Err(ReadError), via::MMAP),
+        Ok(Some(request)) if request.maps => {
+            (mapped_file(&request.args, &mmap, offsets), via::MMAP)
+        }
+        Ok(Some(request)) => {
+            // Not reached without `with_mprotect`; the constant keeps
+            // `bpf_find_vma` out of the program for kernels that do not
+            // have it (before 5.17).
+            if !with_mprotect {
+                return 0;
+            }
+            (Ok(protected_file(&request.args, offsets)), via::MPROTECT)
         }
     };
-    // One pass of the verifier through the check for both routes.
-    match drift::check_file(file, path::opaque(how), &offsets) {
-        Ok(Verdict::Drift(drift)) => exec::kill(&drift, None, &offsets),
-        Ok(Verdict::Allow) => {}
-        Err(_) => count(counter::READ_ERRORS),
+    let checked = match target {
+        Ok(Some(file)) => drift::check_file(file, path::opaque(how), offsets),
+        Ok(None) => return 0,
+        Err(ReadError) => Err(ReadError),
+    };
+    // One pass of the verifier through the check for both routes, and one
+    // report for a decision and a read that failed.
+    if let Verdict::Drift(drift) = drift::or_unreadable(checked, how) {
+        exec::kill(&drift, None, offsets);
     }
     0
 }

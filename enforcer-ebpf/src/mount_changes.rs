@@ -1,93 +1,108 @@
-//! What container processes do to filesystems and mounts, on the lsm
-//! backend. A process with `CAP_SYS_ADMIN` on the host (a privileged
-//! container) can fill a tmpfs and remount it read-only, loop-mount an image
-//! it built, or make the runtime's writable volume read-only where it is
-//! mounted; the read-only flag then says nothing about who wrote the files.
-//! These hooks only observe (they return the previous decision unchanged):
-//! they mark the superblocks such a process created or re-flagged, and the
-//! mount namespaces in which it mounted, moved or re-flagged anything, and
-//! [`crate::drift`] trusts no read-only flag there.
+//! What container processes do to filesystems and mounts. A process with
+//! `CAP_SYS_ADMIN` on the host (a privileged container) can fill a tmpfs
+//! and remount it read-only, loop-mount an image it built, or make the
+//! runtime's writable volume read-only where it is mounted; the read-only
+//! flag then says nothing about who wrote the files. These programs only
+//! observe (the LSM ones return the previous decision unchanged). They mark
+//! the superblocks such a process created or remounted (lsm backend), the
+//! mount namespaces in which it mounted, moved or re-flagged anything, and,
+//! when it did so with the host's privileges, its container: a mount
+//! namespace it makes afterwards (`unshare -m`) copies the re-flagged
+//! mounts under a new id, and the container stays what it was.
+//! [`crate::drift`] trusts no read-only flag they mark.
+//!
+//! The lsm backend uses LSM hooks, and fentry programs for the system calls
+//! that have none. The signal backend, which has neither, uses the system
+//! calls' tracepoints (`mount`, `mount_setattr`, `move_mount`, `fsconfig`):
+//! they see no superblock, and not the 32-bit gate.
 
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id,
-    macros::{fentry, lsm},
-    programs::{FEntryContext, LsmContext},
+    macros::{fentry, lsm, tracepoint},
+    programs::{FEntryContext, LsmContext, TracePointContext},
 };
-use enforcer_common::{AgentConfig, KernelOffsets};
+use enforcer_common::ContainerRoot;
 
 use crate::{
-    drift,
-    kernel::{self, ReadError},
-    maps::{CONFIG, CONTAINER_REMOUNTS, CONTAINER_ROOTS, CONTAINER_SUPERBLOCKS},
+    kernel::{self, read_or_zero},
+    maps::{CONFIG, CONTAINER_REMOUNTS, CONTAINER_ROOTS, CONTAINER_SUPERBLOCKS, offset},
+    mounts,
 };
 
-/// Whether the current task is a process of a container the kernel has
-/// recorded (its first exec was seen), outside the host's mount namespace:
-/// the runtime's own set-up before that first exec is not the container's
-/// doing.
+/// `mount(2)` flags (`include/uapi/linux/mount.h`).
+const MS_REMOUNT: u64 = 32;
+const MS_BIND: u64 = 4096;
+const MS_UNBINDABLE: u64 = 1 << 17;
+const MS_PRIVATE: u64 = 1 << 18;
+const MS_SLAVE: u64 = 1 << 19;
+const MS_SHARED: u64 = 1 << 20;
+
+/// Whether `mount(2)` with `flags` only changes how mounts propagate
+/// (`mount --make-rprivate /`, which `unshare -m` does): the kernel takes
+/// that branch only without `MS_REMOUNT` and `MS_BIND`, and it changes no
+/// read-only flag and shows no new files.
 #[inline(always)]
-fn in_a_container(offsets: &KernelOffsets, config: &AgentConfig) -> Result<bool, ReadError> {
-    // SAFETY: a plain helper call, and a value only tested for presence.
-    if unsafe { CONTAINER_ROOTS.get(bpf_get_current_cgroup_id()) }.is_none() {
-        return Ok(false);
-    }
-    Ok(current_mnt_ns(offsets)? != config.host_mnt_ns)
+fn propagation_only(flags: u64) -> bool {
+    flags & (MS_REMOUNT | MS_BIND) == 0
+        && flags & (MS_SHARED | MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE) != 0
 }
 
-/// The current task's `struct mnt_namespace *`.
+/// The record of the current task's container, when it is a process of a
+/// container the kernel has recorded (its first exec was seen) outside the
+/// host's mount namespace: the runtime's own set-up before that first exec
+/// is not the container's doing.
 #[inline(always)]
-fn current_mnt_ns_ptr(offsets: &KernelOffsets) -> Result<u64, ReadError> {
-    let nsproxy = kernel::read_ptr(kernel::current_task(), offsets.task_nsproxy)?;
-    kernel::read_ptr(nsproxy, offsets.nsproxy_mnt_ns)
-}
-
-#[inline(always)]
-fn current_mnt_ns(offsets: &KernelOffsets) -> Result<u32, ReadError> {
-    kernel::read(current_mnt_ns_ptr(offsets)?, offsets.mnt_namespace_inum)
-}
-
-#[inline(always)]
-fn current_mnt_ns_id(offsets: &KernelOffsets) -> Result<u64, ReadError> {
-    kernel::read(current_mnt_ns_ptr(offsets)?, offsets.mnt_namespace_id)
+fn container_of_current() -> Option<ContainerRoot> {
+    // SAFETY: a plain helper call; the value is two integers, copied out.
+    let home = unsafe { CONTAINER_ROOTS.get(bpf_get_current_cgroup_id()) }.copied()?;
+    let mnt_ns: u32 = read_or_zero(kernel::current_mnt_ns(), offset!(mnt_namespace_inum));
+    (mnt_ns != 0 && mnt_ns != CONFIG.load().host_mnt_ns).then_some(home)
 }
 
 /// Marks the superblock `sb` when a container process made or changed it.
 #[inline(always)]
 fn mark_superblock(sb: u64) {
-    let offsets = drift::offsets();
-    if matches!(in_a_container(&offsets, &CONFIG.load()), Ok(true)) {
+    if container_of_current().is_some() {
         // A full table evicts the oldest mark: that filesystem's read-only
         // flag is trusted again, as it was before these hooks.
         let _ = CONTAINER_SUPERBLOCKS.insert(sb, 0, 0);
     }
 }
 
-/// Marks the mount namespace of `path` (a `struct path *`, whose mount is
-/// its first field) when a container process changes mounts there.
+/// Marks the mount namespace `mnt_ns` (a `struct mnt_namespace *`; the
+/// current task's when null) and, when the current task changes mounts with
+/// the host's privileges, its container, if it is a container process.
 #[inline(always)]
-fn mark_namespace_of(path: u64) {
-    let offsets = drift::offsets();
-    if !matches!(in_a_container(&offsets, &CONFIG.load()), Ok(true)) {
+pub(crate) fn mark_mount_change(mnt_ns: u64) {
+    let Some(home) = container_of_current() else {
         return;
-    }
-    // A mount in no namespace yet: the change is the task's own.
-    let id = match namespace_of(path, &offsets) {
-        Ok(id) => Ok(id),
-        Err(ReadError) => current_mnt_ns_id(&offsets),
     };
-    if let Ok(id) = id {
+    let own = kernel::current_mnt_ns();
+    let mnt_ns = if mnt_ns == 0 { own } else { mnt_ns };
+    let id: u64 = read_or_zero(mnt_ns, offset!(mnt_namespace_id));
+    if id != 0 {
         let _ = CONTAINER_REMOUNTS.insert(id, 0, 0);
+    }
+    // In a mount namespace of its own user namespace (`unshare -Urm`) the
+    // process changes nothing the host made: what it mounts there is owned
+    // by that user namespace, which the decision does not trust anyway.
+    // Mounting in one the initial user namespace owns takes the host's
+    // `CAP_SYS_ADMIN`, and then no mount namespace the container has or
+    // makes afterwards is trusted.
+    let owner: u64 = read_or_zero(own, offset!(mnt_namespace_user_ns));
+    if owner != 0 && read_or_zero::<u32>(owner, offset!(user_ns_level)) == 0 {
+        let _ = CONTAINER_REMOUNTS.insert(mounts::container_key(home.mnt_ns), 0, 0);
     }
 }
 
-/// The mount namespace of the mount of `path`, in a function rather than
-/// closures: LLVM leaves a closure out of line, with a Rust type in the
-/// object's BTF that the kernel refuses.
+/// The mount namespace of the mount of `path` (a `struct path *`, whose
+/// mount is its first field); null for a mount in no namespace yet, whose
+/// change is the task's own.
 #[inline(always)]
-fn namespace_of(path: u64, offsets: &KernelOffsets) -> Result<u64, ReadError> {
-    let mnt = kernel::read_ptr(path, 0)?;
-    let ns = kernel::read_ptr(mnt, offsets.vfsmount_mnt_ns)?;
-    kernel::read(ns, offsets.mnt_namespace_id)
+fn namespace_of(path: u64) -> u64 {
+    let mnt: u64 = read_or_zero(path, 0);
+    let ns: u64 = read_or_zero(mnt, offset!(vfsmount_mnt_ns));
+    if ns >= kernel::ERR_PTR_MIN { 0 } else { ns }
 }
 
 /// `sb_alloc_security(struct super_block *sb)`: a new filesystem instance
@@ -97,6 +112,7 @@ fn namespace_of(path: u64, offsets: &KernelOffsets) -> Result<u64, ReadError> {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sb_alloc_security(ctx: LsmContext) -> i32 {
     let sb: u64 = ctx.arg(0);
     let previous: i32 = ctx.arg(1);
@@ -111,6 +127,7 @@ pub(crate) fn sb_alloc_security(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sb_free_security(ctx: LsmContext) -> i32 {
     let sb: u64 = ctx.arg(0);
     let _ = CONTAINER_SUPERBLOCKS.remove(sb);
@@ -124,10 +141,12 @@ pub(crate) fn sb_free_security(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sb_remount(ctx: LsmContext) -> i32 {
     let sb: u64 = ctx.arg(0);
     let previous: i32 = ctx.arg(2);
     mark_superblock(sb);
+    mark_mount_change(0);
     previous
 }
 
@@ -139,10 +158,14 @@ pub(crate) fn sb_remount(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sb_mount(ctx: LsmContext) -> i32 {
     let path: u64 = ctx.arg(1);
+    let flags: u64 = ctx.arg(3);
     let previous: i32 = ctx.arg(5);
-    mark_namespace_of(path);
+    if !propagation_only(flags) {
+        mark_mount_change(namespace_of(path));
+    }
     previous
 }
 
@@ -154,24 +177,72 @@ pub(crate) fn sb_mount(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn move_mount(ctx: LsmContext) -> i32 {
     let to_path: u64 = ctx.arg(1);
     let previous: i32 = ctx.arg(2);
-    mark_namespace_of(to_path);
+    mark_mount_change(namespace_of(to_path));
     previous
 }
 
-/// The `mount_setattr` system call (5.12+), which has no LSM hook: it
-/// changes the flags of mounts in place (read-only among them). The agent
-/// attaches this to the architecture's entry of the system call; the task's
-/// own mount namespace is the one whose mounts it can change.
-#[fentry(function = "__x64_sys_mount_setattr")]
-pub(crate) fn mount_setattr(_ctx: FEntryContext) -> i32 {
-    let offsets = drift::offsets();
-    if matches!(in_a_container(&offsets, &CONFIG.load()), Ok(true))
-        && let Ok(id) = current_mnt_ns_id(&offsets)
-    {
-        let _ = CONTAINER_REMOUNTS.insert(id, 0, 0);
+/// Programs on the entries of the system calls that change mounts or
+/// filesystems without an LSM hook (lsm backend): `mount_setattr` (5.12+)
+/// re-flags mounts in place (read-only among them), and `fsconfig` with
+/// `FSCONFIG_CMD_RECONFIGURE` on a filesystem `fspick` opened remounts it.
+/// Each on the native entry and on the 32-bit one: an fentry program is
+/// loaded for one function, and a process picks its gate. The task's own
+/// mount namespace is the one whose mounts these calls can change.
+macro_rules! mount_api_entry {
+    ($($name:ident => $function:literal),* $(,)?) => {
+        $(
+            #[fentry(function = $function)]
+            pub(crate) fn $name(_ctx: FEntryContext) -> i32 {
+                mark_mount_change(0);
+                0
+            }
+        )*
+    };
+}
+
+mount_api_entry!(
+    mount_setattr => "__x64_sys_mount_setattr",
+    mount_setattr_compat => "__ia32_sys_mount_setattr",
+    fsconfig => "__x64_sys_fsconfig",
+    fsconfig_compat => "__ia32_sys_fsconfig",
+);
+
+/// Where a system call's arguments start in its tracepoint's record: after
+/// the common fields (8 bytes) and the system call's number (8, padded).
+const SYSCALL_ARGS: usize = 16;
+
+/// `syscalls:sys_enter_mount` (signal backend): `mount(2)`, a bind mount
+/// and a remount of a filesystem or of a mount's flags included. The
+/// change is the current task's namespace's, the mount point being a user
+/// path the program cannot resolve.
+#[tracepoint(category = "syscalls", name = "sys_enter_mount")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the program macro passes the context by value"
+)]
+#[inline(always)]
+pub(crate) fn sys_enter_mount(ctx: TracePointContext) -> u32 {
+    // SAFETY: the fourth argument (`flags`) of the record the tracepoint
+    // was defined with.
+    let flags: u64 = unsafe { ctx.read_at(SYSCALL_ARGS + 3 * 8) }.unwrap_or(0);
+    if !propagation_only(flags) {
+        mark_mount_change(0);
     }
+    0
+}
+
+/// `syscalls:sys_enter_{mount_setattr,move_mount,fsconfig}` (signal
+/// backend): re-flagging mounts in place, putting a mount made with the new
+/// API in place (what `mount` of util-linux 2.39+ does), and making or
+/// reconfiguring a filesystem with it. System call tracepoints do not fire
+/// for the 32-bit gate; the agent says so at start-up.
+#[tracepoint]
+#[inline(always)]
+pub(crate) fn sys_enter_mount_api(_ctx: TracePointContext) -> u32 {
+    mark_mount_change(0);
     0
 }

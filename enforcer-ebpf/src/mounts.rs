@@ -119,6 +119,64 @@ pub(crate) fn namespace_changed(mnt_ns: u64) -> bool {
     }
 }
 
+/// Marks of whole containers in `CONTAINER_REMOUNTS` sit beside the mount
+/// namespaces' ids: a namespace id is a counter that never comes near this
+/// bit, and a container is named by the inode number of the mount
+/// namespace its runtime made ([`ContainerRoot::mnt_ns`](enforcer_common::ContainerRoot)),
+/// which every cgroup of the container carries and no process in it can
+/// change.
+const CONTAINER_KEY: u64 = 1 << 62;
+
+/// The `CONTAINER_REMOUNTS` key of the container whose runtime made the
+/// mount namespace numbered `home_mnt_ns`.
+#[inline(always)]
+pub(crate) fn container_key(home_mnt_ns: u32) -> u64 {
+    CONTAINER_KEY | u64::from(home_mnt_ns)
+}
+
+/// Whether a process of the container whose runtime made the mount
+/// namespace numbered `home_mnt_ns` changed mounts with the host's
+/// privileges ([`crate::mount_changes`]): then no read-only flag in any
+/// mount namespace it has or made is trusted. Looked up from this CPU's
+/// slot of the walk's map, as in [`namespace_changed`]; counts as changed
+/// when the slot cannot be had.
+#[inline(always)]
+pub(crate) fn container_changed_mounts(home_mnt_ns: u32) -> bool {
+    let Some(walk) = MOUNT_WALK.get_ptr_mut(0) else {
+        return true;
+    };
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "the key must be looked up where it is, in the map: a copy would go on the stack"
+    )]
+    // SAFETY: this CPU's slot of a per-CPU array.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*walk).key, container_key(home_mnt_ns));
+        CONTAINER_REMOUNTS.get(&(*walk).key).is_some()
+    }
+}
+
+/// Drops the mark of the container whose runtime made the mount namespace
+/// numbered `home_mnt_ns`, when the kernel records a new container with it:
+/// inode numbers of namespaces that are gone are given to new ones, and a
+/// mark left by an earlier container must not follow its number. The key
+/// goes through this CPU's slot of the walk's map, off the stack.
+#[inline(always)]
+pub(crate) fn forget_container(home_mnt_ns: u32) {
+    let Some(walk) = MOUNT_WALK.get_ptr_mut(0) else {
+        return;
+    };
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "the key must be looked up where it is, in the map: a copy would go on the stack"
+    )]
+    // SAFETY: this CPU's slot of a per-CPU array.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*walk).key, container_key(home_mnt_ns));
+        let _ = CONTAINER_REMOUNTS.remove(&(*walk).key);
+    }
+}
+
 /// Looks through the mounts of the superblock `sb` for one a container can
 /// write the file at `dentry` through. Inlined, and all of the work is in
 /// the callback: a kernel that counts a callback's frame on top of the

@@ -64,25 +64,26 @@ pub(crate) fn sched_process_exec_script_bounded(ctx: RawTracePointContext) -> i3
 #[inline(always)]
 fn on_exec(ctx: &RawTracePointContext, with_loop: bool) -> i32 {
     let bprm: u64 = ctx.arg(2);
-    match walk_works(bprm, with_loop) {
-        // Inlined, with or without `bpf_loop`: a kernel that counts a
-        // callback's frame on top of the frame that passes it (6.1) allows
-        // the program 480 bytes beside the callbacks' 32 (the task works
-        // walk's, and the mount walk's inside the decision), and a function
-        // of its own for the decision would take 32 more.
-        Ok(true) => {
-            let offsets = drift::offsets();
-            if decide(bprm, &offsets).is_err() {
-                count(counter::READ_ERRORS);
-            }
-            0
-        }
-        Ok(false) => 0,
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            0
-        }
+    let offsets = drift::offsets();
+    // Inlined, with or without `bpf_loop`: a kernel that counts a
+    // callback's frame on top of the frame that passes it (6.1) allows the
+    // program 480 bytes beside the callbacks' 32 (the task works walk's,
+    // and the mount walk's inside the decision), and a function of its own
+    // for the decision would take 32 more. A walk that failed leaves
+    // unknown whether the exec ran a script: a container process in enforce
+    // mode is stopped, since it may have.
+    let checked = match walk_works(bprm, with_loop) {
+        Ok(true) => script_verdict(bprm, offsets),
+        Ok(false) => return 0,
+        Err(ReadError) => Err(ReadError),
+    };
+    // One place that kills and reports: two would each take their own
+    // stack, and this function's must leave room for the walk's callback.
+    if let Verdict::Drift(drift) = drift::or_unreadable(checked, via::EXEC) {
+        let filename: u64 = kernel::read_or_zero(bprm, offsets.binprm_filename);
+        exec::kill(&drift, Some(filename), offsets);
     }
+    0
 }
 
 /// `callback_head.next` and `callback_head.func`: two pointers, a layout that
@@ -230,7 +231,7 @@ fn walk_works(bprm: u64, with_loop: bool) -> Result<bool, ReadError> {
     Ok(true)
 }
 
-/// Decides the scripts the exec of `bprm` ran, from the walk
+/// The verdict on the scripts the exec of `bprm` ran, from the walk
 /// [`walk_works`] left in `SCRIPT_WALK`.
 ///
 /// Every file on the list that the kernel opened for execution is a
@@ -243,11 +244,10 @@ fn walk_works(bprm: u64, with_loop: bool) -> Result<bool, ReadError> {
 /// whose file is not on the list (works run early, or more than the walk
 /// takes) is refused in enforce mode and reported as `unresolved`.
 #[inline(always)]
-fn decide(bprm: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
+fn script_verdict(bprm: u64, offsets: &KernelOffsets) -> Result<Verdict, ReadError> {
     let Some(scope) = drift::scope(offsets)? else {
-        return Ok(());
+        return Ok(Verdict::Allow);
     };
-    let filename: u64 = kernel::read(bprm, offsets.binprm_filename)?;
     // As `walk_works` left it.
     let walk = walk_state()?;
     let verdict = if walk.ended != 1 || walk.found == 0 {
@@ -268,16 +268,11 @@ fn decide(bprm: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
             }
         }
         if chosen == 0 {
-            return Ok(());
+            return Ok(Verdict::Allow);
         }
         drift::check_file(chosen, via::EXEC, offsets)?
     };
-    // One place that kills and reports: two would each take their own
-    // stack, and this function's must leave room for the walk's callback.
-    if let Verdict::Drift(drift) = verdict {
-        exec::kill(&drift, Some(filename), offsets);
-    }
-    Ok(())
+    Ok(verdict)
 }
 
 /// `sys_exit(struct pt_regs *regs, long ret)`, with the mapping check: an
@@ -292,6 +287,7 @@ fn decide(bprm: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sys_exit_exec(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     if ret != -ENOEXEC {
@@ -299,8 +295,8 @@ pub(crate) fn sys_exit_exec(ctx: RawTracePointContext) -> i32 {
     }
     let regs: u64 = ctx.arg(0);
     let offsets = drift::offsets();
-    if failed_exec(regs, &offsets).is_err() {
-        count(counter::READ_ERRORS);
+    if let Verdict::Drift(drift) = drift::or_unreadable(failed_exec(regs, offsets), via::EXEC) {
+        exec::kill(&drift, None, offsets);
     }
     0
 }
@@ -309,8 +305,9 @@ pub(crate) fn sys_exit_exec(ctx: RawTracePointContext) -> i32 {
 /// call released (works run at every return to user space).
 const FAILED_EXEC_WALK: u32 = 16;
 
+/// The verdict on the file of a failed exec, if the system call was one.
 #[inline(always)]
-fn failed_exec(regs: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
+fn failed_exec(regs: u64, offsets: &KernelOffsets) -> Result<Verdict, ReadError> {
     let config = CONFIG.load();
     let mmap = MMAP_OFFSETS.load();
     let id: u64 = kernel::read(regs, mmap.regs_orig_ax)?;
@@ -322,11 +319,8 @@ fn failed_exec(regs: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
         config.compat_syscalls != 0
             && (id == compat_syscall::EXECVE || id == compat_syscall::EXECVEAT)
     };
-    if !is_exec || config.fput_fn == 0 {
-        return Ok(());
-    }
-    if drift::scope(offsets)?.is_none() {
-        return Ok(());
+    if !is_exec || config.fput_fn == 0 || drift::scope(offsets)?.is_none() {
+        return Ok(Verdict::Allow);
     }
     let walk = walk_state()?;
     walk.start(
@@ -340,11 +334,8 @@ fn failed_exec(regs: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
             break;
         }
     }
-    let file = walk.files[0];
-    if file != 0
-        && let Verdict::Drift(drift) = drift::check_file(file, via::EXEC, offsets)?
-    {
-        exec::kill(&drift, None, offsets);
+    match walk.files[0] {
+        0 => Ok(Verdict::Allow),
+        file => drift::check_file(file, via::EXEC, offsets),
     }
-    Ok(())
 }

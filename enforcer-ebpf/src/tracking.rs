@@ -5,21 +5,31 @@
 //! tracked file.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use enforcer_common::{FMODE_WRITE, KernelOffsets, MODE_EXEC_BITS, OVERLAYFS_SUPER_MAGIC, counter};
+use enforcer_common::{
+    FMODE_WRITE, KernelOffsets, MODE_EXEC_BITS, OVERLAYFS_SUPER_MAGIC, backend, counter, decision,
+    via,
+};
 
 use crate::{
-    drift,
+    drift::{self, Verdict},
+    events,
     kernel::{self, ReadError},
     maps::{CONFIG, WRITTEN_FILES, count, offset},
 };
 
 /// Marks the file at `dentry` if the current task is a container process
 /// and the file is on its root filesystem (as the kernel first saw it, not
-/// the task's root directory now), which is not overlayfs.
+/// the task's root directory now), which is not overlayfs. A write that
+/// could not be looked at is reported (`READ_ERROR`, via open): the file
+/// it wrote may later run unmarked. The write itself goes on, as every
+/// write does here.
 #[inline(always)]
 fn mark(dentry: u64) {
-    if try_mark(dentry, &drift::offsets()).is_err() {
-        count(counter::READ_ERRORS);
+    let offsets = drift::offsets();
+    if try_mark(dentry, offsets).is_err()
+        && let Verdict::Drift(drift) = drift::unreadable(via::OPEN)
+    {
+        events::decided(&drift, None, offsets, decision::AUDIT, backend::LSM);
     }
 }
 
@@ -58,6 +68,7 @@ fn try_mark(dentry: u64, offsets: &KernelOffsets) -> Result<(), ReadError> {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn file_open(ctx: LsmContext) -> i32 {
     let file: *const u8 = ctx.arg(0);
     let previous: i32 = ctx.arg(1);
@@ -87,6 +98,7 @@ pub(crate) fn file_open(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn path_chmod(ctx: LsmContext) -> i32 {
     let path: u64 = ctx.arg(0);
     let mode: u16 = ctx.arg(1);
@@ -109,6 +121,7 @@ pub(crate) fn path_chmod(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn path_truncate(ctx: LsmContext) -> i32 {
     let path: u64 = ctx.arg(0);
     let previous: i32 = ctx.arg(1);
@@ -126,6 +139,7 @@ pub(crate) fn path_truncate(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn inode_rename(ctx: LsmContext) -> i32 {
     let old_dentry: u64 = ctx.arg(1);
     let previous: i32 = ctx.arg(4);
@@ -140,6 +154,7 @@ pub(crate) fn inode_rename(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn inode_link(ctx: LsmContext) -> i32 {
     let old_dentry: u64 = ctx.arg(0);
     let previous: i32 = ctx.arg(3);
@@ -154,6 +169,7 @@ pub(crate) fn inode_link(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn inode_free_security(ctx: LsmContext) -> i32 {
     let inode: u64 = ctx.arg(0);
     let _ = WRITTEN_FILES.remove(inode);

@@ -14,13 +14,13 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     ABI_VERSION, FileId, KernelOffsets, O_FMODE_EXEC, OVERLAY_STACK_MAX, OVERLAYFS_SUPER_MAGIC,
-    OverlayLower, PROT_EXEC, VShieldKey, VShieldRule, backend, counter, overlay_lower, scope, via,
+    OverlayLower, PROT_EXEC, VShieldKey, VShieldRule, backend, counter, mode, overlay_lower, scope, via,
     vshield_op,
 };
 
 use crate::{
     drift, events, exec,
-    kernel::{self, FileFacts, ReadError},
+    kernel::{self, ReadError},
     maps::{
         CONFIG, CONTAINER_SCOPES, MMAP_OFFSETS, OVERLAY_FILES, OVERLAY_LOWER, RESOLVED_ID,
         VSHIELD_FILES, VSHIELD_GENERATION, VSHIELD_HITS, VSHIELD_RULES, count, lower_offset,
@@ -35,7 +35,8 @@ pub(crate) struct Hit {
     /// The identity the rule matched; the agent knows its path.
     pub(crate) id: FileId,
     pub(crate) mnt_ns: u32,
-    pub(crate) file: FileFacts,
+    /// The file's `struct dentry *`, for the record's name.
+    pub(crate) dentry: u64,
     /// One of `via::*`.
     pub(crate) via: u32,
 }
@@ -141,7 +142,7 @@ fn check_id(
         rule,
         id,
         mnt_ns,
-        file: facts,
+        dentry: facts.dentry,
         via: how,
     }))
 }
@@ -218,6 +219,38 @@ pub(crate) fn check_load(
     check(file, inode, vshield_op::LOAD, how, offsets)
 }
 
+/// What a vShield check that a failed read of kernel memory left undecided
+/// (`via`) reports: a hit of no vShield (slot 0) in audit mode. Allowed:
+/// the checks run for every process on the machine (every open, with the
+/// open vShields), and a file no vShield shields is the common case.
+#[inline(always)]
+pub(crate) fn unreadable(via: u32) -> Hit {
+    count(counter::READ_ERRORS);
+    Hit {
+        rule: VShieldRule {
+            rule: 0,
+            mode: mode::AUDIT,
+        },
+        id: FileId {
+            ino: 0,
+            dev: 0,
+            pad: 0,
+        },
+        mnt_ns: 0,
+        dentry: 0,
+        via,
+    }
+}
+
+/// `checked`, or [`unreadable`] when a read failed.
+#[inline(always)]
+fn or_unreadable(checked: Result<Option<Hit>, ReadError>, via: u32) -> Option<Hit> {
+    match checked {
+        Ok(hit) => hit,
+        Err(ReadError) => Some(unreadable(via)),
+    }
+}
+
 /// The LSM answer to a hit: the hook's return value, after the event.
 #[inline(always)]
 pub(crate) fn refuse(hit: &Hit, filename: Option<u64>, offsets: &KernelOffsets) -> i32 {
@@ -233,6 +266,7 @@ pub(crate) fn refuse(hit: &Hit, filename: Option<u64>, offsets: &KernelOffsets) 
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn bprm_check_vshield(ctx: LsmContext) -> i32 {
     let bprm: u64 = ctx.arg(0);
     let previous: i32 = ctx.arg(1);
@@ -240,16 +274,21 @@ pub(crate) fn bprm_check_vshield(ctx: LsmContext) -> i32 {
         return previous;
     }
     let offsets = drift::offsets();
-    let checked = exec::exec_file(bprm, &offsets)
-        .and_then(|(file, filename)| Ok((check_exec(file, &offsets)?, filename)));
-    match checked {
-        Ok((Some(hit), filename)) => refuse(&hit, Some(filename), &offsets),
-        Ok((None, _)) => 0,
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            0
-        }
+    let (hit, filename) = decide_exec(bprm, offsets);
+    match hit {
+        Some(hit) => refuse(&hit, Some(filename), offsets),
+        None => 0,
     }
+}
+
+/// The hit of the exec of `bprm`'s file, if any (a read that failed is one:
+/// [`unreadable`]), and `bprm->filename` for the record.
+#[inline(always)]
+fn decide_exec(bprm: u64, offsets: &KernelOffsets) -> (Option<Hit>, u64) {
+    let filename: u64 = kernel::read_or_zero(bprm, offsets.binprm_filename);
+    let checked = kernel::read_ptr(bprm, offsets.binprm_file)
+        .and_then(|file| check_exec(file, offsets));
+    (or_unreadable(checked, via::EXEC), filename)
 }
 
 /// `mmap_file(struct file *file, unsigned long reqprot, unsigned long prot,
@@ -259,6 +298,7 @@ pub(crate) fn bprm_check_vshield(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn mmap_file_vshield(ctx: LsmContext) -> i32 {
     let file: u64 = ctx.arg(0);
     let prot: u64 = ctx.arg(2);
@@ -268,10 +308,10 @@ pub(crate) fn mmap_file_vshield(ctx: LsmContext) -> i32 {
     }
     let offsets = drift::offsets();
     // The kernel mapping the program it executes was decided at exec.
-    if file == 0 || prot & PROT_EXEC == 0 || kernel::is_current_exe(file, &offsets) {
+    if file == 0 || prot & PROT_EXEC == 0 || kernel::is_current_exe(file, offsets) {
         return 0;
     }
-    decide_load(check_load(file, via::MMAP, &offsets), &offsets)
+    decide_load(or_unreadable(check_load(file, via::MMAP, offsets), via::MMAP), offsets)
 }
 
 /// `file_mprotect(struct vm_area_struct *vma, unsigned long reqprot,
@@ -281,6 +321,7 @@ pub(crate) fn mmap_file_vshield(ctx: LsmContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn file_mprotect_vshield(ctx: LsmContext) -> i32 {
     let vma: u64 = ctx.arg(0);
     let prot: u64 = ctx.arg(2);
@@ -292,25 +333,18 @@ pub(crate) fn file_mprotect_vshield(ctx: LsmContext) -> i32 {
         return 0;
     }
     let offsets = drift::offsets();
-    match kernel::read::<u64>(vma, offsets.vma_file) {
-        Ok(0) => 0,
-        Ok(file) => decide_load(check_load(file, via::MPROTECT, &offsets), &offsets),
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            0
-        }
-    }
+    let checked = kernel::read::<u64>(vma, offsets.vma_file).and_then(|file| match file {
+        0 => Ok(None),
+        file => check_load(file, via::MPROTECT, offsets),
+    });
+    decide_load(or_unreadable(checked, via::MPROTECT), offsets)
 }
 
 #[inline(always)]
-fn decide_load(checked: Result<Option<Hit>, ReadError>, offsets: &KernelOffsets) -> i32 {
-    match checked {
-        Ok(Some(hit)) => refuse(&hit, None, offsets),
-        Ok(None) => 0,
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            0
-        }
+fn decide_load(hit: Option<Hit>, offsets: &KernelOffsets) -> i32 {
+    match hit {
+        Some(hit) => refuse(&hit, None, offsets),
+        None => 0,
     }
 }
 
@@ -322,18 +356,13 @@ fn decide_load(checked: Result<Option<Hit>, ReadError>, offsets: &KernelOffsets)
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn sched_process_exec_vshield(ctx: RawTracePointContext) -> i32 {
     let bprm: u64 = ctx.arg(2);
     let offsets = drift::offsets();
-    let checked = exec::exec_file(bprm, &offsets)
-        .and_then(|(file, filename)| Ok((check_exec(file, &offsets)?, filename)));
-    match checked {
-        Ok((Some(hit), filename)) => {
-            let decision = exec::kill_current(hit.rule.mode);
-            events::vshield(&hit, Some(filename), &offsets, decision, backend::SIGNAL);
-        }
-        Ok((None, _)) => {}
-        Err(_) => count(counter::READ_ERRORS),
+    if let (Some(hit), filename) = decide_exec(bprm, offsets) {
+        let decision = exec::kill_current(hit.rule.mode);
+        events::vshield(&hit, Some(filename), offsets, decision, backend::SIGNAL);
     }
     0
 }
@@ -346,6 +375,7 @@ pub(crate) fn sched_process_exec_vshield(ctx: RawTracePointContext) -> i32 {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn file_open_vshield(ctx: LsmContext) -> i32 {
     let file: u64 = ctx.arg(0);
     let previous: i32 = ctx.arg(1);
@@ -353,13 +383,9 @@ pub(crate) fn file_open_vshield(ctx: LsmContext) -> i32 {
         return previous;
     }
     let offsets = drift::offsets();
-    match on_open(file, &offsets) {
-        Ok(Some(hit)) => refuse(&hit, None, &offsets),
-        Ok(None) => 0,
-        Err(_) => {
-            count(counter::READ_ERRORS);
-            0
-        }
+    match or_unreadable(on_open(file, offsets), via::OPEN) {
+        Some(hit) => refuse(&hit, None, offsets),
+        None => 0,
     }
 }
 
@@ -491,10 +517,11 @@ fn shields_open(id: FileId) -> bool {
     clippy::needless_pass_by_value,
     reason = "the program macro passes the context by value"
 )]
+#[inline(always)]
 pub(crate) fn vshield_identity(ctx: RawTracePointContext) -> i32 {
     let fd: u64 = ctx.arg(0);
     let offsets = drift::offsets();
-    match resolve(fd, &offsets) {
+    match resolve(fd, offsets) {
         Ok(Some(id)) => match RESOLVED_ID.get_ptr_mut(0) {
             Some(slot) => {
                 // SAFETY: the map's only value; the agent reads it after this

@@ -29,7 +29,7 @@ use crate::{
             webhook::{WebhookCounters, WebhookStats},
         },
     },
-    backend::{self, Attached, BackendChoice, BackendError, SignalRoutes},
+    backend::{self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes},
     container::{
         self, CgroupIndex,
         cri::{self, CriError},
@@ -171,9 +171,9 @@ fn kernel_layout(btf_path: Option<&std::path::Path>) -> Result<Layout, AgentErro
              read-write and read-only in a pod)"
         ),
         Ok(()) if layout.mount_offsets.walk == mount_walk::NO_LOOP => tracing::warn!(
-            "the kernel has no bpf_loop (5.17+): a read-only mount the runtime made is trusted even \
-             when a container also has its filesystem mounted writable (one volume mounted read-write \
-             and read-only in a pod)"
+            "the kernel has no bpf_loop (5.17+): a container file on a read-only mount the runtime made \
+             runs even when a container also has its filesystem mounted writable (one volume mounted \
+             read-write and read-only in a pod); each such run is reported (layer unchecked-mount)"
         ),
         Ok(()) => {}
     }
@@ -1036,13 +1036,21 @@ fn signal_routes(
 
 /// Says whether what container processes do to mounts is seen.
 fn log_mount_changes(attached: &Attached) {
-    match &attached.mount_changes {
-        Ok(()) => tracing::info!(
-            "filesystems that container processes create or remount, and mount namespaces in which they \
-             mount, move or re-flag anything (mount, mount_setattr, move_mount), are marked: no read-only \
-             flag there is trusted"
+    match (&attached.mount_changes, attached.kind) {
+        (Ok(()), BackendKind::Lsm) => tracing::info!(
+            "filesystems that container processes create or remount, mount namespaces in which they mount, \
+             move or re-flag anything (mount, mount_setattr, move_mount, fsconfig; every system call gate), \
+             and containers that did so with the host's privileges are marked: no read-only flag there is \
+             trusted"
         ),
-        Err(reason) => tracing::warn!(
+        (Ok(()), BackendKind::Signal) => tracing::warn!(
+            "signal backend: mount namespaces in which container processes mount, move or re-flag anything \
+             (mount, mount_setattr, move_mount, fsconfig), and containers that did so with the host's \
+             privileges, are marked: no read-only flag there is trusted; seen through the system calls' \
+             tracepoints, which do NOT see the 32-bit system call gate (int 0x80), and no filesystem is \
+             marked by itself"
+        ),
+        (Err(reason), _) => tracing::warn!(
             %reason,
             "what container processes do to mounts is NOT seen: a privileged container (CAP_SYS_ADMIN) can \
              fill a filesystem and make it read-only, and what it holds then runs as image content"
@@ -1265,7 +1273,13 @@ impl Health {
             ),
             (
                 grew(self.kernel.read_errors, before.kernel.read_errors),
-                "kernel reads failed during checks; what they checked was allowed (fail-open)",
+                "kernel reads failed during checks: each one reported (layer read-error), refused for container \
+                 processes in enforce mode, allowed for others",
+            ),
+            (
+                grew(self.kernel.unchecked_mounts, before.kernel.unchecked_mounts),
+                "container files ran from read-only mounts this kernel cannot check for a writable mount of the same \
+                 filesystem: allowed, each reported (layer unchecked-mount)",
             ),
             (
                 grew(self.kernel.signal_failed, before.kernel.signal_failed),

@@ -13,7 +13,7 @@ use std::{fmt, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    programs::{FEntry, Lsm, ProgramError, ProgramInfo, RawTracePoint},
+    programs::{FEntry, Lsm, ProgramError, ProgramInfo, RawTracePoint, TracePoint},
 };
 use enforcer_common::{
     AgentConfig, KernelOffsets, MmapOffsets, MountOffsets, OverlayLower, TaskOffsets, mount_walk,
@@ -187,7 +187,6 @@ pub struct Attached {
 }
 
 const TRACKING_NEEDS_LSM: &str = "tracking needs BPF LSM hooks";
-const MOUNT_CHANGES_NEED_LSM: &str = "the signal backend has no hooks on mounts";
 
 /// LSM programs that mark what container processes do to filesystems and
 /// mounts. `sb_free_security` first: no mark may exist without the hook
@@ -199,13 +198,31 @@ const MOUNT_CHANGE_HOOKS: [&str; 5] = [
     "sb_mount",
     "move_mount",
 ];
-/// The program on the `mount_setattr` system call, which has no LSM hook.
-const MOUNT_SETATTR_PROGRAM: &str = "mount_setattr";
-/// The architecture's entry of that system call.
+/// fentry programs on the entries of the system calls that change mounts
+/// without an LSM hook, native and 32-bit: (program, function). A function
+/// the kernel does not have (`mount_setattr` before 5.12, the 32-bit entries
+/// without IA32 emulation) is skipped.
 #[cfg(target_arch = "aarch64")]
-const MOUNT_SETATTR_FUNCTION: &str = "__arm64_sys_mount_setattr";
+const MOUNT_API_ENTRIES: [(&str, &str); 2] = [
+    ("mount_setattr", "__arm64_sys_mount_setattr"),
+    ("fsconfig", "__arm64_sys_fsconfig"),
+];
 #[cfg(not(target_arch = "aarch64"))]
-const MOUNT_SETATTR_FUNCTION: &str = "__x64_sys_mount_setattr";
+const MOUNT_API_ENTRIES: [(&str, &str); 4] = [
+    ("mount_setattr", "__x64_sys_mount_setattr"),
+    ("mount_setattr_compat", "__ia32_sys_mount_setattr"),
+    ("fsconfig", "__x64_sys_fsconfig"),
+    ("fsconfig_compat", "__ia32_sys_fsconfig"),
+];
+/// The signal backend's programs on system call tracepoints that mark mount
+/// changes: (program, tracepoint in `syscalls`). A tracepoint the kernel
+/// does not have (a system call it lacks) is skipped.
+const MOUNT_TRACEPOINTS: [(&str, &str); 4] = [
+    ("sys_enter_mount", "sys_enter_mount"),
+    ("sys_enter_mount_api", "sys_enter_mount_setattr"),
+    ("sys_enter_mount_api", "sys_enter_move_mount"),
+    ("sys_enter_mount_api", "sys_enter_fsconfig"),
+];
 
 /// Attaches the backend `choice` asks for. Call after the policy maps are
 /// filled: from this point on, execs are decided.
@@ -231,7 +248,7 @@ pub fn attach(
             kind: BackendKind::Signal,
             fallback_reason: None,
             tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
-            mount_changes: Err(MOUNT_CHANGES_NEED_LSM.to_owned()),
+            mount_changes: attach_mount_tracepoints(ebpf),
         }),
         BackendChoice::Auto => match attach_lsm(ebpf) {
             Ok(extras) => Ok(Attached {
@@ -246,7 +263,7 @@ pub fn attach(
                 kind: BackendKind::Signal,
                 fallback_reason: Some(error_chain(&lsm_error)),
                 tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
-                mount_changes: Err(MOUNT_CHANGES_NEED_LSM.to_owned()),
+                mount_changes: attach_mount_tracepoints(ebpf),
             }),
         },
     }
@@ -294,27 +311,57 @@ struct LsmExtras {
     mount_changes: Result<(), String>,
 }
 
-/// Attaches the programs of [`MOUNT_CHANGE_HOOKS`], and the one on
-/// `mount_setattr` where the kernel has that system call (5.12+).
+/// Attaches the programs of [`MOUNT_CHANGE_HOOKS`] and
+/// [`MOUNT_API_ENTRIES`].
 fn attach_mount_changes(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), BackendError> {
     for hook in MOUNT_CHANGE_HOOKS {
         attach_lsm_program(ebpf, hook, btf)?;
     }
-    let program_error = program_error(MOUNT_SETATTR_PROGRAM);
-    let program: &mut FEntry = ebpf
-        .program_mut(MOUNT_SETATTR_PROGRAM)
-        .ok_or(BackendError::MissingProgram(MOUNT_SETATTR_PROGRAM))?
-        .try_into()
-        .map_err(&program_error)?;
-    let started = Instant::now();
-    match program.load(MOUNT_SETATTR_FUNCTION, btf) {
-        Ok(()) => {}
-        // No such system call (before 5.12): nothing to watch.
-        Err(ProgramError::Btf(aya::BtfError::UnknownBtfTypeName { .. })) => return Ok(()),
-        Err(error) => return Err(program_error(error)),
+    for (name, function) in MOUNT_API_ENTRIES {
+        let program_error = program_error(name);
+        let program: &mut FEntry = ebpf
+            .program_mut(name)
+            .ok_or(BackendError::MissingProgram(name))?
+            .try_into()
+            .map_err(&program_error)?;
+        let started = Instant::now();
+        match program.load(function, btf) {
+            Ok(()) => {}
+            Err(ProgramError::Btf(aya::BtfError::UnknownBtfTypeName { .. })) => continue,
+            Err(error) => return Err(program_error(error)),
+        }
+        log_loaded(name, started, program.info());
+        program.attach().map_err(&program_error)?;
     }
-    log_loaded(MOUNT_SETATTR_PROGRAM, started, program.info());
-    program.attach().map_err(&program_error)?;
+    Ok(())
+}
+
+/// Attaches the signal backend's [`MOUNT_TRACEPOINTS`]; why not, if the
+/// kernel refused one.
+fn attach_mount_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
+    let attach = |ebpf: &mut Ebpf, name: &'static str, tracepoint: &str| {
+        let program_error = program_error(name);
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(BackendError::MissingProgram(name))?
+            .try_into()
+            .map_err(&program_error)?;
+        if program.fd().is_err() {
+            let started = Instant::now();
+            program.load().map_err(&program_error)?;
+            log_loaded(name, started, program.info());
+        }
+        if features::syscall_tracepoint(tracepoint)?.is_none() {
+            return Ok(());
+        }
+        program
+            .attach("syscalls", tracepoint)
+            .map_err(&program_error)?;
+        Ok::<_, BackendError>(())
+    };
+    for (name, tracepoint) in MOUNT_TRACEPOINTS {
+        attach(ebpf, name, tracepoint).map_err(|error| error_chain(&error))?;
+    }
     Ok(())
 }
 

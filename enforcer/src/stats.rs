@@ -17,12 +17,13 @@ pub struct KernelCounters {
     pub script_unresolved: u64,
     pub vshield_hits: u64,
     pub events_suppressed: u64,
+    pub unchecked_mounts: u64,
 }
 
 impl KernelCounters {
     /// Each counter with its name (`metrics`: `enforcer_kernel_NAME_total`,
     /// `enforcer status`: `kernel.NAME`) and what it counts.
-    pub const fn named(&self) -> [(&'static str, &'static str, u64); 11] {
+    pub const fn named(&self) -> [(&'static str, &'static str, u64); 12] {
         [
             (
                 "exec_checked",
@@ -51,8 +52,15 @@ impl KernelCounters {
             ),
             (
                 "read_errors",
-                "Kernel reads that failed during a check (the check allowed: fail-open).",
+                "Checks a failed kernel read left undecided (each reported; refused for container processes in \
+                 enforce mode).",
                 self.read_errors,
+            ),
+            (
+                "unchecked_mounts",
+                "Container files run from read-only mounts the kernel could not check for a writable mount of \
+                 the same filesystem (before 5.17; allowed, each reported).",
+                self.unchecked_mounts,
             ),
             (
                 "signal_failed",
@@ -97,5 +105,6 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<KernelCounters, MapError>
         script_unresolved: sum(counter::SCRIPT_UNRESOLVED)?,
         vshield_hits: sum(counter::VSHIELD_HITS)?,
         events_suppressed: sum(counter::EVENTS_SUPPRESSED)?,
+        unchecked_mounts: sum(counter::UNCHECKED_MOUNTS)?,
     })
 }

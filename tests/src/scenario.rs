@@ -243,6 +243,36 @@ pub fn drift(observed: &Observed) -> Vec<&Value> {
         .collect()
 }
 
+/// Whether the agent can look through a filesystem's mounts (`bpf_loop`,
+/// 5.17+). Where it cannot, a container file run from a read-only mount the
+/// runtime made is allowed and reported, as `unchecked-mount`.
+pub fn walks_mounts(observed: &Observed) -> bool {
+    !observed.log.contains("the kernel has no bpf_loop")
+}
+
+/// `events` without the `unchecked-mount` records, after checking that
+/// these are exactly the runs of `names` (allowed, in order) where the agent
+/// cannot look through mounts, and that there are none elsewhere.
+pub fn checked_mounts<'a>(
+    observed: &Observed,
+    events: Vec<&'a Value>,
+    names: &[&str],
+) -> Vec<&'a Value> {
+    let (unchecked, rest): (Vec<&Value>, Vec<&Value>) = events
+        .into_iter()
+        .partition(|event| event["enforcer"]["layer"] == "unchecked-mount");
+    let expected: &[&str] = if walks_mounts(observed) { &[] } else { names };
+    let found: Vec<&str> = unchecked
+        .iter()
+        .map(|event| event["file"]["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(found, expected, "{unchecked:#?}");
+    for event in &unchecked {
+        assert_eq!(event["enforcer"]["decision"], "audit", "{event:#}");
+    }
+    rest
+}
+
 /// The drift events, each checked for what every drift event must say.
 pub fn events<'a>(observed: &'a Observed, backend: &str) -> Vec<&'a Value> {
     let events = drift(observed);

@@ -18,7 +18,10 @@ use std::{fs, path::Path};
 use enforcer_tests::{
     agent::Agent,
     container::{self, Image, Run, Scratch, Volume},
-    scenario::{Observed, assert_event, events, lsm, observe, run_observed, signal},
+    scenario::{
+        Observed, assert_event, checked_mounts, events, lsm, observe, run_observed, signal,
+        walks_mounts,
+    },
 };
 use serde_json::Value;
 
@@ -56,10 +59,23 @@ fn check(
     markers: &[&str],
     expected: &[(&str, &str, &str)],
 ) {
+    check_with_unchecked(run, observed, backend, markers, expected, &[]);
+}
+
+/// [`check`], where the files `unchecked` ran from read-only mounts the
+/// runtime made, which kernels without the mount walk report.
+fn check_with_unchecked(
+    run: &Run,
+    observed: &Observed,
+    backend: Backend,
+    markers: &[&str],
+    expected: &[(&str, &str, &str)],
+    unchecked: &[&str],
+) {
     for marker in markers {
         assert!(!run.stdout.contains(marker), "{marker} ran: {run:#?}");
     }
-    let events = events(observed, backend.name);
+    let events = checked_mounts(observed, events(observed, backend.name), unchecked);
     assert_eq!(
         events.len(),
         expected.len(),
@@ -360,12 +376,18 @@ fn check_mounted_twice(agent: &Agent, backend: Backend) {
     ];
     let (run, observed) = run_observed(agent, &image(), &volumes, TWICE);
     assert!(run.stdout.contains("image-ran"), "{run:#?}");
-    if observed.log.contains("the kernel has no bpf_loop") {
-        // Before 5.17 the mounts are not walked, as the agent said.
+    if !walks_mounts(&observed) {
+        // Before 5.17 the mounts are not walked, as the agent said: each
+        // run is allowed and reported.
         for marker in ["twice-ran", "sub-ran", "low-ran"] {
             assert!(run.stdout.contains(marker), "{marker}: {run:#?}");
         }
-        assert_eq!(events(&observed, backend.name), Vec::<&Value>::new());
+        let rest = checked_mounts(
+            &observed,
+            events(&observed, backend.name),
+            &["busybox-twice", "busybox-sub", "busybox-low"],
+        );
+        assert_eq!(rest, Vec::<&Value>::new());
         return;
     }
     check(
@@ -400,8 +422,10 @@ fn signal_a_volume_mounted_read_write_and_read_only_is_not_image_content() {
 /// A privileged container (every capability, `CAP_SYS_ADMIN` on the host
 /// among them) fills a tmpfs it mounted and remounts it read-only, makes
 /// the runtime's writable volume read-only where it is mounted (`mount -o
-/// remount,bind,ro`), and does the same to another one with
-/// `mount_setattr`. The runtime's read-only volume runs before any of that.
+/// remount,bind,ro`), runs what it wrote there from a mount namespace made
+/// afterwards (whose copy of the mount has a new namespace id), and makes
+/// another volume read-only with `mount_setattr`. The runtime's read-only
+/// volume runs before any of that.
 const PRIVILEGED: &str = "/secret/busybox-secret echo secret-ran
         mkdir -p /mnt/t
         mount -t tmpfs tmpfs /mnt/t
@@ -409,8 +433,10 @@ const PRIVILEGED: &str = "/secret/busybox-secret echo secret-ran
         mount -o remount,ro /mnt/t
         /mnt/t/busybox-tmpfs echo tmpfs-ran
         cp /bin/busybox /data/busybox-reflag
+        cp /bin/busybox /data/busybox-newns
         mount -o remount,bind,ro /data
         /data/busybox-reflag echo reflag-ran
+        /bin/probe steps mntns -- /data/busybox-newns echo newns-ran
         cp /bin/busybox /other/busybox-setattr
         /bin/probe setattr-ro /other
         /other/busybox-setattr echo setattr-ran";
@@ -445,24 +471,40 @@ fn run_privileged(agent: &Agent) -> (Run, Observed) {
     )
 }
 
+fn check_privileged(agent: &Agent, backend: Backend) {
+    let (run, observed) = run_privileged(agent);
+    assert!(run.stdout.contains("secret-ran"), "{run:#?}");
+    check_with_unchecked(
+        &run,
+        &observed,
+        backend,
+        &["tmpfs-ran", "reflag-ran", "newns-ran", "setattr-ran"],
+        &[
+            ("exec", "container-mount", "busybox-tmpfs"),
+            ("exec", "container-mount", "busybox-reflag"),
+            ("exec", "container-mount", "busybox-newns"),
+            ("exec", setattr_layer(&run), "busybox-setattr"),
+        ],
+        &["busybox-secret"],
+    );
+}
+
 #[test]
 fn lsm_read_only_flags_a_privileged_container_set_are_not_trusted() {
     let Some((_serial, agent)) = lsm() else {
         return;
     };
-    let (run, observed) = run_privileged(&agent);
-    assert!(run.stdout.contains("secret-ran"), "{run:#?}");
-    check(
-        &run,
-        &observed,
-        LSM,
-        &["tmpfs-ran", "reflag-ran", "setattr-ran"],
-        &[
-            ("exec", "container-mount", "busybox-tmpfs"),
-            ("exec", "container-mount", "busybox-reflag"),
-            ("exec", setattr_layer(&run), "busybox-setattr"),
-        ],
-    );
+    check_privileged(&agent, LSM);
+}
+
+/// The signal backend sees the same through the system calls'
+/// tracepoints.
+#[test]
+fn signal_read_only_flags_a_privileged_container_set_are_not_trusted() {
+    let Some((_serial, agent)) = signal(&[]) else {
+        return;
+    };
+    check_privileged(&agent, SIGNAL);
 }
 
 /// The layer of the file on the volume `mount_setattr` made read-only: a
@@ -479,36 +521,65 @@ fn setattr_layer(run: &Run) -> &'static str {
     }
 }
 
-/// The signal backend has no hook on mounts: what a privileged container
-/// made read-only runs, as the agent says at start-up.
-#[test]
-fn signal_read_only_flags_a_privileged_container_set_are_trusted() {
-    let Some((_serial, agent)) = signal(&[]) else {
-        return;
-    };
-    let (run, observed) = run_privileged(&agent);
-    for marker in ["secret-ran", "tmpfs-ran", "reflag-ran"] {
-        assert!(run.stdout.contains(marker), "{marker}: {run:#?}");
-    }
-    if setattr_layer(&run) == "container-mount" {
-        assert!(run.stdout.contains("setattr-ran"), "{run:#?}");
-        assert_eq!(events(&observed, SIGNAL.name), Vec::<&Value>::new());
-    } else {
+/// A privileged container makes the runtime's writable volume read-only
+/// through the 32-bit system call gate (`int $0x80`), which the signal
+/// backend's system call tracepoints do not see: its program on every
+/// system call's entry (`--signal-mmap-check`) does.
+const COMPAT_REMOUNT: &str = "/bin/probe compat-available
+    cp /bin/busybox /data/busybox-compat
+    /bin/probe compat-remount-ro /data
+    /data/busybox-compat echo compat-ran";
+
+fn check_compat_remount(agent: &Agent, backend: Backend) {
+    let data = HostTmpfs::empty();
+    let volumes = [Volume {
+        host: data.scratch.path().to_owned(),
+        at: "/data".to_owned(),
+        read_only: false,
+    }];
+    let (run, observed) = observe(
+        agent,
+        || {
+            container::run_privileged(&image(), &volumes, COMPAT_REMOUNT)
+                .expect("running the container")
+        },
+        |run| run.cgroup_id,
+    );
+    if !run.stdout.contains("compat-available: yes") {
+        // No 32-bit gate on this kernel: the file stays on a writable mount.
         check(
             &run,
             &observed,
-            SIGNAL,
-            &["setattr-ran"],
-            &[("exec", "writable-mount", "busybox-setattr")],
+            backend,
+            &["compat-ran"],
+            &[("exec", "writable-mount", "busybox-compat")],
         );
+        return;
     }
-    assert!(
-        observed
-            .log
-            .contains("what container processes do to mounts is NOT seen"),
-        "{}",
-        observed.log
+    assert!(run.stdout.contains("compat-remount-ro: ok"), "{run:#?}");
+    check(
+        &run,
+        &observed,
+        backend,
+        &["compat-ran"],
+        &[("exec", "container-mount", "busybox-compat")],
     );
+}
+
+#[test]
+fn lsm_a_remount_through_the_32_bit_gate_is_seen() {
+    let Some((_serial, agent)) = lsm() else {
+        return;
+    };
+    check_compat_remount(&agent, LSM);
+}
+
+#[test]
+fn signal_with_mmap_check_a_remount_through_the_32_bit_gate_is_seen() {
+    let Some((_serial, agent)) = signal(&["--signal-mmap-check"]) else {
+        return;
+    };
+    check_compat_remount(&agent, SIGNAL);
 }
 
 /// A privileged container process that can write the cgroup tree moves
@@ -539,14 +610,14 @@ fn check_child_cgroup(agent: &Agent, backend: Backend) {
         |_| None,
     );
     // Either way the new group's processes are container processes: the
-    // dropped file is refused, or, on the lsm backend where mounting the
-    // cgroup tree marked the container's mount namespace, already the host
-    // program reached through the read-only hostPath (unless the host's
-    // root filesystem is itself read-only, as in the test VMs).
+    // dropped file is refused, or already the host program reached through
+    // the read-only hostPath, since mounting the cgroup tree with the
+    // host's privileges marked the container.
     let events = events(&observed, backend.name);
     assert!(!run.stdout.contains("child-cgroup-ran"), "{run:#?}");
-    assert_eq!(events.len(), 1, "{events:#?}\n{run:#?}");
-    let refused_first = backend.name == LSM.name && events[0]["file"]["name"] == "probe";
+    let refused_first = events
+        .first()
+        .is_some_and(|event| event["file"]["name"] == "probe");
     if refused_first {
         assert_event(
             events[0],
@@ -555,7 +626,20 @@ fn check_child_cgroup(agent: &Agent, backend: Backend) {
             "probe",
             backend.decision,
         );
+        // The signal backend decides the program's ELF interpreter on the
+        // same tracepoint: the host's, through the same mount.
+        for event in &events[1..] {
+            assert_eq!(backend.name, SIGNAL.name, "{events:#?}");
+            assert_eq!(event["enforcer"]["layer"], "container-mount", "{event:#?}");
+            assert!(
+                event["file"]["name"]
+                    .as_str()
+                    .is_some_and(|name| name.starts_with("ld-")),
+                "{event:#?}"
+            );
+        }
     } else {
+        assert_eq!(events.len(), 1, "{events:#?}\n{run:#?}");
         assert_event(
             events[0],
             "exec",
@@ -610,7 +694,12 @@ fn check_no_false_positives(agent: &Agent, backend: Backend) {
         ],
         "{run:#?}"
     );
-    assert_eq!(events(&observed, backend.name), Vec::<&Value>::new());
+    let rest = checked_mounts(
+        &observed,
+        events(&observed, backend.name),
+        &["busybox-secret", "busybox-secret"],
+    );
+    assert_eq!(rest, Vec::<&Value>::new());
 }
 
 #[test]

@@ -404,6 +404,23 @@ impl Enricher {
             };
         }
         let table = self.policy.read().unwrap_or_else(PoisonError::into_inner);
+        if e.layer == layer::READ_ERROR {
+            // Slot 0, no vShield: the check could not be done.
+            let (layer_name, _) = layer(e.layer);
+            return RuleContext {
+                rule: Rule {
+                    name: "vshield".to_owned(),
+                    category: "vshield",
+                    ruleset: table.ruleset.clone(),
+                },
+                vulnerability: None,
+                layer: Some(layer_name),
+                reason: "the kernel could not read what the vShield check needs: allowed (the check runs for \
+                         every process, and most files are shielded by none)"
+                    .to_owned(),
+                path,
+            };
+        }
         let (name, id) = table
             .rules
             .get(&e.rule)
@@ -520,6 +537,17 @@ fn layer(code: u32) -> (&'static str, &'static str) {
             "unresolved",
             "the kernel could not find the script the exec ran (fail closed); inode and device are its \
              interpreter's",
+        ),
+        layer::READ_ERROR => (
+            "read-error",
+            "the kernel could not read what the check needs: refused for a container process in enforce mode \
+             (fail closed), allowed otherwise; the file is not known",
+        ),
+        layer::UNCHECKED_MOUNT => (
+            "unchecked-mount",
+            "file is on a read-only mount made by the host or the runtime, and this kernel cannot check whether \
+             its filesystem is also mounted writable where a container could have written it (no bpf_loop before \
+             5.17): allowed",
         ),
         _ => ("unknown", "file is not part of the container image"),
     }
@@ -668,6 +696,8 @@ mod tests {
             (layer::WRITTEN, "written", "written"),
             (layer::CONTAINER_MOUNT, "container-mount", "user namespace"),
             (layer::UNRESOLVED, "unresolved", "fail closed"),
+            (layer::READ_ERROR, "read-error", "fail closed"),
+            (layer::UNCHECKED_MOUNT, "unchecked-mount", "no bpf_loop"),
         ] {
             event.layer = code;
             let v = json(&event);
@@ -677,6 +707,28 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    #[test]
+    fn a_vshield_check_a_read_left_undecided_names_no_vshield() {
+        let mut event = drift_event("");
+        event.reason = reason::VSHIELD;
+        event.rule = 0;
+        event.layer = layer::READ_ERROR;
+        event.decision = decision::AUDIT;
+        event.via = via::OPEN;
+        let v = json(&event);
+        assert_eq!(v["rule"]["category"], "vshield");
+        assert_eq!(v["enforcer"]["layer"], "read-error");
+        assert_eq!(v["enforcer"]["decision"], "audit");
+        assert!(v.get("vulnerability").is_none(), "{v}");
+        assert!(
+            v["event"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("could not read"),
+            "{v}"
+        );
     }
 
     #[test]

@@ -22,12 +22,15 @@
 //!   `overlay-rw:LOWERS:UPPER:WORK:DST`, `detach:DST` (`umount -l`, keeping a
 //!   descriptor of DST open as descriptor 3 and changing to it),
 //!   `chroot:DIR`, `cgroup:DIR` (make the cgroup DIR and move this process
-//!   into it). A failed step prints `STEP: ERROR` and exits 1.
+//!   into it), `mntns` (a new mount namespace in the same user namespace,
+//!   as `unshare -m`). A failed step prints `STEP: ERROR` and exits 1.
 //! - `probe steps STEP... -- PROGRAM ARGS...`: the same steps, in the
 //!   process's own namespaces and with its own capabilities (a privileged
 //!   container's)
 //! - `probe setattr-ro PATH`: make the mount at PATH read-only in place
 //!   with `mount_setattr` (5.12+), which needs `CAP_SYS_ADMIN`
+//! - `probe compat-remount-ro PATH`: the same with `mount` through the
+//!   32-bit system call gate
 //! - `probe exec-with-fds N PATH ARGS...`: open N files (close-on-exec,
 //!   each its own open file), then `execv` PATH with ARGS (`argv[0]` is
 //!   PATH)
@@ -320,6 +323,10 @@ fn take_step(step: &str) -> io::Result<()> {
         ),
         ["tmpfs", target] => mount("tmpfs", target, "tmpfs", 0, ""),
         ["mkdir", dir] => std::fs::create_dir_all(dir),
+        // A mount namespace of its own, copied from the current one, in
+        // the same user namespace (`unshare -m`).
+        // SAFETY: plain system call.
+        ["mntns"] => check(unsafe { libc::unshare(libc::CLONE_NEWNS) }),
         ["remount-ro", target] => mount("", target, "", libc::MS_REMOUNT | libc::MS_RDONLY, ""),
         ["copy", source, target] => {
             std::fs::copy(source, target)?;
@@ -556,6 +563,47 @@ fn setattr_read_only(path: &str) -> ExitCode {
     }
 }
 
+/// `probe compat-remount-ro PATH`: `mount -o remount,bind,ro PATH` through
+/// the 32-bit system call gate (`int $0x80`), with the path copied below
+/// 4 GiB where that gate can point at it.
+fn compat_remount_read_only(path: &str) -> ExitCode {
+    const MOUNT: u32 = 21;
+    let flags = (libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY) as u32;
+    // SAFETY: a fresh private anonymous page.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return fail("mmap", &io::Error::last_os_error(), 1);
+    }
+    let bytes = path.as_bytes();
+    if bytes.len() >= 4096 {
+        return fail("compat-remount-ro", &"path too long", 2);
+    }
+    // SAFETY: the page is 4096 writable bytes; the rest of it is zero.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), page.cast::<u8>(), bytes.len()) };
+    let Ok(address) = u32::try_from(page as usize) else {
+        return fail("compat-remount-ro", &"mapping above 4 GiB", 1);
+    };
+    let result = int80(MOUNT, [0, address, 0, flags, 0, 0]);
+    if (-4095..0).contains(&result) {
+        fail(
+            "compat-remount-ro",
+            &io::Error::from_raw_os_error(-result),
+            1,
+        )
+    } else {
+        fail("compat-remount-ro", &"ok", 0)
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
@@ -581,6 +629,7 @@ fn main() -> ExitCode {
         | "compat-old-mmap-exec" => gate(command, path),
         "exec-with-fds" => exec_with_fds(rest),
         "setattr-ro" => setattr_read_only(path),
+        "compat-remount-ro" => compat_remount_read_only(path),
         "exec-fd" | "mmap-exec-fd" => on_fd(command, rest),
         "exec-deleted" => match open(path).and_then(|fd| std::fs::remove_file(path).map(|()| fd)) {
             Ok(fd) => fail("exec-deleted", &exec_fd(fd, rest), 126),
