@@ -594,6 +594,14 @@ pub struct AgentConfig {
     /// Whether the 32-bit system call gate is looked at (1) or not (0): the
     /// numbers of [`compat_syscall`] on x86-64.
     pub compat_syscalls: u32,
+    /// Numbers of `mount`, `move_mount`, `fsconfig` and `mount_setattr`,
+    /// whose calls by container processes the signal backend marks (with
+    /// the mapping check, whose per-system-call cost it shares); zero turns
+    /// that off.
+    pub mount_syscall: u32,
+    pub move_mount_syscall: u32,
+    pub fsconfig_syscall: u32,
+    pub mount_setattr_syscall: u32,
 }
 
 /// System call numbers of the 32-bit gate on x86-64 (`int $0x80`,
@@ -607,8 +615,7 @@ pub mod compat_syscall {
     pub const PKEY_MPROTECT: u64 = 380;
     pub const EXECVE: u64 = 11;
     pub const EXECVEAT: u64 = 358;
-    /// The calls that change mounts: the signal backend's tracepoints on
-    /// them do not see this gate.
+    /// The calls that change mounts.
     pub const MOUNT: u64 = 21;
     pub const MOVE_MOUNT: u64 = 429;
     pub const FSCONFIG: u64 = 431;
@@ -1095,8 +1102,10 @@ mod tests {
 
     #[test]
     fn settings_layout() {
-        assert_eq!(size_of::<AgentConfig>(), 64);
         assert_eq!(offset_of!(AgentConfig, report_burst), 36);
+        assert_eq!(offset_of!(AgentConfig, mount_syscall), 64);
+        assert_eq!(offset_of!(AgentConfig, mount_setattr_syscall), 76);
+        assert_eq!(size_of::<AgentConfig>(), 80);
         assert_eq!(offset_of!(AgentConfig, report_window_ns), 40);
         assert_eq!(size_of::<ReportKey>(), 24);
         assert_eq!(size_of::<ReportWindow>(), 16);

@@ -213,13 +213,45 @@ fn request(
     }))
 }
 
-/// Whether `id` is a call that changes mounts on the 32-bit gate.
+/// Whether system call `id` is one that changes mounts (`mount`,
+/// `move_mount`, `fsconfig`, `mount_setattr`), on either gate; marks the
+/// change when a container process makes it ([`mount_changes`]). The signal
+/// backend has no hook on mounts: this program, already on every system
+/// call, is where it sees them.
 #[inline(always)]
-fn is_mount_call(id: u64) -> bool {
-    id == compat_syscall::MOUNT
-        || id == compat_syscall::MOVE_MOUNT
-        || id == compat_syscall::FSCONFIG
-        || id == compat_syscall::MOUNT_SETATTR
+fn mount_call(id: u64, regs: u64, mmap: &MmapOffsets) -> bool {
+    let config = CONFIG.load();
+    let native = |number: u32| number != 0 && id == u64::from(number);
+    let native_mount = native(config.mount_syscall);
+    let native_call = native_mount
+        || native(config.move_mount_syscall)
+        || native(config.fsconfig_syscall)
+        || native(config.mount_setattr_syscall);
+    let compat_mount = id == compat_syscall::MOUNT;
+    let compat_call = config.compat_syscalls != 0
+        && (compat_mount
+            || id == compat_syscall::MOVE_MOUNT
+            || id == compat_syscall::FSCONFIG
+            || id == compat_syscall::MOUNT_SETATTR);
+    if !native_call && !compat_call {
+        return false;
+    }
+    // Each gate's numbers mean other calls on the other.
+    let status: u32 = kernel::read_or_zero(kernel::current_task(), mmap.thread_status);
+    let (ours, flags) = if status & TS_COMPAT == 0 {
+        (native_call, kernel::read_or_zero(regs, mmap.regs_arg4))
+    } else {
+        (compat_call, kernel::read_or_zero::<u64>(regs, mmap.regs_si) & 0xffff_ffff)
+    };
+    let is_mount = if status & TS_COMPAT == 0 {
+        native_mount
+    } else {
+        compat_mount
+    };
+    if ours && !(is_mount && mount_changes::propagation_only(flags)) {
+        mount_changes::mark_mount_change(0);
+    }
+    ours
 }
 
 #[inline(always)]
@@ -227,14 +259,7 @@ fn on_sys_enter(ctx: &RawTracePointContext, with_mprotect: bool) -> i32 {
     let id: u64 = ctx.arg(1);
     let regs: u64 = ctx.arg(0);
     let mmap = MMAP_OFFSETS.load();
-    if is_mount_call(id) && CONFIG.load().compat_syscalls != 0 {
-        // Through the 32-bit gate, where the mount change programs' system
-        // call tracepoints do not see it (the other gate's numbers mean
-        // calls that change nothing).
-        let status: u32 = kernel::read_or_zero(kernel::current_task(), mmap.thread_status);
-        if status & TS_COMPAT != 0 {
-            mount_changes::mark_mount_change(0);
-        }
+    if mount_call(id, regs, &mmap) {
         return 0;
     }
     let offsets = drift::offsets();

@@ -12,14 +12,17 @@
 //! [`crate::drift`] trusts no read-only flag they mark.
 //!
 //! The lsm backend uses LSM hooks, and fentry programs for the system calls
-//! that have none. The signal backend, which has neither, uses the system
-//! calls' tracepoints (`mount`, `mount_setattr`, `move_mount`, `fsconfig`):
-//! they see no superblock, and not the 32-bit gate.
+//! that have none. The signal backend, which has neither, marks from its
+//! program on every system call's entry (`--signal-mmap-check`,
+//! [`crate::mmap`]), on both gates: it sees no superblock. (The system
+//! calls' own tracepoints would do without that program, but enabling any
+//! of them sends every system call on the machine through the tracing
+//! path, +3 % on an `open()` loop, and they miss the 32-bit gate.)
 
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id,
-    macros::{fentry, lsm, tracepoint},
-    programs::{FEntryContext, LsmContext, TracePointContext},
+    macros::{fentry, lsm},
+    programs::{FEntryContext, LsmContext},
 };
 use enforcer_common::ContainerRoot;
 
@@ -42,7 +45,7 @@ const MS_SHARED: u64 = 1 << 20;
 /// that branch only without `MS_REMOUNT` and `MS_BIND`, and it changes no
 /// read-only flag and shows no new files.
 #[inline(always)]
-fn propagation_only(flags: u64) -> bool {
+pub(crate) fn propagation_only(flags: u64) -> bool {
     flags & (MS_REMOUNT | MS_BIND) == 0
         && flags & (MS_SHARED | MS_PRIVATE | MS_SLAVE | MS_UNBINDABLE) != 0
 }
@@ -210,39 +213,3 @@ mount_api_entry!(
     fsconfig => "__x64_sys_fsconfig",
     fsconfig_compat => "__ia32_sys_fsconfig",
 );
-
-/// Where a system call's arguments start in its tracepoint's record: after
-/// the common fields (8 bytes) and the system call's number (8, padded).
-const SYSCALL_ARGS: usize = 16;
-
-/// `syscalls:sys_enter_mount` (signal backend): `mount(2)`, a bind mount
-/// and a remount of a filesystem or of a mount's flags included. The
-/// change is the current task's namespace's, the mount point being a user
-/// path the program cannot resolve.
-#[tracepoint(category = "syscalls", name = "sys_enter_mount")]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "the program macro passes the context by value"
-)]
-#[inline(always)]
-pub(crate) fn sys_enter_mount(ctx: TracePointContext) -> u32 {
-    // SAFETY: the fourth argument (`flags`) of the record the tracepoint
-    // was defined with.
-    let flags: u64 = unsafe { ctx.read_at(SYSCALL_ARGS + 3 * 8) }.unwrap_or(0);
-    if !propagation_only(flags) {
-        mark_mount_change(0);
-    }
-    0
-}
-
-/// `syscalls:sys_enter_{mount_setattr,move_mount,fsconfig}` (signal
-/// backend): re-flagging mounts in place, putting a mount made with the new
-/// API in place (what `mount` of util-linux 2.39+ does), and making or
-/// reconfiguring a filesystem with it. System call tracepoints do not fire
-/// for the 32-bit gate; the agent says so at start-up.
-#[tracepoint]
-#[inline(always)]
-pub(crate) fn sys_enter_mount_api(_ctx: TracePointContext) -> u32 {
-    mark_mount_change(0);
-    0
-}

@@ -219,6 +219,10 @@ fn agent_config(
         execveat_syscall: syscall(libc::SYS_execveat),
         // The kernel programs read the 32-bit gate's registers as x86-64's.
         compat_syscalls: u32::from(cfg!(target_arch = "x86_64") && checks.mappings.is_ok()),
+        mount_syscall: syscall(libc::SYS_mount),
+        move_mount_syscall: syscall(libc::SYS_move_mount),
+        fsconfig_syscall: syscall(libc::SYS_fsconfig),
+        mount_setattr_syscall: syscall(libc::SYS_mount_setattr),
     }
 }
 
@@ -1045,9 +1049,8 @@ fn log_mount_changes(attached: &Attached) {
         ),
         (Ok(()), BackendKind::Signal) => tracing::warn!(
             "signal backend: mount namespaces in which container processes mount, move or re-flag anything \
-             (mount, mount_setattr, move_mount, fsconfig), and containers that did so with the host's \
-             privileges, are marked: no read-only flag there is trusted; seen through the system calls' \
-             tracepoints, which do NOT see the 32-bit system call gate (int 0x80), and no filesystem is \
+             (mount, mount_setattr, move_mount, fsconfig; both system call gates), and containers that did so \
+             with the host's privileges, are marked: no read-only flag there is trusted; no filesystem is \
              marked by itself"
         ),
         (Err(reason), _) => tracing::warn!(

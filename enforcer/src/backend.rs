@@ -13,7 +13,7 @@ use std::{fmt, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    programs::{FEntry, Lsm, ProgramError, ProgramInfo, RawTracePoint, TracePoint},
+    programs::{FEntry, Lsm, ProgramError, ProgramInfo, RawTracePoint},
 };
 use enforcer_common::{
     AgentConfig, KernelOffsets, MmapOffsets, MountOffsets, OverlayLower, TaskOffsets, mount_walk,
@@ -214,16 +214,6 @@ const MOUNT_API_ENTRIES: [(&str, &str); 4] = [
     ("fsconfig", "__x64_sys_fsconfig"),
     ("fsconfig_compat", "__ia32_sys_fsconfig"),
 ];
-/// The signal backend's programs on system call tracepoints that mark mount
-/// changes: (program, tracepoint in `syscalls`). A tracepoint the kernel
-/// does not have (a system call it lacks) is skipped.
-const MOUNT_TRACEPOINTS: [(&str, &str); 4] = [
-    ("sys_enter_mount", "sys_enter_mount"),
-    ("sys_enter_mount_api", "sys_enter_mount_setattr"),
-    ("sys_enter_mount_api", "sys_enter_move_mount"),
-    ("sys_enter_mount_api", "sys_enter_fsconfig"),
-];
-
 /// Attaches the backend `choice` asks for. Call after the policy maps are
 /// filled: from this point on, execs are decided.
 /// `signal_routes`: which optional programs the signal backend attaches.
@@ -243,13 +233,16 @@ pub fn attach(
                 signal: None,
             })
         }
-        BackendChoice::Signal => Ok(Attached {
-            signal: Some(attach_signal(ebpf, signal_routes)?),
-            kind: BackendKind::Signal,
-            fallback_reason: None,
-            tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
-            mount_changes: attach_mount_tracepoints(ebpf),
-        }),
+        BackendChoice::Signal => {
+            let signal = attach_signal(ebpf, signal_routes)?;
+            Ok(Attached {
+                mount_changes: signal.mount_changes(),
+                signal: Some(signal),
+                kind: BackendKind::Signal,
+                fallback_reason: None,
+                tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
+            })
+        }
         BackendChoice::Auto => match attach_lsm(ebpf) {
             Ok(extras) => Ok(Attached {
                 kind: BackendKind::Lsm,
@@ -258,13 +251,16 @@ pub fn attach(
                 mount_changes: extras.mount_changes,
                 signal: None,
             }),
-            Err(lsm_error) => Ok(Attached {
-                signal: Some(attach_signal(ebpf, signal_routes)?),
-                kind: BackendKind::Signal,
-                fallback_reason: Some(error_chain(&lsm_error)),
-                tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
-                mount_changes: attach_mount_tracepoints(ebpf),
-            }),
+            Err(lsm_error) => {
+                let signal = attach_signal(ebpf, signal_routes)?;
+                Ok(Attached {
+                    mount_changes: signal.mount_changes(),
+                    signal: Some(signal),
+                    kind: BackendKind::Signal,
+                    fallback_reason: Some(error_chain(&lsm_error)),
+                    tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
+                })
+            }
         },
     }
 }
@@ -332,35 +328,6 @@ fn attach_mount_changes(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), BackendError> 
         }
         log_loaded(name, started, program.info());
         program.attach().map_err(&program_error)?;
-    }
-    Ok(())
-}
-
-/// Attaches the signal backend's [`MOUNT_TRACEPOINTS`]; why not, if the
-/// kernel refused one.
-fn attach_mount_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
-    let attach = |ebpf: &mut Ebpf, name: &'static str, tracepoint: &str| {
-        let program_error = program_error(name);
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(BackendError::MissingProgram(name))?
-            .try_into()
-            .map_err(&program_error)?;
-        if program.fd().is_err() {
-            let started = Instant::now();
-            program.load().map_err(&program_error)?;
-            log_loaded(name, started, program.info());
-        }
-        if features::syscall_tracepoint(tracepoint)?.is_none() {
-            return Ok(());
-        }
-        program
-            .attach("syscalls", tracepoint)
-            .map_err(&program_error)?;
-        Ok::<_, BackendError>(())
-    };
-    for (name, tracepoint) in MOUNT_TRACEPOINTS {
-        attach(ebpf, name, tracepoint).map_err(|error| error_chain(&error))?;
     }
     Ok(())
 }
@@ -505,6 +472,14 @@ pub struct SignalExtras {
     pub failed_exec: Result<(), String>,
     pub mappings: Result<(), String>,
     pub mprotect: Result<(), String>,
+}
+
+impl SignalExtras {
+    /// Whether mount changes are seen: by the mapping check's program on
+    /// every system call's entry, which marks them.
+    fn mount_changes(&self) -> Result<(), String> {
+        self.mappings.clone()
+    }
 }
 
 fn attach_raw_tracepoint(

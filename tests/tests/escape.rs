@@ -497,14 +497,56 @@ fn lsm_read_only_flags_a_privileged_container_set_are_not_trusted() {
     check_privileged(&agent, LSM);
 }
 
-/// The signal backend sees the same through the system calls'
-/// tracepoints.
+/// The signal backend sees the same from its program on every system
+/// call's entry.
 #[test]
-fn signal_read_only_flags_a_privileged_container_set_are_not_trusted() {
-    let Some((_serial, agent)) = signal(&[]) else {
+fn signal_with_mmap_check_read_only_flags_a_privileged_container_set_are_not_trusted() {
+    let Some((_serial, agent)) = signal(&["--signal-mmap-check"]) else {
         return;
     };
     check_privileged(&agent, SIGNAL);
+}
+
+/// Without that program the signal backend has no hook on mounts: what a
+/// privileged container made read-only runs, as the agent says at
+/// start-up.
+#[test]
+fn signal_read_only_flags_a_privileged_container_set_are_trusted_without_the_mmap_check() {
+    let Some((_serial, agent)) = signal(&[]) else {
+        return;
+    };
+    let (run, observed) = run_privileged(&agent);
+    for marker in ["secret-ran", "tmpfs-ran", "reflag-ran", "newns-ran"] {
+        assert!(run.stdout.contains(marker), "{marker}: {run:#?}");
+    }
+    // Where the mounts cannot be walked, each run from a read-only mount
+    // the runtime made is reported as unchecked.
+    let mut unchecked = vec!["busybox-secret", "busybox-reflag", "busybox-newns"];
+    let set_read_only = setattr_layer(&run) == "container-mount";
+    if set_read_only {
+        unchecked.push("busybox-setattr");
+    }
+    let rest = checked_mounts(&observed, events(&observed, SIGNAL.name), &unchecked);
+    if set_read_only {
+        assert!(run.stdout.contains("setattr-ran"), "{run:#?}");
+        assert_eq!(rest, Vec::<&Value>::new());
+    } else {
+        assert_eq!(rest.len(), 1, "{rest:#?}");
+        assert_event(
+            rest[0],
+            "exec",
+            "writable-mount",
+            "busybox-setattr",
+            SIGNAL.decision,
+        );
+    }
+    assert!(
+        observed
+            .log
+            .contains("what container processes do to mounts is NOT seen"),
+        "{}",
+        observed.log
+    );
 }
 
 /// The layer of the file on the volume `mount_setattr` made read-only: a

@@ -20,8 +20,6 @@ pub enum FeatureError {
     },
     #[error("securityfs is not mounted at {SECURITYFS} and mounting it failed: {0}")]
     MountSecurityfs(#[source] io::Error),
-    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed: {0}")]
-    MountTracefs(#[source] io::Error),
 }
 
 /// The active LSMs as the kernel lists them.
@@ -67,26 +65,6 @@ pub fn active_lsms() -> Result<ActiveLsms, FeatureError> {
 
 fn mount_securityfs() -> io::Result<()> {
     mount_pseudo_fs("securityfs", SECURITYFS)
-}
-
-/// Where tracefs is mounted by default.
-const TRACEFS: &str = "/sys/kernel/tracing";
-
-/// The directory of system call tracepoint `name` (`sys_enter_mount`),
-/// mounting tracefs first if nothing is mounted there: `None` when the
-/// kernel has no such tracepoint (no such system call, or no system call
-/// tracepoints at all), an error when tracefs cannot be had.
-pub fn syscall_tracepoint(name: &str) -> Result<Option<PathBuf>, FeatureError> {
-    let roots = [Path::new(TRACEFS), Path::new("/sys/kernel/debug/tracing")];
-    let root = if let Some(root) = roots.into_iter().find(|root| root.join("events").is_dir()) {
-        root
-    } else {
-        mount_pseudo_fs("tracefs", TRACEFS).map_err(FeatureError::MountTracefs)?;
-        tracing::info!("mounted tracefs at {TRACEFS} for system call tracepoints");
-        Path::new(TRACEFS)
-    };
-    let dir = root.join("events/syscalls").join(name);
-    Ok(dir.is_dir().then_some(dir))
 }
 
 /// Mounts the kernel's pseudo filesystem `fs` at `target`.
