@@ -13,7 +13,7 @@ use std::{fmt, time::Instant};
 
 use aya::{
     Btf, Ebpf, EbpfError, EbpfLoader,
-    programs::{FEntry, Lsm, ProgramError, ProgramInfo, RawTracePoint},
+    programs::{FEntry, Lsm, Program, ProgramError, ProgramInfo, RawTracePoint},
 };
 use enforcer_common::{
     AgentConfig, KernelOffsets, MmapOffsets, MountOffsets, OverlayLower, TaskOffsets, mount_walk,
@@ -315,11 +315,7 @@ fn attach_mount_changes(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), BackendError> 
     }
     for (name, function) in MOUNT_API_ENTRIES {
         let program_error = program_error(name);
-        let program: &mut FEntry = ebpf
-            .program_mut(name)
-            .ok_or(BackendError::MissingProgram(name))?
-            .try_into()
-            .map_err(&program_error)?;
+        let program: &mut FEntry = typed_program(ebpf, name)?;
         let started = Instant::now();
         match program.load(function, btf) {
             Ok(()) => {}
@@ -362,11 +358,19 @@ fn program_error(program: &'static str) -> impl Fn(ProgramError) -> BackendError
     move |source| BackendError::Program { program, source }
 }
 
-fn lsm_program<'a>(ebpf: &'a mut Ebpf, hook: &'static str) -> Result<&'a mut Lsm, BackendError> {
-    ebpf.program_mut(hook)
-        .ok_or(BackendError::MissingProgram(hook))?
+/// The object's program `name`, as the program type `T` it must be.
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BackendError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(BackendError::MissingProgram(name))?
         .try_into()
-        .map_err(program_error(hook))
+        .map_err(program_error(name))
+}
+
+fn lsm_program<'a>(ebpf: &'a mut Ebpf, hook: &'static str) -> Result<&'a mut Lsm, BackendError> {
+    typed_program(ebpf, hook)
 }
 
 fn load_lsm_program<'a>(
@@ -488,11 +492,7 @@ fn attach_raw_tracepoint(
     tracepoint: &str,
 ) -> Result<(), BackendError> {
     let program_error = program_error(name);
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(BackendError::MissingProgram(name))?
-        .try_into()
-        .map_err(&program_error)?;
+    let program: &mut RawTracePoint = typed_program(ebpf, name)?;
     let started = Instant::now();
     program.load().map_err(&program_error)?;
     log_loaded(name, started, program.info());
@@ -547,11 +547,7 @@ pub fn attach_vshields(
 
 /// Loads the program that resolves file identities for the agent.
 pub fn load_identity(ebpf: &mut Ebpf) -> Result<(), BackendError> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(VSHIELD_IDENTITY)
-        .ok_or(BackendError::MissingProgram(VSHIELD_IDENTITY))?
-        .try_into()
-        .map_err(program_error(VSHIELD_IDENTITY))?;
+    let program: &mut RawTracePoint = typed_program(ebpf, VSHIELD_IDENTITY)?;
     if program.fd().is_err() {
         let started = Instant::now();
         program.load().map_err(program_error(VSHIELD_IDENTITY))?;

@@ -428,6 +428,27 @@ fn map_low(fd: libc::c_int) -> io::Result<u32> {
     u32::try_from(address as usize).map_err(|_| io::Error::other("mapping above 4 GiB"))
 }
 
+/// A fresh writable anonymous page below 4 GiB, where the 32-bit gate's
+/// pointer arguments can point.
+fn low_page() -> io::Result<*mut libc::c_void> {
+    // SAFETY: a fresh private anonymous page.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(page)
+    }
+}
+
 /// The 32-bit and `pkey_mprotect` commands.
 fn gate(command: &str, path: &str) -> ExitCode {
     const READ_EXEC: u32 = (libc::PROT_READ | libc::PROT_EXEC) as u32;
@@ -467,20 +488,10 @@ fn gate(command: &str, path: &str) -> ExitCode {
         },
         "compat-mmap2-exec" => answer(int80(192, [0, 4096, READ_EXEC, private, fd_arg, 0])),
         "compat-old-mmap-exec" => {
-            // SAFETY: a fresh anonymous page below 4 GiB for the arguments.
-            let block = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-                    -1,
-                    0,
-                )
+            let block = match low_page() {
+                Ok(block) => block,
+                Err(error) => return fail("mmap", &error, 1),
             };
-            if block == libc::MAP_FAILED {
-                return fail("mmap", &io::Error::last_os_error(), 1);
-            }
             let values: [u32; 6] = [0, 4096, READ_EXEC, private, fd_arg, 0];
             // SAFETY: the page is writable and holds six u32 values.
             unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), block.cast::<u32>(), 6) };
@@ -569,20 +580,10 @@ fn setattr_read_only(path: &str) -> ExitCode {
 fn compat_remount_read_only(path: &str) -> ExitCode {
     const MOUNT: u32 = 21;
     let flags = (libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY) as u32;
-    // SAFETY: a fresh private anonymous page.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-            -1,
-            0,
-        )
+    let page = match low_page() {
+        Ok(page) => page,
+        Err(error) => return fail("mmap", &error, 1),
     };
-    if page == libc::MAP_FAILED {
-        return fail("mmap", &io::Error::last_os_error(), 1);
-    }
     let bytes = path.as_bytes();
     if bytes.len() >= 4096 {
         return fail("compat-remount-ro", &"path too long", 2);
