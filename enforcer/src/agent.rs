@@ -39,7 +39,7 @@ use crate::{
     },
     control::{
         ControlSocket, FlushedReply, KernelStatus, PlacedReply, PolicyStatus, ProgramStatus, Query,
-        Reply, Request, StatusReply, VShieldsReply,
+        Reply, Request, StatusReply, Trusted, VShieldsReply,
     },
     kernel::{
         features,
@@ -346,7 +346,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     log_drift_methods(&attached, tracker.state(), &in_force.policy.drift);
     active.attach(&mut ebpf, attached.kind)?;
     let mut watches = Watches::new(&in_force.paths, &options.image_stores);
-    let (_control, mut queries) = listen(&options.control_socket);
+    let (_control, mut queries) = listen(&options.control_socket, &host);
     let sampled = (counters.clone(), &pipeline, registry.catalog());
     let ops = Ops::start(options.metrics_address, metrics, &ebpf, sampled).await?;
     log_ready(&attached, &in_force);
@@ -619,8 +619,13 @@ fn warn_fallback(attached: Attached) -> Attached {
 }
 
 /// The control socket, or a warning and a channel that stays empty.
-fn listen(path: &std::path::Path) -> (Option<ControlSocket>, mpsc::Receiver<Query>) {
-    match ControlSocket::bind(path) {
+/// Peers are admitted as [`Trusted::agent`] says, with `host`'s mount
+/// namespace.
+fn listen(
+    path: &std::path::Path,
+    host: &HostIdentity,
+) -> (Option<ControlSocket>, mpsc::Receiver<Query>) {
+    match ControlSocket::bind(path, Trusted::agent(u64::from(host.mnt_ns))) {
         Ok((socket, queries)) => {
             tracing::info!(socket = %socket.path().display(), "control socket listening (enforcer vshield list)");
             (Some(socket), queries)

@@ -1,11 +1,12 @@
 //! The running agent's local control socket: a Unix socket, owner-only,
 //! one JSON request line and one JSON reply line per connection. The agent's
 //! main loop answers ([`Query`]), since it owns the kernel object; the socket
-//! tasks only carry bytes.
+//! tasks only carry bytes, and only for a peer the kernel vouches for
+//! ([`Trusted`]).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -173,6 +174,101 @@ pub enum ControlError {
     Protocol { path: PathBuf, what: String },
 }
 
+/// Who may talk to the agent, by what the kernel says of the peer
+/// (`SO_PEERCRED`) rather than by who can reach the socket file: a
+/// container with a hostPath of `/run` reaches it. A peer must run as the
+/// agent's user (root) in the host's mount namespace, or in the agent's
+/// own (an operator's `kubectl exec` into the agent's pod). A container
+/// process is in neither, whatever its uid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trusted {
+    pub uid: u32,
+    /// Inode numbers of the trusted mount namespaces.
+    pub mount_namespaces: Vec<u64>,
+}
+
+impl Trusted {
+    /// The agent's user, the host's mount namespace (`host_mnt_ns`) and the
+    /// agent's own.
+    pub fn agent(host_mnt_ns: u64) -> Self {
+        let mut mount_namespaces = vec![host_mnt_ns];
+        if let Ok(own) = namespace_of("self")
+            && own != host_mnt_ns
+        {
+            mount_namespaces.push(own);
+        }
+        Self {
+            // SAFETY: geteuid cannot fail.
+            uid: unsafe { libc::geteuid() },
+            mount_namespaces,
+        }
+    }
+
+    /// Whether `peer` may send requests; why not.
+    pub fn admit(&self, peer: &Peer) -> Result<(), Refusal> {
+        if peer.uid != self.uid {
+            return Err(Refusal::User { uid: peer.uid });
+        }
+        let Some(pid) = peer.pid else {
+            return Err(Refusal::NoPid);
+        };
+        match &peer.mount_namespace {
+            Ok(ns) if self.mount_namespaces.contains(ns) => Ok(()),
+            Ok(ns) => Err(Refusal::Namespace { pid, ns: *ns }),
+            Err(reason) => Err(Refusal::Unreadable {
+                pid,
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
+/// What the kernel says of a connected peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+    /// The inode number of its mount namespace, or why it could not be
+    /// read (the process is gone).
+    pub mount_namespace: Result<u64, String>,
+}
+
+impl Peer {
+    fn of(stream: &UnixStream) -> Result<Self, Refusal> {
+        let cred = stream.peer_cred().map_err(|error| Refusal::Unreadable {
+            pid: 0,
+            reason: error.to_string(),
+        })?;
+        let pid = cred.pid();
+        Ok(Self {
+            uid: cred.uid(),
+            pid,
+            mount_namespace: pid.map_or_else(
+                || Err("no pid".to_owned()),
+                |pid| namespace_of(&pid.to_string()).map_err(|error| error.to_string()),
+            ),
+        })
+    }
+}
+
+/// The inode number of `/proc/{pid}/ns/mnt`.
+fn namespace_of(pid: &str) -> std::io::Result<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|metadata| metadata.ino())
+}
+
+/// Why a peer was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("uid {uid} is not the agent's")]
+    User { uid: u32 },
+    #[error("the kernel gave no pid for the peer")]
+    NoPid,
+    #[error("pid {pid} runs in mount namespace {ns}, neither the host's nor the agent's")]
+    Namespace { pid: i32, ns: u64 },
+    #[error("pid {pid}: {reason}")]
+    Unreadable { pid: i32, reason: String },
+}
+
 /// The listening socket; the file is removed when it is dropped.
 #[derive(Debug)]
 pub struct ControlSocket {
@@ -184,7 +280,10 @@ impl ControlSocket {
     /// Listens at `path` (creating its directory, owner-only) and returns
     /// the queries for the main loop. A stale socket file left by an agent
     /// that died is replaced; a live one is an error.
-    pub fn bind(path: &Path) -> Result<(Self, mpsc::Receiver<Query>), ControlError> {
+    pub fn bind(
+        path: &Path,
+        trusted: Trusted,
+    ) -> Result<(Self, mpsc::Receiver<Query>), ControlError> {
         let io = |source| ControlError::Io {
             path: path.to_owned(),
             source,
@@ -213,7 +312,7 @@ impl ControlSocket {
         let listener = UnixListener::bind(path).map_err(io)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let (queries, receiver) = mpsc::channel(8);
-        let task = tokio::spawn(accept_loop(listener, queries));
+        let task = tokio::spawn(accept_loop(listener, queries, trusted));
         Ok((
             Self {
                 path: path.to_owned(),
@@ -236,11 +335,21 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn accept_loop(listener: UnixListener, queries: mpsc::Sender<Query>) {
+async fn accept_loop(listener: UnixListener, queries: mpsc::Sender<Query>, trusted: Trusted) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve(stream, queries.clone()));
+                let admitted = Peer::of(&stream).and_then(|peer| {
+                    trusted.admit(&peer).inspect_err(|refusal| {
+                        tracing::warn!(
+                            uid = peer.uid,
+                            pid = peer.pid,
+                            %refusal,
+                            "control socket: request refused"
+                        );
+                    })
+                });
+                tokio::spawn(serve(stream, queries.clone(), admitted));
             }
             Err(error) => {
                 tracing::warn!(%error, "control socket: accept failed");
@@ -250,8 +359,17 @@ async fn accept_loop(listener: UnixListener, queries: mpsc::Sender<Query>) {
     }
 }
 
-async fn serve(stream: UnixStream, queries: mpsc::Sender<Query>) {
+async fn serve(stream: UnixStream, queries: mpsc::Sender<Query>, admitted: Result<(), Refusal>) {
     let (read, mut write) = stream.into_split();
+    if let Err(refusal) = admitted {
+        let reply = Reply::Error(format!("refused: {refusal}"));
+        if let Ok(mut text) = serde_json::to_vec(&reply) {
+            text.push(b'\n');
+            // A client that went away does not need its answer.
+            let _ = write.write_all(&text).await;
+        }
+        return;
+    }
     let mut line = String::new();
     let mut limited = tokio::io::BufReader::new(read.take(MAX_REQUEST));
     let reply = match tokio::time::timeout(TIMEOUT, limited.read_line(&mut line)).await {
@@ -339,15 +457,44 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_the_agents_user_in_a_trusted_mount_namespace_is_admitted() {
+        let trusted = Trusted {
+            uid: 0,
+            mount_namespaces: vec![10, 20],
+        };
+        let peer = |uid, pid, ns: Result<u64, &str>| Peer {
+            uid,
+            pid,
+            mount_namespace: ns.map_err(str::to_owned),
+        };
+        assert_eq!(trusted.admit(&peer(0, Some(7), Ok(10))), Ok(()));
+        assert_eq!(trusted.admit(&peer(0, Some(7), Ok(20))), Ok(()));
+        assert_eq!(
+            trusted.admit(&peer(0, Some(7), Ok(30))),
+            Err(Refusal::Namespace { pid: 7, ns: 30 })
+        );
+        assert_eq!(
+            trusted.admit(&peer(1000, Some(7), Ok(10))),
+            Err(Refusal::User { uid: 1000 })
+        );
+        assert_eq!(trusted.admit(&peer(0, None, Ok(10))), Err(Refusal::NoPid));
+        assert!(matches!(
+            trusted.admit(&peer(0, Some(7), Err("gone"))),
+            Err(Refusal::Unreadable { pid: 7, .. })
+        ));
+    }
+
     #[tokio::test]
     async fn a_query_is_answered_by_the_main_loop_and_the_socket_file_is_removed() {
         let dir = std::env::temp_dir().join(format!("enforcer-control-{}", std::process::id()));
         let path = dir.join("control.sock");
-        let (socket, mut queries) = ControlSocket::bind(&path).unwrap();
+        let trusted = Trusted::agent(namespace_of("self").unwrap());
+        let (socket, mut queries) = ControlSocket::bind(&path, trusted.clone()).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(matches!(
-            ControlSocket::bind(&path),
+            ControlSocket::bind(&path, trusted),
             Err(ControlError::InUse { .. })
         ));
         let main_loop = tokio::spawn(async move {

@@ -238,3 +238,52 @@ fn the_rate_limit_counts_and_reports_what_it_leaves_out() {
     assert_eq!(books["total"]["suppressed"], 4, "{books:#}");
     assert_eq!(accounting[0]["event"]["outcome"], "success", "{books:#}");
 }
+
+/// The control socket answers by what the kernel says of the peer, not by
+/// who can reach the socket file: a client in a mount namespace of its own
+/// (as a container that reaches the socket through a hostPath of `/run`
+/// is, whatever its uid) is refused, and the agent says so; the same
+/// request from the host's mount namespace is answered.
+#[test]
+fn the_control_socket_refuses_a_client_in_another_mount_namespace() {
+    use std::os::unix::process::CommandExt as _;
+
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let agent = scenario::shared(&[]).expect("an agent with the default backend");
+    let status = || {
+        let mut command = std::process::Command::new(agent::binary());
+        command
+            .arg("status")
+            .arg("--socket")
+            .arg(agent.control_socket());
+        command
+    };
+    let mut elsewhere = status();
+    // SAFETY: only a system call between fork and exec.
+    unsafe {
+        elsewhere.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let refused = elsewhere.output().expect("running enforcer status");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        stderr.contains("refused") && stderr.contains("mount namespace"),
+        "{stderr}"
+    );
+    let answered = status().output().expect("running enforcer status");
+    assert!(answered.status.success(), "{answered:?}");
+    assert!(
+        agent.log().contains("control socket: request refused"),
+        "{}",
+        agent.log()
+    );
+}
