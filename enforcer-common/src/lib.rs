@@ -9,7 +9,7 @@
 #![no_std]
 
 /// Bumped whenever any layout in this crate changes.
-pub const ABI_VERSION: u32 = 18;
+pub const ABI_VERSION: u32 = 19;
 
 /// `OVERLAYFS_SUPER_MAGIC` from the kernel's `include/uapi/linux/magic.h`.
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
@@ -490,7 +490,17 @@ pub struct TaskOffsets {
     /// `cgroup.self.parent`: the parent group's `cgroup_subsys_state`,
     /// which is its `struct cgroup` (`self` comes first).
     pub cgroup_parent: u32,
+    /// `task_struct.cred`: the task's subjective credentials.
+    pub task_cred: u32,
+    /// `cred.cap_effective`: 64 bits of capabilities (`__u32 cap[2]` before
+    /// 6.3, `u64 val` since: the same bits in little-endian memory).
+    pub cred_cap_effective: u32,
+    /// `cred.user_ns`: the user namespace the capabilities are held in.
+    pub cred_user_ns: u32,
 }
+
+/// `CAP_SYS_ADMIN`, the capability that mounting takes.
+pub const CAP_SYS_ADMIN: u32 = 21;
 
 /// Offsets for the walk over a filesystem's mounts (is a read-only mount's
 /// filesystem also mounted writable by a container?), apart from
@@ -1078,7 +1088,7 @@ mod tests {
     fn kernel_offsets_layout() {
         assert_eq!(size_of::<KernelOffsets>(), 42 * 4);
         assert_eq!(size_of::<MmapOffsets>(), 16 * 4);
-        assert_eq!(size_of::<TaskOffsets>(), 13 * 4);
+        assert_eq!(size_of::<TaskOffsets>(), 16 * 4);
         assert_eq!(size_of::<MountOffsets>(), 12 * 4);
         assert_eq!(offset_of!(MountOffsets, walk), 0);
         assert_eq!(offset_of!(MountOffsets, user_ns_level), 44);

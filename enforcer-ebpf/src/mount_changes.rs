@@ -24,11 +24,13 @@ use aya_ebpf::{
     macros::{fentry, lsm},
     programs::{FEntryContext, LsmContext},
 };
-use enforcer_common::ContainerRoot;
+use enforcer_common::{CAP_SYS_ADMIN, ContainerRoot};
 
 use crate::{
     kernel::{self, read_or_zero},
-    maps::{CONFIG, CONTAINER_REMOUNTS, CONTAINER_ROOTS, CONTAINER_SUPERBLOCKS, offset},
+    maps::{
+        CONFIG, CONTAINER_REMOUNTS, CONTAINER_ROOTS, CONTAINER_SUPERBLOCKS, offset, task_offset,
+    },
     mounts,
 };
 
@@ -73,29 +75,47 @@ fn mark_superblock(sb: u64) {
 }
 
 /// Marks the mount namespace `mnt_ns` (a `struct mnt_namespace *`; the
-/// current task's when null) and, when the current task changes mounts with
-/// the host's privileges, its container, if it is a container process.
+/// current task's when null) and the container, when a process of a
+/// container changes mounts with the host's privileges.
+///
+/// Only with those: in a user namespace of its own (`unshare -Urm`) a
+/// process changes nothing the host made (what it mounts there is owned by
+/// that user namespace, which the decision does not trust anyway, and the
+/// read-only flags it inherited are locked). The hooks run before the
+/// kernel checks the capability, so a container without it (an entrypoint
+/// that tries a mount and carries on) would otherwise lose its Secrets by
+/// trying. With them, no mount namespace the container has or makes
+/// afterwards is trusted.
 #[inline(always)]
 pub(crate) fn mark_mount_change(mnt_ns: u64) {
     let Some(home) = container_of_current() else {
         return;
     };
-    let own = kernel::current_mnt_ns();
-    let mnt_ns = if mnt_ns == 0 { own } else { mnt_ns };
+    if !has_host_sys_admin() {
+        return;
+    }
+    let mnt_ns = if mnt_ns == 0 {
+        kernel::current_mnt_ns()
+    } else {
+        mnt_ns
+    };
     let id: u64 = read_or_zero(mnt_ns, offset!(mnt_namespace_id));
     if id != 0 {
         let _ = CONTAINER_REMOUNTS.insert(id, 0, 0);
     }
-    // In a mount namespace of its own user namespace (`unshare -Urm`) the
-    // process changes nothing the host made: what it mounts there is owned
-    // by that user namespace, which the decision does not trust anyway.
-    // Mounting in one the initial user namespace owns takes the host's
-    // `CAP_SYS_ADMIN`, and then no mount namespace the container has or
-    // makes afterwards is trusted.
-    let owner: u64 = read_or_zero(own, offset!(mnt_namespace_user_ns));
-    if owner != 0 && read_or_zero::<u32>(owner, offset!(user_ns_level)) == 0 {
-        let _ = CONTAINER_REMOUNTS.insert(mounts::container_key(home.mnt_ns), 0, 0);
-    }
+    let _ = CONTAINER_REMOUNTS.insert(mounts::container_key(home.mnt_ns), 0, 0);
+}
+
+/// Whether the current task holds `CAP_SYS_ADMIN` in the initial user
+/// namespace: its credentials' effective set, held there.
+#[inline(always)]
+fn has_host_sys_admin() -> bool {
+    let cred: u64 = read_or_zero(kernel::current_task(), task_offset!(task_cred));
+    let user_ns: u64 = read_or_zero(cred, task_offset!(cred_user_ns));
+    let effective: u64 = read_or_zero(cred, task_offset!(cred_cap_effective));
+    user_ns != 0
+        && read_or_zero::<u32>(user_ns, offset!(user_ns_level)) == 0
+        && effective & (1 << CAP_SYS_ADMIN) != 0
 }
 
 /// The mount namespace of the mount of `path` (a `struct path *`, whose

@@ -156,6 +156,11 @@ const CGROUP_KN: Field = field("cgroup", "kn", Width::Pointer);
 const KERNFS_NODE_ID: Field = field("kernfs_node", "id", Width::Bytes(8));
 const CGROUP_SELF: Field = field("cgroup", "self", Width::Bytes(0));
 const CGROUP_PARENT: Field = field("cgroup", "self.parent", Width::Pointer);
+const TASK_CRED: Field = field("task_struct", "cred", Width::Pointer);
+// `kernel_cap_t`: a struct of `__u32 cap[2]` before 6.3, of `u64 val` since;
+// 8 bytes either way, read as one u64.
+const CRED_CAP_EFFECTIVE: Field = field("cred", "cap_effective", Width::Bytes(0));
+const CRED_USER_NS: Field = field("cred", "user_ns", Width::Pointer);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -618,6 +623,9 @@ impl KernelBtf {
                 }
                 core(CGROUP_PARENT)?
             },
+            task_cred: core(TASK_CRED)?,
+            cred_cap_effective: core(CRED_CAP_EFFECTIVE)?,
+            cred_user_ns: core(CRED_USER_NS)?,
         })
     }
 
