@@ -281,8 +281,13 @@ fn the_control_socket_refuses_a_client_in_another_mount_namespace() {
     );
     let answered = status().output().expect("running enforcer status");
     assert!(answered.status.success(), "{answered:?}");
+    // The agent's log is read by a thread of the harness: wait for it.
     assert!(
-        agent.log().contains("control socket: request refused"),
+        agent.wait_for_log(
+            "control socket: request refused",
+            1,
+            Duration::from_secs(10)
+        ),
         "{}",
         agent.log()
     );
