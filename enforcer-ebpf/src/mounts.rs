@@ -134,46 +134,44 @@ pub(crate) fn container_key(home_mnt_ns: u32) -> u64 {
     CONTAINER_KEY | u64::from(home_mnt_ns)
 }
 
+/// The `CONTAINER_REMOUNTS` key of that container, written into this CPU's
+/// slot of the walk's map, where the lookup takes it from, as in
+/// [`namespace_changed`]; `None` when the slot cannot be had.
+#[inline(always)]
+fn container_key_in_slot(home_mnt_ns: u32) -> Option<&'static u64> {
+    let walk = MOUNT_WALK.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU array, which only the program
+    // running on this CPU uses.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*walk).key, container_key(home_mnt_ns));
+        Some(&(*walk).key)
+    }
+}
+
 /// Whether a process of the container whose runtime made the mount
 /// namespace numbered `home_mnt_ns` changed mounts with the host's
 /// privileges ([`crate::mount_changes`]): then no read-only flag in any
-/// mount namespace it has or made is trusted. Looked up from this CPU's
-/// slot of the walk's map, as in [`namespace_changed`]; counts as changed
-/// when the slot cannot be had.
+/// mount namespace it has or made is trusted. Counts as changed when the
+/// slot for the key cannot be had.
 #[inline(always)]
 pub(crate) fn container_changed_mounts(home_mnt_ns: u32) -> bool {
-    let Some(walk) = MOUNT_WALK.get_ptr_mut(0) else {
-        return true;
-    };
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "the key must be looked up where it is, in the map: a copy would go on the stack"
-    )]
-    // SAFETY: this CPU's slot of a per-CPU array.
-    unsafe {
-        core::ptr::write_volatile(&raw mut (*walk).key, container_key(home_mnt_ns));
-        CONTAINER_REMOUNTS.get(&(*walk).key).is_some()
+    // A match rather than a closure, which LLVM may leave out of line with
+    // a Rust type in the object's BTF that the kernel refuses.
+    match container_key_in_slot(home_mnt_ns) {
+        // SAFETY: a plain value, only tested for presence.
+        Some(key) => unsafe { CONTAINER_REMOUNTS.get(key) }.is_some(),
+        None => true,
     }
 }
 
 /// Drops the mark of the container whose runtime made the mount namespace
 /// numbered `home_mnt_ns`, when the kernel records a new container with it:
 /// inode numbers of namespaces that are gone are given to new ones, and a
-/// mark left by an earlier container must not follow its number. The key
-/// goes through this CPU's slot of the walk's map, off the stack.
+/// mark left by an earlier container must not follow its number.
 #[inline(always)]
 pub(crate) fn forget_container(home_mnt_ns: u32) {
-    let Some(walk) = MOUNT_WALK.get_ptr_mut(0) else {
-        return;
-    };
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "the key must be looked up where it is, in the map: a copy would go on the stack"
-    )]
-    // SAFETY: this CPU's slot of a per-CPU array.
-    unsafe {
-        core::ptr::write_volatile(&raw mut (*walk).key, container_key(home_mnt_ns));
-        let _ = CONTAINER_REMOUNTS.remove(&(*walk).key);
+    if let Some(key) = container_key_in_slot(home_mnt_ns) {
+        let _ = CONTAINER_REMOUNTS.remove(key);
     }
 }
 

@@ -223,46 +223,31 @@ pub fn attach(
     signal_routes: &SignalRoutes,
 ) -> Result<Attached, BackendError> {
     match choice {
-        BackendChoice::Lsm => {
-            let extras = attach_lsm(ebpf)?;
-            Ok(Attached {
-                tracking: extras.tracking,
-                mount_changes: extras.mount_changes,
-                kind: BackendKind::Lsm,
-                fallback_reason: None,
-                signal: None,
-            })
-        }
-        BackendChoice::Signal => {
-            let signal = attach_signal(ebpf, signal_routes)?;
-            Ok(Attached {
-                mount_changes: signal.mount_changes(),
-                signal: Some(signal),
-                kind: BackendKind::Signal,
-                fallback_reason: None,
-                tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
-            })
-        }
+        BackendChoice::Lsm => Ok(attach_lsm(ebpf)?.into_attached()),
+        BackendChoice::Signal => attach_signal_backend(ebpf, signal_routes, None),
         BackendChoice::Auto => match attach_lsm(ebpf) {
-            Ok(extras) => Ok(Attached {
-                kind: BackendKind::Lsm,
-                fallback_reason: None,
-                tracking: extras.tracking,
-                mount_changes: extras.mount_changes,
-                signal: None,
-            }),
+            Ok(extras) => Ok(extras.into_attached()),
             Err(lsm_error) => {
-                let signal = attach_signal(ebpf, signal_routes)?;
-                Ok(Attached {
-                    mount_changes: signal.mount_changes(),
-                    signal: Some(signal),
-                    kind: BackendKind::Signal,
-                    fallback_reason: Some(error_chain(&lsm_error)),
-                    tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
-                })
+                attach_signal_backend(ebpf, signal_routes, Some(error_chain(&lsm_error)))
             }
         },
     }
+}
+
+/// The signal backend attached, with why lsm was not used (`auto`).
+fn attach_signal_backend(
+    ebpf: &mut Ebpf,
+    signal_routes: &SignalRoutes,
+    fallback_reason: Option<String>,
+) -> Result<Attached, BackendError> {
+    let signal = attach_signal(ebpf, signal_routes)?;
+    Ok(Attached {
+        mount_changes: signal.mount_changes(),
+        signal: Some(signal),
+        kind: BackendKind::Signal,
+        fallback_reason,
+        tracking: Err(TRACKING_NEEDS_LSM.to_owned()),
+    })
 }
 
 /// Checks that `bpf` is an active LSM, then loads and attaches the LSM
@@ -305,6 +290,18 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<LsmExtras, BackendError> {
 struct LsmExtras {
     tracking: Result<(), String>,
     mount_changes: Result<(), String>,
+}
+
+impl LsmExtras {
+    fn into_attached(self) -> Attached {
+        Attached {
+            kind: BackendKind::Lsm,
+            fallback_reason: None,
+            tracking: self.tracking,
+            mount_changes: self.mount_changes,
+            signal: None,
+        }
+    }
 }
 
 /// Attaches the programs of [`MOUNT_CHANGE_HOOKS`] and
