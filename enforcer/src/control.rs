@@ -361,6 +361,12 @@ async fn accept_loop(listener: UnixListener, queries: mpsc::Sender<Query>, trust
 
 async fn serve(stream: UnixStream, queries: mpsc::Sender<Query>, admitted: Result<(), Refusal>) {
     let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut limited = tokio::io::BufReader::new(read.take(MAX_REQUEST));
+    let received = tokio::time::timeout(TIMEOUT, limited.read_line(&mut line)).await;
+    // A refused peer's request is read (and never parsed) before the
+    // answer: closing on a client still writing would give it EPIPE in
+    // place of the reason.
     if let Err(refusal) = admitted {
         let reply = Reply::Error(format!("refused: {refusal}"));
         if let Ok(mut text) = serde_json::to_vec(&reply) {
@@ -370,9 +376,7 @@ async fn serve(stream: UnixStream, queries: mpsc::Sender<Query>, admitted: Resul
         }
         return;
     }
-    let mut line = String::new();
-    let mut limited = tokio::io::BufReader::new(read.take(MAX_REQUEST));
-    let reply = match tokio::time::timeout(TIMEOUT, limited.read_line(&mut line)).await {
+    let reply = match received {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim_end()) {
             Ok(request) => ask_main_loop(request, &queries).await,
             Err(error) => Reply::Error(format!("invalid request {:?}: {error}", line.trim_end())),
@@ -416,9 +420,15 @@ pub fn ask(path: &Path, request: &Request) -> Result<Reply, ControlError> {
         what: error.to_string(),
     })?;
     text.push(b'\n');
-    stream.write_all(&text).map_err(io)?;
+    let sent = stream.write_all(&text);
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).map_err(io)?;
+    // An agent that refuses the peer may answer and close before the whole
+    // request is written: its answer says more than EPIPE.
+    match BufReader::new(stream).read_line(&mut line) {
+        Ok(read) if read > 0 => {}
+        Ok(_) => sent.map_err(io)?,
+        Err(error) => return Err(io(sent.err().unwrap_or(error))),
+    }
     serde_json::from_str(&line).map_err(|error| ControlError::Protocol {
         path: path.to_owned(),
         what: format!("unreadable reply {:?}: {error}", line.trim_end()),
