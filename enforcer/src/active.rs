@@ -23,6 +23,7 @@ use crate::{
     container::registry::Known,
     kernel::host::HostIdentity,
     maps::{self, MapAccessError},
+    pins::Links,
     policy::{
         ContainerSelector, SelectedDrift,
         vshield::{
@@ -106,6 +107,8 @@ pub struct ActiveVShields {
     /// Known once the backend is attached; until then `apply` only writes
     /// maps (the programs are attached after the first policy is in).
     kind: Option<BackendKind>,
+    /// Where the links of the programs vShields need go (with `kind`).
+    links: Option<Links>,
     shields: Vec<VShield>,
     /// The slot and resolved files of each vShield of `shields`.
     slots_of: Vec<u32>,
@@ -133,6 +136,7 @@ impl ActiveVShields {
             applied: Applied::default(),
             routes: VShieldRoutes::default(),
             kind: None,
+            links: None,
             shields: Vec::new(),
             slots_of: Vec::new(),
             files_of: Vec::new(),
@@ -145,6 +149,18 @@ impl ActiveVShields {
             drift_selectors: Vec::new(),
             container_drift: BTreeMap::new(),
         }
+    }
+
+    /// Takes over what the maps an agent before this one pinned hold (see
+    /// [`crate::pins`]): its vShield entries and the containers it placed,
+    /// so that the first policy this agent applies replaces them entry by
+    /// entry, each rule present until its replacement is, and removes what
+    /// the new policy does not have.
+    pub fn adopt(&mut self, ebpf: &Ebpf) -> Result<(), MapAccessError> {
+        self.applied = Applied::adopt(ebpf)?;
+        self.container_scopes = read_by_cgroup(ebpf, maps::CONTAINER_SCOPES)?;
+        self.container_drift = read_by_cgroup(ebpf, maps::CONTAINER_DRIFT)?;
+        Ok(())
     }
 
     /// Puts the selected `DriftPolicy`s `selected` in force for the known
@@ -425,8 +441,14 @@ impl ActiveVShields {
         vshields::entries(&resolved, selected)
     }
 
-    pub fn attach(&mut self, ebpf: &mut Ebpf, kind: BackendKind) -> Result<(), ActiveError> {
+    pub fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        kind: BackendKind,
+        links: Links,
+    ) -> Result<(), ActiveError> {
         self.kind = Some(kind);
+        self.links = Some(links);
         let shields = self.shields.clone();
         self.attach_routes(ebpf, kind, &shields)
     }
@@ -486,7 +508,10 @@ impl ActiveVShields {
     ) -> Result<(), ActiveError> {
         let ops = shields.iter().fold(0, |ops, shield| ops | shield.ops);
         let before = self.routes.attached;
-        backend::attach_vshields(ebpf, kind, &mut self.routes, ops)?;
+        let Some(links) = self.links.clone() else {
+            return Ok(());
+        };
+        backend::attach_vshields(ebpf, kind, &mut self.routes, ops, &links)?;
         if ops & !before != 0 {
             log_routes(kind, ops, &self.routes);
         }
@@ -657,6 +682,14 @@ fn write_by_cgroup(
         }
     }
     Ok(counts)
+}
+
+/// What map `name` (cgroup id -> code) holds.
+fn read_by_cgroup(ebpf: &Ebpf, name: &'static str) -> Result<BTreeMap<u64, u32>, MapAccessError> {
+    let map: aya::maps::HashMap<_, u64, u32> = maps::borrow(ebpf, name)?;
+    map.iter()
+        .collect::<Result<_, _>>()
+        .map_err(|source| MapAccessError::Map { map: name, source })
 }
 
 /// The maps hold the old and the new entries while one replaces the other.

@@ -30,6 +30,7 @@ use crate::{
         },
     },
     backend::{self, Attached, BackendChoice, BackendError, BackendKind, SignalRoutes},
+    cli::DaemonSetRef,
     container::{
         self, CgroupIndex,
         cri::{self, CriError},
@@ -38,8 +39,8 @@ use crate::{
         registry::{Catalog, Change, HookState, Registry},
     },
     control::{
-        ControlSocket, FlushedReply, KernelStatus, PlacedReply, PolicyStatus, ProgramStatus, Query,
-        Reply, Request, StatusReply, Trusted, VShieldsReply,
+        ControlSocket, FlushedReply, KernelStatus, PinningStatus, PlacedReply, PolicyStatus,
+        ProgramStatus, Query, Reply, Request, StatusReply, Trusted, VShieldsReply,
     },
     kernel::{
         features,
@@ -49,6 +50,7 @@ use crate::{
     },
     maps::{self, MapAccessError},
     ops::{self, Metrics},
+    pins::{Generation, Links, PinError, Store},
     policy::{self, DriftRule, Policy},
     reload::{Changed, InForce, Trigger, Watches},
     stats::{self, KernelCounters},
@@ -57,6 +59,9 @@ use crate::{
 
 /// How often lost events and kernel read errors are checked for.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an exiting agent waits for the API to say whether its
+/// `DaemonSet` is being uninstalled.
+const UNINSTALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the cgroup tree is read for containers no hook announced.
 const CONTAINERS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -86,6 +91,17 @@ pub struct RunOptions {
     /// How often lost and suppressed records are reported in an audit
     /// record of their own (when any were).
     pub accounting_interval: Duration,
+    /// Where the kernel objects are pinned (see [`crate::pins`]).
+    pub pin_dir: PathBuf,
+    /// Unload them at exit when this `DaemonSet` is uninstalled.
+    pub uninstall: Option<Uninstall>,
+}
+
+/// `--daemonset`: the agent's own `DaemonSet`, whose removal ends enforcement.
+#[derive(Clone, Debug)]
+pub struct Uninstall {
+    pub daemonset: DaemonSetRef,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Where containers are named from, beside their cgroups.
@@ -137,6 +153,10 @@ pub enum AgentError {
     Ops(ops::ListenError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(
+        "pinning the kernel objects: {0}; the enforcement pinned before this agent, if any, stays in force"
+    )]
+    Pin(#[from] PinError),
 }
 
 fn layout_error(source: LayoutError) -> AgentError {
@@ -298,18 +318,19 @@ fn host(pid: u32) -> Result<HostIdentity, AgentError> {
 pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     // A bad policy is refused before anything else is done.
     let compiled = policy::compile(&options.policy)?;
-    let (layout, checks, host, mut ebpf) = load(&options)?;
+    let (prepared, mut ebpf) = load(&options)?;
+    // Options fail before the first write to maps another agent pinned.
+    let mut metrics = options.metrics_address.map(|_| Metrics::new());
+    let (sinks, webhooks) = sinks(&options.sinks, metrics.as_ref())?;
     let policy = options.policy;
     let roots = Roots {
-        host: &host,
+        host: &prepared.host,
         image_stores: &options.image_stores,
     };
     // The maps are filled before any program is attached, so the first exec
     // the programs see is already decided by the policy.
     let started = Instant::now();
-    let names = PolicyTable::default();
-    let mut active = ActiveVShields::new(names.clone());
-    apply_drift(&mut ebpf, &compiled, &policy, &mut active)?;
+    let (names, mut active) = first_drift(&mut ebpf, &compiled, &policy, prepared.adopted)?;
     let (mut registry, cgroups, mut changes) = containers(
         &mut ebpf,
         &mut active,
@@ -318,7 +339,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     )
     .await?;
     // Also without vShields now: a reload may bring some.
-    warn_without_overlay_lower(&layout);
+    warn_without_overlay_lower(&prepared.layout);
     let change = active.apply(&mut ebpf, &policy.vshields, &policy.name, roots)?;
     let mut in_force = InForce {
         policy,
@@ -326,27 +347,26 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         paths: options.policy_paths,
     };
     let start_record = in_force.started(change, started);
-
     let ring: RingBuf<MapData> = maps::take(&mut ebpf, maps::EVENTS)?;
     let counters: Arc<PerCpuArray<MapData, u64>> = Arc::new(maps::take(&mut ebpf, maps::COUNTERS)?);
+    let pinning = Pinning::new(&prepared, &counters, metrics.as_mut())?;
 
-    let metrics = options.metrics_address.map(|_| Metrics::new());
-    let (sinks, webhooks) = sinks(&options.sinks, metrics.as_ref())?;
-    let enricher = enricher(names, cgroups, &registry, &host);
+    let enricher = enricher(names, cgroups, &registry, &prepared.host);
     let (pipeline, mut notices) =
         Pipeline::start(ring, enricher, sinks, webhooks).map_err(AgentError::Pipeline)?;
-    Tracker::prepare(&mut ebpf, options.track_writes)?;
-    seed_container_roots(&mut ebpf, &host)?;
-
     // Handlers before attaching: a signal from here on is a clean shutdown.
     let mut signals = Signals::install()?;
 
-    let attached = warn_fallback(backend::attach(&mut ebpf, options.backend, &checks)?);
-    let mut tracker = Tracker::start(&mut ebpf, options.track_writes, &attached.tracking, &host)?;
-    log_drift_methods(&attached, tracker.state(), &in_force.policy.drift);
-    active.attach(&mut ebpf, attached.kind)?;
+    let (attached, mut tracker) = attach_and_pin(
+        &mut ebpf,
+        (options.backend, options.track_writes),
+        (&prepared.checks, &prepared.host),
+        &mut active,
+        &pinning,
+        &in_force.policy.drift,
+    )?;
     let mut watches = Watches::new(&in_force.paths, &options.image_stores);
-    let (_control, mut queries) = listen(&options.control_socket, &host);
+    let (_control, mut queries) = listen(&options.control_socket, &prepared.host);
     let sampled = (counters.clone(), &pipeline, registry.catalog());
     let ops = Ops::start(options.metrics_address, metrics, &ebpf, sampled).await?;
     log_ready(&attached, &in_force);
@@ -356,7 +376,7 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
     let (mut health, mut rediscover) = (ticker(HEALTH_INTERVAL), ticker(CONTAINERS_INTERVAL));
     let mut books = Books::new(options.accounting_interval, &counters, &pipeline);
     let mut last = Health::default();
-    let running = Running::new(&attached, &counters, &pipeline, started);
+    let running = Running::new(&attached, &counters, &pipeline, started, &pinning);
     let signal_name = loop {
         let trigger = tokio::select! {
             _ = signals.term.recv() => break "SIGTERM",
@@ -400,9 +420,43 @@ pub async fn run(options: RunOptions) -> Result<(), AgentError> {
         }
     };
     ops.health.set_ready(false);
-    tracing::info!(signal = signal_name, "shutting down: detaching programs");
-    shut_down(ebpf, pipeline, &counters, &last).await;
+    let exit = (signal_name, prepared.store, options.uninstall.as_ref());
+    shut_down(ebpf, pipeline, (&counters, &last), exit).await;
     Ok(())
+}
+
+/// Attaches what the backend and the policy in force need, then pins it and
+/// only then unpins the generations before this agent (see [`crate::pins`]).
+fn attach_and_pin(
+    ebpf: &mut aya::Ebpf,
+    (backend, track_writes): (BackendChoice, WriteTracking),
+    (checks, host): (&SignalRoutes, &HostIdentity),
+    active: &mut ActiveVShields,
+    pinning: &Pinning,
+    drift: &DriftRule,
+) -> Result<(Attached, Tracker), AgentError> {
+    let inherited = Tracker::prepare(ebpf, track_writes)?;
+    seed_container_roots(ebpf, host)?;
+    let links = &pinning.links;
+    let attached = warn_fallback(backend::attach(ebpf, backend, checks, links)?);
+    let tracker = Tracker::start(
+        ebpf,
+        track_writes,
+        (&attached.tracking, inherited),
+        host,
+        links.clone(),
+    )?;
+    log_drift_methods(&attached, tracker.state(), drift);
+    active.attach(ebpf, attached.kind, links.clone())?;
+    let committed = links.commit(&pinning.maps_dir)?;
+    tracing::info!(
+        generation = links.number(),
+        programs = committed.programs,
+        retired = ?committed.retired,
+        dir = %pinning.status.dir,
+        "enforcement pinned: it stays in force when the agent stops, until `enforcer unload`"
+    );
+    Ok((attached, tracker))
 }
 
 /// Start-up parses the kernel's BTF (several MiB, tens of MiB of parsed
@@ -527,6 +581,24 @@ fn map_usage(ebpf: &aya::Ebpf) -> Vec<ops::MapUsage> {
     .collect()
 }
 
+/// The first drift settings in the maps, before any program of this agent
+/// is attached; what an agent before this one left in them (`adopted`) is
+/// replaced entry by entry.
+fn first_drift(
+    ebpf: &mut aya::Ebpf,
+    compiled: &policy::Compiled,
+    policy: &Policy,
+    adopted: bool,
+) -> Result<(PolicyTable, ActiveVShields), AgentError> {
+    let names = PolicyTable::default();
+    let mut active = ActiveVShields::new(names.clone());
+    if adopted {
+        active.adopt(ebpf)?;
+    }
+    apply_drift(ebpf, compiled, policy, &mut active)?;
+    Ok((names, active))
+}
+
 /// Writes the drift settings of `policy` and points the containers the
 /// agent knows at theirs.
 fn apply_drift(
@@ -565,16 +637,24 @@ fn enricher(
     }
 }
 
-/// Detaches the programs, writes what is left of the audit stream, and says
-/// what the agent saw.
+/// Writes what is left of the audit stream, and says what the agent saw.
+/// The programs stay attached by their pins.
 async fn shut_down(
     ebpf: aya::Ebpf,
     pipeline: Pipeline,
-    counters: &PerCpuArray<MapData, u64>,
-    last: &Health,
+    (counters, last): (&PerCpuArray<MapData, u64>, &Health),
+    (signal, store, uninstall): (&str, Store, Option<&Uninstall>),
 ) {
-    // Dropping the object detaches every program; enforcement stops here.
+    tracing::info!(
+        signal,
+        pinned = %store.root().display(),
+        "shutting down: enforcement stays in force, pinned (`enforcer unload` removes it)"
+    );
+    // Pinned links keep the programs attached, and they keep the maps.
     drop(ebpf);
+    if let Some(uninstall) = uninstall {
+        unload_if_uninstalled(uninstall, store).await;
+    }
     let final_stats = pipeline.stop().await;
     let final_health = Health::read(counters, &final_stats);
     final_health.report_increase(last);
@@ -587,6 +667,60 @@ async fn shut_down(
         events_lost = final_health.kernel.events_lost + final_stats.dropped,
         "stopped"
     );
+}
+
+/// Unloads what `store` holds when the agent's `DaemonSet` is being removed;
+/// keeps it otherwise, and when the API cannot tell.
+async fn unload_if_uninstalled(uninstall: &Uninstall, store: Store) {
+    let DaemonSetRef { namespace, name } = &uninstall.daemonset;
+    let asked = async {
+        let client = kubernetes::client(uninstall.kubeconfig.as_deref())
+            .await
+            .map_err(|error| crate::error_chain(&error))?;
+        kubernetes::daemonset_removed(client, namespace, name)
+            .await
+            .map_err(|error| crate::error_chain(&error))
+    };
+    let removed = match tokio::time::timeout(UNINSTALL_TIMEOUT, asked).await {
+        Ok(Ok(removed)) => removed,
+        Ok(Err(error)) => {
+            return tracing::warn!(
+                daemonset = %format!("{namespace}/{name}"),
+                %error,
+                "cannot tell whether the DaemonSet is being uninstalled: enforcement stays pinned \
+                 (`enforcer unload` on the node removes it)"
+            );
+        }
+        Err(_) => {
+            return tracing::warn!(
+                daemonset = %format!("{namespace}/{name}"),
+                "the Kubernetes API did not answer within 5 s: enforcement stays pinned \
+                 (`enforcer unload` on the node removes it)"
+            );
+        }
+    };
+    if !removed.is_removed() {
+        return tracing::info!(
+            daemonset = %format!("{namespace}/{name}"),
+            "the DaemonSet stays (an update or a restart): enforcement stays pinned"
+        );
+    }
+    let root = store.root().to_owned();
+    // The lock goes first: unload takes the directory as no agent's.
+    drop(store);
+    match crate::pins::unload(&root) {
+        Ok(unloaded) => tracing::warn!(
+            daemonset = %format!("{namespace}/{name}"),
+            found = ?removed,
+            pins = unloaded.removed.len(),
+            detached = unloaded.detached,
+            "the DaemonSet is being uninstalled: enforcement unloaded"
+        ),
+        Err(error) => tracing::error!(
+            error = %crate::error_chain(&error),
+            "the DaemonSet is being uninstalled, but unloading failed: run `enforcer unload` on the node"
+        ),
+    }
 }
 
 /// Where events' cgroup ids are looked up (see [`crate::container`]).
@@ -643,9 +777,24 @@ fn listen(
 
 /// The kernel's layout, the signal backend's checks, the host's identity,
 /// and the kernel object loaded for them (nothing attached yet).
-fn load(
-    options: &RunOptions,
-) -> Result<(Layout, SignalRoutes, HostIdentity, aya::Ebpf), AgentError> {
+/// What start-up prepares before the policy goes in, beside the loaded
+/// object.
+struct Prepared {
+    layout: Layout,
+    checks: SignalRoutes,
+    host: HostIdentity,
+    /// The pin directory, opened, and the generations pinned in it before.
+    store: Store,
+    before: Vec<Generation>,
+    /// Where the object's maps are pinned, and whether they were already
+    /// (see [`backend::Loaded`]).
+    maps_dir: PathBuf,
+    adopted: bool,
+}
+
+fn load(options: &RunOptions) -> Result<(Prepared, aya::Ebpf), AgentError> {
+    let store = Store::open(&options.pin_dir)?;
+    let before = store.generations()?;
     let layout = kernel_layout(options.btf.as_deref())?;
     let script_check = script_check(&layout);
     let checks = signal_routes(&layout, &script_check, options.signal_mmap_check);
@@ -656,15 +805,25 @@ fn load(
         script_check.unwrap_or(0),
         options.rate_limit,
     );
-    let ebpf = backend::load_object(
+    let loaded = backend::load_object(
         &layout.offsets,
         &layout.mmap_offsets,
         &layout.task_offsets,
         &layout.mount_offsets,
         &layout.overlay_lower,
         &config,
+        &store,
     )?;
-    Ok((layout, checks, host, ebpf))
+    let prepared = Prepared {
+        layout,
+        checks,
+        host,
+        store,
+        before,
+        maps_dir: loaded.maps,
+        adopted: loaded.adopted,
+    };
+    Ok((prepared, loaded.ebpf))
 }
 
 /// The container registry, with the containers running now placed (before
@@ -861,6 +1020,7 @@ struct Running<'a> {
     counters: &'a PerCpuArray<MapData, u64>,
     pipeline: &'a Pipeline,
     started: Instant,
+    pinning: &'a Pinning,
 }
 
 impl<'a> Running<'a> {
@@ -869,13 +1029,83 @@ impl<'a> Running<'a> {
         counters: &'a PerCpuArray<MapData, u64>,
         pipeline: &'a Pipeline,
         started: Instant,
+        pinning: &'a Pinning,
     ) -> Self {
         Self {
             attached,
             counters,
             pipeline,
             started,
+            pinning,
         }
+    }
+}
+
+/// What this agent took over from the ones before it, for the log and
+/// `enforcer status`.
+#[derive(Debug)]
+struct Pinning {
+    status: PinningStatus,
+    /// This agent's generation of links.
+    links: Links,
+    /// Where its maps are pinned.
+    maps_dir: PathBuf,
+}
+
+impl Pinning {
+    /// `before`: the generations pinned when this agent started; `adopted`:
+    /// whether their maps were this agent's layout (see [`backend::Loaded`]).
+    fn new(
+        prepared: &Prepared,
+        counters: &PerCpuArray<MapData, u64>,
+        metrics: Option<&mut Metrics>,
+    ) -> Result<Self, PinError> {
+        let (store, before, adopted) = (&prepared.store, &prepared.before, prepared.adopted);
+        let links = store.begin()?;
+        let inherited = stats::read(counters).unwrap_or_default();
+        let status = PinningStatus {
+            dir: store.root().display().to_string(),
+            generation: links.number(),
+            adopted_maps: adopted,
+            replaced: before
+                .iter()
+                .map(|generation| generation.name.clone())
+                .collect(),
+            pinned_since: before
+                .first()
+                .and_then(|generation| generation.pinned_at)
+                .and_then(|at| {
+                    time::OffsetDateTime::from(at)
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                }),
+            events_lost_before_start: if adopted { inherited.events_lost } else { 0 },
+        };
+        if let Some(metrics) = metrics {
+            metrics.pinning(status.generation, adopted, status.events_lost_before_start);
+        }
+        if before.is_empty() {
+            tracing::info!(dir = %store.root().display(), "no enforcement pinned before this agent");
+        } else {
+            tracing::info!(
+                dir = %store.root().display(),
+                generations = ?status.replaced,
+                adopted_maps = adopted,
+                events_lost_before_start = status.events_lost_before_start,
+                "enforcement was pinned by an agent before this one: it stays in force until this one's is \
+                 attached; {}",
+                if adopted {
+                    "its maps (policy, containers, written files, unread records) are this agent's now"
+                } else {
+                    "its maps have another ABI or layout and are replaced"
+                }
+            );
+        }
+        Ok(Self {
+            status,
+            links,
+            maps_dir: prepared.maps_dir.clone(),
+        })
     }
 }
 
@@ -1003,6 +1233,7 @@ fn status(
                 .collect(),
             vshields: policy.vshields.len(),
         },
+        pinning: running.pinning.status.clone(),
         containers: registry
             .catalog()
             .lock()

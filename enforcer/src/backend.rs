@@ -23,6 +23,7 @@ use enforcer_common::{
 use crate::{
     error_chain,
     kernel::features::{self, ActiveLsms, FeatureError},
+    pins::{Links, MapLayout, PinError, Store},
 };
 
 /// The kernel object built from `enforcer-ebpf` by build.rs.
@@ -138,11 +139,27 @@ pub enum BackendError {
     LsmUnavailable(String),
     #[error(transparent)]
     Feature(#[from] FeatureError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+}
+
+/// The loaded kernel object, and where its maps are pinned.
+#[derive(Debug)]
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// The directory of its pinned maps.
+    pub maps: std::path::PathBuf,
+    /// Whether the maps were pinned already, by an agent with the same ABI
+    /// and map definitions: the policy, containers, written files, counters
+    /// and unread records it left are this agent's now.
+    pub adopted: bool,
 }
 
 /// Loads the object with the kernel layout and agent settings baked into its
 /// read-only globals: the one that walks with `bpf_loop` when
-/// `mount_offsets` says the kernel has it. Nothing is attached yet.
+/// `mount_offsets` says the kernel has it. Its maps are the ones pinned in
+/// `store` for its layout, made and pinned there when there are none.
+/// Nothing is attached yet.
 pub fn load_object(
     offsets: &KernelOffsets,
     mmap_offsets: &MmapOffsets,
@@ -150,7 +167,8 @@ pub fn load_object(
     mount_offsets: &MountOffsets,
     overlay_lower: &OverlayLower,
     config: &AgentConfig,
-) -> Result<Ebpf, BackendError> {
+    store: &Store,
+) -> Result<Loaded, BackendError> {
     let object = if mount_offsets.walk == mount_walk::NO_LOOP {
         OBJECT_BOUNDED
     } else {
@@ -159,7 +177,19 @@ pub fn load_object(
     if object.is_empty() {
         return Err(BackendError::NoPrograms);
     }
-    EbpfLoader::new()
+    let layout = MapLayout::of(object)?;
+    let (maps, adopted) = store.maps(&layout);
+    std::fs::create_dir_all(&maps).map_err(|source| PinError::Io {
+        path: maps.clone(),
+        source,
+    })?;
+    let pins: Vec<(&str, std::path::PathBuf)> =
+        layout.names().map(|name| (name, maps.join(name))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &pins {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let ebpf = loader
         .override_global("OFFSETS", offsets, true)
         .override_global("MMAP_OFFSETS", mmap_offsets, true)
         .override_global("TASK_OFFSETS", task_offsets, true)
@@ -167,7 +197,12 @@ pub fn load_object(
         .override_global("OVERLAY_LOWER", overlay_lower, true)
         .override_global("CONFIG", config, true)
         .load(object)
-        .map_err(BackendError::Object)
+        .map_err(BackendError::Object)?;
+    Ok(Loaded {
+        ebpf,
+        maps,
+        adopted,
+    })
 }
 
 /// The attached backend and, for `auto`, why lsm was not used.
@@ -217,18 +252,20 @@ const MOUNT_API_ENTRIES: [(&str, &str); 4] = [
 /// Attaches the backend `choice` asks for. Call after the policy maps are
 /// filled: from this point on, execs are decided.
 /// `signal_routes`: which optional programs the signal backend attaches.
+/// Every link goes to `links`.
 pub fn attach(
     ebpf: &mut Ebpf,
     choice: BackendChoice,
     signal_routes: &SignalRoutes,
+    links: &Links,
 ) -> Result<Attached, BackendError> {
     match choice {
-        BackendChoice::Lsm => Ok(attach_lsm(ebpf)?.into_attached()),
-        BackendChoice::Signal => attach_signal_backend(ebpf, signal_routes, None),
-        BackendChoice::Auto => match attach_lsm(ebpf) {
+        BackendChoice::Lsm => Ok(attach_lsm(ebpf, links)?.into_attached()),
+        BackendChoice::Signal => attach_signal_backend(ebpf, signal_routes, None, links),
+        BackendChoice::Auto => match attach_lsm(ebpf, links) {
             Ok(extras) => Ok(extras.into_attached()),
             Err(lsm_error) => {
-                attach_signal_backend(ebpf, signal_routes, Some(error_chain(&lsm_error)))
+                attach_signal_backend(ebpf, signal_routes, Some(error_chain(&lsm_error)), links)
             }
         },
     }
@@ -239,8 +276,9 @@ fn attach_signal_backend(
     ebpf: &mut Ebpf,
     signal_routes: &SignalRoutes,
     fallback_reason: Option<String>,
+    links: &Links,
 ) -> Result<Attached, BackendError> {
-    let signal = attach_signal(ebpf, signal_routes)?;
+    let signal = attach_signal(ebpf, signal_routes, links)?;
     Ok(Attached {
         mount_changes: signal.mount_changes(),
         signal: Some(signal),
@@ -254,7 +292,7 @@ fn attach_signal_backend(
 /// programs. A successful load is the real probe: kernels can list `bpf` and
 /// still refuse LSM programs (lockdown, or a policy on `BPF_PROG_LOAD`).
 /// Returns whether the optional programs could be loaded too.
-fn attach_lsm(ebpf: &mut Ebpf) -> Result<LsmExtras, BackendError> {
+fn attach_lsm(ebpf: &mut Ebpf, links: &Links) -> Result<LsmExtras, BackendError> {
     let lsms: ActiveLsms = features::active_lsms()?;
     if !lsms.contains_bpf() {
         return Err(BackendError::LsmUnavailable(format!(
@@ -264,9 +302,10 @@ fn attach_lsm(ebpf: &mut Ebpf) -> Result<LsmExtras, BackendError> {
     let btf = Btf::from_sys_fs().map_err(BackendError::Btf)?;
     // Before the decisions: a filesystem a container process makes once
     // they are attached is already marked.
-    let mount_changes = attach_mount_changes(ebpf, &btf).map_err(|error| error_chain(&error));
+    let mount_changes =
+        attach_mount_changes(ebpf, &btf, links).map_err(|error| error_chain(&error));
     for hook in LSM_HOOKS {
-        attach_lsm_program(ebpf, hook, &btf).map_err(|error| {
+        attach_lsm_program(ebpf, hook, &btf, links).map_err(|error| {
             BackendError::LsmUnavailable(format!(
                 "the kernel refused the LSM program: {}",
                 error_chain(&error)
@@ -306,9 +345,9 @@ impl LsmExtras {
 
 /// Attaches the programs of [`MOUNT_CHANGE_HOOKS`] and
 /// [`MOUNT_API_ENTRIES`].
-fn attach_mount_changes(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), BackendError> {
+fn attach_mount_changes(ebpf: &mut Ebpf, btf: &Btf, links: &Links) -> Result<(), BackendError> {
     for hook in MOUNT_CHANGE_HOOKS {
-        attach_lsm_program(ebpf, hook, btf)?;
+        attach_lsm_program(ebpf, hook, btf, links)?;
     }
     for (name, function) in MOUNT_API_ENTRIES {
         let program_error = program_error(name);
@@ -320,7 +359,9 @@ fn attach_mount_changes(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), BackendError> 
             Err(error) => return Err(program_error(error)),
         }
         log_loaded(name, started, program.info());
-        program.attach().map_err(&program_error)?;
+        let link = program.attach().map_err(&program_error)?;
+        let link = program.take_link(link).map_err(&program_error)?;
+        links.keep(name, link.into())?;
     }
     Ok(())
 }
@@ -328,14 +369,21 @@ fn attach_mount_changes(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), BackendError> 
 /// Attaches the tracking programs, which [`attach`] loaded. From here on,
 /// what container processes write on a root that is not overlayfs is
 /// tracked.
-pub fn attach_tracking(ebpf: &mut Ebpf) -> Result<(), BackendError> {
+pub fn attach_tracking(ebpf: &mut Ebpf, links: &Links) -> Result<(), BackendError> {
     // inode_free_security comes first: no mark may exist without the hook
     // that deletes it.
     for hook in TRACKING_HOOKS {
-        lsm_program(ebpf, hook)?
-            .attach()
-            .map_err(program_error(hook))?;
+        keep_lsm_link(lsm_program(ebpf, hook)?, hook, links)?;
     }
+    Ok(())
+}
+
+/// Attaches the loaded LSM program `program` and gives its link to
+/// `links`.
+fn keep_lsm_link(program: &mut Lsm, name: &'static str, links: &Links) -> Result<(), BackendError> {
+    let link = program.attach().map_err(program_error(name))?;
+    let link = program.take_link(link).map_err(program_error(name))?;
+    links.keep(name, link.into())?;
     Ok(())
 }
 
@@ -392,19 +440,25 @@ fn load_lsm_program_named<'a>(
     Ok(loaded)
 }
 
-fn attach_lsm_program(ebpf: &mut Ebpf, hook: &'static str, btf: &Btf) -> Result<(), BackendError> {
-    load_lsm_program(ebpf, hook, btf)?
-        .attach()
-        .map_err(program_error(hook))?;
-    Ok(())
+fn attach_lsm_program(
+    ebpf: &mut Ebpf,
+    hook: &'static str,
+    btf: &Btf,
+    links: &Links,
+) -> Result<(), BackendError> {
+    keep_lsm_link(load_lsm_program(ebpf, hook, btf)?, hook, links)
 }
 
 /// Attaches the exec program, then the optional ones `wanted` allows;
 /// returns whether those are attached, and why not.
-fn attach_signal(ebpf: &mut Ebpf, wanted: &SignalRoutes) -> Result<SignalExtras, BackendError> {
-    attach_raw_tracepoint(ebpf, SIGNAL_PROGRAM, SIGNAL_TRACEPOINT)?;
+fn attach_signal(
+    ebpf: &mut Ebpf,
+    wanted: &SignalRoutes,
+    links: &Links,
+) -> Result<SignalExtras, BackendError> {
+    attach_raw_tracepoint(ebpf, SIGNAL_PROGRAM, SIGNAL_TRACEPOINT, links)?;
     let optional = |ebpf: &mut Ebpf, name, tracepoint| {
-        attach_raw_tracepoint(ebpf, name, tracepoint).map_err(|error| error_chain(&error))
+        attach_raw_tracepoint(ebpf, name, tracepoint, links).map_err(|error| error_chain(&error))
     };
     let (scripts, scripts_bounded) = match &wanted.scripts {
         Err(reason) => (Err(reason.clone()), None),
@@ -487,13 +541,16 @@ fn attach_raw_tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
     tracepoint: &str,
+    links: &Links,
 ) -> Result<(), BackendError> {
     let program_error = program_error(name);
     let program: &mut RawTracePoint = typed_program(ebpf, name)?;
     let started = Instant::now();
     program.load().map_err(&program_error)?;
     log_loaded(name, started, program.info());
-    program.attach(tracepoint).map_err(&program_error)?;
+    let link = program.attach(tracepoint).map_err(&program_error)?;
+    let link = program.take_link(link).map_err(&program_error)?;
+    links.keep(name, link.into())?;
     Ok(())
 }
 
@@ -513,6 +570,7 @@ pub fn attach_vshields(
     kind: BackendKind,
     routes: &mut VShieldRoutes,
     ops: u32,
+    links: &Links,
 ) -> Result<(), BackendError> {
     match kind {
         BackendKind::Lsm => {
@@ -526,15 +584,17 @@ pub fn attach_vshields(
                     Some(btf) => btf,
                     None => btf.insert(Btf::from_sys_fs().map_err(BackendError::Btf)?),
                 };
-                load_lsm_program_named(ebpf, program, hook, btf)?
-                    .attach()
-                    .map_err(program_error(program))?;
+                keep_lsm_link(
+                    load_lsm_program_named(ebpf, program, hook, btf)?,
+                    program,
+                    links,
+                )?;
             }
             routes.attached |= ops;
         }
         BackendKind::Signal => {
             if ops & vshield_op::EXEC != 0 && routes.attached & vshield_op::EXEC == 0 {
-                attach_raw_tracepoint(ebpf, VSHIELD_SIGNAL, SIGNAL_TRACEPOINT)?;
+                attach_raw_tracepoint(ebpf, VSHIELD_SIGNAL, SIGNAL_TRACEPOINT, links)?;
                 routes.attached |= vshield_op::EXEC;
             }
         }

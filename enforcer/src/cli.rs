@@ -20,14 +20,38 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A `DaemonSet` by namespace and name (`--daemonset`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonSetRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+fn parse_daemonset(text: &str) -> Result<DaemonSetRef, String> {
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(DaemonSetRef {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME")),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 #[expect(
     clippy::large_enum_variant,
     reason = "parsed once, at start; the agent's options are most of it"
 )]
 pub enum Command {
-    /// Enforce the policy until SIGTERM or SIGINT, writing one JSON audit
-    /// event per line to stdout, or to the sinks --sink names.
+    /// Enforce the policy, writing one JSON audit event per line to stdout,
+    /// or to the sinks --sink names. SIGTERM and SIGINT stop the agent, not
+    /// enforcement: the kernel keeps enforcing the policy last in force
+    /// until the next agent takes over or `enforcer unload` (see
+    /// --pin-dir).
     ///
     /// Without --policy this enforces the built-in policy, tuned by the flags
     /// below: drift prevention for every container. A container process (one whose mount
@@ -61,6 +85,14 @@ pub enum Command {
         /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Stop enforcing: remove the kernel programs and maps an agent pinned
+    /// (they outlive it), printing each one removed. Nothing pinned is not
+    /// an error. An agent still running keeps enforcing until it exits.
+    Unload {
+        /// The agent's pin directory (see `run --pin-dir`).
+        #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+        pin_dir: PathBuf,
     },
     /// Wait until the running agent has written every audit event the
     /// kernel recorded before this command asked (over the control socket),
@@ -302,6 +334,24 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", default_value = crate::control::DEFAULT_SOCKET)]
     pub control_socket: PathBuf,
 
+    /// Where the kernel programs and maps are pinned (a directory on a BPF
+    /// filesystem, mounted on /sys/fs/bpf when missing there). Enforcement
+    /// stays in force when the agent stops, for any reason (SIGTERM,
+    /// SIGINT, SIGKILL, a crash): the next agent takes it over without a
+    /// gap, and only `enforcer unload` removes it.
+    #[arg(long, value_name = "DIR", default_value = crate::pins::DEFAULT_DIR)]
+    pub pin_dir: PathBuf,
+
+    /// The `DaemonSet` this agent runs in, as NAMESPACE/NAME. When the agent
+    /// is stopped and the `DaemonSet` is gone or being deleted (an uninstall),
+    /// or the API rejects the agent's service account (deleted with its
+    /// namespace), the agent unloads what it pinned, as `enforcer unload`
+    /// does. A rolling update, a deleted pod or a node drain leaves the
+    /// `DaemonSet` in place, and enforcement with it; so does an API that does
+    /// not answer within 5 s (the log says so). Uses --kubeconfig when given.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_daemonset)]
+    pub daemonset: Option<DaemonSetRef>,
+
     /// Podman's storage root (`graphroot`), where container and image
     /// records name each Podman container's image.
     #[arg(long, value_name = "DIR", default_value = crate::container::podman::DEFAULT_STORAGE)]
@@ -340,7 +390,7 @@ pub struct RunArgs {
     /// The kubeconfig for the Kubernetes API (with --kubernetes-node).
     /// Default: the pod's service account in a cluster, else $KUBECONFIG
     /// or ~/.kube/config.
-    #[arg(long, value_name = "PATH", requires = "kubernetes_node")]
+    #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
     /// Serve Prometheus metrics (`/metrics`), liveness (`/healthz`: the

@@ -71,10 +71,33 @@ pub struct StatusReply {
     /// (a BPF link to them exists).
     pub programs: Vec<ProgramStatus>,
     pub policy: PolicyStatus,
+    /// Where enforcement is pinned, and what this agent took over.
+    pub pinning: PinningStatus,
     /// Containers the agent knows (running, and recently exited ones).
     pub containers: usize,
     /// The kernel programs' and the audit pipeline's counters, by name.
     pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// Enforcement that outlives the agent (see `crate::pins`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinningStatus {
+    /// The pin directory.
+    pub dir: String,
+    /// This agent's generation of pinned programs.
+    pub generation: u64,
+    /// Whether this agent took over the maps an agent before it pinned
+    /// (same ABI and map layout): its policy entries, containers, written
+    /// files, counters and unread records.
+    pub adopted_maps: bool,
+    /// The generations pinned when this agent started, which it replaced.
+    pub replaced: Vec<String>,
+    /// When the oldest of those was pinned (RFC 3339), if any.
+    pub pinned_since: Option<String>,
+    /// Records the kernel could not keep before this agent started (its
+    /// ring buffer was full while no agent read it), when it adopted the
+    /// maps.
+    pub events_lost_before_start: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ pub mod kernel;
 pub mod maps;
 pub mod ops;
 pub mod packages;
+pub mod pins;
 pub mod policy;
 pub mod reload;
 pub mod resolve;

@@ -92,6 +92,11 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         metrics_address: args.metrics_address,
         rate_limit: args.rate_limit,
         accounting_interval: args.accounting_interval,
+        pin_dir: args.pin_dir,
+        uninstall: args.daemonset.map(|daemonset| agent::Uninstall {
+            daemonset,
+            kubeconfig: args.kubeconfig.clone(),
+        }),
         sinks: if args.sink.is_empty() {
             vec![enforcer::audit::sink::spec::SinkSpec::default_stdout()]
         } else {
@@ -182,12 +187,39 @@ fn run(command: Command) -> anyhow::Result<()> {
             output.as_deref(),
         ),
         Command::Hook(command) => run_hook(command),
+        Command::Unload { pin_dir } => unload(&pin_dir),
         Command::Policy(PolicyCommand::Schema) => {
             let schema = schemars::schema_for!(Document);
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(())
         }
     }
+}
+
+/// `enforcer unload`: prints each pin removed, then what it did.
+fn unload(pin_dir: &Path) -> anyhow::Result<()> {
+    let unloaded = enforcer::pins::unload(pin_dir)?;
+    for path in &unloaded.removed {
+        println!("removed {}", path.display());
+    }
+    if unloaded.removed.is_empty() {
+        println!("nothing pinned in {}", pin_dir.display());
+    } else {
+        println!(
+            "unloaded: {} pins removed from {}, {} programs detached",
+            unloaded.removed.len(),
+            pin_dir.display(),
+            unloaded.detached
+        );
+    }
+    if unloaded.agent_running || unloaded.still_attached > 0 {
+        eprintln!(
+            "an agent is still running with {}: its {} programs enforce until it stops",
+            pin_dir.display(),
+            unloaded.still_attached
+        );
+    }
+    Ok(())
 }
 
 fn run_hook(command: HookCommand) -> anyhow::Result<()> {
@@ -390,6 +422,26 @@ fn status_text(status: &control::StatusReply) -> String {
         },
         policy.vshields
     );
+    let pinning = &status.pinning;
+    let _ = writeln!(
+        text,
+        "pinned:     {} (generation {}; stays in force when the agent stops)",
+        pinning.dir, pinning.generation
+    );
+    if !pinning.replaced.is_empty() {
+        let _ = writeln!(
+            text,
+            "            took over from {} (pinned since {}), {} its maps; {} records lost before start",
+            pinning.replaced.join(", "),
+            pinning.pinned_since.as_deref().unwrap_or("?"),
+            if pinning.adopted_maps {
+                "adopting"
+            } else {
+                "replacing"
+            },
+            pinning.events_lost_before_start
+        );
+    }
     let _ = writeln!(text, "containers: {} known", status.containers);
     let _ = writeln!(text, "programs:");
     for program in &status.programs {

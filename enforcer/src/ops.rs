@@ -389,6 +389,31 @@ impl Metrics {
         Self { registry, sink }
     }
 
+    /// Where enforcement stands across agents (see `crate::pins`).
+    pub fn pinning(&mut self, generation: u64, adopted_maps: bool, lost_before_start: u64) {
+        for (name, help, value) in [
+            (
+                "enforcer_pinned_generation",
+                "This agent's generation of pinned programs: enforcement stays in force when it stops.",
+                generation,
+            ),
+            (
+                "enforcer_adopted_maps",
+                "1 when this agent took over the maps an agent before it pinned, else 0.",
+                u64::from(adopted_maps),
+            ),
+            (
+                "enforcer_events_lost_before_start",
+                "Records the kernel could not keep while no agent read them, before this agent started.",
+                lost_before_start,
+            ),
+        ] {
+            let gauge: Gauge = Gauge::default();
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            self.registry.register(name, help, gauge);
+        }
+    }
+
     /// The sink that counts what the pipeline writes.
     pub fn sink(&self) -> MetricsSink {
         self.sink.clone()

@@ -18,6 +18,7 @@ use crate::{
     backend, error_chain,
     kernel::host::{HostIdentity, container_processes},
     maps::{self, MapAccessError},
+    pins::Links,
 };
 
 /// `--track-writes`.
@@ -94,18 +95,32 @@ pub fn fs_name(magic: u64) -> String {
 #[derive(Debug)]
 pub struct Tracker {
     state: State,
+    links: Links,
 }
 
 impl Tracker {
     /// Before the backend is attached: with `auto` and `always` the kernel
     /// reports a container on an untracked root from its first decision on,
     /// so none slips through between attaching and [`Tracker::start`].
-    pub fn prepare(ebpf: &mut Ebpf, choice: WriteTracking) -> Result<(), MapAccessError> {
+    /// Returns whether the agent before this one, whose maps this one
+    /// adopted, tracked writes: its programs still do until this agent's
+    /// take over, so the state stays as it is and [`Tracker::start`]
+    /// attaches at once.
+    pub fn prepare(ebpf: &mut Ebpf, choice: WriteTracking) -> Result<Inherited, MapAccessError> {
+        let before: Array<_, u32> = maps::borrow(ebpf, maps::TRACKING)?;
+        let before = before.get(&0, 0).map_err(|source| MapAccessError::Map {
+            map: maps::TRACKING,
+            source,
+        })?;
+        if before == tracking::ATTACHED && choice != WriteTracking::Never {
+            return Ok(Inherited(true));
+        }
         let state = match choice {
             WriteTracking::Never => tracking::OFF,
             WriteTracking::Auto | WriteTracking::Always => tracking::ON_DEMAND,
         };
-        set_state(ebpf, state)
+        set_state(ebpf, state)?;
+        Ok(Inherited(false))
     }
 
     /// After the backend is attached. `loaded` says whether the tracking
@@ -113,11 +128,13 @@ impl Tracker {
     pub fn start(
         ebpf: &mut Ebpf,
         choice: WriteTracking,
-        loaded: &Result<(), String>,
+        (loaded, inherited): (&Result<(), String>, Inherited),
         host: &HostIdentity,
+        links: Links,
     ) -> Result<Self, MapAccessError> {
         let mut tracker = Self {
             state: State::OnDemand,
+            links,
         };
         match (choice, loaded) {
             (WriteTracking::Never, _) => {
@@ -126,6 +143,9 @@ impl Tracker {
             (_, Err(reason)) => tracker.turn_off(ebpf, reason.clone())?,
             (WriteTracking::Always, Ok(())) => {
                 tracker.attach(ebpf, "--track-writes always")?;
+            }
+            (WriteTracking::Auto, Ok(())) if inherited.0 => {
+                tracker.attach(ebpf, "the agent before this one tracked writes")?;
             }
             (WriteTracking::Auto, Ok(())) => {
                 if let Some(found) = find_untracked_root(host) {
@@ -159,7 +179,7 @@ impl Tracker {
     }
 
     fn attach(&mut self, ebpf: &mut Ebpf, why: &str) -> Result<(), MapAccessError> {
-        match backend::attach_tracking(ebpf) {
+        match backend::attach_tracking(ebpf, &self.links) {
             Ok(()) => {
                 set_state(ebpf, tracking::ATTACHED)?;
                 self.state = State::Attached;
@@ -185,6 +205,10 @@ impl Tracker {
         Ok(())
     }
 }
+
+/// Whether the agent before this one tracked writes ([`Tracker::prepare`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inherited(pub bool);
 
 fn set_state(ebpf: &mut Ebpf, state: u32) -> Result<(), MapAccessError> {
     let mut map: Array<_, u32> = maps::borrow_mut(ebpf, maps::TRACKING)?;

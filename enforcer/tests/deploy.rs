@@ -11,7 +11,7 @@ use enforcer::cli::{Cli, Command};
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{ConfigMap, Namespace, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -49,6 +49,8 @@ fn every_document_is_a_kubernetes_object_with_only_known_fields() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "ConfigMap",
             "DaemonSet"
         ]
@@ -59,6 +61,8 @@ fn every_document_is_a_kubernetes_object_with_only_known_fields() {
             "ServiceAccount" => round_trip::<ServiceAccount>(document),
             "ClusterRole" => round_trip::<ClusterRole>(document),
             "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(document),
+            "Role" => round_trip::<Role>(document),
+            "RoleBinding" => round_trip::<RoleBinding>(document),
             "ConfigMap" => round_trip::<ConfigMap>(document),
             "DaemonSet" => round_trip::<DaemonSet>(document),
             other => panic!("unexpected kind {other}"),
@@ -187,6 +191,58 @@ fn the_agent_accepts_its_arguments_and_what_they_name_is_mounted() {
     for mount in container.volume_mounts.iter().flatten() {
         assert!(volumes.contains(mount.name.as_str()), "{}", mount.name);
     }
+}
+
+/// Enforcement is pinned in the host's BPF filesystem, so that it outlives
+/// the pod, and removing this very `DaemonSet` unloads it.
+#[test]
+fn enforcement_outlives_the_pod_until_the_daemon_set_goes() {
+    let daemon_set: DaemonSet = serde_json::from_value(document("DaemonSet")).expect("a DaemonSet");
+    let pod = daemon_set
+        .spec
+        .clone()
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
+    let container = &pod.containers[0];
+    let args = container.args.clone().expect("args");
+    let cli = Cli::try_parse_from(std::iter::once("enforcer".to_owned()).chain(args))
+        .unwrap_or_else(|error| panic!("the agent refuses its arguments: {error}"));
+    let Command::Run(run) = cli.command else {
+        panic!("the container does not run the agent");
+    };
+    let bpffs = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|mount| run.pin_dir.starts_with(&mount.mount_path))
+        .expect("the pin directory is mounted");
+    assert_eq!(bpffs.mount_propagation.as_deref(), Some("Bidirectional"));
+    let host_path = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|volume| volume.name == bpffs.name)
+        .and_then(|volume| volume.host_path.as_ref())
+        .expect("a hostPath");
+    assert_eq!(host_path.path, "/sys/fs/bpf");
+    let metadata = &daemon_set.metadata;
+    let owner = run.daemonset.as_ref().expect("--daemonset");
+    assert_eq!(Some(&owner.namespace), metadata.namespace.as_ref());
+    assert_eq!(Some(&owner.name), metadata.name.as_ref());
+    let role: Role = serde_json::from_value(document("Role")).expect("a role");
+    let rules = role.rules.expect("rules");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["daemonsets".to_owned()][..])
+    );
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&[owner.name.clone()][..])
+    );
+    assert_eq!(rules[0].verbs, ["get".to_owned()]);
 }
 
 #[test]

@@ -47,10 +47,108 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the harness waits for the records a flush counted to reach it.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A pin directory of the tests' own (`enforcer run --pin-dir`): what an
+/// agent pins there outlives it, so every agent of the tests gets one and
+/// it is unloaded (`enforcer unload`) when this is dropped. Directories that
+/// test processes no longer running left behind are unloaded first, and
+/// this process's when it exits (the shared agent is never dropped).
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+}
+
+const PIN_ROOT: &str = "/sys/fs/bpf";
+const PIN_PREFIX: &str = "enforcer-test-";
+
+impl PinDir {
+    pub fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        static CLEANUP: std::sync::Once = std::sync::Once::new();
+        CLEANUP.call_once(|| {
+            unload_pin_dirs(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            // SAFETY: registers a function that takes no arguments and
+            // only removes files.
+            unsafe {
+                libc::atexit(unload_own_pin_dirs);
+            }
+        });
+        let path = PathBuf::from(PIN_ROOT).join(format!(
+            "{PIN_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        Self { path }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// `enforcer unload --pin-dir` on this directory; its output.
+    pub fn unload(&self) -> std::io::Result<std::process::Output> {
+        unload(&self.path)
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = unload(&self.path);
+    }
+}
+
+fn unload(path: &std::path::Path) -> std::io::Result<std::process::Output> {
+    let output = Command::new(binary())
+        .arg("unload")
+        .arg("--pin-dir")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "enforcer unload --pin-dir {}: {output:?}",
+            path.display()
+        )));
+    }
+    Ok(output)
+}
+
+/// Unloads the tests' pin directories whose process `stale` says of.
+fn unload_pin_dirs(stale: impl Fn(u32) -> bool) {
+    let Ok(entries) = std::fs::read_dir(PIN_ROOT) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PIN_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse().ok())
+        else {
+            continue;
+        };
+        if stale(pid) {
+            let _ = unload(&entry.path());
+        }
+    }
+}
+
+extern "C" fn unload_own_pin_dirs() {
+    let own = std::process::id();
+    unload_pin_dirs(|pid| pid == own);
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
     child: Child,
+    /// The pin directory the harness gave it, unless the test named one.
+    pins: Option<PinDir>,
     control_socket: PathBuf,
     /// The stdout lines read so far, live.
     stdout: Arc<Mutex<Vec<String>>>,
@@ -65,7 +163,7 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 /// Spawns `command` from a thread that lasts as long as the test process,
 /// with the kernel set to kill the child when that thread ends: an agent
 /// the test process leaves behind (a shared one, or one of a test that
-/// panicked or was killed) dies with it, and its programs are detached.
+/// panicked or was killed) dies with it (and its [`PinDir`] is unloaded).
 /// (`PR_SET_PDEATHSIG` fires when the spawning *thread* exits, so it cannot
 /// be a test's own thread.)
 fn spawn(mut command: Command) -> std::io::Result<Child> {
@@ -115,6 +213,9 @@ fn parse_records(lines: &[String]) -> anyhow::Result<Vec<Value>> {
 #[derive(Debug)]
 pub struct Stopped {
     pub status: ExitStatus,
+    /// Its pin directory, unloaded when this is dropped: until then the
+    /// kernel enforces what the agent left pinned.
+    pub pins: Option<PinDir>,
     /// The decisions (`event.kind` `alert`) among the stdout lines; stdout
     /// must carry nothing but JSON lines.
     pub events: Vec<Value>,
@@ -171,6 +272,10 @@ impl Agent {
         if !args.contains(&"--control-socket") {
             command.arg("--control-socket").arg(&control_socket);
         }
+        let pins = (!args.contains(&"--pin-dir")).then(PinDir::new);
+        if let Some(pins) = &pins {
+            command.arg("--pin-dir").arg(pins.path());
+        }
         command
             .env("ENFORCER_LOG", "info")
             .stdin(Stdio::null())
@@ -202,6 +307,7 @@ impl Agent {
         });
         let mut agent = Self {
             child,
+            pins,
             control_socket,
             stdout,
             stdout_reader: Some(stdout_reader),
@@ -362,13 +468,19 @@ impl Agent {
         self.stop_with(libc::SIGTERM)
     }
 
-    /// Sends `signal` (SIGTERM or SIGINT) and collects what the agent wrote.
-    pub fn stop_with(mut self, signal: libc::c_int) -> anyhow::Result<Stopped> {
+    /// Sends `signal` and collects what the agent wrote.
+    pub fn stop_with(self, signal: libc::c_int) -> anyhow::Result<Stopped> {
         let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
         // SAFETY: plain kill(2) on our own child, which has not been reaped.
         if unsafe { libc::kill(pid, signal) } != 0 {
             bail!("kill({signal}): {}", std::io::Error::last_os_error());
         }
+        self.wait_for_exit()
+    }
+
+    /// Waits for the agent to exit (something else stops it) and collects
+    /// what it wrote.
+    pub fn wait_for_exit(mut self) -> anyhow::Result<Stopped> {
         let (started, limit) = (Instant::now(), patience(STOP_TIMEOUT));
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
@@ -377,7 +489,7 @@ impl Agent {
             if started.elapsed() > limit {
                 let _ = self.child.kill();
                 bail!(
-                    "agent did not exit within {limit:?} of signal {signal}; log:\n{}",
+                    "agent did not exit within {limit:?}; log:\n{}",
                     self.stderr_text()
                 );
             }
@@ -401,6 +513,7 @@ impl Agent {
         }
         Ok(Stopped {
             status,
+            pins: self.pins.take(),
             events,
             policy_events,
             accounting,
@@ -411,7 +524,8 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        // A panicking test must not leave programs attached.
+        // A panicking test must not leave programs attached (the pin
+        // directory, dropped after this, unloads what it pinned).
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();

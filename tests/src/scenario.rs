@@ -21,7 +21,7 @@ static SHARED: Mutex<Option<(Vec<String>, Arc<Agent>)>> = Mutex::new(None);
 /// Why this kernel refuses BPF LSM programs, once an agent said so.
 static LSM_UNAVAILABLE: OnceLock<String> = OnceLock::new();
 
-/// Stops the shared agent, if any (its programs are detached when it is
+/// Stops the shared agent, if any (what it pinned is unloaded once it is
 /// gone). Called before any other agent starts.
 pub fn release_shared() {
     let released = SHARED.lock().unwrap_or_else(PoisonError::into_inner).take();

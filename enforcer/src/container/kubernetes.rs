@@ -245,6 +245,43 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Kube
     Client::try_from(config).map_err(KubernetesError::Client)
 }
 
+/// Whether the `DaemonSet` `namespace/name` (the agent's own) is being
+/// uninstalled: gone, marked for deletion, or the agent's service account
+/// gone with its namespace (the API rejects its token). A rolling update or
+/// a deleted pod leaves the `DaemonSet` in place, and enforcement with it.
+///
+/// # Errors
+/// Any other answer, or none: the caller keeps enforcement.
+pub async fn daemonset_removed(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Removed, kube::Error> {
+    let api: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client, namespace);
+    match api.get_opt(name).await {
+        Ok(None) => Ok(Removed::Gone),
+        Ok(Some(found)) if found.metadata.deletion_timestamp.is_some() => Ok(Removed::Deleting),
+        Ok(Some(_)) => Ok(Removed::No),
+        Err(kube::Error::Api(status)) if status.code == 401 => Ok(Removed::AccountGone),
+        Err(error) => Err(error),
+    }
+}
+
+/// What [`daemonset_removed`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removed {
+    No,
+    Gone,
+    Deleting,
+    AccountGone,
+}
+
+impl Removed {
+    pub const fn is_removed(self) -> bool {
+        !matches!(self, Self::No)
+    }
+}
+
 /// Watches the pods of `node` into `pods` and sends the UIDs of those that
 /// changed. Runs until `changed`'s receiver is gone. API errors are logged
 /// and retried with backoff (the watcher lists again after a broken watch,
@@ -374,5 +411,61 @@ mod tests {
             [uid.to_owned()].into()
         );
         assert!(pods.is_empty());
+    }
+
+    /// A client whose API answers every request with `status` and `body`,
+    /// and the paths it was asked.
+    fn answering(status: u16, body: &'static str) -> (Client, Arc<Mutex<Vec<String>>>) {
+        use http_body_util::{BodyExt as _, Full};
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&asked);
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            seen.lock().unwrap().push(request.uri().path().to_owned());
+            async move {
+                let mut response = http::Response::new(
+                    Full::new(bytes::Bytes::from_static(body.as_bytes())).boxed(),
+                );
+                *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        (Client::new(service, "default"), asked)
+    }
+
+    const DAEMONSET: &str = r#"{"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "enforcer", "namespace": "enforcer-system"}}"#;
+    const DELETING: &str = r#"{"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "enforcer", "namespace": "enforcer-system",
+                     "deletionTimestamp": "2026-12-07T22:00:00Z"}}"#;
+    const NOT_FOUND: &str = r#"{"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "daemonsets.apps \"enforcer\" not found", "reason": "NotFound", "code": 404}"#;
+    const UNAUTHORIZED: &str = r#"{"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "Unauthorized", "reason": "Unauthorized", "code": 401}"#;
+    const FORBIDDEN: &str = r#"{"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "forbidden", "reason": "Forbidden", "code": 403}"#;
+
+    #[tokio::test]
+    async fn an_uninstall_is_told_from_a_rolling_update() {
+        for (status, body, expected) in [
+            (200, DAEMONSET, Some(Removed::No)),
+            (200, DELETING, Some(Removed::Deleting)),
+            (404, NOT_FOUND, Some(Removed::Gone)),
+            (401, UNAUTHORIZED, Some(Removed::AccountGone)),
+            // Anything else keeps enforcement.
+            (403, FORBIDDEN, None),
+            (500, "oops", None),
+        ] {
+            let (client, asked) = answering(status, body);
+            let found = daemonset_removed(client, "enforcer-system", "enforcer")
+                .await
+                .ok();
+            assert_eq!(found, expected, "{status} {body}");
+            assert_eq!(
+                asked.lock().unwrap().as_slice(),
+                ["/apis/apps/v1/namespaces/enforcer-system/daemonsets/enforcer"]
+            );
+        }
+        assert!(!Removed::No.is_removed());
+        assert!(Removed::Gone.is_removed());
     }
 }

@@ -327,6 +327,28 @@ impl Applied {
         &self.entries
     }
 
+    /// What maps an agent before this one left hold: the first update
+    /// then removes what the new policy does not have, after its own
+    /// entries are in (see [`Applied::update`]).
+    pub fn adopt(ebpf: &Ebpf) -> Result<Self, MapAccessError> {
+        let map_error = |map| move |source| MapAccessError::Map { map, source };
+        let rules: BpfHashMap<_, VShieldKey, VShieldRule> =
+            maps::borrow(ebpf, maps::VSHIELD_RULES)?;
+        let files: BpfHashMap<_, FileId, u32> = maps::borrow(ebpf, maps::VSHIELD_FILES)?;
+        Ok(Self {
+            entries: Entries {
+                files: files
+                    .iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(map_error(maps::VSHIELD_FILES))?,
+                rules: rules
+                    .iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(map_error(maps::VSHIELD_RULES))?,
+            },
+        })
+    }
+
     /// Makes the kernel maps hold `new`, writing only the difference. Rules
     /// go in before the file entries that lead to them, and file entries
     /// come out before their rules, so a lookup never finds a file without
