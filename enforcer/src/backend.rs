@@ -179,6 +179,9 @@ pub fn load_object(
     }
     let layout = MapLayout::of(object)?;
     let (maps, adopted) = store.maps(&layout);
+    if adopted {
+        layout.check_pinned(&maps)?;
+    }
     std::fs::create_dir_all(&maps).map_err(|source| PinError::Io {
         path: maps.clone(),
         source,

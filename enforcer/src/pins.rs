@@ -59,6 +59,8 @@ pub enum PinError {
     Mount(#[source] io::Error),
     #[error("the kernel object's maps: {0}")]
     Object(String),
+    #[error("refusing to adopt the pinned map {}: {what}", path.display())]
+    Adopt { path: PathBuf, what: String },
     #[error("pinning program {program} at {}: {source}", path.display())]
     Pin {
         program: String,
@@ -79,8 +81,29 @@ fn io_error(path: &Path) -> impl Fn(io::Error) -> PinError + '_ {
 /// directory that holds maps of exactly these definitions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapLayout {
-    names: Vec<String>,
+    maps: Vec<MapDefinition>,
     dir: String,
+}
+
+/// What the kernel says of a map, and the object defines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MapDefinition {
+    name: String,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    flags: u32,
+}
+
+impl std::fmt::Display for MapDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}:{}:{}",
+            self.name, self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
 }
 
 impl MapLayout {
@@ -91,7 +114,7 @@ impl MapLayout {
         use aya_obj::EbpfSectionKind;
         let parsed =
             aya_obj::Object::parse(object).map_err(|error| PinError::Object(error.to_string()))?;
-        let mut definitions: Vec<String> = parsed
+        let mut maps: Vec<MapDefinition> = parsed
             .maps
             .iter()
             .filter(|(_, map)| {
@@ -100,33 +123,61 @@ impl MapLayout {
                     EbpfSectionKind::Maps | EbpfSectionKind::BtfMaps
                 )
             })
-            .map(|(name, map)| {
-                format!(
-                    "{name}:{}:{}:{}:{}:{}",
-                    map.map_type(),
-                    map.key_size(),
-                    map.value_size(),
-                    map.max_entries(),
-                    map.map_flags()
-                )
+            .map(|(name, map)| MapDefinition {
+                name: name.clone(),
+                map_type: map.map_type(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries: map.max_entries(),
+                flags: map.map_flags(),
             })
             .collect();
-        definitions.sort();
-        let names = definitions
-            .iter()
-            .filter_map(|definition| definition.split(':').next())
-            .map(str::to_owned)
-            .collect();
+        maps.sort_by(|a, b| a.name.cmp(&b.name));
+        let definitions: Vec<String> = maps.iter().map(ToString::to_string).collect();
         let digest = fnv1a(format!("abi{ABI_VERSION};{}", definitions.join(";")).as_bytes());
         Ok(Self {
-            names,
+            maps,
             dir: format!("{MAPS_PREFIX}abi{ABI_VERSION}-{digest:016x}"),
         })
     }
 
     /// The maps to pin, by name.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
+        self.maps.iter().map(|map| map.name.as_str())
+    }
+
+    /// Checks what is pinned in `dir` against the definitions before it is
+    /// adopted: a directory's name says what an agent meant to pin there,
+    /// not what a process that can write the BPF filesystem put there.
+    pub fn check_pinned(&self, dir: &Path) -> Result<(), PinError> {
+        for map in &self.maps {
+            let path = dir.join(&map.name);
+            if !path.exists() {
+                continue;
+            }
+            let info = aya::maps::MapInfo::from_pin(&path).map_err(|error| PinError::Adopt {
+                path: path.clone(),
+                what: error.to_string(),
+            })?;
+            let found = (
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+                info.map_flags(),
+            );
+            let expected = (map.key_size, map.value_size, map.max_entries, map.flags);
+            if found != expected {
+                return Err(PinError::Adopt {
+                    path,
+                    what: format!(
+                        "key, value, entries and flags are {found:?}, not {expected:?} as this agent's {} \
+                         (remove the pins with `enforcer unload`)",
+                        map.name
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The directory name of maps of this layout.
@@ -478,9 +529,15 @@ pub fn unload(root: &Path) -> Result<Unloaded, PinError> {
     }
     let lock = File::open(root).map_err(io_error(root))?;
     let agent_running = !try_lock(&lock, false).map_err(io_error(root))?;
-    let links = pinned_link_ids(&root.join(LINKS));
+    let links = pinned_links(&root.join(LINKS))?;
     let removed = remove_tree(root)?;
-    let still_attached = wait_released(&links, RELEASE_TIMEOUT);
+    // A running agent's descriptors keep its links: nothing to wait for.
+    let timeout = if agent_running {
+        Duration::ZERO
+    } else {
+        RELEASE_TIMEOUT
+    };
+    let still_attached = wait_released(&links, timeout);
     Ok(Unloaded {
         removed,
         detached: links.len() - still_attached,
@@ -489,37 +546,64 @@ pub fn unload(root: &Path) -> Result<Unloaded, PinError> {
     })
 }
 
-/// The kernel ids of the links pinned under `dir`, at any depth. The
-/// descriptors opened to ask are closed before this returns.
-fn pinned_link_ids(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut ids = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            ids.extend(pinned_link_ids(&path));
-        } else if let Ok(pinned) = PinnedLink::from_pin(&path)
-            && let Ok(info) = FdLink::from(pinned).info()
-        {
-            ids.push(info.id());
-        }
-    }
-    ids
+/// A pinned link, by the kernel's ids.
+#[derive(Clone, Copy, Debug)]
+struct LinkIds {
+    link: u32,
+    program: u32,
 }
 
-/// Waits until the kernel has none of the links `ids`; how many it still
-/// has after `timeout`.
-fn wait_released(ids: &[u32], timeout: Duration) -> usize {
+/// The links pinned under `dir`, at any depth. The descriptors opened to
+/// ask are closed before this returns.
+fn pinned_links(dir: &Path) -> Result<Vec<LinkIds>, PinError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io_error(dir)(error)),
+    };
+    let mut links = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            links.extend(pinned_links(&path)?);
+            continue;
+        }
+        let info = PinnedLink::from_pin(&path)
+            .map(FdLink::from)
+            .and_then(|link| link.info())
+            .map_err(|error| PinError::Io {
+                path: path.clone(),
+                source: io::Error::other(error),
+            })?;
+        links.push(LinkIds {
+            link: info.id(),
+            program: info.program_id(),
+        });
+    }
+    Ok(links)
+}
+
+/// Waits until the kernel has none of `links`, nor their programs: an
+/// unpinned link is put after an RCU grace period and a work item, and its
+/// program after another grace period; a program the kernel no longer has
+/// runs nowhere. How many it still has after `timeout`.
+fn wait_released(links: &[LinkIds], timeout: Duration) -> usize {
     let started = Instant::now();
     loop {
-        let live: BTreeSet<u32> = aya::programs::loaded_links()
+        let live_links: BTreeSet<u32> = aya::programs::loaded_links()
             .flatten()
             .map(|link| link.id())
             .collect();
-        let left = ids.iter().filter(|id| live.contains(id)).count();
-        if left == 0 || started.elapsed() > timeout {
+        let live_programs: BTreeSet<u32> = aya::programs::loaded_programs()
+            .flatten()
+            .map(|program| program.id())
+            .collect();
+        let left = links
+            .iter()
+            .filter(|ids| live_links.contains(&ids.link) || live_programs.contains(&ids.program))
+            .count();
+        if left == 0 || started.elapsed() >= timeout {
             return left;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -99,11 +99,15 @@ fn enforcement_outlives_the_agent_until_unload() {
         let unloaded = pins.unload().expect("enforcer unload");
         let said = String::from_utf8_lossy(&unloaded.stdout);
         assert!(
-            said.contains("removed ") && said.contains("unloaded: "),
-            "{said}"
+            said.contains("removed ") && said.contains("unloaded: ") && unloaded.stderr.is_empty(),
+            "{unloaded:?}"
         );
         let run = container::run(&image, DROP_AND_RUN).expect("running the container");
-        assert!(ran(&run), "{stop:?}: still refused after unload: {run:#?}");
+        assert!(
+            ran(&run),
+            "{stop:?}: still refused after unload: {run:#?}\n{said}\n{}",
+            stopped.stderr
+        );
         let again = pins.unload().expect("enforcer unload, nothing pinned");
         assert!(
             String::from_utf8_lossy(&again.stdout).contains("nothing pinned"),
