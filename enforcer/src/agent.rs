@@ -22,7 +22,7 @@ use crate::{
         enrich::{BootClock, Enricher, PolicyTable, hostname},
         limit::RateLimit,
         pipeline::{Pipeline, PipelineStats},
-        record::{Accounting, Losses},
+        record::{Accounting, ControlEvent, Losses},
         sink::{
             Sink, SinkError,
             spec::{self, SinkSpec},
@@ -39,8 +39,9 @@ use crate::{
         registry::{Catalog, Change, HookState, Registry},
     },
     control::{
-        ControlSocket, FlushedReply, KernelStatus, PinningStatus, PlacedReply, PolicyStatus,
-        ProgramStatus, Query, Reply, Request, StatusReply, Trusted, VShieldsReply,
+        self, ControlSocket, FlushedReply, Incoming, KernelStatus, Peer, PinningStatus,
+        PlacedReply, PolicyStatus, ProgramStatus, Reply, Request, StatusReply, Trusted,
+        VShieldsReply,
     },
     kernel::{
         features,
@@ -758,7 +759,7 @@ fn warn_fallback(attached: Attached) -> Attached {
 fn listen(
     path: &std::path::Path,
     host: &HostIdentity,
-) -> (Option<ControlSocket>, mpsc::Receiver<Query>) {
+) -> (Option<ControlSocket>, mpsc::Receiver<Incoming>) {
     match ControlSocket::bind(path, Trusted::agent(u64::from(host.mnt_ns))) {
         Ok((socket, queries)) => {
             tracing::info!(socket = %socket.path().display(), "control socket listening (enforcer vshield list)");
@@ -946,29 +947,59 @@ async fn watch_pods(
 
 /// Places a container its runtime's OCI hook announced, before the hook
 /// returns (and the container's program runs).
+/// An OCI hook's request, once the kernel has vouched for what it claims
+/// ([`control::check_claims`]); the answer, and its audit record.
 fn starting(
     ebpf: &mut aya::Ebpf,
-    registry: &mut Registry,
-    active: &mut ActiveVShields,
+    (registry, active): (&mut Registry, &mut ActiveVShields),
     state: &HookState,
-) -> Reply {
-    let known = match registry.starting(state) {
-        Ok(known) => known,
-        Err(error) => return Reply::Error(crate::error_chain(&error)),
+    peer: &Peer,
+) -> (Reply, ControlEvent) {
+    let mut event = ControlEvent {
+        at: time::OffsetDateTime::now_utc(),
+        outcome: "refused",
+        request: "container-starting".to_owned(),
+        access: "change",
+        peer: peer.to_record(),
+        reason: None,
+        container_id: Some(state.id.clone()),
+        suppressed: 0,
     };
-    let image = known.info.image.as_ref().map(ToString::to_string);
-    let id = known.info.id.clone();
-    if let Err(error) = active.place(ebpf, vec![known]) {
-        return Reply::Error(crate::error_chain(&error));
+    let placed = control::check_claims(peer, state)
+        .and_then(|()| {
+            registry
+                .starting(state)
+                .map_err(|error| crate::error_chain(&error))
+        })
+        .and_then(|known| {
+            let image = known.info.image.as_ref().map(ToString::to_string);
+            let id = known.info.id.clone();
+            active
+                .place(ebpf, vec![known])
+                .map_err(|error| crate::error_chain(&error))?;
+            Ok((id, image))
+        });
+    match placed {
+        Ok((id, image)) => {
+            let scope = active.scope_of(&id);
+            tracing::info!(
+                container.id = %id,
+                container.image = image.as_deref().unwrap_or("unknown"),
+                scope,
+                "container announced by its OCI hook: placed before its first exec"
+            );
+            event.outcome = "placed";
+            (
+                Reply::ContainerPlaced(PlacedReply { id, image, scope }),
+                event,
+            )
+        }
+        Err(reason) => {
+            tracing::warn!(container.id = %state.id, %reason, "OCI hook request refused");
+            event.reason = Some(reason.clone());
+            (Reply::Error(format!("refused: {reason}")), event)
+        }
     }
-    let scope = active.scope_of(&id);
-    tracing::info!(
-        container.id = %id,
-        container.image = image.as_deref().unwrap_or("unknown"),
-        scope,
-        "container announced by its OCI hook: placed before its first exec"
-    );
-    Reply::ContainerPlaced(PlacedReply { id, image, scope })
 }
 
 /// A tick every `period`; late ticks are not made up for.
@@ -1111,7 +1142,7 @@ impl Pinning {
 
 /// The main loop's answer to a control request.
 fn answer(
-    query: Query,
+    incoming: Incoming,
     ebpf: &mut aya::Ebpf,
     registry: &mut Registry,
     active: &mut ActiveVShields,
@@ -1119,9 +1150,21 @@ fn answer(
     tracking: &TrackingState,
     running: &Running<'_>,
 ) {
+    let query = match incoming {
+        Incoming::Refused(event) => {
+            return running.pipeline.report(AuditEvent::Control(event));
+        }
+        Incoming::Query(query) => query,
+    };
     let reply = match query.request {
         Request::Flush => return flush(running.pipeline, query.reply),
-        Request::ContainerStarting(state) => starting(ebpf, registry, active, &state),
+        Request::ContainerStarting(state) => {
+            let (reply, event) = starting(ebpf, (registry, active), &state, &query.peer);
+            running
+                .pipeline
+                .report(AuditEvent::Control(Box::new(event)));
+            reply
+        }
         Request::VShields => match active.list(ebpf) {
             Ok(vshields) => Reply::VShields(VShieldsReply {
                 policy: in_force.policy.name.clone(),

@@ -1,6 +1,6 @@
 //! The running agent's local control socket: a Unix socket, owner-only,
 //! one JSON request line and one JSON reply line per connection. The agent's
-//! main loop answers ([`Query`]), since it owns the kernel object; the socket
+//! main loop answers ([`Incoming`]), since it owns the kernel object; the socket
 //! tasks only carry bytes, and only for a peer the kernel vouches for
 //! ([`Trusted`]).
 
@@ -18,7 +18,11 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{active::Listed, container::registry::HookState};
+use crate::{
+    active::Listed,
+    audit::record::{ControlEvent, ControlPeer},
+    container::registry::HookState,
+};
 
 /// Where `enforcer run` listens and the other commands ask by default.
 pub const DEFAULT_SOCKET: &str = "/run/enforcer/control.sock";
@@ -29,6 +33,13 @@ const MAX_REQUEST: u64 = 256 * 1024;
 /// A client that sends nothing for this long is dropped; the client gives
 /// up on an agent that does not answer within it.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests the socket takes in a second, on average (a burst of twice as
+/// many); more are refused, so that a peer looping on the socket cannot
+/// keep the main loop from its work.
+const REQUESTS_PER_SECOND: u32 = 20;
+/// Refusals recorded per 10 s; the others are counted and the next record
+/// says how many.
+const REFUSAL_RECORDS_PER_10S: u32 = 10;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
@@ -44,6 +55,27 @@ pub enum Request {
     Flush,
     /// The agent's backend, kernel, programs, policy and counters.
     Status,
+}
+
+impl Request {
+    /// Its name on the wire.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::VShields => "vshields",
+            Self::ContainerStarting(_) => "container-starting",
+            Self::Flush => "flush",
+            Self::Status => "status",
+        }
+    }
+
+    /// `read` for what only reports, `change` for what changes the agent's
+    /// state or holds its pipeline (an OCI hook's placement, a flush).
+    pub const fn access(&self) -> &'static str {
+        match self {
+            Self::VShields | Self::Status => "read",
+            Self::ContainerStarting(_) | Self::Flush => "change",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,11 +200,21 @@ pub struct VShieldsReply {
     pub vshields: Vec<Listed>,
 }
 
-/// A request for the main loop, with where its answer goes.
+/// A request for the main loop, with who asked and where its answer goes.
 #[derive(Debug)]
 pub struct Query {
     pub request: Request,
+    pub peer: Peer,
     pub reply: oneshot::Sender<Reply>,
+}
+
+/// What the control socket hands the main loop.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A request from an admitted peer, to answer.
+    Query(Query),
+    /// A request refused (or a peer refused before it asked), to record.
+    Refused(Box<ControlEvent>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +299,15 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// As audit records name it.
+    pub fn to_record(&self) -> ControlPeer {
+        ControlPeer {
+            pid: self.pid,
+            uid: self.uid,
+            mount_namespace: self.mount_namespace.as_ref().ok().copied(),
+        }
+    }
+
     fn of(stream: &UnixStream) -> Result<Self, Refusal> {
         let cred = stream.peer_cred().map_err(|error| Refusal::Unreadable {
             pid: 0,
@@ -272,6 +323,65 @@ impl Peer {
             ),
         })
     }
+}
+
+/// Checks an OCI hook's claims against what the kernel says: the
+/// container's first process `state.pid` is in a cgroup whose path names
+/// the container id `state.id`, and it is a child of the process that ran
+/// the hook (the runtime, which forks both), or of the hook's peer itself.
+/// A process that only reaches the socket cannot claim another process or
+/// container than one it made; why not, when it does.
+///
+/// # Errors
+/// The claim the kernel contradicts, or what could not be read.
+pub fn check_claims(peer: &Peer, state: &HookState) -> Result<(), String> {
+    check_claims_in(Path::new("/proc"), peer, state)
+}
+
+fn check_claims_in(proc: &Path, peer: &Peer, state: &HookState) -> Result<(), String> {
+    // Shorter ids would match by accident: runtimes use 64 hex digits.
+    if state.id.len() < 12
+        || !state
+            .id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+    {
+        return Err(format!("{:?} is not a container id", state.id));
+    }
+    let pid = state.pid;
+    let cgroups = std::fs::read_to_string(proc.join(format!("{pid}/cgroup")))
+        .map_err(|error| format!("the cgroup of pid {pid}: {error}"))?;
+    if !cgroups
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .any(|path| path.contains(&state.id))
+    {
+        return Err(format!(
+            "pid {pid} is not in a cgroup of container {}: {}",
+            state.id,
+            cgroups.trim()
+        ));
+    }
+    let hook = peer.pid.ok_or("the kernel gave no pid for the hook")?;
+    let parent = parent_of(proc, i64::from(pid))?;
+    let runtime = parent_of(proc, i64::from(hook))?;
+    if parent != runtime && parent != i64::from(hook) {
+        return Err(format!(
+            "pid {pid} is a child of pid {parent}, not of the runtime that ran the hook (pid {runtime})"
+        ));
+    }
+    Ok(())
+}
+
+/// The parent pid of `pid` (`/proc/PID/stat`'s fourth field, after the
+/// command name, which may hold spaces and parentheses).
+fn parent_of(proc: &Path, pid: i64) -> Result<i64, String> {
+    let stat = std::fs::read_to_string(proc.join(format!("{pid}/stat")))
+        .map_err(|error| format!("pid {pid}: {error}"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse().ok())
+        .ok_or_else(|| format!("pid {pid}: unreadable stat"))
 }
 
 /// The inode number of `/proc/{pid}/ns/mnt`.
@@ -290,6 +400,8 @@ pub enum Refusal {
     Namespace { pid: i32, ns: u64 },
     #[error("pid {pid}: {reason}")]
     Unreadable { pid: i32, reason: String },
+    #[error("more than {REQUESTS_PER_SECOND} requests a second")]
+    RateLimited,
 }
 
 /// The listening socket; the file is removed when it is dropped.
@@ -306,7 +418,7 @@ impl ControlSocket {
     pub fn bind(
         path: &Path,
         trusted: Trusted,
-    ) -> Result<(Self, mpsc::Receiver<Query>), ControlError> {
+    ) -> Result<(Self, mpsc::Receiver<Incoming>), ControlError> {
         let io = |source| ControlError::Io {
             path: path.to_owned(),
             source,
@@ -358,21 +470,120 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn accept_loop(listener: UnixListener, queries: mpsc::Sender<Query>, trusted: Trusted) {
+/// A token bucket: `rate` tokens a second, up to `burst`.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: std::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            rate,
+            burst,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Where refusals go: to the main loop as records, at most
+/// [`REFUSAL_RECORDS_PER_10S`]; the rest counted into the next one.
+#[derive(Debug)]
+struct Refusals {
+    incoming: mpsc::Sender<Incoming>,
+    records: Bucket,
+    suppressed: u64,
+}
+
+impl Refusals {
+    fn record(&mut self, mut event: ControlEvent) {
+        if !self.records.take() {
+            self.suppressed += 1;
+            return;
+        }
+        event.suppressed = std::mem::take(&mut self.suppressed);
+        tracing::warn!(
+            uid = event.peer.uid,
+            pid = event.peer.pid,
+            request = %event.request,
+            reason = event.reason.as_deref().unwrap_or_default(),
+            suppressed = event.suppressed,
+            "control socket: request refused"
+        );
+        let count = event.suppressed + 1;
+        // A full queue is a busy main loop: the refusal is counted into
+        // the next record instead of waiting for it.
+        if self
+            .incoming
+            .try_send(Incoming::Refused(Box::new(event)))
+            .is_err()
+        {
+            self.suppressed += count;
+        }
+    }
+}
+
+async fn accept_loop(listener: UnixListener, incoming: mpsc::Sender<Incoming>, trusted: Trusted) {
+    let refusals = std::sync::Arc::new(std::sync::Mutex::new(Refusals {
+        incoming: incoming.clone(),
+        records: Bucket::new(
+            f64::from(REFUSAL_RECORDS_PER_10S) / 10.0,
+            f64::from(REFUSAL_RECORDS_PER_10S),
+        ),
+        suppressed: 0,
+    }));
+    let mut requests = Bucket::new(
+        f64::from(REQUESTS_PER_SECOND),
+        f64::from(REQUESTS_PER_SECOND * 2),
+    );
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let admitted = Peer::of(&stream).and_then(|peer| {
-                    trusted.admit(&peer).inspect_err(|refusal| {
-                        tracing::warn!(
-                            uid = peer.uid,
-                            pid = peer.pid,
-                            %refusal,
-                            "control socket: request refused"
-                        );
-                    })
-                });
-                tokio::spawn(serve(stream, queries.clone(), admitted));
+                // Only admitted peers spend the budget: refused ones cost
+                // no work of the main loop.
+                let (peer, admitted) = match Peer::of(&stream) {
+                    Ok(peer) => {
+                        let admitted = trusted.admit(&peer).and_then(|()| {
+                            if requests.take() {
+                                Ok(())
+                            } else {
+                                Err(Refusal::RateLimited)
+                            }
+                        });
+                        (peer, admitted)
+                    }
+                    Err(refusal) => (
+                        Peer {
+                            uid: u32::MAX,
+                            pid: None,
+                            mount_namespace: Err(refusal.to_string()),
+                        },
+                        Err(refusal),
+                    ),
+                };
+                tokio::spawn(serve(
+                    stream,
+                    incoming.clone(),
+                    (peer, admitted),
+                    std::sync::Arc::clone(&refusals),
+                ));
             }
             Err(error) => {
                 tracing::warn!(%error, "control socket: accept failed");
@@ -382,30 +593,49 @@ async fn accept_loop(listener: UnixListener, queries: mpsc::Sender<Query>, trust
     }
 }
 
-async fn serve(stream: UnixStream, queries: mpsc::Sender<Query>, admitted: Result<(), Refusal>) {
+async fn serve(
+    stream: UnixStream,
+    incoming: mpsc::Sender<Incoming>,
+    (peer, admitted): (Peer, Result<(), Refusal>),
+    refusals: std::sync::Arc<std::sync::Mutex<Refusals>>,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut limited = tokio::io::BufReader::new(read.take(MAX_REQUEST));
     let received = tokio::time::timeout(TIMEOUT, limited.read_line(&mut line)).await;
-    // A refused peer's request is read (and never parsed) before the
-    // answer: closing on a client still writing would give it EPIPE in
-    // place of the reason.
-    if let Err(refusal) = admitted {
-        let reply = Reply::Error(format!("refused: {refusal}"));
-        if let Ok(mut text) = serde_json::to_vec(&reply) {
-            text.push(b'\n');
-            // A client that went away does not need its answer.
-            let _ = write.write_all(&text).await;
+    let request = match received {
+        Ok(Ok(_)) => serde_json::from_str::<Request>(line.trim_end())
+            .map_err(|error| format!("invalid request {:?}: {error}", line.trim_end())),
+        Ok(Err(error)) => Err(format!("reading the request: {error}")),
+        Err(_) => Err("no request within 5 s".to_owned()),
+    };
+    // A refused peer's request is read before the answer: closing on a
+    // client still writing would give it EPIPE in place of the reason.
+    let reply = match (admitted, request) {
+        (Err(refusal), request) => {
+            let (name, access) = request.as_ref().map_or(("unread", "read"), |request| {
+                (request.name(), request.access())
+            });
+            refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(ControlEvent {
+                    at: time::OffsetDateTime::now_utc(),
+                    outcome: "refused",
+                    request: name.to_owned(),
+                    access,
+                    peer: peer.to_record(),
+                    reason: Some(refusal.to_string()),
+                    container_id: match &request {
+                        Ok(Request::ContainerStarting(state)) => Some(state.id.clone()),
+                        _ => None,
+                    },
+                    suppressed: 0,
+                });
+            Reply::Error(format!("refused: {refusal}"))
         }
-        return;
-    }
-    let reply = match received {
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim_end()) {
-            Ok(request) => ask_main_loop(request, &queries).await,
-            Err(error) => Reply::Error(format!("invalid request {:?}: {error}", line.trim_end())),
-        },
-        Ok(Err(error)) => Reply::Error(format!("reading the request: {error}")),
-        Err(_) => Reply::Error("no request within 5 s".to_owned()),
+        (Ok(()), Ok(request)) => ask_main_loop(request, peer, &incoming).await,
+        (Ok(()), Err(error)) => Reply::Error(error),
     };
     let Ok(mut text) = serde_json::to_vec(&reply) else {
         return;
@@ -415,9 +645,14 @@ async fn serve(stream: UnixStream, queries: mpsc::Sender<Query>, admitted: Resul
     let _ = write.write_all(&text).await;
 }
 
-async fn ask_main_loop(request: Request, queries: &mpsc::Sender<Query>) -> Reply {
+async fn ask_main_loop(request: Request, peer: Peer, incoming: &mpsc::Sender<Incoming>) -> Reply {
     let (reply, answer) = oneshot::channel();
-    if queries.send(Query { request, reply }).await.is_err() {
+    let query = Query {
+        request,
+        peer,
+        reply,
+    };
+    if incoming.send(Incoming::Query(query)).await.is_err() {
         return Reply::Error("the agent is shutting down".to_owned());
     }
     answer
@@ -531,8 +766,11 @@ mod tests {
             Err(ControlError::InUse { .. })
         ));
         let main_loop = tokio::spawn(async move {
-            let query = queries.recv().await.unwrap();
+            let Some(Incoming::Query(query)) = queries.recv().await else {
+                panic!("no query");
+            };
             assert_eq!(query.request, Request::VShields);
+            assert_eq!(query.peer.pid, i32::try_from(std::process::id()).ok());
             query
                 .reply
                 .send(Reply::Error("answered".to_owned()))
@@ -548,5 +786,92 @@ mod tests {
         drop(socket);
         assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A `/proc` of processes: (pid, parent, cgroup path, command).
+    fn fake_proc(processes: &[(u32, u32, &str, &str)]) -> PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "enforcer-proc-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        for (pid, parent, cgroup, command) in processes {
+            let dir = root.join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+            std::fs::write(
+                dir.join("stat"),
+                format!("{pid} ({command}) S {parent} 1 1 0 -1"),
+            )
+            .unwrap();
+        }
+        root
+    }
+
+    const ID: &str = "3f6e1c0d2b4a59687c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a60";
+
+    #[test]
+    fn a_hook_may_claim_only_what_its_runtime_made() {
+        let scope = format!("/machine.slice/libpod-{ID}.scope/container");
+        let proc = fake_proc(&[
+            // crun (100) forked the container (200) and the hook (300).
+            (200, 100, &scope, "sh"),
+            (300, 100, "/machine.slice/libpod-conmon.scope", "enforcer"),
+            // Another container's process, and a forger's child.
+            (400, 90, &scope, "sh"),
+            (500, 300, "/user.slice", "sleep"),
+            (600, 100, "/machine.slice/libpod-other.scope", "a) b (c"),
+        ]);
+        let peer = |pid| Peer {
+            uid: 0,
+            pid: Some(pid),
+            mount_namespace: Ok(1),
+        };
+        let state = |id: &str, pid| HookState {
+            id: id.to_owned(),
+            pid,
+            annotations: std::collections::BTreeMap::new(),
+        };
+        assert_eq!(check_claims_in(&proc, &peer(300), &state(ID, 200)), Ok(()));
+        // A pid of another runtime, a process not in the container's
+        // group, an id too short to mean anything, a pid that is gone.
+        let refused = [
+            check_claims_in(&proc, &peer(300), &state(ID, 400)),
+            check_claims_in(&proc, &peer(300), &state(ID, 500)),
+            check_claims_in(&proc, &peer(300), &state(ID, 600)),
+            check_claims_in(&proc, &peer(300), &state("3f6e", 200)),
+            check_claims_in(&proc, &peer(300), &state(ID, 999)),
+        ];
+        for result in &refused {
+            assert!(result.is_err(), "{refused:?}");
+        }
+        assert!(
+            refused[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("not of the runtime")
+        );
+        assert!(refused[1].as_ref().unwrap_err().contains("not in a cgroup"));
+        assert_eq!(parent_of(&proc, 600), Ok(100));
+        let _ = std::fs::remove_dir_all(&proc);
+    }
+
+    #[test]
+    fn the_request_budget_refills_over_time() {
+        let mut bucket = Bucket::new(1000.0, 3.0);
+        assert!(bucket.take() && bucket.take() && bucket.take());
+        assert!(!bucket.take());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(bucket.take());
+    }
+
+    #[test]
+    fn requests_are_read_or_change() {
+        assert_eq!(Request::Status.access(), "read");
+        assert_eq!(Request::VShields.access(), "read");
+        assert_eq!(Request::Flush.access(), "change");
+        assert_eq!(Request::Flush.name(), "flush");
     }
 }

@@ -69,6 +69,7 @@ pub struct MetricsSink {
     decisions: Family<DecisionLabels, Counter>,
     policy_changes: Family<OutcomeLabels, Counter>,
     generation: Gauge,
+    control: Family<OutcomeLabels, Counter>,
 }
 
 impl Sink for MetricsSink {
@@ -97,6 +98,13 @@ impl Sink for MetricsSink {
             }
             // Its numbers are the counters the metrics read themselves.
             Record::Accounting(_) => {}
+            Record::Control(record) => {
+                self.control
+                    .get_or_create(&OutcomeLabels {
+                        outcome: record.enforcer.control.outcome,
+                    })
+                    .inc();
+            }
         }
         Ok(())
     }
@@ -370,6 +378,7 @@ impl Metrics {
             decisions: Family::default(),
             policy_changes: Family::default(),
             generation: Gauge::default(),
+            control: Family::default(),
         };
         registry.register(
             "enforcer_decisions",
@@ -380,6 +389,11 @@ impl Metrics {
             "enforcer_policy_changes",
             "Policy changes, applied or refused (the previous policy stays in force).",
             sink.policy_changes.clone(),
+        );
+        registry.register(
+            "enforcer_control_requests",
+            "Control requests refused, and containers OCI hooks placed, as audit records.",
+            sink.control.clone(),
         );
         registry.register(
             "enforcer_policy_generation",

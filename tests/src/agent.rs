@@ -463,6 +463,17 @@ impl Agent {
             .collect())
     }
 
+    /// The records of `dataset` (`event.dataset`) among the stdout lines
+    /// after `mark` (from [`Self::flush`]).
+    pub fn records_since(&self, mark: usize, dataset: &str) -> anyhow::Result<Vec<Value>> {
+        let lines = self.stdout.lock().expect("stdout lock");
+        let records = parse_records(lines.get(mark..).unwrap_or_default())?;
+        Ok(records
+            .into_iter()
+            .filter(|record| record["event"]["dataset"] == dataset)
+            .collect())
+    }
+
     /// Sends SIGTERM and collects what the agent wrote.
     pub fn stop(self) -> anyhow::Result<Stopped> {
         self.stop_with(libc::SIGTERM)

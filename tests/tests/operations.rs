@@ -265,7 +265,9 @@ fn the_rate_limit_counts_and_reports_what_it_leaves_out() {
 /// who can reach the socket file: a client in a mount namespace of its own
 /// (as a container that reaches the socket through a hostPath of `/run`
 /// is, whatever its uid) is refused, and the agent says so; the same
-/// request from the host's mount namespace is answered.
+/// request from the host's mount namespace is answered. A hook message
+/// whose claimed process is in no cgroup of the claimed container is
+/// refused too, and both refusals are audit records.
 #[test]
 fn the_control_socket_refuses_a_client_in_another_mount_namespace() {
     use std::os::unix::process::CommandExt as _;
@@ -275,6 +277,7 @@ fn the_control_socket_refuses_a_client_in_another_mount_namespace() {
         return;
     }
     let agent = scenario::shared(&[]).expect("an agent with the default backend");
+    let mark = agent.flush().expect("flushing");
     let status = || {
         let mut command = std::process::Command::new(agent::binary());
         command
@@ -312,5 +315,61 @@ fn the_control_socket_refuses_a_client_in_another_mount_namespace() {
         ),
         "{}",
         agent.log()
+    );
+
+    // A hook message from the host whose claims the kernel contradicts:
+    // this test's own process is no container's first process.
+    let forged = serde_json::json!({
+        "ociVersion": "1.0.0",
+        "id": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "status": "creating",
+        "pid": std::process::id(),
+        "annotations": {"io.kubernetes.pod.namespace": "ci-evil"},
+    });
+    let mut hook = std::process::Command::new(agent::binary())
+        .args(["hook", "oci", "--fail-closed", "--socket"])
+        .arg(agent.control_socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running enforcer hook oci");
+    {
+        let mut stdin = hook.stdin.take().expect("stdin");
+        stdin
+            .write_all(forged.to_string().as_bytes())
+            .expect("writing the state");
+    }
+    let hook = hook.wait_with_output().expect("the hook");
+    let hook_stderr = String::from_utf8_lossy(&hook.stderr);
+    assert!(!hook.status.success(), "{hook:?}");
+    assert!(hook_stderr.contains("not in a cgroup"), "{hook_stderr}");
+
+    // Both refusals are audit records naming who asked and why.
+    agent.flush().expect("flushing");
+    let control = agent
+        .records_since(mark, "enforcer.control")
+        .expect("the agent's records");
+    let refused = |request: &str| {
+        control.iter().find(|record| {
+            record["enforcer"]["control"]["request"] == request
+                && record["event"]["action"] == "control-refused"
+        })
+    };
+    let elsewhere = refused("status").unwrap_or_else(|| panic!("{control:#?}"));
+    assert_eq!(elsewhere["event"]["outcome"], "failure", "{elsewhere:#}");
+    assert_eq!(elsewhere["enforcer"]["control"]["access"], "read");
+    assert!(
+        elsewhere["enforcer"]["control"]["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("mount namespace")),
+        "{elsewhere:#}"
+    );
+    let claimed = refused("container-starting").unwrap_or_else(|| panic!("{control:#?}"));
+    assert_eq!(claimed["enforcer"]["control"]["access"], "change");
+    assert_eq!(claimed["container"]["id"], forged["id"], "{claimed:#}");
+    assert_eq!(
+        claimed["enforcer"]["control"]["peer"]["uid"], 0,
+        "{claimed:#}"
     );
 }

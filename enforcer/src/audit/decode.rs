@@ -5,7 +5,7 @@ use std::mem::size_of;
 
 use enforcer_common::{DecisionEvent, EventHeader, RootNotice, event_kind};
 
-use super::record::{Accounting, PolicyChange};
+use super::record::{Accounting, ControlEvent, PolicyChange};
 
 /// A record from the kernel, copied out of the ring buffer.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +33,9 @@ pub enum AuditEvent {
     Policy(Box<PolicyChange>),
     /// Not from the kernel: records lost or left out lately.
     Accounting(Box<Accounting>),
+    /// Not from the kernel: a control request refused, or a container an
+    /// OCI hook placed.
+    Control(Box<ControlEvent>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

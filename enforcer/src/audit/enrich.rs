@@ -16,10 +16,10 @@ use super::{
     decode::AuditEvent,
     lineage::{self, ExeCache},
     record::{
-        Accounting, AccountingRecord, AccountingState, Agent, AuditRecord, Container, Enforcer,
-        ErrorField, Event, File, Host, Id, Image, ImageHash, Kubernetes, KubernetesContainer,
-        Losses, Parent, Pod, PolicyChange, PolicyRecord, PolicyState, Process, Record, Rule,
-        RuleSet, ThreadId, Vulnerability,
+        Accounting, AccountingRecord, AccountingState, Agent, AuditRecord, Container, ControlEvent,
+        ControlRecord, ControlState, Enforcer, ErrorField, Event, File, Host, Id, Image, ImageHash,
+        Kubernetes, KubernetesContainer, Losses, Parent, Pod, PolicyChange, PolicyRecord,
+        PolicyState, Process, Record, Rule, RuleSet, ThreadId, Vulnerability,
     },
 };
 
@@ -182,6 +182,7 @@ impl Enricher {
             }
             AuditEvent::Policy(change) => Record::Policy(self.policy_change(change)),
             AuditEvent::Accounting(accounting) => Record::Accounting(self.accounting(accounting)),
+            AuditEvent::Control(control) => Record::Control(self.control(control)),
         }
     }
 
@@ -219,6 +220,65 @@ impl Enricher {
             agent: agent(),
             enforcer: AccountingState {
                 accounting: accounting.clone(),
+            },
+        }
+    }
+
+    fn control(&self, control: &ControlEvent) -> ControlRecord {
+        let placed = control.outcome == "placed";
+        let peer = &control.peer;
+        let who = format!(
+            "pid {} (uid {}, mount namespace {})",
+            peer.pid
+                .map_or_else(|| "?".to_owned(), |pid| pid.to_string()),
+            peer.uid,
+            peer.mount_namespace
+                .map_or_else(|| "?".to_owned(), |ns| ns.to_string())
+        );
+        let reason = if placed {
+            format!(
+                "container {} placed in its policy before its first exec, announced by the OCI hook of {who}",
+                control.container_id.as_deref().unwrap_or("?")
+            )
+        } else {
+            format!(
+                "control request {} ({}) from {who} refused: {}{}",
+                control.request,
+                control.access,
+                control.reason.as_deref().unwrap_or("?"),
+                if control.suppressed > 0 {
+                    format!(
+                        " ({} refusals before this one were not recorded)",
+                        control.suppressed
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        };
+        ControlRecord {
+            timestamp: control.at.format(&Rfc3339).unwrap_or_default(),
+            event: Event {
+                kind: "event",
+                category: ["configuration", "intrusion_detection"],
+                r#type: if placed {
+                    ["change", "allowed"]
+                } else {
+                    ["access", "denied"]
+                },
+                action: format!("control-{}", control.outcome),
+                outcome: if placed { "success" } else { "failure" },
+                reason,
+                module: "enforcer",
+                dataset: "enforcer.control",
+            },
+            container: control.container_id.clone().map(|id| Id { id }),
+            host: Host {
+                hostname: self.hostname.clone(),
+            },
+            agent: agent(),
+            enforcer: ControlState {
+                control: control.clone(),
             },
         }
     }

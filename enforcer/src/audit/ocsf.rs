@@ -32,8 +32,8 @@ use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::record::{
-    AccountingRecord, AccountingState, Ancestor, AuditRecord, Kubernetes, PolicyRecord,
-    PolicyState, Record, Rule, Vulnerability,
+    AccountingRecord, AccountingState, Ancestor, AuditRecord, ControlRecord, ControlState,
+    Kubernetes, PolicyRecord, PolicyState, Record, Rule, Vulnerability,
 };
 
 /// The OCSF version whose names and ids this module writes.
@@ -45,6 +45,7 @@ pub fn write(record: &Record, out: &mut Vec<u8>) -> serde_json::Result<()> {
         Record::Decision(r) => serde_json::to_writer(out, &decision(r)),
         Record::Policy(r) => serde_json::to_writer(out, &policy(r)),
         Record::Accounting(r) => serde_json::to_writer(out, &accounting(r)),
+        Record::Control(r) => serde_json::to_writer(out, &control(r)),
     }
 }
 
@@ -750,6 +751,30 @@ fn accounting(r: &AccountingRecord) -> Event<'_, NoAttributes, AccountingUnmappe
         device: Device::new(&r.host.hostname),
         class: NoAttributes {},
         unmapped: AccountingUnmapped {
+            enforcer: &r.enforcer,
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct ControlUnmapped<'a> {
+    /// `enforcer.control`, serialized as in the ECS form.
+    enforcer: &'a ControlState,
+}
+
+fn control(r: &ControlRecord) -> Event<'_, NoAttributes, ControlUnmapped<'_>> {
+    let refused = r.event.outcome == "failure";
+    Event {
+        classification: Classification::new(BASE_EVENT, 99, "Control Request"),
+        severity: if refused { MEDIUM } else { INFORMATIONAL },
+        time: Occurrence::new(Some(r.enforcer.control.at), &r.timestamp),
+        status: if refused { FAILURE } else { SUCCESS },
+        status_detail: None,
+        message: r.event.reason.clone(),
+        metadata: Metadata::new(r.event.dataset, r.agent.version, vec!["host", "datetime"]),
+        device: Device::new(&r.host.hostname),
+        class: NoAttributes {},
+        unmapped: ControlUnmapped {
             enforcer: &r.enforcer,
         },
     }

@@ -22,6 +22,8 @@ pub enum Record {
     Policy(PolicyRecord),
     /// Records lost or left out since the last accounting record.
     Accounting(AccountingRecord),
+    /// A control request refused, or a container an OCI hook placed.
+    Control(ControlRecord),
 }
 
 impl Record {
@@ -31,6 +33,7 @@ impl Record {
             Self::Decision(record) => &record.timestamp,
             Self::Policy(record) => &record.timestamp,
             Self::Accounting(record) => &record.timestamp,
+            Self::Control(record) => &record.timestamp,
         }
     }
 
@@ -39,6 +42,7 @@ impl Record {
             Self::Decision(record) => &record.host,
             Self::Policy(record) => &record.host,
             Self::Accounting(record) => &record.host,
+            Self::Control(record) => &record.host,
         }
     }
 }
@@ -279,6 +283,59 @@ pub struct AccountingRecord {
     pub host: Host,
     pub agent: Agent,
     pub enforcer: AccountingState,
+}
+
+/// A request on the control socket the agent refused, or a container an
+/// OCI hook placed (`enforcer.control`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ControlRecord {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: String,
+    pub event: Event,
+    /// The container a hook named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Id>,
+    pub host: Host,
+    pub agent: Agent,
+    pub enforcer: ControlState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ControlState {
+    pub control: ControlEvent,
+}
+
+/// What the agent reports about a control request (`enforcer.control`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ControlEvent {
+    #[serde(skip)]
+    pub at: OffsetDateTime,
+    /// `refused`, or `placed` (a hook's container is in its policy).
+    pub outcome: &'static str,
+    /// `status`, `vshields`, `flush`, `container-starting`, or `unread`
+    /// (refused before it was read).
+    pub request: String,
+    /// `read` (status, vshields) or `change` (container-starting, flush).
+    pub access: &'static str,
+    /// Who asked, as the kernel says (`SO_PEERCRED`).
+    pub peer: ControlPeer,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The container a hook named (also `container.id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Refusals the record limit left out before this one.
+    pub suppressed: u64,
+}
+
+/// A control socket peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ControlPeer {
+    pub pid: Option<i32>,
+    pub uid: u32,
+    /// The inode number of its mount namespace, when it could be read.
+    pub mount_namespace: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -350,11 +350,7 @@ impl Registry {
             |container| container.runtime,
         );
         let mut info = match from_annotations(id, runtime, &state.annotations) {
-            Some(mut info) => {
-                self.add_cri(&mut info);
-                self.add_pod(&mut info);
-                info
-            }
+            Some(claimed) => self.confirmed(claimed),
             // `describe` adds the pod as well.
             None => self.describe(&CgroupContainer {
                 id: id.clone(),
@@ -416,10 +412,45 @@ impl Registry {
 
     /// What the container's CRI runtime reported fills in what the other
     /// records do not say, and names the pod's labels.
-    fn add_cri(&self, info: &mut ContainerInfo) {
-        if let Some(found) = self.cri.as_ref().and_then(|cri| cri.get(&info.id)) {
+    fn add_cri(&self, info: &mut ContainerInfo) -> bool {
+        let found = self.cri.as_ref().and_then(|cri| cri.get(&info.id));
+        if let Some(found) = &found {
             found.fill(info);
         }
+        found.is_some()
+    }
+
+    /// What an OCI hook's annotations claim (`claimed`: image, pod), taken
+    /// only as the CRI runtime or the Kubernetes API says it: the hook's
+    /// message could come from any process that reaches the socket and
+    /// forks a child into the container's cgroup. Until one of them knows
+    /// the container, no selector can tell whether it selects it, and the
+    /// container is under the strictest policy of all (`UNKNOWN`) and
+    /// every vShield with an image selector: claims only ever make it
+    /// stricter. Pure but for the lookups.
+    fn confirmed(&self, claimed: ContainerInfo) -> ContainerInfo {
+        let mut info = ContainerInfo {
+            id: claimed.id.clone(),
+            name: None,
+            runtime: claimed.runtime,
+            image: None,
+            pod: None,
+            init_pid: None,
+        };
+        let by_cri = self.add_cri(&mut info);
+        let by_api = self.add_pod(&mut info);
+        if !by_cri && !by_api {
+            tracing::info!(
+                container.id = %claimed.id,
+                claimed.image = claimed.image.as_ref().map(ToString::to_string).unwrap_or_default(),
+                claimed.namespace = claimed.pod.as_ref().and_then(|pod| pod.namespace.clone()).unwrap_or_default(),
+                "what the OCI hook claims waits for the CRI runtime or the Kubernetes API to confirm it: \
+                 the strictest policy applies to the container until then"
+            );
+            info.name = claimed.name;
+            info.pod = Some(PodRef::default());
+        }
+        info
     }
 
     /// What the Kubernetes API says of the pod of `info`'s container (found
@@ -427,9 +458,9 @@ impl Registry {
     /// cgroup or annotations) overrides the annotations. The labels are
     /// only kept while the API reports the pod: a deleted pod's containers
     /// are no longer selected by them.
-    fn add_pod(&self, info: &mut ContainerInfo) {
+    fn add_pod(&self, info: &mut ContainerInfo) -> bool {
         let Some(pods) = &self.pods else {
-            return;
+            return false;
         };
         let pods = pods.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(pod) = info.pod.as_mut() {
@@ -444,6 +475,7 @@ impl Registry {
                 (Some(known), Some(reported)) => known.complete_from(reported),
                 (Some(_), None) => {}
             }
+            true
         } else if let Some(pod) = info
             .pod
             .as_ref()
@@ -451,6 +483,9 @@ impl Registry {
             .and_then(|uid| pods.get(uid))
         {
             info.pod = Some(pod_ref(pod, None));
+            true
+        } else {
+            false
         }
     }
 
@@ -527,6 +562,44 @@ mod tests {
     use super::*;
 
     const ID: &str = "3f1c9e0d2b4a59687c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b";
+
+    /// An OCI hook's claims, which neither the CRI nor the API confirms:
+    /// no selector can tell (the strictest policy, every image-selected
+    /// vShield), whatever namespace the annotations name.
+    #[test]
+    fn unconfirmed_hook_claims_select_nothing() {
+        use crate::{policy::ContainerSelector, scopes::Selector};
+        let root = std::env::temp_dir().join(format!("enforcer-claims-{}", std::process::id()));
+        let registry = Registry::new(
+            Arc::new(Mutex::new(CgroupIndex::new(Some(root.clone())))),
+            Catalog::default(),
+            PodmanStore::new(&root.join("no-podman-here")),
+        );
+        let annotations: BTreeMap<String, String> = [
+            ("io.kubernetes.cri.image-name", "docker.io/library/nginx:1"),
+            ("io.kubernetes.cri.sandbox-namespace", "ci-evil"),
+            ("io.kubernetes.cri.container-name", "web"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+        let claimed = from_annotations(ID, Runtime::Containerd, &annotations).unwrap();
+        assert!(claimed.image.is_some());
+        let info = registry.confirmed(claimed);
+        assert_eq!(info.image, None);
+        assert_eq!(info.pod, Some(PodRef::default()));
+        let namespaces = ContainerSelector {
+            namespaces: vec!["ci-*".to_owned()],
+            ..ContainerSelector::default()
+        };
+        for selector in [
+            namespaces,
+            ContainerSelector::images(&["docker.io/library/*"]),
+        ] {
+            let selector = Selector::new(1, &selector).unwrap();
+            assert_eq!(selector.selects(&info), None, "{selector:?}");
+        }
+    }
 
     #[test]
     fn containers_are_found_gone_and_dropped_from_a_full_catalog() {

@@ -355,6 +355,15 @@ fn severity_and_id(record: &Record) -> (u8, &'static str) {
             };
             (severity, "accounting")
         }
+        Record::Control(record) => {
+            // A refusal is someone trying what they may not.
+            let severity = if record.event.outcome == "failure" {
+                4
+            } else {
+                6
+            };
+            (severity, "control")
+        }
     }
 }
 
