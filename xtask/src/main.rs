@@ -369,6 +369,13 @@ fn bench(workspace: &Path, kernels: &[&KernelSpec], rounds: u32) -> anyhow::Resu
         // Opens with 10,000 vShields loaded, and the time to apply them.
         "--only".to_owned(),
         "open-v".to_owned(),
+        // Execs no agent decided while it restarts (the lsm backend's
+        // links), fewer restarts than on the host: each start verifies the
+        // programs under emulation.
+        "--only".to_owned(),
+        "restarts".to_owned(),
+        "--restarts".to_owned(),
+        "5".to_owned(),
         "--".to_owned(),
         "--backend".to_owned(),
         "lsm".to_owned(),

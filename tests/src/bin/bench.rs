@@ -37,6 +37,13 @@
 //! decision), the agent's resident memory idle (after start-up, held to 30
 //! MiB) and its peak during the floods (held to 64 MiB).
 //!
+//! `restarts` (by default, or with `--only restarts`) measures the gap a
+//! restart leaves: a container tries a dropped binary in a loop while the
+//! agent is killed (SIGKILL) and started again `--restarts` times (20) on
+//! one pin directory. Every try that ran is an exec no agent decided
+//! (target: 0). It also reports the time from start to ready, each start
+//! adopting the maps the one before pinned.
+//!
 //! Prints a table and one JSON line per workload; exits 1 when an overhead
 //! is above its target.
 
@@ -44,8 +51,8 @@ use std::{fmt::Write as _, process::ExitCode};
 
 use anyhow::{Context as _, bail};
 use enforcer_tests::{
-    agent::Agent,
-    container::{self, Image, Scratch},
+    agent::{Agent, PinDir},
+    container::{self, Image, Scratch, Volume},
     scenario::clean_exit_events,
 };
 
@@ -103,6 +110,8 @@ struct Options {
     flood_count: u32,
     /// Floods of the `events` measurement.
     floods: usize,
+    /// Agent restarts of the `restarts` measurement.
+    restarts: usize,
     /// Workloads to run; all when empty.
     only: Vec<String>,
     agent_args: Vec<String>,
@@ -115,6 +124,7 @@ fn options() -> anyhow::Result<Options> {
         open_count: 200_000,
         flood_count: 1_000_000,
         floods: 5,
+        restarts: 20,
         only: Vec::new(),
         agent_args: Vec::new(),
     };
@@ -127,6 +137,7 @@ fn options() -> anyhow::Result<Options> {
             "--open-count" => options.open_count = value()?.parse()?,
             "--flood-count" => options.flood_count = value()?.parse()?,
             "--floods" => options.floods = value()?.parse()?,
+            "--restarts" => options.restarts = value()?.parse()?,
             "--only" => options.only.push(value()?),
             "--" => {
                 options.agent_args = args.collect();
@@ -387,7 +398,7 @@ fn run() -> anyhow::Result<bool> {
     };
     let workloads = workloads(&options, &image, &shielded_policy);
     if let Some(unknown) = options.only.iter().find(|name| {
-        name.as_str() != "events"
+        !matches!(name.as_str(), "events" | "restarts")
             && !workloads
                 .iter()
                 .any(|workload| workload.name == name.as_str())
@@ -424,7 +435,83 @@ fn run() -> anyhow::Result<bool> {
     if options.only.is_empty() || options.only.iter().any(|name| name == "events") {
         all_met &= events(&image, &agent_args, options.flood_count, options.floods)?;
     }
+    if options.only.is_empty() || options.only.iter().any(|name| name == "restarts") {
+        all_met &= restarts(&agent_args, options.restarts)?;
+    }
     Ok(all_met)
+}
+
+/// The `restarts` measurement (see the module documentation).
+fn restarts(agent_args: &[&str], count: usize) -> anyhow::Result<bool> {
+    use std::time::{Duration, Instant};
+    let pins = PinDir::new();
+    let pin_dir = pins.path().to_str().context("a UTF-8 pin directory")?;
+    let mut args = agent_args.to_vec();
+    args.extend(["--pin-dir", pin_dir]);
+    let shared = Scratch::new("bench-restarts")?;
+    let volume = Volume {
+        host: shared.path().to_owned(),
+        at: "/shared".to_owned(),
+        read_only: true,
+    };
+    let mut agent = Agent::start(&args).map_err(|failure| anyhow::anyhow!("{failure}"))?;
+    let looping = std::thread::spawn(move || {
+        let image = Image::busybox()?;
+        container::run_with(
+            &image,
+            &[volume],
+            "cp /bin/busybox /tmp/busybox-dropped; n=0; \
+             while [ ! -e /shared/stop ]; do /tmp/busybox-dropped echo dropped-ran; n=$((n+1)); done; \
+             echo tries=$n",
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mut ready_ms = Vec::with_capacity(count);
+    for _ in 0..count {
+        drop(agent.stop_with(libc::SIGKILL)?);
+        let started = Instant::now();
+        agent = Agent::start(&args).map_err(|failure| anyhow::anyhow!("{failure}"))?;
+        ready_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            agent.log().contains("adopted_maps=true"),
+            "a restart did not adopt the pinned maps:\n{}",
+            agent.log()
+        );
+    }
+    std::fs::write(shared.path().join("stop"), "")?;
+    let run = looping
+        .join()
+        .map_err(|_| anyhow::anyhow!("the loop's thread panicked"))??;
+    drop(agent.stop()?);
+    pins.unload()?;
+    let tries: u64 = run
+        .value("tries")
+        .and_then(|tries| tries.parse().ok())
+        .with_context(|| format!("the loop did not finish: {run:#?}"))?;
+    let ran = run
+        .stdout
+        .lines()
+        .filter(|line| *line == "dropped-ran")
+        .count();
+    let ready = median(&mut ready_ms.clone());
+    let (fastest, slowest) = ready_ms
+        .iter()
+        .fold((f64::MAX, 0.0_f64), |(low, high), ms| {
+            (low.min(*ms), high.max(*ms))
+        });
+    let met = ran == 0;
+    println!(
+        "restarts: {count} kills and starts while a container tried a dropped binary {tries} times: \
+         {ran} ran (target 0){}; start to ready {ready:.0} ms (median; {fastest:.0} to {slowest:.0}), \
+         adopting the pinned maps",
+        if met { "" } else { "  MISSED" }
+    );
+    println!(
+        "BENCH {{\"workload\":\"restarts\",\"restarts\":{count},\"tries\":{tries},\"ran\":{ran},\
+         \"target_ran\":0,\"ready_ms_median\":{ready:.1},\"ready_ms_min\":{fastest:.1},\
+         \"ready_ms_max\":{slowest:.1},\"met\":{met}}}"
+    );
+    Ok(met)
 }
 
 /// The `events` measurement (see the module documentation).
