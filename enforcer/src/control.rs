@@ -314,14 +314,77 @@ impl Peer {
             reason: error.to_string(),
         })?;
         let pid = cred.pid();
+        let mount_namespace = pid.map_or_else(
+            || Err("no pid".to_owned()),
+            |pid| {
+                // The pid may name another process by the time /proc is
+                // read (the peer exited, the number was reused). A pidfd
+                // pins the peer: the kernel's own (SO_PEERPIDFD, 6.5+), or
+                // one opened at once on older kernels (a far narrower
+                // window). The process read is the peer if it still runs
+                // after the read.
+                let pidfd = peer_pidfd(stream, pid).map_err(|error| format!("pidfd: {error}"))?;
+                let namespace =
+                    namespace_of(&pid.to_string()).map_err(|error| error.to_string())?;
+                if is_running(&pidfd) {
+                    Ok(namespace)
+                } else {
+                    Err("the peer exited before it could be checked".to_owned())
+                }
+            },
+        );
         Ok(Self {
             uid: cred.uid(),
             pid,
-            mount_namespace: pid.map_or_else(
-                || Err("no pid".to_owned()),
-                |pid| namespace_of(&pid.to_string()).map_err(|error| error.to_string()),
-            ),
+            mount_namespace,
         })
+    }
+}
+
+/// A pidfd of the peer of `stream`, whose pid `SO_PEERCRED` says is `pid`.
+fn peer_pidfd(stream: &UnixStream, pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut fd: libc::c_int = -1;
+    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: getsockopt into an int this function owns, with its size.
+    let got = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &raw mut len,
+        )
+    };
+    if got != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ENOPROTOOPT) {
+            return Err(error);
+        }
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new
+        // descriptor or -1.
+        let opened = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if opened < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        fd = libc::c_int::try_from(opened).map_err(std::io::Error::other)?;
+    }
+    // SAFETY: the kernel just made `fd`, and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process `pidfd` refers to still runs (signal 0).
+fn is_running(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: pidfd_send_signal(2) with signal 0 only checks the process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        ) == 0
     }
 }
 
@@ -425,10 +488,11 @@ impl ControlSocket {
         };
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
-            && !parent.exists()
         {
-            std::fs::create_dir_all(parent).map_err(io)?;
-            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+            if !parent.exists() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            owner_only(parent).map_err(io)?;
         }
         if let Ok(metadata) = std::fs::symlink_metadata(path) {
             if !metadata.file_type().is_socket() {
@@ -468,6 +532,21 @@ impl Drop for ControlSocket {
         // Gone already is fine: nothing to clean up.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Makes the socket's directory owner-only, as a `DaemonSet`'s hostPath
+/// (made 0755 by the kubelet) is not: only root on the host then reaches
+/// the socket at all. A shared directory is left as it is: one with the
+/// sticky bit (`/tmp`), the root, `/run` and `/var/run`.
+fn owner_only(dir: &Path) -> std::io::Result<()> {
+    let metadata = std::fs::metadata(dir)?;
+    let shared = metadata.permissions().mode() & 0o1000 != 0
+        || [Path::new("/"), Path::new("/run"), Path::new("/var/run")].contains(&dir);
+    // SAFETY: geteuid cannot fail.
+    if shared || metadata.uid() != unsafe { libc::geteuid() } {
+        return Ok(());
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// A token bucket: `rate` tokens a second, up to `burst`.
@@ -856,6 +935,32 @@ mod tests {
         assert!(refused[1].as_ref().unwrap_err().contains("not in a cgroup"));
         assert_eq!(parent_of(&proc, 600), Ok(100));
         let _ = std::fs::remove_dir_all(&proc);
+    }
+
+    #[tokio::test]
+    async fn a_peer_is_pinned_by_a_pidfd_while_it_is_looked_at() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let peer = Peer::of(&ours).unwrap();
+        assert_eq!(peer.pid, i32::try_from(std::process::id()).ok());
+        assert_eq!(peer.mount_namespace, Ok(namespace_of("self").unwrap()));
+        let pidfd = peer_pidfd(&ours, peer.pid.unwrap()).unwrap();
+        assert!(is_running(&pidfd));
+    }
+
+    #[test]
+    fn the_socket_directory_is_made_owner_only_unless_shared() {
+        let dir = std::env::temp_dir().join(format!("enforcer-owner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        owner_only(&dir).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+            0o700
+        );
+        let tmp = std::fs::metadata("/tmp").unwrap().permissions().mode();
+        owner_only(Path::new("/tmp")).unwrap();
+        assert_eq!(std::fs::metadata("/tmp").unwrap().permissions().mode(), tmp);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

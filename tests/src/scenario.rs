@@ -296,3 +296,63 @@ pub fn assert_event(event: &Value, via: &str, layer: &str, name: &str, decision:
     assert_eq!(event["file"]["name"], name, "{event:#}");
     assert_eq!(event["enforcer"]["decision"], decision, "{event:#}");
 }
+
+/// A container that runs a dropped binary in a loop until told to stop:
+/// every try that ran is drift that no agent decided. For what happens
+/// while agents come and go.
+#[derive(Debug)]
+pub struct DriftLoop {
+    shared: container::Scratch,
+    thread: std::thread::JoinHandle<anyhow::Result<Run>>,
+}
+
+/// What a [`DriftLoop`] saw.
+#[derive(Debug)]
+pub struct LoopOutcome {
+    pub tries: u64,
+    /// Tries that ran.
+    pub ran: usize,
+    pub run: Run,
+}
+
+impl DriftLoop {
+    /// Starts the container; its first tries come within a second or so.
+    pub fn start() -> anyhow::Result<Self> {
+        let shared = container::Scratch::new("drift-loop")?;
+        let volume = Volume {
+            host: shared.path().to_owned(),
+            at: "/shared".to_owned(),
+            read_only: true,
+        };
+        let thread = std::thread::spawn(move || {
+            let image = Image::busybox()?;
+            container::run_with(
+                &image,
+                &[volume],
+                "cp /bin/busybox /tmp/busybox-dropped; n=0; \
+                 while [ ! -e /shared/stop ]; do /tmp/busybox-dropped echo dropped-ran; n=$((n+1)); done; \
+                 echo tries=$n",
+            )
+        });
+        Ok(Self { shared, thread })
+    }
+
+    /// Tells the loop to stop and counts its tries.
+    pub fn finish(self) -> anyhow::Result<LoopOutcome> {
+        std::fs::write(self.shared.path().join("stop"), "")?;
+        let run = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the loop's thread panicked"))??;
+        let tries = run
+            .value("tries")
+            .and_then(|tries| tries.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("the loop did not finish: {run:#?}"))?;
+        let ran = run
+            .stdout
+            .lines()
+            .filter(|line| *line == "dropped-ran")
+            .count();
+        Ok(LoopOutcome { tries, ran, run })
+    }
+}

@@ -13,8 +13,9 @@ use std::{
 
 use enforcer_tests::{
     agent::{self, Agent, PinDir},
-    container::{self, Image, Run, Scratch, Volume},
+    container::{self, Image, Run, Scratch},
     require::{self, Requirement, patience},
+    scenario::DriftLoop,
     serial,
 };
 
@@ -133,23 +134,7 @@ fn no_drift_runs_while_agents_hand_over() {
     let shared = Scratch::new("handover").expect("a scratch directory");
     let image = Image::busybox().expect("building the image");
     let first = Agent::start(&args).unwrap_or_else(|failure| panic!("{failure}"));
-    let volume = Volume {
-        host: shared.path().to_owned(),
-        at: "/shared".to_owned(),
-        read_only: true,
-    };
-    let looping = {
-        thread::spawn(move || {
-            let image = Image::busybox()?;
-            container::run_with(
-                &image,
-                &[volume],
-                "cp /bin/busybox /tmp/busybox-dropped; n=0; \
-                 while [ ! -e /shared/stop ]; do /tmp/busybox-dropped echo dropped-ran; n=$((n+1)); done; \
-                 echo tries=$n",
-            )
-        })
-    };
+    let looping = DriftLoop::start().expect("starting the loop");
     thread::sleep(patience(Duration::from_secs(1)));
     let log = |stopped: &agent::Stopped| stopped.stderr.clone();
 
@@ -193,17 +178,9 @@ fn no_drift_runs_while_agents_hand_over() {
         log(&third)
     );
 
-    std::fs::write(shared.path().join("stop"), "").expect("ending the loop");
-    let run = looping
-        .join()
-        .expect("the loop's thread")
-        .expect("running the container");
-    let tries: u64 = run
-        .value("tries")
-        .and_then(|tries| tries.parse().ok())
-        .unwrap_or_else(|| panic!("the loop did not finish: {run:#?}"));
-    assert!(tries > 0, "{run:#?}");
-    assert!(!ran(&run), "drift ran during a hand-over: {run:#?}");
+    let outcome = looping.finish().expect("ending the loop");
+    assert!(outcome.tries > 0, "{outcome:#?}");
+    assert_eq!(outcome.ran, 0, "drift ran during a hand-over: {outcome:#?}");
 
     pins.unload().expect("enforcer unload");
     let run = container::run(&image, DROP_AND_RUN).expect("running the container");

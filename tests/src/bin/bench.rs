@@ -52,8 +52,8 @@ use std::{fmt::Write as _, process::ExitCode};
 use anyhow::{Context as _, bail};
 use enforcer_tests::{
     agent::{Agent, PinDir},
-    container::{self, Image, Scratch, Volume},
-    scenario::clean_exit_events,
+    container::{self, Image, Scratch},
+    scenario::{DriftLoop, LoopOutcome, clean_exit_events},
 };
 
 /// Targets of the `events` measurement.
@@ -448,23 +448,8 @@ fn restarts(agent_args: &[&str], count: usize) -> anyhow::Result<bool> {
     let pin_dir = pins.path().to_str().context("a UTF-8 pin directory")?;
     let mut args = agent_args.to_vec();
     args.extend(["--pin-dir", pin_dir]);
-    let shared = Scratch::new("bench-restarts")?;
-    let volume = Volume {
-        host: shared.path().to_owned(),
-        at: "/shared".to_owned(),
-        read_only: true,
-    };
     let mut agent = Agent::start(&args).map_err(|failure| anyhow::anyhow!("{failure}"))?;
-    let looping = std::thread::spawn(move || {
-        let image = Image::busybox()?;
-        container::run_with(
-            &image,
-            &[volume],
-            "cp /bin/busybox /tmp/busybox-dropped; n=0; \
-             while [ ! -e /shared/stop ]; do /tmp/busybox-dropped echo dropped-ran; n=$((n+1)); done; \
-             echo tries=$n",
-        )
-    });
+    let looping = DriftLoop::start()?;
     std::thread::sleep(Duration::from_secs(1));
     let mut ready_ms = Vec::with_capacity(count);
     for _ in 0..count {
@@ -478,21 +463,9 @@ fn restarts(agent_args: &[&str], count: usize) -> anyhow::Result<bool> {
             agent.log()
         );
     }
-    std::fs::write(shared.path().join("stop"), "")?;
-    let run = looping
-        .join()
-        .map_err(|_| anyhow::anyhow!("the loop's thread panicked"))??;
+    let LoopOutcome { tries, ran, .. } = looping.finish()?;
     drop(agent.stop()?);
     pins.unload()?;
-    let tries: u64 = run
-        .value("tries")
-        .and_then(|tries| tries.parse().ok())
-        .with_context(|| format!("the loop did not finish: {run:#?}"))?;
-    let ran = run
-        .stdout
-        .lines()
-        .filter(|line| *line == "dropped-ran")
-        .count();
     let ready = median(&mut ready_ms.clone());
     let (fastest, slowest) = ready_ms
         .iter()
