@@ -44,7 +44,8 @@ enum Task {
     /// Build the agent (release profile) and its kernel programs.
     Build,
     /// Set up what the build needs, build, and run `enforcer run ARGS` in the
-    /// foreground (as root).
+    /// foreground (as root). Enforcement stays in force after it stops,
+    /// pinned, until `target/release/enforcer unload`.
     Run {
         /// Arguments for `enforcer run`, after `--`.
         #[arg(last = true)]
