@@ -973,10 +973,19 @@ mod tests {
     }
 
     #[test]
-    fn requests_are_read_or_change() {
+    fn requests_are_read_or_change_and_named_as_on_the_wire() {
         assert_eq!(Request::Status.access(), "read");
         assert_eq!(Request::VShields.access(), "read");
         assert_eq!(Request::Flush.access(), "change");
-        assert_eq!(Request::Flush.name(), "flush");
+        let starting = Request::ContainerStarting(HookState {
+            id: "x".to_owned(),
+            pid: 1,
+            annotations: std::collections::BTreeMap::new(),
+        });
+        assert_eq!(starting.access(), "change");
+        for request in [Request::Status, Request::VShields, Request::Flush, starting] {
+            let wire = serde_json::to_value(&request).unwrap();
+            assert_eq!(wire["request"], request.name(), "{wire}");
+        }
     }
 }
