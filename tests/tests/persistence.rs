@@ -187,6 +187,39 @@ fn no_drift_runs_while_agents_hand_over() {
     assert!(ran(&run), "still refused after unload: {run:#?}");
 }
 
+/// A map planted under a pinned map's name (here another of the agent's
+/// own maps, of another size, renamed over it, as a process that can write
+/// the BPF filesystem could) is not adopted: the next agent refuses to
+/// start and names the map, and the pinned generation stays in force.
+#[test]
+fn a_planted_map_is_not_adopted() {
+    let _serial = serial();
+    if !require::root() {
+        return;
+    }
+    let pins = PinDir::new();
+    let pin_dir = pins.path().to_str().expect("a UTF-8 path").to_owned();
+    let args = ["--pin-dir", pin_dir.as_str()];
+    let first = Agent::start(&args).unwrap_or_else(|failure| panic!("{failure}"));
+    let first = first.stop().expect("stopping the agent");
+    let maps = maps_dir(pins.path());
+    std::fs::rename(maps.join("REPORTED"), maps.join("COUNTERS")).expect("planting a map");
+    let refused = match Agent::start(&args) {
+        Ok(agent) => panic!("an agent adopted a planted map:\n{}", agent.log()),
+        Err(failure) => failure,
+    };
+    assert!(
+        refused.stderr.contains("refusing to adopt the pinned map")
+            && refused.stderr.contains("COUNTERS"),
+        "{refused}\n{}",
+        first.stderr
+    );
+    // The generation pinned before still decides.
+    let image = Image::busybox().expect("building the image");
+    let run = container::run(&image, DROP_AND_RUN).expect("running the container");
+    assert!(run.stdout.contains("image-ok") && !ran(&run), "{run:#?}");
+}
+
 /// The one `maps-*` directory under `pins`.
 fn maps_dir(pins: &Path) -> std::path::PathBuf {
     let found: Vec<_> = std::fs::read_dir(pins)
